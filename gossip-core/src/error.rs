@@ -1,0 +1,201 @@
+//! The crate's one error type.
+
+use crate::id::{ClusterId, NodeId};
+use crate::incarnation::Incarnation;
+
+/// Everything that can go wrong in gossip-core.
+///
+/// Every variant leaves the state it was returned from **unchanged**: a decode
+/// error touches nothing, and a rejected merge, write or delta is refused whole
+/// before anything is applied. Callers can therefore count an error and carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A frame is larger than [`Limits::max_frame_bytes`](crate::Limits::max_frame_bytes).
+    /// Nothing was decoded or encoded.
+    #[error("frame of {len} bytes exceeds the {max}-byte cap")]
+    FrameTooLarge {
+        /// Size of the offending frame in bytes.
+        len: usize,
+        /// The cap in force.
+        max: usize,
+    },
+    /// The input ended before the frame did. Nothing was decoded.
+    #[error("frame truncated: input ended before the frame did")]
+    Truncated,
+    /// The frame was written by a protocol version this build does not speak.
+    /// Nothing was decoded.
+    #[error("unsupported wire version {got} (this build speaks version {supported})")]
+    UnsupportedVersion {
+        /// The version byte found in the frame.
+        got: u8,
+        /// The version this build speaks.
+        supported: u8,
+    },
+    /// The frame belongs to another cluster. Nothing was decoded.
+    #[error("frame from foreign cluster {got} (this node belongs to cluster {expected})")]
+    ForeignCluster {
+        /// The cluster id found in the frame.
+        got: ClusterId,
+        /// This node's cluster id.
+        expected: ClusterId,
+    },
+    /// The bytes are not a valid encoding of the expected message. Nothing was decoded.
+    #[error("malformed frame: {reason}")]
+    Malformed {
+        /// What was wrong, in a few words.
+        reason: &'static str,
+    },
+    /// The frame carried bytes after its last field. Nothing was decoded.
+    #[error("{trailing} unexpected bytes after the end of the frame")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        trailing: usize,
+    },
+    /// A count or size exceeds a configured cap. Nothing was applied.
+    #[error("{what} is {got}, over the cap of {max}")]
+    LimitExceeded {
+        /// Which quantity is over its cap.
+        what: Limited,
+        /// The value found.
+        got: usize,
+        /// The cap in force.
+        max: usize,
+    },
+    /// The node cannot raise its incarnation any further without wrapping. The
+    /// incarnation is unchanged; the node must rejoin under a new identity.
+    #[error("incarnation {current} cannot be raised past {accused} without overflow")]
+    IncarnationExhausted {
+        /// The node's incarnation.
+        current: Incarnation,
+        /// The incarnation it would have to exceed.
+        accused: Incarnation,
+    },
+    /// A claim jumps an incarnation implausibly far ahead of what is known. The
+    /// claim was not applied. This is how a forged claim at the maximum
+    /// incarnation is stopped before it can wedge the refutation counter.
+    #[error("incarnation {got} for {subject} jumps more than {max_jump} past the known {known}")]
+    IncarnationJump {
+        /// The member the claim is about.
+        subject: NodeId,
+        /// The incarnation known locally.
+        known: Incarnation,
+        /// The incarnation claimed.
+        got: Incarnation,
+        /// The largest jump accepted.
+        max_jump: u64,
+    },
+    /// A claim that only the subject itself may make (a higher incarnation, a
+    /// leave, its own key/value entries) came from someone else. Nothing was applied.
+    #[error("{origin} may not claim {claim} on behalf of {subject}")]
+    NotOwner {
+        /// The member the claim is about.
+        subject: NodeId,
+        /// Who made the claim.
+        origin: NodeId,
+        /// What was claimed.
+        claim: &'static str,
+    },
+    /// The local node's version counter would overflow. Nothing was written.
+    #[error("the local key/value version counter is exhausted")]
+    VersionExhausted,
+    /// A key/value delta is internally inconsistent (versions out of order, or
+    /// entries past the version it claims to cover). Nothing was applied.
+    #[error("inconsistent delta for {owner}: {reason}")]
+    InconsistentDelta {
+        /// The node whose state the delta carried.
+        owner: NodeId,
+        /// What was wrong.
+        reason: &'static str,
+    },
+}
+
+/// The quantities that [`Error::LimitExceeded`] can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limited {
+    /// Rumors in one frame.
+    RumorsPerFrame,
+    /// Advertised addresses of one member.
+    AddressesPerMember,
+    /// Bytes of a member's name.
+    NameBytes,
+    /// Bytes of a key.
+    KeyBytes,
+    /// Bytes of a value.
+    ValueBytes,
+    /// Keys held for one node, tombstones included.
+    KeysPerNode,
+    /// Members in the table.
+    Members,
+    /// Owners in one key/value delta.
+    DeltaOwners,
+    /// Bytes of one encoded rumor.
+    RumorBytes,
+}
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Limited::RumorsPerFrame => "the number of rumors in a frame",
+            Limited::AddressesPerMember => "the number of addresses of a member",
+            Limited::NameBytes => "the length of a member name in bytes",
+            Limited::KeyBytes => "the length of a key in bytes",
+            Limited::ValueBytes => "the length of a value in bytes",
+            Limited::KeysPerNode => "the number of keys of one node",
+            Limited::Members => "the number of members",
+            Limited::DeltaOwners => "the number of nodes in a delta",
+            Limited::RumorBytes => "the encoded size of a rumor in bytes",
+        })
+    }
+}
+
+impl Error {
+    pub(crate) fn limit(what: Limited, got: usize, max: usize) -> Self {
+        Error::LimitExceeded { what, got, max }
+    }
+
+    /// Checks `got <= max`, naming `what` in the error otherwise.
+    pub(crate) fn check(what: Limited, got: usize, max: usize) -> Result<(), Self> {
+        if got > max {
+            Err(Self::limit(what, got, max))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(err: postcard::Error) -> Self {
+        use postcard::Error as P;
+        match err {
+            P::DeserializeUnexpectedEnd => Error::Truncated,
+            P::DeserializeBadVarint => Error::Malformed {
+                reason: "varint too long",
+            },
+            P::DeserializeBadBool => Error::Malformed {
+                reason: "invalid boolean",
+            },
+            P::DeserializeBadChar => Error::Malformed {
+                reason: "invalid character",
+            },
+            P::DeserializeBadUtf8 => Error::Malformed {
+                reason: "invalid UTF-8",
+            },
+            P::DeserializeBadOption => Error::Malformed {
+                reason: "invalid option tag",
+            },
+            P::DeserializeBadEnum => Error::Malformed {
+                reason: "unknown enum variant",
+            },
+            // Our own bounded types reject out-of-range values through serde's
+            // custom errors, which postcard reports without a payload.
+            P::SerdeDeCustom => Error::Malformed {
+                reason: "value out of range",
+            },
+            _ => Error::Malformed {
+                reason: "invalid encoding",
+            },
+        }
+    }
+}

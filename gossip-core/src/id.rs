@@ -1,0 +1,220 @@
+//! Node and cluster identities.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A node's identity: 32 bytes, the blake3 hash of the public key it
+/// authenticates with.
+///
+/// Binding the id to the key means a peer cannot speak for another node: the
+/// transport derives the sender's id from the certificate it presented, and the
+/// upper layers compare claims against it.
+///
+/// `Display` shows the first 6 bytes in hex (like a short git hash); the
+/// alternate form `{:#}` and `Debug` show all 32.
+///
+/// ```
+/// use gossip_core::NodeId;
+/// let id = NodeId::from_public_key(b"the SubjectPublicKeyInfo bytes");
+/// assert_eq!(id.to_string().len(), 12);
+/// assert_eq!(format!("{id:#}").parse::<NodeId>().unwrap(), id);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId([u8; 32]);
+
+impl NodeId {
+    /// Length of an id in bytes.
+    pub const LEN: usize = 32;
+
+    /// Derives the id of the node that holds `public_key` (for certificates,
+    /// the DER-encoded SubjectPublicKeyInfo).
+    pub fn from_public_key(public_key: &[u8]) -> Self {
+        NodeId(*blake3::hash(public_key).as_bytes())
+    }
+
+    /// Wraps raw id bytes, for ids already derived elsewhere.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        NodeId(bytes)
+    }
+
+    /// The raw id bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = blake3::Hash::from_bytes(self.0).to_hex();
+        if f.alternate() {
+            f.write_str(&hex)
+        } else {
+            f.write_str(&hex[..12])
+        }
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self:#})")
+    }
+}
+
+/// The error returned when parsing a [`NodeId`] or [`ClusterId`] from hex fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected} hex digits, got {got:?}")]
+pub struct ParseIdError {
+    expected: usize,
+    got: String,
+}
+
+impl FromStr for NodeId {
+    type Err = ParseIdError;
+
+    /// Parses the full 64-digit hex form (as printed by `{:#}`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        blake3::Hash::from_hex(s)
+            .map(|h| NodeId(*h.as_bytes()))
+            .map_err(|_| ParseIdError {
+                expected: 64,
+                got: s.chars().take(80).collect(),
+            })
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(&format_args!("{self:#}"))
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 32]>::deserialize(deserializer).map(NodeId)
+        }
+    }
+}
+
+/// A cluster's identity: 8 bytes carried in every frame so that nodes of
+/// different clusters sharing a network ignore each other.
+///
+/// Derive it from a human-chosen cluster name with [`ClusterId::from_name`].
+///
+/// ```
+/// use gossip_core::ClusterId;
+/// let prod = ClusterId::from_name("prod-eu-1");
+/// assert_ne!(prod, ClusterId::from_name("staging"));
+/// assert_eq!(prod.to_string().parse::<ClusterId>().unwrap(), prod);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterId([u8; 8]);
+
+impl ClusterId {
+    /// Length of a cluster id in bytes.
+    pub const LEN: usize = 8;
+
+    /// Derives the id from a cluster name: the first 8 bytes of its blake3 hash.
+    pub fn from_name(name: &str) -> Self {
+        let hash = blake3::hash(name.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&hash.as_bytes()[..8]);
+        ClusterId(id)
+    }
+
+    /// Wraps raw id bytes.
+    pub const fn from_bytes(bytes: [u8; 8]) -> Self {
+        ClusterId(bytes)
+    }
+
+    /// The raw id bytes.
+    pub const fn as_bytes(&self) -> &[u8; 8] {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+impl FromStr for ClusterId {
+    type Err = ParseIdError;
+
+    /// Parses the 16-digit hex form printed by `Display`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseIdError {
+            expected: 16,
+            got: s.chars().take(80).collect(),
+        };
+        if s.len() != 16 || !s.is_ascii() {
+            return Err(err());
+        }
+        let mut id = [0u8; 8];
+        for (slot, pair) in id.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| err())?;
+            *slot = u8::from_str_radix(pair, 16).map_err(|_| err())?;
+        }
+        Ok(ClusterId(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_blake3_of_the_key() {
+        let id = NodeId::from_public_key(b"key");
+        assert_eq!(id.as_bytes(), blake3::hash(b"key").as_bytes());
+    }
+
+    #[test]
+    fn node_id_display_is_short_and_alternate_is_full() {
+        let id = NodeId::from_bytes([0xab; 32]);
+        assert_eq!(id.to_string(), "abababababab");
+        assert_eq!(format!("{id:#}"), "ab".repeat(32));
+        assert_eq!(format!("{id:?}"), format!("NodeId({})", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn node_id_parse_rejects_short_or_bad_hex() {
+        assert!("abc".parse::<NodeId>().is_err());
+        assert!("zz".repeat(32).parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn node_id_serde_is_fixed_32_bytes_in_postcard() {
+        let id = NodeId::from_public_key(b"k");
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
+    }
+
+    #[test]
+    fn cluster_id_round_trips_through_hex() {
+        let id = ClusterId::from_name("a");
+        assert_eq!(id.to_string().parse::<ClusterId>().unwrap(), id);
+        assert!("0011".parse::<ClusterId>().is_err());
+        assert!("é".repeat(8).parse::<ClusterId>().is_err());
+    }
+}

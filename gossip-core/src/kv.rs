@@ -1,0 +1,817 @@
+//! Per-node versioned key/value state, in the Scuttlebutt manner.
+//!
+//! Every node owns a small map of keys. Only the owner writes its keys; each
+//! write (a set or a delete) takes the owner's next version number, so the
+//! versions of one owner order all its writes. Replicas exchange, per owner,
+//! everything newer than the version the other side has reached.
+//!
+//! # Deletes and garbage collection
+//!
+//! A delete leaves a tombstone that travels like a value. Tombstones are
+//! garbage-collected after a grace period, and each replica remembers, per
+//! owner, the highest version it has collected: its *floor*. A replica whose
+//! known version of an owner is below the sender's floor may hold keys whose
+//! tombstones are gone, so it is sent a *reset*: the sender's complete set of
+//! that owner's entries, which replaces the receiver's. A plain delta could
+//! never delete those keys, which is how deleted keys came back in other
+//! systems (chitchat issues #110 and #121). Collection is therefore safe at any
+//! time on any replica; the grace period only saves bandwidth.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Limited};
+use crate::id::NodeId;
+use crate::limits::Limits;
+use crate::time::Timestamp;
+use crate::wire::encoded_len;
+
+/// A key of a node's state. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Keys order, compare and hash exactly as their strings do, so maps keyed by
+// `Key` can be searched with a `&str`.
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(Arc::from(s))
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key(Arc::from(s))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// One write of one key, as it travels: a value, or `None` for a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key.
+    pub key: Key,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// The owner's version at this write.
+    pub version: u64,
+}
+
+/// How far a replica has got with one owner's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerDigest {
+    /// The owner.
+    pub owner: NodeId,
+    /// Every write of the owner up to this version is reflected.
+    pub max_version: u64,
+    /// Tombstones up to this version have been collected (or reset past).
+    pub floor: u64,
+}
+
+/// The writes of one owner that a peer lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerDelta {
+    /// The owner.
+    pub owner: NodeId,
+    /// `true` if `entries` replace the receiver's whole view of the owner
+    /// (because the receiver is below the sender's floor).
+    pub reset: bool,
+    /// The sender's floor for this owner.
+    pub floor: u64,
+    /// After applying, the receiver reflects every write up to this version.
+    pub up_to: u64,
+    /// The writes, in increasing version order.
+    pub entries: Vec<Entry>,
+}
+
+/// A set of owner deltas, as sent from one replica to another.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// One delta per owner, at most once each.
+    pub owners: Vec<OwnerDelta>,
+}
+
+impl Delta {
+    /// `true` if the delta carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+}
+
+/// A change to the store caused by [`KvStore::apply_delta`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvChange {
+    /// Whose key.
+    pub owner: NodeId,
+    /// Which key.
+    pub key: Key,
+    /// The new value, or `None` if the key was deleted.
+    pub value: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    value: Option<Bytes>,
+    version: u64,
+    /// When the tombstone was stored locally; `None` for live values.
+    deleted_at: Option<Timestamp>,
+}
+
+/// One owner's state as held by one replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    entries: BTreeMap<Key, Stored>,
+    by_version: BTreeMap<u64, Key>,
+    max_version: u64,
+    floor: u64,
+}
+
+impl NodeState {
+    /// The live value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.entries
+            .get(key)
+            .and_then(|stored| stored.value.as_ref())
+    }
+
+    /// The live keys and values, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Bytes)> {
+        self.entries
+            .iter()
+            .filter_map(|(key, stored)| stored.value.as_ref().map(|v| (key, v)))
+    }
+
+    /// Every stored write (live values and tombstones), in version order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.by_version.iter().filter_map(|(version, key)| {
+            let stored = self.entries.get(key)?;
+            Some(Entry {
+                key: key.clone(),
+                value: stored.value.clone(),
+                version: *version,
+            })
+        })
+    }
+
+    /// Number of keys held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// `true` if no key is held, tombstones included.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.entries.values().filter(|s| s.value.is_none()).count()
+    }
+
+    /// Every write of the owner up to this version is reflected here.
+    pub fn max_version(&self) -> u64 {
+        self.max_version
+    }
+
+    /// Tombstones up to this version have been collected.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    fn store(&mut self, now: Timestamp, entry: Entry) {
+        let deleted_at = entry.value.is_none().then_some(now);
+        let stored = Stored {
+            value: entry.value,
+            version: entry.version,
+            deleted_at,
+        };
+        if let Some(old) = self.entries.insert(entry.key.clone(), stored) {
+            self.by_version.remove(&old.version);
+        }
+        self.by_version.insert(entry.version, entry.key);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.by_version.clear();
+    }
+
+    /// The entries a replica at `(peer_max, peer_floor)` lacks, packed into
+    /// `budget` bytes of encoded entries, or `None` if it lacks nothing or the
+    /// first entry it needs does not fit.
+    fn delta_for(
+        &self,
+        owner: NodeId,
+        peer_max: u64,
+        peer_floor: u64,
+        budget: usize,
+    ) -> Option<OwnerDelta> {
+        if peer_max >= self.max_version {
+            return None;
+        }
+        // Below our floor the peer may hold keys whose tombstones we no longer
+        // have: only a full replacement can delete them.
+        let reset = self.floor > peer_max.max(peer_floor);
+        let from = if reset { 0 } else { peer_max.saturating_add(1) };
+        let mut delta = OwnerDelta {
+            owner,
+            reset,
+            floor: self.floor,
+            up_to: self.max_version,
+            entries: Vec::new(),
+        };
+        // Two bytes of slack for the entry count's varint growing.
+        let mut used = encoded_len(&delta) + 2;
+        for (version, key) in self.by_version.range(from..) {
+            let Some(stored) = self.entries.get(key) else {
+                continue;
+            };
+            let entry = Entry {
+                key: key.clone(),
+                value: stored.value.clone(),
+                version: *version,
+            };
+            let len = encoded_len(&entry);
+            if used + len > budget {
+                match delta.entries.last() {
+                    Some(last) => delta.up_to = last.version,
+                    None => return None,
+                }
+                break;
+            }
+            used += len;
+            delta.entries.push(entry);
+        }
+        Some(delta)
+    }
+
+    /// Checks an incoming delta against this state and `limits`, changing nothing.
+    fn validate(&self, delta: &OwnerDelta, limits: &Limits) -> Result<(), Error> {
+        let inconsistent = |reason| Error::InconsistentDelta {
+            owner: delta.owner,
+            reason,
+        };
+        let mut previous = None;
+        let mut new_keys = 0usize;
+        for entry in &delta.entries {
+            if previous.is_some_and(|p| entry.version <= p) {
+                return Err(inconsistent("versions not strictly increasing"));
+            }
+            previous = Some(entry.version);
+            Error::check(
+                Limited::KeyBytes,
+                entry.key.as_str().len(),
+                limits.max_key_bytes,
+            )?;
+            let value_len = entry.value.as_ref().map_or(0, Bytes::len);
+            Error::check(Limited::ValueBytes, value_len, limits.max_value_bytes)?;
+            if delta.reset || !self.entries.contains_key(&entry.key) {
+                new_keys += 1;
+            }
+        }
+        if previous.is_some_and(|p| p > delta.up_to) {
+            return Err(inconsistent("entry past the version the delta covers"));
+        }
+        let total = if delta.reset {
+            new_keys
+        } else {
+            self.len() + new_keys
+        };
+        // Duplicate keys in one delta only make this estimate larger; the
+        // strictly increasing versions already reject a key listed twice at one
+        // version.
+        Error::check(Limited::KeysPerNode, total, limits.max_keys_per_node)
+    }
+
+    /// Applies a validated delta.
+    fn apply(&mut self, now: Timestamp, delta: OwnerDelta, changes: &mut Vec<KvChange>) {
+        if delta.up_to <= self.max_version {
+            return;
+        }
+        let owner = delta.owner;
+        if delta.reset {
+            let before = std::mem::take(&mut self.entries);
+            self.clear();
+            for entry in delta.entries {
+                let old = before.get(&entry.key).and_then(|s| s.value.as_ref());
+                if old != entry.value.as_ref() {
+                    changes.push(KvChange {
+                        owner,
+                        key: entry.key.clone(),
+                        value: entry.value.clone(),
+                    });
+                }
+                self.store(now, entry);
+            }
+            for (key, stored) in before {
+                if stored.value.is_some() && self.get(key.as_str()).is_none() {
+                    changes.push(KvChange {
+                        owner,
+                        key,
+                        value: None,
+                    });
+                }
+            }
+            self.floor = self.floor.max(delta.floor);
+        } else {
+            for entry in delta.entries {
+                let current = self.entries.get(&entry.key);
+                if current.is_some_and(|c| c.version >= entry.version) {
+                    continue;
+                }
+                let old_value = current.and_then(|c| c.value.as_ref());
+                if old_value != entry.value.as_ref() {
+                    changes.push(KvChange {
+                        owner,
+                        key: entry.key.clone(),
+                        value: entry.value.clone(),
+                    });
+                }
+                self.store(now, entry);
+            }
+        }
+        self.max_version = delta.up_to;
+    }
+
+    /// Collects tombstones stored at least `grace` ago, raising the floor.
+    fn collect(&mut self, now: Timestamp, grace: Duration) -> usize {
+        let expired: Vec<(Key, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, s)| {
+                s.deleted_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= grace)
+            })
+            .map(|(k, s)| (k.clone(), s.version))
+            .collect();
+        for (key, version) in &expired {
+            self.entries.remove(key);
+            self.by_version.remove(version);
+            self.floor = self.floor.max(*version);
+        }
+        expired.len()
+    }
+}
+
+/// The key/value state of the whole cluster as one replica holds it: the local
+/// node's own keys, which only it writes, and a copy of every other node's.
+///
+/// ```
+/// use gossip_core::{KvStore, Limits, NodeId, Timestamp};
+/// let (a, b) = (NodeId::from_public_key(b"a"), NodeId::from_public_key(b"b"));
+/// let mut store_a = KvStore::new(a, Limits::default());
+/// let mut store_b = KvStore::new(b, Limits::default());
+///
+/// store_a.set("tokens", &b"0,42,97"[..]).unwrap();
+/// // b tells a how far it has got; a answers with what b lacks.
+/// let delta = store_a.delta_for(&store_b.digest(), 1200);
+/// store_b.apply_delta(Timestamp::ZERO, delta).unwrap();
+/// assert_eq!(store_b.get(&a, "tokens").unwrap().as_ref(), b"0,42,97");
+/// ```
+#[derive(Debug, Clone)]
+pub struct KvStore {
+    local: NodeId,
+    nodes: BTreeMap<NodeId, NodeState>,
+    limits: Limits,
+}
+
+impl KvStore {
+    /// An empty store for the node `local`.
+    pub fn new(local: NodeId, limits: Limits) -> Self {
+        Self::starting_at(local, limits, 0)
+    }
+
+    /// An empty store whose first local write takes version `version + 1`,
+    /// for a node that restarts: pass the last version it persisted (or any
+    /// value above every version an earlier life could have used). Peers that
+    /// hold the earlier life's keys are below the new floor, so they are reset
+    /// to the new life's state instead of keeping stale keys.
+    pub fn starting_at(local: NodeId, limits: Limits, version: u64) -> Self {
+        let mut nodes = BTreeMap::new();
+        let state = NodeState {
+            max_version: version,
+            floor: version,
+            ..NodeState::default()
+        };
+        nodes.insert(local, state);
+        KvStore {
+            local,
+            nodes,
+            limits,
+        }
+    }
+
+    /// The local node's id.
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// The local node's state.
+    pub fn local(&self) -> &NodeState {
+        self.nodes
+            .get(&self.local)
+            .expect("the local node's state is created in new() and never removed")
+    }
+
+    fn local_mut(&mut self) -> &mut NodeState {
+        self.nodes
+            .get_mut(&self.local)
+            .expect("the local node's state is created in new() and never removed")
+    }
+
+    /// The state of `owner`, if any of it is known.
+    pub fn node(&self, owner: &NodeId) -> Option<&NodeState> {
+        self.nodes.get(owner)
+    }
+
+    /// Every owner with known state, in id order.
+    pub fn owners(&self) -> impl Iterator<Item = (&NodeId, &NodeState)> {
+        self.nodes.iter()
+    }
+
+    /// The live value of `owner`'s `key`.
+    pub fn get(&self, owner: &NodeId, key: &str) -> Option<&Bytes> {
+        self.nodes.get(owner)?.get(key)
+    }
+
+    fn write(&mut self, now: Timestamp, key: Key, value: Option<Bytes>) -> Result<u64, Error> {
+        let limits = &self.limits;
+        Error::check(Limited::KeyBytes, key.as_str().len(), limits.max_key_bytes)?;
+        Error::check(
+            Limited::ValueBytes,
+            value.as_ref().map_or(0, Bytes::len),
+            limits.max_value_bytes,
+        )?;
+        let max_keys = limits.max_keys_per_node;
+        let local = self.local_mut();
+        if !local.entries.contains_key(&key) {
+            Error::check(Limited::KeysPerNode, local.len() + 1, max_keys)?;
+        }
+        let version = local
+            .max_version
+            .checked_add(1)
+            .ok_or(Error::VersionExhausted)?;
+        local.store(
+            now,
+            Entry {
+                key,
+                value,
+                version,
+            },
+        );
+        local.max_version = version;
+        Ok(version)
+    }
+
+    /// Sets one of the local node's keys, returning the write's version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] for an oversized key or value or one key too
+    /// many; [`Error::VersionExhausted`]. Nothing is written on error.
+    pub fn set(&mut self, key: impl Into<Key>, value: impl Into<Bytes>) -> Result<u64, Error> {
+        self.write(Timestamp::ZERO, key.into(), Some(value.into()))
+    }
+
+    /// Deletes one of the local node's keys, leaving a tombstone stamped `now`.
+    /// Returns the write's version, or `None` if the key held no value.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](KvStore::set).
+    pub fn delete(&mut self, now: Timestamp, key: &str) -> Result<Option<u64>, Error> {
+        if self.local().get(key).is_none() {
+            return Ok(None);
+        }
+        self.write(now, Key::from(key), None).map(Some)
+    }
+
+    /// How far this replica has got with each owner.
+    pub fn digest(&self) -> Vec<OwnerDigest> {
+        self.nodes
+            .iter()
+            .map(|(owner, state)| OwnerDigest {
+                owner: *owner,
+                max_version: state.max_version,
+                floor: state.floor,
+            })
+            .collect()
+    }
+
+    /// What a replica with `peer` digest lacks, in at most about `budget` bytes
+    /// of encoding. Owners the peer is furthest behind on go first; owners
+    /// missing from the digest count as known up to version 0.
+    pub fn delta_for(&self, peer: &[OwnerDigest], budget: usize) -> Delta {
+        let known: BTreeMap<NodeId, (u64, u64)> = peer
+            .iter()
+            .map(|d| (d.owner, (d.max_version, d.floor)))
+            .collect();
+        let mut behind: Vec<(u64, NodeId, u64, u64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(owner, state)| {
+                let (max, floor) = known.get(owner).copied().unwrap_or((0, 0));
+                let lag = state.max_version.checked_sub(max).filter(|lag| *lag > 0)?;
+                Some((lag, *owner, max, floor))
+            })
+            .collect();
+        behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+
+        let mut delta = Delta::default();
+        // Two bytes of slack for the owner count's varint growing.
+        let mut used = encoded_len(&delta) + 2;
+        for (_, owner, max, floor) in behind {
+            let Some(state) = self.nodes.get(&owner) else {
+                continue;
+            };
+            let Some(owner_delta) = state.delta_for(owner, max, floor, budget.saturating_sub(used))
+            else {
+                continue;
+            };
+            used += encoded_len(&owner_delta);
+            delta.owners.push(owner_delta);
+        }
+        delta
+    }
+
+    /// Applies what a peer sent, returning the changes to live values.
+    ///
+    /// Writes newer than what is held win; a reset replaces the owner's state
+    /// whole. Claims about the local node's own state are never applied, but a
+    /// version of it higher than the local one (left by an earlier life of this
+    /// node) raises the local version and floor past it, so the next write wins
+    /// and peers drop the stale keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InconsistentDelta`] and [`Error::LimitExceeded`]. The whole
+    /// delta is checked before any of it is applied, so on error nothing changes.
+    pub fn apply_delta(&mut self, now: Timestamp, delta: Delta) -> Result<Vec<KvChange>, Error> {
+        Error::check(
+            Limited::DeltaOwners,
+            delta.owners.len(),
+            self.limits.max_members,
+        )?;
+        let empty = NodeState::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for owner_delta in &delta.owners {
+            if !seen.insert(owner_delta.owner) {
+                return Err(Error::InconsistentDelta {
+                    owner: owner_delta.owner,
+                    reason: "owner listed twice",
+                });
+            }
+            let state = self.nodes.get(&owner_delta.owner).unwrap_or(&empty);
+            state.validate(owner_delta, &self.limits)?;
+        }
+        let new_owners = delta
+            .owners
+            .iter()
+            .filter(|d| !self.nodes.contains_key(&d.owner))
+            .count();
+        Error::check(
+            Limited::Members,
+            self.nodes.len() + new_owners,
+            self.limits.max_members,
+        )?;
+
+        let mut changes = Vec::new();
+        for owner_delta in delta.owners {
+            if owner_delta.owner == self.local {
+                let local = self.local_mut();
+                if owner_delta.up_to >= local.max_version && owner_delta.up_to > 0 {
+                    let past = owner_delta.up_to.saturating_add(1);
+                    local.max_version = local.max_version.max(past);
+                    local.floor = local.floor.max(past);
+                }
+                continue;
+            }
+            self.nodes
+                .entry(owner_delta.owner)
+                .or_default()
+                .apply(now, owner_delta, &mut changes);
+        }
+        Ok(changes)
+    }
+
+    /// Collects tombstones stored at least `grace` before `now`, on every
+    /// owner's state. Returns how many were removed.
+    pub fn collect_tombstones(&mut self, now: Timestamp, grace: Duration) -> usize {
+        self.nodes
+            .values_mut()
+            .map(|state| state.collect(now, grace))
+            .sum()
+    }
+
+    /// Drops everything known of `owner` (for a member removed from the
+    /// cluster). The local node's state cannot be dropped.
+    pub fn forget(&mut self, owner: &NodeId) -> bool {
+        *owner != self.local && self.nodes.remove(owner).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 32])
+    }
+
+    fn sync(from: &KvStore, to: &mut KvStore, now: Timestamp, budget: usize) -> Vec<KvChange> {
+        let delta = from.delta_for(&to.digest(), budget);
+        to.apply_delta(now, delta).unwrap()
+    }
+
+    #[test]
+    fn set_bumps_the_version_and_delta_carries_only_news() {
+        let mut a = KvStore::new(id(1), Limits::default());
+        let mut b = KvStore::new(id(2), Limits::default());
+        assert_eq!(a.set("x", &b"1"[..]).unwrap(), 1);
+        assert_eq!(a.set("y", &b"2"[..]).unwrap(), 2);
+        sync(&a, &mut b, Timestamp::ZERO, 10_000);
+        assert_eq!(b.node(&id(1)).unwrap().max_version(), 2);
+        a.set("x", &b"3"[..]).unwrap();
+        let delta = a.delta_for(&b.digest(), 10_000);
+        assert_eq!(delta.owners.len(), 1);
+        assert_eq!(
+            delta.owners[0].entries.len(),
+            1,
+            "only the new write travels"
+        );
+        b.apply_delta(Timestamp::ZERO, delta).unwrap();
+        assert_eq!(b.get(&id(1), "x").unwrap().as_ref(), b"3");
+        assert!(a.delta_for(&b.digest(), 10_000).is_empty());
+    }
+
+    #[test]
+    fn small_budgets_split_a_delta_in_version_order() {
+        let mut a = KvStore::new(id(1), Limits::default());
+        let mut b = KvStore::new(id(2), Limits::default());
+        for i in 0..20 {
+            a.set(format!("key-{i}"), vec![7u8; 20]).unwrap();
+        }
+        let mut rounds = 0;
+        while !a.delta_for(&b.digest(), 200).is_empty() {
+            let delta = a.delta_for(&b.digest(), 200);
+            assert!(encoded_len(&delta) <= 200, "{} bytes", encoded_len(&delta));
+            b.apply_delta(Timestamp::ZERO, delta).unwrap();
+            rounds += 1;
+        }
+        assert!(rounds > 1);
+        assert_eq!(b.node(&id(1)).unwrap().iter().count(), 20);
+    }
+
+    #[test]
+    fn a_replica_below_the_floor_is_reset_and_loses_the_deleted_key() {
+        let t0 = Timestamp::ZERO;
+        let t1 = Timestamp::from_millis(60_000);
+        let mut owner = KvStore::new(id(1), Limits::default());
+        let mut stale = KvStore::new(id(2), Limits::default());
+        owner.set("doomed", &b"v"[..]).unwrap();
+        sync(&owner, &mut stale, t0, 10_000);
+        owner.delete(t0, "doomed").unwrap();
+        owner.set("other", &b"w"[..]).unwrap();
+        assert_eq!(owner.collect_tombstones(t1, Duration::from_secs(30)), 1);
+        assert_eq!(owner.local().floor(), 2);
+
+        let delta = owner.delta_for(&stale.digest(), 10_000);
+        assert!(delta.owners[0].reset);
+        let changes = stale.apply_delta(t1, delta).unwrap();
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.key.as_str() == "doomed" && c.value.is_none())
+        );
+        assert_eq!(stale.get(&id(1), "doomed"), None);
+        assert_eq!(stale.get(&id(1), "other").unwrap().as_ref(), b"w");
+    }
+
+    #[test]
+    fn a_restarted_owner_moves_past_its_earlier_life() {
+        let mut old_life = KvStore::new(id(1), Limits::default());
+        old_life.set("a", &b"1"[..]).unwrap();
+        old_life.set("b", &b"2"[..]).unwrap();
+        let mut peer = KvStore::new(id(2), Limits::default());
+        sync(&old_life, &mut peer, Timestamp::ZERO, 10_000);
+
+        let mut new_life = KvStore::new(id(1), Limits::default());
+        new_life.set("a", &b"fresh"[..]).unwrap();
+        // The peer tells the restarted owner what it holds of it.
+        sync(&peer, &mut new_life, Timestamp::ZERO, 10_000);
+        assert!(new_life.local().max_version() > 2);
+        sync(&new_life, &mut peer, Timestamp::ZERO, 10_000);
+        assert_eq!(peer.get(&id(1), "a").unwrap().as_ref(), b"fresh");
+        assert_eq!(
+            peer.get(&id(1), "b"),
+            None,
+            "the earlier life's key is gone"
+        );
+    }
+
+    #[test]
+    fn inconsistent_or_oversized_deltas_change_nothing() {
+        let mut b = KvStore::new(id(2), Limits::default());
+        let entry = |v| Entry {
+            key: Key::from("k"),
+            value: Some(Bytes::from_static(b"v")),
+            version: v,
+        };
+        let bad = Delta {
+            owners: vec![OwnerDelta {
+                owner: id(1),
+                reset: false,
+                floor: 0,
+                up_to: 5,
+                entries: vec![entry(3), entry(2)],
+            }],
+        };
+        assert!(matches!(
+            b.apply_delta(Timestamp::ZERO, bad),
+            Err(Error::InconsistentDelta { .. })
+        ));
+        let past = Delta {
+            owners: vec![OwnerDelta {
+                owner: id(1),
+                reset: false,
+                floor: 0,
+                up_to: 1,
+                entries: vec![entry(3)],
+            }],
+        };
+        assert!(b.apply_delta(Timestamp::ZERO, past).is_err());
+        let mut big = entry(1);
+        big.value = Some(Bytes::from(vec![
+            0u8;
+            Limits::default().max_value_bytes + 1
+        ]));
+        let oversized = Delta {
+            owners: vec![OwnerDelta {
+                owner: id(1),
+                reset: false,
+                floor: 0,
+                up_to: 1,
+                entries: vec![big],
+            }],
+        };
+        assert!(matches!(
+            b.apply_delta(Timestamp::ZERO, oversized),
+            Err(Error::LimitExceeded {
+                what: Limited::ValueBytes,
+                ..
+            })
+        ));
+        assert!(b.node(&id(1)).is_none());
+    }
+
+    #[test]
+    fn local_writes_respect_the_caps() {
+        let limits = Limits {
+            max_keys_per_node: 2,
+            max_key_bytes: 3,
+            ..Limits::default()
+        };
+        let mut a = KvStore::new(id(1), limits);
+        assert!(a.set("long", &b""[..]).is_err());
+        a.set("a", &b""[..]).unwrap();
+        a.set("b", &b""[..]).unwrap();
+        assert!(matches!(
+            a.set("c", &b""[..]),
+            Err(Error::LimitExceeded {
+                what: Limited::KeysPerNode,
+                ..
+            })
+        ));
+        a.set("a", &b"overwrite is fine"[..]).unwrap();
+        assert_eq!(a.local().max_version(), 3);
+    }
+}

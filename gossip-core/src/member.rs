@@ -1,0 +1,700 @@
+//! Member records, their merge, and the membership table.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Limited};
+use crate::id::NodeId;
+use crate::incarnation::Incarnation;
+use crate::limits::Limits;
+use crate::time::Timestamp;
+
+/// What the cluster believes about a member.
+///
+/// The variants are listed in merge precedence: at equal incarnation a later
+/// variant overrides an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberStatus {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; will be declared dead unless it refutes in time.
+    Suspect,
+    /// Declared failed.
+    Dead,
+    /// Left the cluster on purpose. Only the member itself can say so.
+    Left,
+}
+
+impl MemberStatus {
+    /// `true` for [`Dead`](MemberStatus::Dead) and [`Left`](MemberStatus::Left):
+    /// the member is no longer part of the cluster.
+    pub fn is_departed(self) -> bool {
+        matches!(self, MemberStatus::Dead | MemberStatus::Left)
+    }
+
+    /// A lower-case name, for logs and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Suspect => "suspect",
+            MemberStatus::Dead => "dead",
+            MemberStatus::Left => "left",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The parts of a member record that only change when its owner raises its
+/// incarnation: a human-readable name and where to reach it.
+///
+/// Shared behind an `Arc` so that the many views of one member (one per
+/// observer in a simulation, one per queued rumor) hold a single copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MemberMeta {
+    /// A name for humans; not unique and not an identity.
+    pub name: String,
+    /// Advertised addresses, preferred first.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl MemberMeta {
+    /// Creates the metadata.
+    pub fn new(name: impl Into<String>, addrs: Vec<SocketAddr>) -> Self {
+        MemberMeta {
+            name: name.into(),
+            addrs,
+        }
+    }
+
+    /// Checks the metadata against `limits`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] for too many addresses or too long a name.
+    pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
+        Error::check(
+            Limited::AddressesPerMember,
+            self.addrs.len(),
+            limits.max_addrs_per_member,
+        )?;
+        Error::check(Limited::NameBytes, self.name.len(), limits.max_name_bytes)
+    }
+}
+
+/// One member as seen by one observer.
+///
+/// Records about the same member merge with SWIM's precedence: the higher
+/// `(incarnation, status)` wins, so
+/// * `Alive(i)` overrides `Suspect(j)` only if `i > j`;
+/// * `Suspect(i)` overrides `Alive(j)` if `i >= j`;
+/// * `Dead(i)` and `Left(i)` override `Alive(j)` and `Suspect(j)` if `i >= j`.
+///
+/// `state_version` (how far the member's key/value state has advanced) is
+/// merged independently, as a maximum. The merge, [`Member::join`], is
+/// commutative, associative and idempotent, so replicas that see the same
+/// records in any order agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Who.
+    pub id: NodeId,
+    /// The member's incarnation, raised only by itself.
+    pub incarnation: Incarnation,
+    /// What is believed of it.
+    pub status: MemberStatus,
+    /// The highest version of its key/value state known to exist.
+    pub state_version: u64,
+    /// Name and addresses.
+    pub meta: Arc<MemberMeta>,
+}
+
+impl Member {
+    /// A fresh member: alive at incarnation 0 with state version 0.
+    pub fn new(id: NodeId, meta: MemberMeta) -> Self {
+        Member {
+            id,
+            incarnation: Incarnation::ZERO,
+            status: MemberStatus::Alive,
+            state_version: 0,
+            meta: Arc::new(meta),
+        }
+    }
+
+    /// This record with another status.
+    pub fn with_status(&self, status: MemberStatus) -> Member {
+        Member {
+            status,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this record's liveness claim overrides `other`'s under SWIM's
+    /// precedence. Records equal in `(incarnation, status)` are ordered by their
+    /// metadata so that the merge stays deterministic even for conflicting
+    /// claims; `state_version` plays no part.
+    pub fn overrides(&self, other: &Member) -> bool {
+        (self.incarnation, self.status)
+            .cmp(&(other.incarnation, other.status))
+            .then_with(|| self.meta.cmp(&other.meta))
+            .is_gt()
+    }
+
+    /// The merge of two records about the same member: the liveness claim of
+    /// whichever [overrides](Member::overrides), with the larger state version.
+    ///
+    /// # Panics
+    ///
+    /// If the records are about different members (caller misuse).
+    pub fn join(&self, other: &Member) -> Member {
+        assert_eq!(self.id, other.id, "joined records of different members");
+        let winner = if other.overrides(self) { other } else { self };
+        Member {
+            state_version: self.state_version.max(other.state_version),
+            ..winner.clone()
+        }
+    }
+
+    /// Checks the record against `limits`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] if its metadata is over a cap.
+    pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
+        self.meta.validate(limits)
+    }
+}
+
+/// How a member's record changed, for events and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transition {
+    /// First heard of.
+    Joined,
+    /// Alive became suspect.
+    Suspected,
+    /// A suspect refuted and is alive again.
+    Recovered,
+    /// Declared dead.
+    Failed,
+    /// Left on purpose.
+    Left,
+    /// A dead or departed member came back with a higher incarnation.
+    Rejoined,
+    /// Same status, new incarnation or metadata.
+    Updated,
+    /// Only the key/value state version advanced.
+    StateAdvanced,
+}
+
+/// A change to the membership table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The record before, or `None` for a member not known until now.
+    pub before: Option<Member>,
+    /// The record now.
+    pub after: Member,
+    /// Who made the claim that caused the change (for accusations, the accuser).
+    pub origin: NodeId,
+}
+
+impl MemberChange {
+    /// Classifies the change.
+    pub fn transition(&self) -> Transition {
+        use MemberStatus::*;
+        let Some(before) = &self.before else {
+            return match self.after.status {
+                Alive => Transition::Joined,
+                Suspect => Transition::Suspected,
+                Dead => Transition::Failed,
+                Left => Transition::Left,
+            };
+        };
+        match (before.status, self.after.status) {
+            (Alive, Suspect) => Transition::Suspected,
+            (Suspect, Alive) => Transition::Recovered,
+            (Dead | Left, Alive | Suspect) => Transition::Rejoined,
+            (_, Dead) if before.status != Dead => Transition::Failed,
+            (_, Left) if before.status != Left => Transition::Left,
+            _ if before.incarnation == self.after.incarnation && before.meta == self.after.meta => {
+                Transition::StateAdvanced
+            }
+            _ => Transition::Updated,
+        }
+    }
+}
+
+/// What [`Membership::apply`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipEvent {
+    /// Another member's record changed.
+    Changed(MemberChange),
+    /// Someone made a claim about the local node that overrides its own record
+    /// (a suspicion, a death, or an alive claim from an earlier life). The
+    /// local record is unchanged: the caller should [refute](Membership::refute).
+    AccusedSelf {
+        /// The claim.
+        claim: Member,
+        /// Who made it.
+        origin: NodeId,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    member: Member,
+    changed_at: Timestamp,
+}
+
+/// The membership table: the local node's record, which only it changes, and
+/// what it believes of every other member.
+///
+/// Departed members (dead or left) stay in the table as tombstones, so that a
+/// stale alive rumor cannot bring them back, until
+/// [`collect_departed`](Membership::collect_departed) removes them after a
+/// horizon longer than any rumor lives.
+///
+/// ```
+/// use gossip_core::{Member, MemberMeta, Membership, MemberStatus, Limits, NodeId, Timestamp};
+/// let me = NodeId::from_public_key(b"me");
+/// let peer = NodeId::from_public_key(b"peer");
+/// let mut table = Membership::new(Member::new(me, MemberMeta::default()), Limits::default());
+///
+/// // The peer announces itself; the authenticated sender is the peer.
+/// let now = Timestamp::ZERO;
+/// table.apply(now, Member::new(peer, MemberMeta::default()), peer).unwrap();
+/// assert_eq!(table.count(MemberStatus::Alive), 2);
+///
+/// // We accuse it; it stays in the table as a suspect.
+/// table.accuse(now, peer, MemberStatus::Suspect).unwrap();
+/// assert_eq!(table.get(&peer).unwrap().status, MemberStatus::Suspect);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Membership {
+    local: Member,
+    others: BTreeMap<NodeId, Slot>,
+    limits: Limits,
+}
+
+impl Membership {
+    /// A table holding only the local node.
+    pub fn new(local: Member, limits: Limits) -> Self {
+        Membership {
+            local,
+            others: BTreeMap::new(),
+            limits,
+        }
+    }
+
+    /// The local node's id.
+    pub fn local_id(&self) -> NodeId {
+        self.local.id
+    }
+
+    /// The local node's record.
+    pub fn local(&self) -> &Member {
+        &self.local
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The record of `id`, the local node's included.
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        if *id == self.local.id {
+            Some(&self.local)
+        } else {
+            self.others.get(id).map(|slot| &slot.member)
+        }
+    }
+
+    /// Every record other than the local one, in id order.
+    pub fn others(&self) -> impl Iterator<Item = &Member> {
+        self.others.values().map(|slot| &slot.member)
+    }
+
+    /// Every record, the local one first.
+    pub fn iter(&self) -> impl Iterator<Item = &Member> {
+        std::iter::once(&self.local).chain(self.others())
+    }
+
+    /// Number of records, the local one and departed ones included.
+    pub fn len(&self) -> usize {
+        self.others.len() + 1
+    }
+
+    /// Always `false`: the table holds at least the local node.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Number of records with `status`, the local one included.
+    pub fn count(&self, status: MemberStatus) -> usize {
+        self.iter().filter(|m| m.status == status).count()
+    }
+
+    /// Merges a claim about a member, made by `origin`.
+    ///
+    /// `origin` is who made the claim: for a message, the authenticated sender
+    /// (never a claimed id); for a relayed rumor, the node that started it, as
+    /// far as the caller trusts the relay. Claims only the subject itself may
+    /// make (a higher incarnation than known, a first alive announcement, a
+    /// leave) are refused from anyone else. Accusations (suspect, dead) may come
+    /// from anyone and are reported with their origin.
+    ///
+    /// Returns the change, if the claim changed anything.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::NotOwner`] for a self-claim by someone else;
+    /// * [`Error::IncarnationJump`] for an implausible incarnation;
+    /// * [`Error::LimitExceeded`] for oversized metadata or a full table.
+    ///
+    /// In every error case the table is unchanged.
+    pub fn apply(
+        &mut self,
+        now: Timestamp,
+        claim: Member,
+        origin: NodeId,
+    ) -> Result<Option<MembershipEvent>, Error> {
+        claim.validate(&self.limits)?;
+        let subject = claim.id;
+        let owner_only = |what: &'static str| Error::NotOwner {
+            subject,
+            origin,
+            claim: what,
+        };
+
+        if subject == self.local.id {
+            self.local.incarnation.check_jump(
+                subject,
+                claim.incarnation,
+                self.limits.max_incarnation_jump,
+            )?;
+            if claim.status == MemberStatus::Left && origin != subject {
+                return Err(owner_only("a leave"));
+            }
+            if origin != subject && claim.overrides(&self.local) {
+                return Ok(Some(MembershipEvent::AccusedSelf { claim, origin }));
+            }
+            return Ok(None);
+        }
+
+        let current = self.others.get(&subject).map(|slot| &slot.member);
+        if let Some(current) = current {
+            current.incarnation.check_jump(
+                subject,
+                claim.incarnation,
+                self.limits.max_incarnation_jump,
+            )?;
+        }
+        if origin != subject {
+            if claim.status == MemberStatus::Left {
+                return Err(owner_only("a leave"));
+            }
+            let raises = current.is_none_or(|c| claim.incarnation > c.incarnation);
+            if claim.status == MemberStatus::Alive && raises {
+                return Err(owner_only("a new incarnation"));
+            }
+        }
+
+        let merged = match current {
+            Some(current) => {
+                let merged = current.join(&claim);
+                if merged == *current {
+                    return Ok(None);
+                }
+                merged
+            }
+            None => {
+                Error::check(Limited::Members, self.len() + 1, self.limits.max_members)?;
+                claim
+            }
+        };
+        let slot = Slot {
+            member: merged.clone(),
+            changed_at: now,
+        };
+        let before = self.others.insert(subject, slot).map(|slot| slot.member);
+        Ok(Some(MembershipEvent::Changed(MemberChange {
+            before,
+            after: merged,
+            origin,
+        })))
+    }
+
+    /// Records the local node's own accusation of `subject` at the incarnation
+    /// it is known by: `status` is [`Suspect`](MemberStatus::Suspect) after a
+    /// failed probe, [`Dead`](MemberStatus::Dead) after the suspicion timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Membership::apply); accusing an unknown member or the local
+    /// node changes nothing and returns `Ok(None)`.
+    pub fn accuse(
+        &mut self,
+        now: Timestamp,
+        subject: NodeId,
+        status: MemberStatus,
+    ) -> Result<Option<MembershipEvent>, Error> {
+        if subject == self.local.id {
+            return Ok(None);
+        }
+        let Some(slot) = self.others.get(&subject) else {
+            return Ok(None);
+        };
+        let claim = slot.member.with_status(status);
+        let origin = self.local.id;
+        self.apply(now, claim, origin)
+    }
+
+    /// Raises the local incarnation past `accused` and marks the local node
+    /// alive, refuting a claim made about it. Returns the new local record, to
+    /// be gossiped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncarnationExhausted`] at the top of the range; the record is
+    /// unchanged.
+    pub fn refute(&mut self, accused: Incarnation) -> Result<&Member, Error> {
+        self.local.incarnation = self.local.incarnation.refute(accused)?;
+        self.local.status = MemberStatus::Alive;
+        Ok(&self.local)
+    }
+
+    /// Replaces the local metadata, raising the incarnation so the change wins
+    /// the merge everywhere. Returns the new local record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] for oversized metadata,
+    /// [`Error::IncarnationExhausted`] at the top of the range; the record is
+    /// unchanged in both cases.
+    pub fn set_local_meta(&mut self, meta: MemberMeta) -> Result<&Member, Error> {
+        meta.validate(&self.limits)?;
+        self.local.incarnation = self.local.incarnation.next()?;
+        self.local.meta = Arc::new(meta);
+        Ok(&self.local)
+    }
+
+    /// Records that the local key/value state reached `version`.
+    pub fn set_local_state_version(&mut self, version: u64) {
+        self.local.state_version = self.local.state_version.max(version);
+    }
+
+    /// Marks the local node as having left. Returns the record to announce.
+    pub fn leave(&mut self) -> &Member {
+        self.local.status = MemberStatus::Left;
+        &self.local
+    }
+
+    /// Removes departed members whose last change is at least `horizon` old,
+    /// returning their ids. Choose a horizon longer than any rumor lives, so
+    /// that a stale alive rumor cannot bring a removed member back.
+    pub fn collect_departed(&mut self, now: Timestamp, horizon: Duration) -> Vec<NodeId> {
+        let expired: Vec<NodeId> = self
+            .others
+            .iter()
+            .filter(|(_, slot)| {
+                slot.member.status.is_departed()
+                    && now.saturating_duration_since(slot.changed_at) >= horizon
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.others.remove(id);
+        }
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MemberStatus::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 32])
+    }
+
+    fn rec(n: u8, inc: u64, status: MemberStatus) -> Member {
+        Member {
+            id: id(n),
+            incarnation: Incarnation::new(inc),
+            status,
+            state_version: 0,
+            meta: Arc::new(MemberMeta::default()),
+        }
+    }
+
+    fn table() -> Membership {
+        Membership::new(rec(0, 0, Alive), Limits::default())
+    }
+
+    const T: Timestamp = Timestamp::ZERO;
+
+    /// One check per precedence rule of the SWIM paper: does `new` override `old`?
+    fn check(old: (u64, MemberStatus), new: (u64, MemberStatus), expect: bool) {
+        let (o, n) = (rec(1, old.0, old.1), rec(1, new.0, new.1));
+        assert_eq!(n.overrides(&o), expect, "{new:?} over {old:?}");
+    }
+
+    #[test]
+    fn swim_precedence() {
+        check((1, Suspect), (2, Alive), true);
+        check((1, Suspect), (1, Alive), false);
+        check((1, Alive), (1, Suspect), true);
+        check((2, Alive), (1, Suspect), false);
+        check((1, Suspect), (1, Suspect), false);
+        check((1, Alive), (1, Dead), true);
+        check((1, Suspect), (1, Dead), true);
+        check((2, Suspect), (1, Dead), false);
+        check((1, Alive), (1, Left), true);
+        check((1, Dead), (1, Left), true);
+        check((1, Dead), (2, Alive), true);
+    }
+
+    #[test]
+    fn join_takes_the_larger_state_version_independently() {
+        let mut a = rec(1, 1, Alive);
+        a.state_version = 9;
+        let b = rec(1, 1, Suspect);
+        let joined = a.join(&b);
+        assert_eq!(joined.status, Suspect);
+        assert_eq!(joined.state_version, 9);
+    }
+
+    #[test]
+    fn relayed_accusation_is_accepted_and_reports_origin() {
+        let mut t = table();
+        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
+        let ev = t.apply(T, rec(1, 0, Suspect), id(2)).unwrap().unwrap();
+        let MembershipEvent::Changed(change) = ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(change.origin, id(2));
+        assert_eq!(change.transition(), Transition::Suspected);
+    }
+
+    #[test]
+    fn only_the_owner_may_raise_its_incarnation_or_leave() {
+        let mut t = table();
+        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
+        let err = t.apply(T, rec(1, 1, Alive), id(2)).unwrap_err();
+        assert!(matches!(err, Error::NotOwner { .. }), "{err}");
+        let err = t.apply(T, rec(1, 0, Left), id(2)).unwrap_err();
+        assert!(matches!(err, Error::NotOwner { .. }), "{err}");
+        let err = t.apply(T, rec(3, 0, Alive), id(2)).unwrap_err();
+        assert!(
+            matches!(err, Error::NotOwner { .. }),
+            "unknown member introduced by a third party"
+        );
+        assert_eq!(t.get(&id(1)).unwrap().status, Alive);
+        let ev = t.apply(T, rec(1, 0, Left), id(1)).unwrap().unwrap();
+        let MembershipEvent::Changed(change) = ev else {
+            panic!()
+        };
+        assert_eq!(change.transition(), Transition::Left);
+    }
+
+    #[test]
+    fn suspicion_of_self_is_reported_not_applied() {
+        let mut t = table();
+        let ev = t.apply(T, rec(0, 0, Suspect), id(2)).unwrap();
+        assert!(matches!(ev, Some(MembershipEvent::AccusedSelf { .. })));
+        assert_eq!(t.local().status, Alive);
+        let refuted = t.refute(Incarnation::new(0)).unwrap();
+        assert_eq!(refuted.incarnation, Incarnation::new(1));
+        // The stale suspicion no longer overrides us.
+        assert_eq!(t.apply(T, rec(0, 0, Suspect), id(2)).unwrap(), None);
+        assert!(t.apply(T, rec(0, 1, Left), id(2)).is_err());
+    }
+
+    #[test]
+    fn suspicion_at_the_maximum_incarnation_cannot_wedge_refutation() {
+        let mut t = table();
+        let forged = Member {
+            incarnation: Incarnation::MAX,
+            ..rec(0, 0, Suspect)
+        };
+        let err = t.apply(T, forged, id(2)).unwrap_err();
+        assert!(matches!(err, Error::IncarnationJump { .. }), "{err}");
+        assert_eq!(t.local().incarnation, Incarnation::ZERO);
+        assert!(t.refute(Incarnation::ZERO).is_ok());
+    }
+
+    #[test]
+    fn restarted_member_rejoins_with_higher_incarnation() {
+        let mut t = table();
+        t.apply(T, rec(1, 4, Alive), id(1)).unwrap();
+        t.accuse(T, id(1), Dead).unwrap();
+        assert_eq!(
+            t.apply(T, rec(1, 4, Alive), id(1)).unwrap(),
+            None,
+            "stale alive loses to dead"
+        );
+        let ev = t.apply(T, rec(1, 5, Alive), id(1)).unwrap().unwrap();
+        let MembershipEvent::Changed(change) = ev else {
+            panic!()
+        };
+        assert_eq!(change.transition(), Transition::Rejoined);
+    }
+
+    #[test]
+    fn oversized_metadata_and_full_table_are_errors() {
+        let limits = Limits {
+            max_members: 2,
+            max_name_bytes: 4,
+            ..Limits::default()
+        };
+        let mut t = Membership::new(rec(0, 0, Alive), limits);
+        let mut long = rec(1, 0, Alive);
+        long.meta = Arc::new(MemberMeta::new("too long", vec![]));
+        assert!(matches!(
+            t.apply(T, long, id(1)),
+            Err(Error::LimitExceeded {
+                what: Limited::NameBytes,
+                ..
+            })
+        ));
+        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
+        let err = t.apply(T, rec(2, 0, Alive), id(2)).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::LimitExceeded {
+                what: Limited::Members,
+                ..
+            }
+        ));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn departed_members_are_collected_after_the_horizon() {
+        let mut t = table();
+        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
+        t.apply(T, rec(2, 0, Alive), id(2)).unwrap();
+        t.accuse(Timestamp::from_millis(10), id(1), Dead).unwrap();
+        let h = Duration::from_secs(30);
+        assert!(
+            t.collect_departed(Timestamp::from_millis(29_000), h)
+                .is_empty()
+        );
+        assert_eq!(
+            t.collect_departed(Timestamp::from_millis(30_010), h),
+            vec![id(1)]
+        );
+        assert_eq!(t.len(), 2);
+    }
+}

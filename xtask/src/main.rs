@@ -1,0 +1,118 @@
+//! `cargo xtask <command>`: the workspace's chores, in Rust so they run the
+//! same everywhere. `cargo xtask --help` lists the commands.
+
+mod flags;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use flags::{Cli, Cmd};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("cannot enter the workspace root {}", root.display()))?;
+    match cli.command {
+        Cmd::Ci => ci(),
+        Cmd::Tidy => tidy::run(&root),
+        Cmd::Bench { args } => bench(&args),
+    }
+}
+
+/// The workspace root: the parent of this crate's folder.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs `program args...`, echoing it, and fails if it fails.
+pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    eprintln!("$ {} {}", program, args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `true` if `cargo <sub> --version` works.
+fn has_cargo_subcommand(sub: &str) -> bool {
+    Command::new("cargo")
+        .args([sub, "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Every check CI runs, in order, stopping at the first failure.
+fn ci() -> Result<()> {
+    run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    if has_cargo_subcommand("nextest") {
+        run(
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--locked",
+                "--no-fail-fast",
+            ],
+            &[],
+        )?;
+    } else {
+        eprintln!("cargo-nextest not found: running the tests with cargo test instead");
+        run(
+            "cargo",
+            &[
+                "test",
+                "--workspace",
+                "--locked",
+                "--lib",
+                "--bins",
+                "--tests",
+            ],
+            &[],
+        )?;
+    }
+    // nextest does not run doc tests: they are README and API examples, so they
+    // run here.
+    run("cargo", &["test", "--workspace", "--locked", "--doc"], &[])?;
+    run(
+        "cargo",
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    tidy::run(&project_root())?;
+    eprintln!("cargo xtask ci: all checks passed");
+    Ok(())
+}
+
+/// Runs the criterion benches; extra arguments go to `cargo bench`.
+fn bench(args: &[String]) -> Result<()> {
+    let mut all = vec!["bench", "--workspace"];
+    all.extend(args.iter().map(String::as_str));
+    run("cargo", &all, &[])
+}
