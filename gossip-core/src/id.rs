@@ -84,23 +84,41 @@ impl FromStr for NodeId {
     }
 }
 
+// In binary formats an id is a byte string (postcard: a 1-byte length and the
+// 32 bytes), which decodes with one copy; as a fixed array it would decode
+// byte by byte, several times slower. Human-readable formats get the hex form.
 impl Serialize for NodeId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
             serializer.collect_str(&format_args!("{self:#}"))
         } else {
-            self.0.serialize(serializer)
+            serializer.serialize_bytes(&self.0)
         }
     }
 }
 
 impl<'de> Deserialize<'de> for NodeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl serde::de::Visitor<'_> for BytesVisitor {
+            type Value = NodeId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 bytes of node id")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<NodeId, E> {
+                <[u8; 32]>::try_from(v)
+                    .map(NodeId)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+
         if deserializer.is_human_readable() {
             let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
             s.parse().map_err(serde::de::Error::custom)
         } else {
-            <[u8; 32]>::deserialize(deserializer).map(NodeId)
+            deserializer.deserialize_bytes(BytesVisitor)
         }
     }
 }
@@ -203,11 +221,13 @@ mod tests {
     }
 
     #[test]
-    fn node_id_serde_is_fixed_32_bytes_in_postcard() {
+    fn node_id_serde_is_33_bytes_in_postcard_and_rejects_other_lengths() {
         let id = NodeId::from_public_key(b"k");
         let bytes = postcard::to_allocvec(&id).unwrap();
-        assert_eq!(bytes.len(), 32);
+        assert_eq!(bytes.len(), 33);
         assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
+        let short = postcard::to_allocvec(&[1u8; 31][..]).unwrap();
+        assert!(postcard::from_bytes::<NodeId>(&short).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::error::{Error, Limited};
 use crate::id::NodeId;
@@ -58,22 +60,75 @@ impl std::fmt::Display for MemberStatus {
 /// incarnation: a human-readable name and where to reach it.
 ///
 /// Shared behind an `Arc` so that the many views of one member (one per
-/// observer in a simulation, one per queued rumor) hold a single copy.
+/// observer in a simulation, one per queued rumor) hold a single copy. Short
+/// names (up to 23 bytes) and up to two addresses are stored inline, so a
+/// decoded record costs one allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberMeta {
-    /// A name for humans; not unique and not an identity.
-    pub name: String,
-    /// Advertised addresses, preferred first.
-    pub addrs: Vec<SocketAddr>,
+    name: SmolStr,
+    addrs: Addrs,
+}
+
+/// Most addresses a record may carry on the wire, whatever the configured
+/// cap: decoding stops here before allocating for a larger claimed count.
+const MAX_WIRE_ADDRS: usize = 64;
+
+/// A member's addresses, decoded without trusting the claimed count (the
+/// stock `SmallVec` decoder reserves whatever length the input claims).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+struct Addrs(SmallVec<[SocketAddr; 2]>);
+
+impl<'de> Deserialize<'de> for Addrs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Addrs;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_WIRE_ADDRS} socket addresses")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Addrs, A::Error> {
+                let claimed = seq.size_hint().unwrap_or(0);
+                if claimed > MAX_WIRE_ADDRS {
+                    return Err(serde::de::Error::invalid_length(claimed, &self));
+                }
+                let mut addrs = SmallVec::with_capacity(claimed);
+                while let Some(addr) = seq.next_element()? {
+                    if addrs.len() == MAX_WIRE_ADDRS {
+                        return Err(serde::de::Error::invalid_length(addrs.len() + 1, &self));
+                    }
+                    addrs.push(addr);
+                }
+                Ok(Addrs(addrs))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
 }
 
 impl MemberMeta {
-    /// Creates the metadata.
-    pub fn new(name: impl Into<String>, addrs: Vec<SocketAddr>) -> Self {
+    /// Creates the metadata. IPv6 flow labels and scope ids are not carried
+    /// on the wire (they mean nothing to another host).
+    pub fn new(name: impl AsRef<str>, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         MemberMeta {
-            name: name.into(),
-            addrs,
+            name: SmolStr::new(name),
+            addrs: Addrs(addrs.into_iter().collect()),
         }
+    }
+
+    /// A name for humans; not unique and not an identity.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Advertised addresses, preferred first.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs.0
     }
 
     /// Checks the metadata against `limits`.
@@ -84,7 +139,7 @@ impl MemberMeta {
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         Error::check(
             Limited::AddressesPerMember,
-            self.addrs.len(),
+            self.addrs.0.len(),
             limits.max_addrs_per_member,
         )?;
         Error::check(Limited::NameBytes, self.name.len(), limits.max_name_bytes)
@@ -114,7 +169,16 @@ pub struct Member {
     /// The highest version of its key/value state known to exist.
     pub state_version: u64,
     /// Name and addresses.
+    #[serde(deserialize_with = "deserialize_shared_meta")]
     pub meta: Arc<MemberMeta>,
+}
+
+/// serde's own `Arc<T>` decoder builds a `Box<T>` and then moves it into a new
+/// `Arc`: two allocations where one will do.
+fn deserialize_shared_meta<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Arc<MemberMeta>, D::Error> {
+    MemberMeta::deserialize(deserializer).map(Arc::new)
 }
 
 impl Member {
@@ -660,7 +724,7 @@ mod tests {
         };
         let mut t = Membership::new(rec(0, 0, Alive), limits);
         let mut long = rec(1, 0, Alive);
-        long.meta = Arc::new(MemberMeta::new("too long", vec![]));
+        long.meta = Arc::new(MemberMeta::new("too long", []));
         assert!(matches!(
             t.apply(T, long, id(1)),
             Err(Error::LimitExceeded {
@@ -678,6 +742,31 @@ mod tests {
             }
         ));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn address_counts_are_bounded_when_decoding() {
+        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        // A claimed count far beyond the input: refused before reserving.
+        let mut bytes = postcard::to_allocvec(&MemberMeta::new("n", [])).unwrap();
+        bytes.pop();
+        bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x01]);
+        assert!(postcard::from_bytes::<MemberMeta>(&bytes).is_err());
+        // A count backed by real input but over the wire ceiling.
+        let many = MemberMeta::new("n", std::iter::repeat_n(addr, MAX_WIRE_ADDRS + 1));
+        let bytes = postcard::to_allocvec(&many).unwrap();
+        let err: Error = postcard::from_bytes::<MemberMeta>(&bytes)
+            .unwrap_err()
+            .into();
+        assert_eq!(
+            err,
+            Error::Malformed {
+                reason: "value out of range"
+            }
+        );
+        let enough = MemberMeta::new("n", std::iter::repeat_n(addr, MAX_WIRE_ADDRS));
+        let bytes = postcard::to_allocvec(&enough).unwrap();
+        assert_eq!(postcard::from_bytes::<MemberMeta>(&bytes).unwrap(), enough);
     }
 
     #[test]
