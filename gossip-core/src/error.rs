@@ -99,6 +99,20 @@ pub enum Error {
     /// The local node's version counter would overflow. Nothing was written.
     #[error("the local key/value version counter is exhausted")]
     VersionExhausted,
+    /// A string is not the hex form of an id. Nothing was parsed.
+    #[error("expected {expected} hex digits, got {got:?}")]
+    ParseId {
+        /// How many hex digits the id has.
+        expected: usize,
+        /// The start of the input.
+        got: String,
+    },
+    /// A number is above [`Incarnation::MAX`]. Nothing was converted.
+    #[error("incarnation {got} is above the maximum {max}", max = Incarnation::MAX)]
+    IncarnationOutOfRange {
+        /// The number.
+        got: u64,
+    },
     /// A key/value delta is internally inconsistent (versions out of order, or
     /// entries past the version it claims to cover). Nothing was applied.
     #[error("inconsistent delta for {owner}: {reason}")]

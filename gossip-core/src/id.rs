@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::Error;
+
 /// A node's identity: 32 bytes, the blake3 hash of the public key it
 /// authenticates with.
 ///
@@ -62,25 +64,21 @@ impl fmt::Debug for NodeId {
     }
 }
 
-/// The error returned when parsing a [`NodeId`] or [`ClusterId`] from hex fails.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected {expected} hex digits, got {got:?}")]
-pub struct ParseIdError {
-    expected: usize,
-    got: String,
+fn parse_error(expected: usize, input: &str) -> Error {
+    Error::ParseId {
+        expected,
+        got: input.chars().take(80).collect(),
+    }
 }
 
 impl FromStr for NodeId {
-    type Err = ParseIdError;
+    type Err = Error;
 
     /// Parses the full 64-digit hex form (as printed by `{:#}`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         blake3::Hash::from_hex(s)
             .map(|h| NodeId(*h.as_bytes()))
-            .map_err(|_| ParseIdError {
-                expected: 64,
-                got: s.chars().take(80).collect(),
-            })
+            .map_err(|_| parse_error(64, s))
     }
 }
 
@@ -176,14 +174,11 @@ impl fmt::Debug for ClusterId {
 }
 
 impl FromStr for ClusterId {
-    type Err = ParseIdError;
+    type Err = Error;
 
     /// Parses the 16-digit hex form printed by `Display`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseIdError {
-            expected: 16,
-            got: s.chars().take(80).collect(),
-        };
+        let err = || parse_error(16, s);
         if s.len() != 16 || !s.is_ascii() {
             return Err(err());
         }

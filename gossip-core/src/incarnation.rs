@@ -103,19 +103,17 @@ impl Incarnation {
     }
 }
 
-/// The error for an out-of-range incarnation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("incarnation {0} is above the maximum {max}", max = Incarnation::MAX.0)]
-pub struct IncarnationOutOfRange(pub u64);
-
 impl TryFrom<u64> for Incarnation {
-    type Error = IncarnationOutOfRange;
+    type Error = Error;
 
+    /// # Errors
+    ///
+    /// [`Error::IncarnationOutOfRange`] above [`Incarnation::MAX`].
     fn try_from(value: u64) -> Result<Self, Self::Error> {
         if value <= Self::MAX.0 {
             Ok(Incarnation(value))
         } else {
-            Err(IncarnationOutOfRange(value))
+            Err(Error::IncarnationOutOfRange { got: value })
         }
     }
 }

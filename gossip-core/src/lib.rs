@@ -69,8 +69,8 @@ mod time;
 mod wire;
 
 pub use error::{Error, Limited};
-pub use id::{ClusterId, NodeId, ParseIdError};
-pub use incarnation::{Incarnation, IncarnationOutOfRange};
+pub use id::{ClusterId, NodeId};
+pub use incarnation::Incarnation;
 pub use kv::{Delta, Entry, Key, KvChange, KvStore, NodeState, OwnerDelta, OwnerDigest};
 pub use limits::Limits;
 pub use member::{
