@@ -313,12 +313,6 @@ pub enum MembershipEvent {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Slot {
-    member: Member,
-    changed_at: Timestamp,
-}
-
 /// The membership table: the local node's record, which only it changes, and
 /// what it believes of every other member.
 ///
@@ -345,8 +339,22 @@ struct Slot {
 #[derive(Debug, Clone)]
 pub struct Membership {
     local: Member,
-    others: BTreeMap<NodeId, Slot>,
+    others: BTreeMap<NodeId, Member>,
+    /// Records of other members by status, kept so counts cost O(1).
+    counts: [usize; 4],
+    /// Departed members and when they departed, so collecting and choosing
+    /// among them costs O(departed), not O(members).
+    departed: BTreeMap<NodeId, Timestamp>,
     limits: Limits,
+}
+
+fn status_index(status: MemberStatus) -> usize {
+    match status {
+        MemberStatus::Alive => 0,
+        MemberStatus::Suspect => 1,
+        MemberStatus::Dead => 2,
+        MemberStatus::Left => 3,
+    }
 }
 
 impl Membership {
@@ -355,6 +363,8 @@ impl Membership {
         Membership {
             local,
             others: BTreeMap::new(),
+            counts: [0; 4],
+            departed: BTreeMap::new(),
             limits,
         }
     }
@@ -379,13 +389,13 @@ impl Membership {
         if *id == self.local.id {
             Some(&self.local)
         } else {
-            self.others.get(id).map(|slot| &slot.member)
+            self.others.get(id)
         }
     }
 
     /// Every record other than the local one, in id order.
     pub fn others(&self) -> impl Iterator<Item = &Member> {
-        self.others.values().map(|slot| &slot.member)
+        self.others.values()
     }
 
     /// Every record, the local one first.
@@ -403,9 +413,15 @@ impl Membership {
         false
     }
 
-    /// Number of records with `status`, the local one included.
+    /// Number of records with `status`, the local one included. O(1).
     pub fn count(&self, status: MemberStatus) -> usize {
-        self.iter().filter(|m| m.status == status).count()
+        self.counts[status_index(status)] + usize::from(self.local.status == status)
+    }
+
+    /// Number of members believed part of the cluster (alive or suspect),
+    /// the local one included. O(1).
+    pub fn live_count(&self) -> usize {
+        self.count(MemberStatus::Alive) + self.count(MemberStatus::Suspect)
     }
 
     /// Merges a claim about a member, made by `origin`.
@@ -455,7 +471,7 @@ impl Membership {
             return Ok(None);
         }
 
-        let current = self.others.get(&subject).map(|slot| &slot.member);
+        let current = self.others.get(&subject);
         if let Some(current) = current {
             current.incarnation.check_jump(
                 subject,
@@ -486,11 +502,18 @@ impl Membership {
                 claim
             }
         };
-        let slot = Slot {
-            member: merged.clone(),
-            changed_at: now,
-        };
-        let before = self.others.insert(subject, slot).map(|slot| slot.member);
+        let before = self.others.insert(subject, merged.clone());
+        if let Some(before) = &before {
+            self.counts[status_index(before.status)] -= 1;
+        }
+        self.counts[status_index(merged.status)] += 1;
+        if merged.status.is_departed() {
+            // A member that stays departed (dead, then left) keeps the time
+            // of its latest change, as its slot does.
+            self.departed.insert(subject, now);
+        } else {
+            self.departed.remove(&subject);
+        }
         Ok(Some(MembershipEvent::Changed(MemberChange {
             before,
             after: merged,
@@ -515,10 +538,10 @@ impl Membership {
         if subject == self.local.id {
             return Ok(None);
         }
-        let Some(slot) = self.others.get(&subject) else {
+        let Some(member) = self.others.get(&subject) else {
             return Ok(None);
         };
-        let claim = slot.member.with_status(status);
+        let claim = member.with_status(status);
         let origin = self.local.id;
         self.apply(now, claim, origin)
     }
@@ -568,18 +591,23 @@ impl Membership {
     /// that a stale alive rumor cannot bring a removed member back.
     pub fn collect_departed(&mut self, now: Timestamp, horizon: Duration) -> Vec<NodeId> {
         let expired: Vec<NodeId> = self
-            .others
+            .departed
             .iter()
-            .filter(|(_, slot)| {
-                slot.member.status.is_departed()
-                    && now.saturating_duration_since(slot.changed_at) >= horizon
-            })
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= horizon)
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            self.others.remove(id);
+            self.departed.remove(id);
+            if let Some(member) = self.others.remove(id) {
+                self.counts[status_index(member.status)] -= 1;
+            }
         }
         expired
+    }
+
+    /// Departed (dead or left) members still remembered, in id order. O(departed).
+    pub fn departed(&self) -> impl Iterator<Item = &Member> {
+        self.departed.keys().filter_map(|id| self.others.get(id))
     }
 }
 

@@ -9,7 +9,7 @@ use crate::error::{Error, Limited};
 use crate::id::NodeId;
 use crate::kv::{Entry, Key};
 use crate::limits::Limits;
-use crate::member::Member;
+use crate::member::{Member, MemberStatus};
 use crate::wire::varint_len;
 
 /// A piece of news spread by piggybacking on protocol messages.
@@ -77,8 +77,23 @@ impl Rumor {
     /// `true` if this rumor carries newer news than `older` about the same subject.
     fn is_newer_than(&self, older: &Rumor) -> bool {
         match (self, older) {
-            (Rumor::Member { member: new, .. }, Rumor::Member { member: old, .. }) => {
-                new.overrides(old) || (!old.overrides(new) && new.state_version > old.state_version)
+            (
+                Rumor::Member {
+                    member: new,
+                    origin: new_origin,
+                },
+                Rumor::Member {
+                    member: old,
+                    origin: old_origin,
+                },
+            ) => {
+                let same_claim = !new.overrides(old) && !old.overrides(new);
+                new.overrides(old)
+                    || (same_claim && new.state_version > old.state_version)
+                    // Another accuser's suspicion is an independent
+                    // confirmation (Lifeguard): it travels in place of the
+                    // one already queued.
+                    || (same_claim && new.status == MemberStatus::Suspect && new_origin != old_origin)
             }
             (Rumor::State { entry: new, .. }, Rumor::State { entry: old, .. }) => {
                 new.version > old.version
@@ -377,7 +392,7 @@ impl RumorQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Incarnation, MemberMeta, MemberStatus};
+    use crate::{Incarnation, MemberMeta};
     use bytes::Bytes;
 
     fn id(n: u8) -> NodeId {
@@ -480,6 +495,20 @@ mod tests {
         assert_eq!(
             q.push(member_rumor(1, 0, MemberStatus::Alive)).unwrap(),
             Pushed::Stale
+        );
+        let suspect = member_rumor(1, 0, MemberStatus::Suspect);
+        assert_eq!(q.push(suspect.clone()).unwrap(), Pushed::Stale);
+        let Rumor::Member { member, .. } = suspect else {
+            unreachable!()
+        };
+        let confirmation = Rumor::Member {
+            member,
+            origin: id(7),
+        };
+        assert_eq!(
+            q.push(confirmation).unwrap(),
+            Pushed::Replaced,
+            "another accuser confirms"
         );
         assert_eq!(q.len(), 1);
         assert_eq!(q.push(data_rumor(1, "k", 2, 1)).unwrap(), Pushed::Queued);

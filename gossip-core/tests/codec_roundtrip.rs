@@ -1,5 +1,7 @@
 //! Frames round-trip, and no input bytes make decoding panic.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! several replicas: they converge to identical state, and no deleted key ever
 //! comes back.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! Member-record merge is a join-semilattice, and a table fed the same
 //! claims in any order ends up the same.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 mod common;
 
 use std::sync::Arc;
@@ -85,5 +87,11 @@ proptest! {
         let a: Vec<_> = forward.iter().cloned().collect();
         let b: Vec<_> = other.iter().cloned().collect();
         prop_assert_eq!(a, b);
+        // The table's O(1) counts and departed index agree with its records.
+        for status in [MemberStatus::Alive, MemberStatus::Suspect, MemberStatus::Dead, MemberStatus::Left] {
+            prop_assert_eq!(forward.count(status), forward.iter().filter(|m| m.status == status).count());
+        }
+        let departed: Vec<_> = forward.others().filter(|m| m.status.is_departed()).map(|m| m.id).collect();
+        prop_assert_eq!(departed, forward.departed().map(|m| m.id).collect::<Vec<_>>());
     }
 }

@@ -1,0 +1,163 @@
+//! Protocol parameters and their presets.
+
+use std::time::Duration;
+
+use gossip_core::{ClusterId, Limits};
+
+/// Every knob of the SWIM machine, with memberlist's values as defaults.
+///
+/// Start from a preset ([`Config::lan`], [`Config::wan`], [`Config::local`])
+/// and change what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use gossip_core::ClusterId;
+/// use gossip_swim::Config;
+/// let mut config = Config::lan(ClusterId::from_name("prod"), 64);
+/// config.probe_interval = Duration::from_millis(500);
+/// assert_eq!(config.indirect_probes, 3);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The cluster this node belongs to; frames of other clusters are refused.
+    pub cluster: ClusterId,
+    /// Time between probes of successive members. Default 1 s (memberlist
+    /// `ProbeInterval`). Shorter detects faster and costs more packets.
+    pub probe_interval: Duration,
+    /// How long to wait for a direct ack before asking others to probe.
+    /// Default 500 ms (memberlist `ProbeTimeout`); set it above the network's
+    /// 99th-percentile round trip.
+    pub probe_timeout: Duration,
+    /// Members asked to probe indirectly after a direct probe times out.
+    /// Default 3 (memberlist `IndirectChecks`). More survives more packet
+    /// loss, at the cost of more packets per failed probe.
+    pub indirect_probes: usize,
+    /// The suspicion timeout's base: a suspect is declared dead no sooner than
+    /// `suspicion_mult * max(1, log10(n)) * probe_interval`. Default 4
+    /// (memberlist `SuspicionMult`).
+    pub suspicion_mult: u32,
+    /// Lifeguard's dynamic suspicion: the timeout starts at this multiple of
+    /// the minimum and shrinks with independent confirmations. Default 6
+    /// (memberlist `SuspicionMaxTimeoutMult`); 1 turns the dynamic timeout off.
+    pub suspicion_max_mult: u32,
+    /// Independent confirmations that bring the suspicion timeout down to its
+    /// minimum. Default 2 (Lifeguard's `K`; memberlist uses
+    /// `indirect_probes - 2` = 1). More confirmations make false deaths rarer
+    /// and true deaths slower to declare.
+    pub suspicion_confirmations: u32,
+    /// Lifeguard's local health multiplier: probe interval and timeout are
+    /// scaled by `score + 1`, the score ranging over `0..awareness_max`.
+    /// Default 8 (memberlist `AwarenessMaxMultiplier`); 1 turns it off.
+    pub awareness_max: u32,
+    /// Lifeguard's buddy system: a probe of a suspect carries the suspicion,
+    /// so the suspect can refute at once. Default on.
+    pub buddy_system: bool,
+    /// Retransmit multiplier: each rumor is sent `retransmit_mult *
+    /// ceil(log10(n + 1))` times. Default 4 (memberlist `RetransmitMult`).
+    pub retransmit_mult: u32,
+    /// Members a fresh rumor is pushed to at once, besides riding on probes.
+    /// Default 3 (memberlist `GossipNodes`, which memberlist sends every
+    /// 200 ms whether or not there is news). 0 leaves rumors to probes only.
+    pub gossip_fanout: usize,
+    /// Largest datagram the machine writes, in bytes, until the driver says
+    /// otherwise with [`Swim::set_max_datagram_bytes`](crate::Swim::set_max_datagram_bytes).
+    /// Default 1,200 (the QUIC minimum path MTU less headers).
+    pub max_datagram_bytes: usize,
+    /// First delay between join attempts; doubles up to `join_retry_max`.
+    /// Default 1 s.
+    pub join_retry_initial: Duration,
+    /// Longest delay between join attempts. Default 30 s.
+    pub join_retry_max: Duration,
+    /// How often a node re-contacts one recently dead member (and its seeds,
+    /// if it has lost everyone), so partitions heal by themselves. Default
+    /// 10 s. (memberlist has no such schedule, which is its issue #222.)
+    pub reconnect_interval: Duration,
+    /// How often to exchange whole membership tables with one random member,
+    /// repairing whatever rumors missed. Default 30 s (memberlist
+    /// `PushPullInterval`). `None` turns it off, for a driver that runs its
+    /// own anti-entropy. Each exchange costs about 60 bytes per member.
+    pub sync_interval: Option<Duration>,
+    /// How long dead and departed members are remembered (to heal partitions
+    /// and to stop stale rumors resurrecting them). Default 1 hour.
+    pub departed_horizon: Duration,
+    /// Longest a graceful leave waits for its announcement to be sent its
+    /// retransmit budget. Default 5 s.
+    pub leave_timeout: Duration,
+    /// Seed of the machine's PRNG. Give every node its own; a simulation
+    /// derives them from one master seed.
+    pub seed: u64,
+    /// Caps on input and state.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// memberlist's `DefaultLANConfig`: a local network, round trips well
+    /// under 100 ms. `expected_members` sizes the caps (room for four times as
+    /// many members, at least 1,024).
+    pub fn lan(cluster: ClusterId, expected_members: usize) -> Self {
+        let mut limits = Limits::default();
+        limits.max_members = expected_members.saturating_mul(4).max(1024);
+        Config {
+            cluster,
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            indirect_probes: 3,
+            suspicion_mult: 4,
+            suspicion_max_mult: 6,
+            suspicion_confirmations: 2,
+            awareness_max: 8,
+            buddy_system: true,
+            retransmit_mult: 4,
+            gossip_fanout: 3,
+            max_datagram_bytes: 1200,
+            join_retry_initial: Duration::from_secs(1),
+            join_retry_max: Duration::from_secs(30),
+            reconnect_interval: Duration::from_secs(10),
+            sync_interval: Some(Duration::from_secs(30)),
+            departed_horizon: Duration::from_secs(3600),
+            leave_timeout: Duration::from_secs(5),
+            seed: 0,
+            limits,
+        }
+    }
+
+    /// memberlist's `DefaultWANConfig`: round trips up to a few hundred ms.
+    /// Probe interval 5 s, probe timeout 3 s, suspicion multiplier 6, fanout 4.
+    pub fn wan(cluster: ClusterId, expected_members: usize) -> Self {
+        Config {
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            suspicion_mult: 6,
+            gossip_fanout: 4,
+            reconnect_interval: Duration::from_secs(30),
+            sync_interval: Some(Duration::from_secs(60)),
+            leave_timeout: Duration::from_secs(15),
+            ..Self::lan(cluster, expected_members)
+        }
+    }
+
+    /// memberlist's `DefaultLocalConfig`: one host or a rack, loopback-fast.
+    /// Probe timeout 200 ms, suspicion multiplier 3, retransmit multiplier 2.
+    pub fn local(cluster: ClusterId, expected_members: usize) -> Self {
+        Config {
+            probe_timeout: Duration::from_millis(200),
+            suspicion_mult: 3,
+            retransmit_mult: 2,
+            reconnect_interval: Duration::from_secs(5),
+            leave_timeout: Duration::from_secs(3),
+            ..Self::lan(cluster, expected_members)
+        }
+    }
+
+    /// This configuration with the three Lifeguard extensions turned off
+    /// (plain SWIM with suspicion), for comparisons.
+    pub fn without_lifeguard(self) -> Self {
+        Config {
+            awareness_max: 1,
+            suspicion_max_mult: 1,
+            buddy_system: false,
+            ..self
+        }
+    }
+}

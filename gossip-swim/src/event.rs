@@ -1,0 +1,93 @@
+//! What the machine tells its driver.
+
+use std::net::SocketAddr;
+
+use gossip_core::{Entry, Incarnation, Member, NodeId};
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The node it is for, when known (a seed's id is not, until it answers):
+    /// the transport should check that the peer at `addr` is this node.
+    pub to: Option<NodeId>,
+    /// Where to send it.
+    pub addr: SocketAddr,
+    /// The encoded frame.
+    pub payload: Vec<u8>,
+}
+
+/// Why a member is believed failed, so an operator can answer "why was X
+/// declared dead".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// Who made the claim that reached this node (the local node when its own
+    /// suspicion timed out).
+    pub declared_by: NodeId,
+    /// The first accuser of the suspicion this node saw, if it saw one.
+    pub suspected_by: Option<NodeId>,
+    /// Independent confirmations of the suspicion received before the end.
+    pub confirmations: u32,
+    /// The local node's health score (Lifeguard) at the time: 0 is healthy;
+    /// a high score means this node itself may be the slow one.
+    pub local_health: u32,
+}
+
+/// Something the driver (and through it, the user) should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A member was heard of for the first time.
+    Joined(Member),
+    /// A member's incarnation, metadata or state version changed.
+    Updated(Member),
+    /// A member is suspected of having failed.
+    Suspected {
+        /// Its record.
+        member: Member,
+        /// Who accused it.
+        by: NodeId,
+        /// The local health score at the time.
+        local_health: u32,
+    },
+    /// A suspect refuted the suspicion.
+    Recovered(Member),
+    /// A member was declared dead.
+    Failed {
+        /// Its record.
+        member: Member,
+        /// Why.
+        provenance: Provenance,
+    },
+    /// A member left on purpose.
+    Left(Member),
+    /// A dead or departed member came back with a higher incarnation.
+    Rejoined(Member),
+    /// A departed member was forgotten after the departed horizon.
+    Removed(NodeId),
+    /// Someone accused the local node; it refuted by raising its incarnation.
+    Refuted {
+        /// The new local incarnation.
+        incarnation: Incarnation,
+        /// The accuser.
+        accused_by: NodeId,
+    },
+    /// A seed or reconnect target answered: this node is part of a cluster.
+    JoinCompleted {
+        /// Who answered.
+        via: NodeId,
+    },
+    /// A key/value write arrived as a rumor, for the driver's store. If it is
+    /// news, the driver may spread it further with
+    /// [`Swim::broadcast_state`](crate::Swim::broadcast_state).
+    StateRumor {
+        /// Whose state.
+        owner: NodeId,
+        /// The write.
+        entry: Entry,
+        /// Who passed it on.
+        from: NodeId,
+    },
+    /// The leave announcement has been sent its budget (or timed out): the
+    /// driver can shut down.
+    LeaveCompleted,
+}

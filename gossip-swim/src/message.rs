@@ -1,0 +1,80 @@
+//! What SWIM nodes say to each other.
+
+use std::net::SocketAddr;
+
+use gossip_core::{Member, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The body of every SWIM frame: who claims to send it, and what.
+///
+/// `sender` must equal the authenticated peer the driver reports; a frame
+/// whose claimed sender differs is dropped and counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The claimed sender.
+    pub sender: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// SWIM's messages. Every one of them may also carry piggybacked rumors in
+/// its frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// A probe of `target`, answered with an [`Ack`](Message::Ack).
+    Ping {
+        /// Matches the ack to the probe.
+        seq: u32,
+        /// Who the probe is for; a node that is not `target` drops it (the
+        /// address may have been reused by another node).
+        target: NodeId,
+        /// Lifeguard's buddy system: the prober's record of the target when
+        /// it suspects it, so the target can refute at once.
+        suspicion: Option<Member>,
+    },
+    /// The answer to a ping; for an indirect probe, relayed by the helper.
+    Ack {
+        /// The probe's sequence number.
+        seq: u32,
+    },
+    /// Asks the receiver to probe `target` on the sender's behalf.
+    PingReq {
+        /// The requester's sequence number, echoed in the relayed ack or nack.
+        seq: u32,
+        /// Who to probe.
+        target: NodeId,
+        /// Where the requester believes the target is.
+        target_addr: SocketAddr,
+    },
+    /// Lifeguard: the helper of an indirect probe heard nothing from the
+    /// target. Tells the requester that the helper, at least, is reachable.
+    Nack {
+        /// The requester's sequence number.
+        seq: u32,
+    },
+    /// Rumors only, pushed at once when there is news.
+    Gossip,
+    /// Push-pull of membership: the sender's records (its own first). A
+    /// request is answered with the receiver's records.
+    Sync {
+        /// `true` for the answer to a request.
+        reply: bool,
+        /// Member records; one table may span several messages.
+        members: Vec<Member>,
+    },
+}
+
+impl Message {
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Ping { .. } => "ping",
+            Message::Ack { .. } => "ack",
+            Message::PingReq { .. } => "ping-req",
+            Message::Nack { .. } => "nack",
+            Message::Gossip => "gossip",
+            Message::Sync { .. } => "sync",
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Counters.
+
+/// Counters of what the machine has seen and done, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Datagrams handed to the machine.
+    pub datagrams_in: u64,
+    /// Datagrams the machine produced.
+    pub datagrams_out: u64,
+    /// Bytes handed to the machine.
+    pub bytes_in: u64,
+    /// Bytes the machine produced.
+    pub bytes_out: u64,
+    /// Datagrams that did not decode, of every kind below and others.
+    pub decode_errors: u64,
+    /// ... of which belonged to another cluster.
+    pub foreign_cluster: u64,
+    /// ... of which spoke another wire version.
+    pub bad_version: u64,
+    /// ... of which were over the size cap.
+    pub oversized: u64,
+    /// Frames whose claimed sender was not the authenticated one.
+    pub spoofed: u64,
+    /// Pings meant for another node.
+    pub misdirected: u64,
+    /// Claims refused: by someone other than their subject, implausible
+    /// incarnations, over a cap.
+    pub rejected_claims: u64,
+    /// Probes sent.
+    pub probes: u64,
+    /// Probes that fell back to indirect probing.
+    pub indirect_probes: u64,
+    /// Nacks received for our indirect probes.
+    pub nacks_received: u64,
+    /// Nacks sent for others' indirect probes.
+    pub nacks_sent: u64,
+    /// Members this node suspected after a failed probe.
+    pub suspicions_raised: u64,
+    /// Members this node declared dead after a suspicion timed out.
+    pub deaths_declared: u64,
+    /// Times this node refuted an accusation.
+    pub refutations: u64,
+    /// Immediate pushes of fresh rumors.
+    pub gossip_pushes: u64,
+}

@@ -1,0 +1,258 @@
+//! A deterministic in-memory network for scenario tests: several machines,
+//! a message router with fixed latency and per-link blocking, and manual time.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gossip_core::{ClusterId, Incarnation, MemberMeta, MemberStatus, NodeId, Timestamp};
+use gossip_swim::{Config, Event, Swim};
+
+pub(crate) const BASE_PORT: u16 = 20_000;
+
+pub(crate) fn cluster_id() -> ClusterId {
+    ClusterId::from_name("swim-tests")
+}
+
+pub(crate) fn node_id(i: usize) -> NodeId {
+    NodeId::from_public_key(format!("node-{i}").as_bytes())
+}
+
+pub(crate) fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], BASE_PORT + i as u16))
+}
+
+/// The test's seed: `GOSSIP_TEST_SEED` if set, else `default`.
+pub(crate) fn seed(default: u64) -> u64 {
+    std::env::var("GOSSIP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints the seed if the test panics while this is alive.
+pub(crate) struct SeedGuard(pub(crate) u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "failing seed: {0} (replay with GOSSIP_TEST_SEED={0})",
+                self.0
+            );
+        }
+    }
+}
+
+type InFlight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>)>;
+
+pub(crate) struct Net {
+    pub(crate) nodes: Vec<Option<Swim>>,
+    pub(crate) now: Timestamp,
+    pub(crate) latency: Duration,
+    /// Directed links (from, to) whose datagrams are dropped.
+    pub(crate) blocked: BTreeSet<(usize, usize)>,
+    /// Every event, by node: (when, event).
+    pub(crate) events: Vec<Vec<(Timestamp, Event)>>,
+    /// Datagrams each node's machine refused, with the error text.
+    pub(crate) refused: Vec<Vec<String>>,
+    pub(crate) seed: u64,
+    config: Config,
+    in_flight: BinaryHeap<InFlight>,
+    sent: u64,
+    _guard: SeedGuard,
+}
+
+impl Net {
+    /// `n` nodes with `config` (each seeded from `seed`); every node but the
+    /// first joins through node 0.
+    pub(crate) fn new(n: usize, config: Config, seed: u64) -> Self {
+        let mut net = Net {
+            nodes: Vec::new(),
+            now: Timestamp::ZERO,
+            latency: Duration::from_millis(1),
+            blocked: BTreeSet::new(),
+            events: vec![Vec::new(); n],
+            refused: vec![Vec::new(); n],
+            seed,
+            config,
+            in_flight: BinaryHeap::new(),
+            sent: 0,
+            _guard: SeedGuard(seed),
+        };
+        for i in 0..n {
+            let node = net.make_node(i, Incarnation::ZERO);
+            net.nodes.push(Some(node));
+        }
+        for i in 1..n {
+            let now = net.now;
+            net.node(i).join(now, vec![addr(0)]);
+            net.drain(i);
+        }
+        net
+    }
+
+    pub(crate) fn lan(n: usize, seed: u64) -> Self {
+        Self::new(n, Config::lan(cluster_id(), n), seed)
+    }
+
+    fn make_node(&self, i: usize, incarnation: Incarnation) -> Swim {
+        let mut config = self.config.clone();
+        config.seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        let meta = MemberMeta::new(format!("node-{i}"), [addr(i)]);
+        Swim::new(config, node_id(i), meta, incarnation, self.now)
+    }
+
+    pub(crate) fn node(&mut self, i: usize) -> &mut Swim {
+        self.nodes[i].as_mut().expect("node is running")
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &Swim {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some())
+    }
+
+    /// Collects a node's outputs: datagrams into the network, events into the log.
+    pub(crate) fn drain(&mut self, i: usize) {
+        let now = self.now;
+        let latency = self.latency;
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
+        while let Some(t) = node.poll_transmit() {
+            let to = usize::from(t.addr.port() - BASE_PORT);
+            self.sent += 1;
+            self.in_flight
+                .push(Reverse((now + latency, self.sent, to, i, t.payload)));
+        }
+        while let Some(event) = node.poll_event() {
+            self.events[i].push((now, event));
+        }
+    }
+
+    /// Crashes node `i`: it stops without a word, and datagrams to it vanish.
+    pub(crate) fn crash(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    /// Restarts node `i` at `incarnation` and has it join through `via`.
+    pub(crate) fn restart(&mut self, i: usize, incarnation: Incarnation, via: usize) {
+        let node = self.make_node(i, incarnation);
+        self.nodes[i] = Some(node);
+        let now = self.now;
+        self.node(i).join(now, vec![addr(via)]);
+        self.drain(i);
+    }
+
+    /// Blocks both directions between `a` and `b`.
+    pub(crate) fn cut(&mut self, a: usize, b: usize) {
+        self.blocked.insert((a, b));
+        self.blocked.insert((b, a));
+    }
+
+    /// Advances to the next delivery or deadline and handles it. Returns
+    /// `false` if nothing is left to happen.
+    pub(crate) fn step(&mut self) -> bool {
+        let next_delivery = self.in_flight.peek().map(|Reverse((at, ..))| *at);
+        let next_timeout = self
+            .running()
+            .filter_map(|i| self.get(i).poll_timeout())
+            .min();
+        let Some(next) = [next_delivery, next_timeout].into_iter().flatten().min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse((at, ..))) = self.in_flight.peek() {
+            if *at > self.now {
+                break;
+            }
+            let Some(Reverse((_, _, to, from, payload))) = self.in_flight.pop() else {
+                break;
+            };
+            if self.blocked.contains(&(from, to)) || self.nodes[to].is_none() {
+                continue;
+            }
+            let now = self.now;
+            if let Err(err) =
+                self.node(to)
+                    .handle_datagram(now, node_id(from), addr(from), &payload)
+            {
+                self.refused[to].push(err.to_string());
+            }
+            self.drain(to);
+        }
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            if let Some(node) = self.nodes[i].as_mut()
+                && node.poll_timeout().is_some_and(|t| t <= now)
+            {
+                node.handle_timeout(now);
+                self.drain(i);
+            }
+        }
+        true
+    }
+
+    pub(crate) fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            let next_delivery = self.in_flight.peek().map(|Reverse((at, ..))| *at);
+            let next_timeout = self
+                .running()
+                .filter_map(|i| self.get(i).poll_timeout())
+                .min();
+            let next = [next_delivery, next_timeout].into_iter().flatten().min();
+            if next.is_none_or(|t| t > end) {
+                self.now = end;
+                break;
+            }
+            self.step();
+        }
+    }
+
+    /// Runs until `done` holds or `limit` of simulated time passes; returns
+    /// the simulated time it took, or `None` on timeout.
+    pub(crate) fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Net) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let end = start + limit;
+        while !done(self) {
+            if self.now >= end || !self.step() {
+                return None;
+            }
+        }
+        Some(self.now.saturating_duration_since(start))
+    }
+
+    /// What node `observer` believes of node `subject`.
+    pub(crate) fn view(&self, observer: usize, subject: usize) -> Option<MemberStatus> {
+        self.nodes[observer]
+            .as_ref()?
+            .members()
+            .get(&node_id(subject))
+            .map(|m| m.status)
+    }
+
+    /// `true` if every running node sees every running node alive.
+    pub(crate) fn converged(&self) -> bool {
+        let running: Vec<usize> = self.running().collect();
+        running.iter().all(|&o| {
+            running
+                .iter()
+                .all(|&s| self.view(o, s) == Some(MemberStatus::Alive))
+        })
+    }
+}

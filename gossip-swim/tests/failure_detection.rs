@@ -1,0 +1,280 @@
+//! Probing, indirect probing, suspicion, death and refutation.
+
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, node_id, seed};
+use gossip_core::{Incarnation, MemberStatus};
+use gossip_swim::Event;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn two_nodes_ping_and_ack() {
+    let mut net = Net::lan(2, seed(1));
+    assert!(
+        net.run_until(5 * SECOND, Net::converged).is_some(),
+        "join did not converge"
+    );
+    net.run_for(30 * SECOND);
+    for i in 0..2 {
+        let stats = net.get(i).stats().clone();
+        assert!(
+            stats.probes >= 25,
+            "node {i} sent {} probes in 30 s",
+            stats.probes
+        );
+        assert_eq!(
+            stats.indirect_probes, 0,
+            "node {i}: every direct probe should be acked"
+        );
+        assert_eq!(net.get(i).local_health(), 0);
+    }
+    assert!(net.converged());
+}
+
+#[test]
+fn unreachable_directly_but_reachable_indirectly_stays_alive() {
+    let mut net = Net::lan(5, seed(2));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.cut(0, 4);
+    net.run_for(120 * SECOND);
+    assert!(
+        net.get(0).stats().indirect_probes > 0,
+        "node 0 never needed an indirect probe"
+    );
+    for i in 0..5 {
+        for j in 0..5 {
+            assert_eq!(
+                net.view(i, j),
+                Some(MemberStatus::Alive),
+                "{i} sees {j} as {:?}",
+                net.view(i, j)
+            );
+        }
+    }
+    let suspected = net.events[0]
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Suspected { member, .. } if member.id == node_id(4)));
+    assert!(
+        !suspected,
+        "indirect acks should have kept 4 from suspicion"
+    );
+}
+
+#[test]
+fn a_crashed_node_is_suspected_then_declared_dead_everywhere() {
+    let mut net = Net::lan(5, seed(3));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.crash(4);
+    let crashed_at = net.now;
+    let took = net.run_until(60 * SECOND, |net| {
+        (0..4).all(|i| net.view(i, 4) == Some(MemberStatus::Dead))
+    });
+    let took = took.expect("not every survivor declared node 4 dead within 60 s");
+    // Suspicion timeout for 5 live members is 4 s at the minimum and 24 s at
+    // the most; with confirmations, death lands in between, plus detection.
+    assert!(took <= 30 * SECOND, "took {took:?}");
+    for i in 0..4 {
+        let suspected = net.events[i]
+            .iter()
+            .find(|(_, e)| matches!(e, Event::Suspected { member, .. } if member.id == node_id(4)));
+        let failed = net.events[i].iter().find_map(|(at, e)| match e {
+            Event::Failed { member, provenance } if member.id == node_id(4) => {
+                Some((*at, provenance.clone()))
+            }
+            _ => None,
+        });
+        let (failed_at, provenance) =
+            failed.unwrap_or_else(|| panic!("node {i} has no Failed event"));
+        assert!(
+            suspected.is_some_and(|(at, _)| *at <= failed_at),
+            "node {i}: suspected before failed"
+        );
+        assert!(failed_at > crashed_at);
+        assert!(
+            provenance.suspected_by.is_some() || provenance.declared_by != node_id(i),
+            "{provenance:?}"
+        );
+    }
+    // Survivors stay alive in each other's eyes.
+    for i in 0..4 {
+        for j in 0..4 {
+            assert_eq!(net.view(i, j), Some(MemberStatus::Alive));
+        }
+    }
+}
+
+#[test]
+fn confirmations_shorten_the_suspicion() {
+    // With many members, several independent accusers confirm the suspicion,
+    // so death comes well before the 6x maximum timeout.
+    let mut net = Net::lan(8, seed(4));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.crash(7);
+    net.run_until(120 * SECOND, |net| {
+        (0..7).all(|i| net.view(i, 7) == Some(MemberStatus::Dead))
+    })
+    .expect("crash not detected");
+    // min = 4 * max(1, log10 8) s = 4 s; max = 24 s.
+    let (max_timeout, min_timeout) = (24 * SECOND, 4 * SECOND);
+    let mut confirmed = 0;
+    for i in 0..7 {
+        let suspected_at = net.events[i]
+            .iter()
+            .find_map(|(at, e)| {
+                matches!(e, Event::Suspected { member, .. } if member.id == node_id(7))
+                    .then_some(*at)
+            })
+            .unwrap();
+        let (failed_at, provenance) = net.events[i]
+            .iter()
+            .find_map(|(at, e)| match e {
+                Event::Failed { member, provenance } if member.id == node_id(7) => {
+                    Some((*at, provenance.clone()))
+                }
+                _ => None,
+            })
+            .unwrap();
+        let held = failed_at.saturating_duration_since(suspected_at);
+        if provenance.declared_by == node_id(i) {
+            // This node's own timer ran out: its length followed its confirmations.
+            assert!(
+                held >= min_timeout,
+                "node {i} held the suspicion only {held:?}"
+            );
+            if provenance.confirmations >= 1 {
+                confirmed += 1;
+                assert!(
+                    held < max_timeout,
+                    "node {i}: {} confirmations but held {held:?}",
+                    provenance.confirmations
+                );
+            }
+        }
+    }
+    let first_death = (0..7)
+        .filter_map(|i| {
+            net.events[i]
+                .iter()
+                .find_map(|(at, e)| matches!(e, Event::Failed { .. }).then_some(*at))
+        })
+        .min()
+        .unwrap();
+    let first_suspicion = (0..7)
+        .filter_map(|i| {
+            net.events[i]
+                .iter()
+                .find_map(|(at, e)| matches!(e, Event::Suspected { .. }).then_some(*at))
+        })
+        .min()
+        .unwrap();
+    assert!(
+        first_death.saturating_duration_since(first_suspicion) < max_timeout,
+        "death took the full maximum timeout"
+    );
+    assert!(
+        confirmed >= 1,
+        "no node declared the death after a confirmation"
+    );
+}
+
+#[test]
+fn a_suspected_node_refutes_and_stays_alive() {
+    let mut net = Net::lan(4, seed(5));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    // Node 3 cannot hear node 0, so node 0's probes of 3 fail directly; the
+    // indirect ones still work, but cut 3 from everyone long enough for a
+    // suspicion, then restore: 3 must refute rather than die.
+    for j in 0..3 {
+        net.blocked.insert((j, 3));
+    }
+    net.run_until(30 * SECOND, |net| {
+        (0..3).any(|i| net.view(i, 3) == Some(MemberStatus::Suspect))
+    })
+    .expect("nobody suspected node 3");
+    net.blocked.clear();
+    let took = net.run_until(30 * SECOND, |net| {
+        (0..3).all(|i| net.view(i, 3) == Some(MemberStatus::Alive))
+    });
+    assert!(took.is_some(), "node 3 did not recover everywhere");
+    let refuted = net.events[3]
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Refuted { .. }));
+    assert!(refuted, "node 3 never refuted");
+    assert!(net.get(3).members().local().incarnation > Incarnation::ZERO);
+    assert!((0..4).all(|i| net.view(i, 3) != Some(MemberStatus::Dead)));
+}
+
+#[test]
+fn missed_nacks_raise_the_health_score_and_stretch_the_probe_interval() {
+    let mut net = Net::lan(5, seed(6));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    let healthy = net.get(0).probe_interval();
+    // Node 0 can send but hears nothing: its probes fail and its helpers'
+    // nacks never arrive, which Lifeguard reads as node 0 being the problem.
+    for j in 1..5 {
+        net.blocked.insert((j, 0));
+    }
+    let probes_before = net.get(0).stats().probes;
+    net.run_for(20 * SECOND);
+    let health = net.get(0).local_health();
+    assert!(health >= 3, "health score only {health}");
+    assert!(
+        net.get(0).probe_interval() > healthy,
+        "interval did not stretch"
+    );
+    let probes = net.get(0).stats().probes - probes_before;
+    assert!(
+        probes < 12,
+        "a stretched interval should send far fewer than 20 probes in 20 s, sent {probes}"
+    );
+    // Healed, the score comes back down.
+    net.blocked.clear();
+    net.run_for(120 * SECOND);
+    assert!(net.get(0).local_health() < health, "health never recovered");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |s| {
+        let mut net = Net::lan(6, s);
+        net.run_for(10 * SECOND);
+        net.crash(5);
+        net.run_for(40 * SECOND);
+        net.events
+            .iter()
+            .map(|events| format!("{events:?}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(seed(7)), run(seed(7)));
+}
+
+#[test]
+fn at_steady_state_the_only_packets_are_probes_and_acks() {
+    let mut config = gossip_swim::Config::lan(common::cluster_id(), 8);
+    config.sync_interval = None;
+    let mut net = Net::new(8, config, seed(8));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.run_for(30 * SECOND); // let the join news run out
+    let before: Vec<_> = (0..8).map(|i| net.get(i).stats().clone()).collect();
+    let periods = 60;
+    net.run_for(periods * SECOND);
+    let (mut sent, mut probes, mut pushes) = (0, 0, 0);
+    for (i, before) in before.iter().enumerate() {
+        let after = net.get(i).stats();
+        sent += after.datagrams_out - before.datagrams_out;
+        probes += after.probes - before.probes;
+        pushes += after.gossip_pushes - before.gossip_pushes;
+    }
+    assert_eq!(pushes, 0, "gossip pushed with no news");
+    assert_eq!(sent, 2 * probes, "every datagram is a probe or its ack");
+    let per_member_period = sent as f64 / (8.0 * periods as f64);
+    assert!(
+        per_member_period <= 2.1,
+        "{per_member_period} datagrams per member per period"
+    );
+}

@@ -1,0 +1,233 @@
+//! Who may claim what, and what happens to bad input.
+
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, addr, cluster_id, node_id, seed};
+use gossip_core::{
+    ClusterId, Incarnation, Limits, Member, MemberStatus, PackedRumors, Rumor, RumorQueue,
+    WIRE_VERSION, encode_frame,
+};
+use gossip_swim::{Envelope, Error, Event, Message};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A converged three-node network.
+fn converged() -> Net {
+    let mut net = Net::lan(3, seed(21));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net
+}
+
+/// Encodes a frame as `sender` would, carrying `rumors`.
+fn frame(sender: usize, message: Message, rumors: Vec<Rumor>) -> Vec<u8> {
+    frame_for(cluster_id(), sender, message, rumors)
+}
+
+fn frame_for(cluster: ClusterId, sender: usize, message: Message, rumors: Vec<Rumor>) -> Vec<u8> {
+    let limits = Limits::default();
+    let mut queue = RumorQueue::new(4, limits.clone());
+    for rumor in rumors {
+        queue.push(rumor).unwrap();
+    }
+    let packed = if queue.is_empty() {
+        PackedRumors::empty()
+    } else {
+        queue.pack(1200, 3)
+    };
+    let mut bytes = Vec::new();
+    let envelope = Envelope {
+        sender: node_id(sender),
+        message,
+    };
+    encode_frame(cluster, &envelope, &packed, &limits, &mut bytes).unwrap();
+    bytes
+}
+
+fn record(net: &Net, observer: usize, subject: usize) -> Member {
+    net.get(observer)
+        .members()
+        .get(&node_id(subject))
+        .unwrap()
+        .clone()
+}
+
+/// Delivers `bytes` to node 0 as if authenticated as `from`.
+fn deliver(net: &mut Net, from: usize, bytes: &[u8]) -> Result<(), Error> {
+    let now = net.now;
+    let result = net
+        .node(0)
+        .handle_datagram(now, node_id(from), addr(from), bytes);
+    net.drain(0);
+    result
+}
+
+#[test]
+fn a_frame_claiming_another_sender_is_dropped_and_counted() {
+    let mut net = converged();
+    let before: Vec<Member> = net.get(0).members().iter().cloned().collect();
+    // Node 2 sends a frame that claims node 1 sent it, carrying a suspicion.
+    let suspect = record(&net, 0, 1).with_status(MemberStatus::Suspect);
+    let bytes = frame(
+        1,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: suspect,
+            origin: node_id(1),
+        }],
+    );
+    let err = deliver(&mut net, 2, &bytes).unwrap_err();
+    assert_eq!(
+        err,
+        Error::SpoofedSender {
+            authenticated: node_id(2),
+            claimed: node_id(1)
+        }
+    );
+    assert_eq!(net.get(0).stats().spoofed, 1);
+    let after: Vec<Member> = net.get(0).members().iter().cloned().collect();
+    assert_eq!(before, after, "a spoofed frame changed the table");
+}
+
+#[test]
+fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
+    let mut net = converged();
+    let mut forged = record(&net, 0, 1);
+    forged.incarnation = Incarnation::new(5);
+    let left = record(&net, 0, 1).with_status(MemberStatus::Left);
+    // Node 2 claims both on node 1's behalf, as rumors it says it started.
+    let bytes = frame(
+        2,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: forged.clone(),
+            origin: node_id(2),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    let bytes = frame(
+        2,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: left,
+            origin: node_id(2),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    assert_eq!(net.get(0).stats().rejected_claims, 2);
+    assert_eq!(record(&net, 0, 1).incarnation, Incarnation::ZERO);
+    assert_eq!(record(&net, 0, 1).status, MemberStatus::Alive);
+    // Relayed as a rumor node 1 started, the same news is accepted.
+    let bytes = frame(
+        2,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: forged,
+            origin: node_id(1),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    assert_eq!(record(&net, 0, 1).incarnation, Incarnation::new(5));
+}
+
+#[test]
+fn accusations_record_their_accuser_and_deaths_their_provenance() {
+    let mut net = converged();
+    let suspect = record(&net, 0, 1).with_status(MemberStatus::Suspect);
+    let bytes = frame(
+        2,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: suspect,
+            origin: node_id(2),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    let by = net.events[0].iter().rev().find_map(|(_, e)| match e {
+        Event::Suspected { member, by, .. } if member.id == node_id(1) => Some(*by),
+        _ => None,
+    });
+    assert_eq!(by, Some(node_id(2)));
+    let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
+    let bytes = frame(
+        2,
+        Message::Gossip,
+        vec![Rumor::Member {
+            member: dead,
+            origin: node_id(2),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    let provenance = net.events[0].iter().rev().find_map(|(_, e)| match e {
+        Event::Failed { member, provenance } if member.id == node_id(1) => Some(provenance.clone()),
+        _ => None,
+    });
+    let provenance = provenance.expect("no Failed event");
+    assert_eq!(provenance.declared_by, node_id(2));
+    assert_eq!(provenance.suspected_by, Some(node_id(2)));
+}
+
+#[test]
+fn a_ping_meant_for_another_node_is_dropped() {
+    let mut net = converged();
+    let ping = Message::Ping {
+        seq: 9,
+        target: node_id(1),
+        suspicion: None,
+    };
+    let err = deliver(&mut net, 2, &frame(2, ping, vec![])).unwrap_err();
+    assert!(matches!(err, Error::Misdirected { .. }));
+    assert_eq!(net.get(0).stats().misdirected, 1);
+}
+
+#[test]
+fn bad_datagrams_get_typed_errors_and_counters_and_change_nothing() {
+    let mut net = converged();
+    let before: Vec<Member> = net.get(0).members().iter().cloned().collect();
+    let good = frame(2, Message::Gossip, vec![]);
+
+    let mut wrong_version = good.clone();
+    wrong_version[0] = WIRE_VERSION + 1;
+    let foreign = frame_for(
+        ClusterId::from_name("elsewhere"),
+        2,
+        Message::Gossip,
+        vec![],
+    );
+    let oversized = vec![WIRE_VERSION; Limits::default().max_frame_bytes + 1];
+    // A valid header in front, so the body decoder meets the garbage.
+    let mut garbage = good[..gossip_core::HEADER_LEN].to_vec();
+    garbage.extend((0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("wrong version", wrong_version),
+        ("foreign cluster", foreign),
+        ("oversized", oversized),
+        ("garbage", garbage),
+        ("trailing bytes", trailing),
+    ];
+    for cut in [1, 5, 9, 12, good.len() - 1] {
+        cases.push(("truncated", good[..cut].to_vec()));
+    }
+
+    for (what, bytes) in &cases {
+        let err = deliver(&mut net, 2, bytes).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{what}: {err}");
+    }
+    let stats = net.get(0).stats();
+    assert_eq!(stats.decode_errors, cases.len() as u64);
+    assert_eq!(stats.bad_version, 1);
+    assert_eq!(stats.foreign_cluster, 1);
+    assert_eq!(stats.oversized, 1);
+    let after: Vec<Member> = net.get(0).members().iter().cloned().collect();
+    assert_eq!(before, after);
+    // And the node carries on.
+    deliver(&mut net, 2, &good).unwrap();
+    net.run_for(10 * SECOND);
+    assert!(net.converged());
+}

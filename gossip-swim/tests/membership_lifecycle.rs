@@ -1,0 +1,136 @@
+//! Joining, leaving, restarting and healing partitions.
+
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, node_id, seed};
+use gossip_core::{Incarnation, MemberStatus};
+use gossip_swim::Event;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn joining_through_a_seed_that_starts_late_retries_with_backoff() {
+    let mut net = Net::lan(3, seed(11));
+    // Node 0, the seed, is down when the others try to join.
+    net.crash(0);
+    net.run_for(5 * SECOND);
+    net.restart(0, Incarnation::ZERO, 0);
+    let took = net
+        .run_until(60 * SECOND, Net::converged)
+        .expect("never converged");
+    assert!(took < 40 * SECOND, "{took:?}");
+    for i in 1..3 {
+        assert!(
+            net.events[i]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::JoinCompleted { via } if *via == node_id(0)))
+        );
+    }
+}
+
+#[test]
+fn a_graceful_leave_is_seen_as_left_not_failed() {
+    let mut net = Net::lan(5, seed(12));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    let now = net.now;
+    net.node(4).leave(now);
+    net.drain(4);
+    net.run_until(10 * SECOND, |net| {
+        net.events[4]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::LeaveCompleted))
+    })
+    .expect("leave never completed");
+    net.crash(4); // the driver shuts down after LeaveCompleted
+    net.run_for(60 * SECOND);
+    for i in 0..4 {
+        assert_eq!(net.view(i, 4), Some(MemberStatus::Left), "node {i}");
+        let failed = net.events[i]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Failed { member, .. } if member.id == node_id(4)));
+        assert!(!failed, "node {i} saw node 4 fail");
+    }
+}
+
+#[test]
+fn a_restarted_node_rejoins_with_a_higher_incarnation() {
+    for persisted in [true, false] {
+        let mut net = Net::lan(4, seed(13));
+        assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+        net.crash(3);
+        net.run_until(60 * SECOND, |net| {
+            (0..3).all(|i| net.view(i, 3) == Some(MemberStatus::Dead))
+        })
+        .expect("crash not detected");
+        // With a data directory the node comes back one incarnation up; without
+        // one it starts from 0 and must refute its own death.
+        let incarnation = if persisted {
+            Incarnation::new(1)
+        } else {
+            Incarnation::ZERO
+        };
+        net.restart(3, incarnation, 1);
+        net.run_until(30 * SECOND, Net::converged)
+            .unwrap_or_else(|| panic!("persisted={persisted}: no rejoin"));
+        for i in 0..3 {
+            let record = net.get(i).members().get(&node_id(3)).unwrap().clone();
+            assert!(
+                record.incarnation >= Incarnation::new(1),
+                "persisted={persisted}"
+            );
+            assert!(
+                net.events[i]
+                    .iter()
+                    .any(|(_, e)| matches!(e, Event::Rejoined(m) if m.id == node_id(3)))
+            );
+            // No ghost: one record for node 3.
+            assert_eq!(net.get(i).members().len(), 4);
+        }
+    }
+}
+
+#[test]
+fn a_partition_heals_by_itself() {
+    let mut net = Net::lan(6, seed(14));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
+    for a in left {
+        for b in right {
+            net.cut(a, b);
+        }
+    }
+    net.run_until(120 * SECOND, |net| {
+        left.iter().all(|&a| {
+            right
+                .iter()
+                .all(|&b| net.view(a, b) == Some(MemberStatus::Dead))
+        })
+    })
+    .expect("the halves never declared each other dead");
+    net.blocked.clear();
+    let took = net
+        .run_until(120 * SECOND, Net::converged)
+        .expect("the partition never healed");
+    assert!(took <= 60 * SECOND, "healing took {took:?}");
+}
+
+#[test]
+fn an_isolated_node_keeps_recontacting_its_seeds() {
+    let mut net = Net::lan(3, seed(15));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    // Node 2 loses everyone for long enough to declare them all dead.
+    for j in 0..2 {
+        net.cut(2, j);
+    }
+    net.run_until(120 * SECOND, |net| {
+        net.view(2, 0) == Some(MemberStatus::Dead) && net.view(2, 1) == Some(MemberStatus::Dead)
+    })
+    .expect("node 2 never gave up on the others");
+    net.blocked.clear();
+    net.run_until(60 * SECOND, Net::converged)
+        .expect("node 2 never rejoined");
+}
