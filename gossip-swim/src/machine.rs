@@ -420,7 +420,8 @@ impl Swim {
         if stranger && self.leaving.is_none() {
             self.send_table(Some(from), from_addr, false);
         }
-        self.flush();
+        // Whatever news this datagram brought, its sender already has.
+        self.flush_excluding(&[from]);
         Ok(())
     }
 
@@ -533,9 +534,14 @@ impl Swim {
 
     /// Work left at the end of every input: push fresh rumors, finish a leave.
     fn flush(&mut self) {
+        self.flush_excluding(&[]);
+    }
+
+    /// As [`flush`](Swim::flush), pushing to no one in `exclude`.
+    fn flush_excluding(&mut self, exclude: &[NodeId]) {
         if self.fresh_news && self.config.gossip_fanout > 0 {
             let live = self.live_others();
-            let targets = choose_random(&live, self.config.gossip_fanout, &[], &mut self.rng);
+            let targets = choose_random(&live, self.config.gossip_fanout, exclude, &mut self.rng);
             for target in targets {
                 if self.rumors.is_empty() {
                     break;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Net, node_id, seed};
 use gossip_core::{Incarnation, MemberStatus};
-use gossip_swim::Event;
+use gossip_swim::{Envelope, Event, Message};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -276,5 +276,90 @@ fn at_steady_state_the_only_packets_are_probes_and_acks() {
     assert!(
         per_member_period <= 2.1,
         "{per_member_period} datagrams per member per period"
+    );
+}
+
+#[test]
+fn a_probe_of_a_suspect_carries_the_suspicion_unless_lifeguard_is_off() {
+    for lifeguard in [true, false] {
+        let mut config = gossip_swim::Config::lan(common::cluster_id(), 2);
+        if !lifeguard {
+            config = config.without_lifeguard();
+        }
+        let mut net = Net::new(2, config, seed(9));
+        assert!(net.run_until(5 * SECOND, Net::converged).is_some());
+        // Cut both ways: node 0 suspects node 1, and node 1 cannot hear of it.
+        net.cut(0, 1);
+        net.run_until(10 * SECOND, |net| {
+            net.view(0, 1) == Some(MemberStatus::Suspect)
+        })
+        .expect("no suspicion");
+        net.blocked.clear();
+        net.drain(1);
+        assert_eq!(net.get(1).members().local().incarnation, Incarnation::ZERO);
+        // The next probe of node 1 carries the suspicion, and node 1 refutes
+        // on reading it, without waiting for the rumor.
+        let mut carried = false;
+        for _ in 0..5 {
+            if carried {
+                break;
+            }
+            let at = net.now + net.get(0).probe_interval();
+            net.now = at;
+            net.node(0).handle_timeout(at);
+            while let Some(t) = net.node(0).poll_transmit() {
+                let limits = gossip_core::Limits::default();
+                let frame = gossip_core::decode_frame::<Envelope>(
+                    &t.payload,
+                    common::cluster_id(),
+                    &limits,
+                )
+                .unwrap();
+                let Message::Ping {
+                    suspicion: Some(claim),
+                    ..
+                } = frame.body.message
+                else {
+                    continue;
+                };
+                assert_eq!(
+                    (claim.id, claim.status),
+                    (node_id(1), MemberStatus::Suspect)
+                );
+                carried = true;
+                net.node(1)
+                    .handle_datagram(at, node_id(0), common::addr(0), &t.payload)
+                    .unwrap();
+                let refuted = std::iter::from_fn(|| net.node(1).poll_event())
+                    .any(|e| matches!(e, Event::Refuted { .. }));
+                assert!(refuted, "node 1 did not refute at once");
+            }
+        }
+        assert_eq!(carried, lifeguard, "lifeguard={lifeguard}");
+    }
+}
+
+#[test]
+fn updated_metadata_reaches_everyone_with_a_higher_incarnation() {
+    let mut net = Net::lan(5, seed(10));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    let now = net.now;
+    let meta = gossip_core::MemberMeta::new("renamed", [common::addr(2)]);
+    net.node(2).update_meta(now, meta).unwrap();
+    net.drain(2);
+    // Pushed at once and piggybacked; a member the rumor's retransmit budget
+    // missed is repaired by the push-pull backstop (every 30 s).
+    let took = net.run_until(40 * SECOND, |net| {
+        (0..5).all(|i| {
+            net.get(i)
+                .members()
+                .get(&node_id(2))
+                .is_some_and(|m| m.meta.name() == "renamed")
+        })
+    });
+    assert!(took.is_some(), "the new name did not reach everyone");
+    assert_eq!(
+        net.get(0).members().get(&node_id(2)).unwrap().incarnation,
+        Incarnation::new(1)
     );
 }
