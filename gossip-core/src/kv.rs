@@ -7,15 +7,16 @@
 //!
 //! # Deletes and garbage collection
 //!
-//! A delete leaves a tombstone that travels like a value. Tombstones are
-//! garbage-collected after a grace period, and each replica remembers, per
-//! owner, the highest version it has collected: its *floor*. A replica whose
-//! known version of an owner is below the sender's floor may hold keys whose
+//! A delete leaves a tombstone that travels like a value. The owner collects
+//! its tombstones after a grace period and remembers the highest version it
+//! collected: its *floor*, which travels with its deltas; replicas drop the
+//! owner's tombstones up to the floor when they learn it. A replica whose known
+//! version of an owner is below the sender's floor may hold keys whose
 //! tombstones are gone, so it is sent a *reset*: the sender's complete set of
-//! that owner's entries, which replaces the receiver's. A plain delta could
+//! that owner's writes, which replaces the receiver's. A plain delta could
 //! never delete those keys, which is how deleted keys came back in other
-//! systems (chitchat issues #110 and #121). Collection is therefore safe at any
-//! time on any replica; the grace period only saves bandwidth.
+//! systems (chitchat issues #110 and #121). The grace period only saves
+//! bandwidth; no timing can resurrect a key.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
 use crate::error::{Error, Limited};
 use crate::id::NodeId;
 use crate::limits::Limits;
@@ -142,8 +144,28 @@ pub struct KvChange {
 struct Stored {
     value: Option<Bytes>,
     version: u64,
-    /// When the tombstone was stored locally; `None` for live values.
+    /// When the owner wrote the tombstone; `None` for live values and for
+    /// other owners' tombstones (which are collected when the owner's floor
+    /// passes them, not by local time).
     deleted_at: Option<Timestamp>,
+}
+
+/// The set-hash item of one stored write.
+fn entry_digest(key: &Key, value: Option<&Bytes>, version: u64) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&version.to_le_bytes());
+    hasher.update(&(key.as_str().len() as u64).to_le_bytes());
+    hasher.update(key.as_str().as_bytes());
+    match value {
+        Some(value) => {
+            hasher.update(&[1]);
+            hasher.update(value);
+        }
+        None => {
+            hasher.update(&[0]);
+        }
+    }
+    Digest::from_hash(hasher.finalize())
 }
 
 /// One owner's state as held by one replica.
@@ -153,6 +175,8 @@ pub struct NodeState {
     by_version: BTreeMap<u64, Key>,
     max_version: u64,
     floor: u64,
+    /// The set hash of every stored write, tombstones included.
+    content: Digest,
 }
 
 impl NodeState {
@@ -207,27 +231,60 @@ impl NodeState {
         self.floor
     }
 
-    fn store(&mut self, now: Timestamp, entry: Entry) {
-        let deleted_at = entry.value.is_none().then_some(now);
+    /// The set hash ([`Digest`]) of every stored write, tombstones included:
+    /// two replicas hold the same writes of this owner exactly when their
+    /// content digests are equal. Kept current on every change, O(1) each.
+    pub fn content_digest(&self) -> Digest {
+        self.content
+    }
+
+    fn store(&mut self, deleted_at: Option<Timestamp>, entry: Entry) {
+        self.content += entry_digest(&entry.key, entry.value.as_ref(), entry.version);
         let stored = Stored {
+            deleted_at: deleted_at.filter(|_| entry.value.is_none()),
             value: entry.value,
             version: entry.version,
-            deleted_at,
         };
         if let Some(old) = self.entries.insert(entry.key.clone(), stored) {
+            self.content -= entry_digest(&entry.key, old.value.as_ref(), old.version);
             self.by_version.remove(&old.version);
         }
         self.by_version.insert(entry.version, entry.key);
     }
 
+    fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.entries.remove(key) {
+            self.content -= entry_digest(key, old.value.as_ref(), old.version);
+            self.by_version.remove(&old.version);
+        }
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
         self.by_version.clear();
+        self.content = Digest::ZERO;
     }
 
-    /// The entries a replica at `(peer_max, peer_floor)` lacks, packed into
-    /// `budget` bytes of encoded entries, or `None` if it lacks nothing or the
-    /// first entry it needs does not fit.
+    /// Drops tombstones at or below `floor` and adopts it.
+    fn raise_floor(&mut self, floor: u64) {
+        if floor <= self.floor {
+            return;
+        }
+        let collected: Vec<Key> = self
+            .by_version
+            .range(..=floor)
+            .filter(|(_, key)| self.entries.get(*key).is_some_and(|s| s.value.is_none()))
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in &collected {
+            self.remove(key);
+        }
+        self.floor = floor;
+    }
+
+    /// The writes a replica at `(peer_max, peer_floor)` lacks, packed into
+    /// about `budget` bytes, or `None` if it lacks nothing or the first entry
+    /// it needs does not fit.
     fn delta_for(
         &self,
         owner: NodeId,
@@ -235,7 +292,9 @@ impl NodeState {
         peer_floor: u64,
         budget: usize,
     ) -> Option<OwnerDelta> {
-        if peer_max >= self.max_version {
+        let behind = peer_max < self.max_version;
+        let floor_behind = peer_max == self.max_version && peer_floor < self.floor;
+        if !behind && !floor_behind {
             return None;
         }
         // Below our floor the peer may hold keys whose tombstones we no longer
@@ -251,6 +310,9 @@ impl NodeState {
         };
         // Two bytes of slack for the entry count's varint growing.
         let mut used = encoded_len(&delta) + 2;
+        if used > budget {
+            return None;
+        }
         for (version, key) in self.by_version.range(from..) {
             let Some(stored) = self.entries.get(key) else {
                 continue;
@@ -313,12 +375,15 @@ impl NodeState {
     }
 
     /// Applies a validated delta.
-    fn apply(&mut self, now: Timestamp, delta: OwnerDelta, changes: &mut Vec<KvChange>) {
-        if delta.up_to <= self.max_version {
-            return;
-        }
+    fn apply(&mut self, delta: OwnerDelta, changes: &mut Vec<KvChange>) {
         let owner = delta.owner;
         if delta.reset {
+            // A reset comes from a replica past a floor we have not reached:
+            // its writes replace ours whole, even if we had reached a higher
+            // version by another path (that knowledge may hide stale keys).
+            if delta.floor <= self.floor {
+                return;
+            }
             let before = std::mem::take(&mut self.entries);
             self.clear();
             for entry in delta.entries {
@@ -330,7 +395,7 @@ impl NodeState {
                         value: entry.value.clone(),
                     });
                 }
-                self.store(now, entry);
+                self.store(None, entry);
             }
             for (key, stored) in before {
                 if stored.value.is_some() && self.get(key.as_str()).is_none() {
@@ -341,8 +406,18 @@ impl NodeState {
                     });
                 }
             }
-            self.floor = self.floor.max(delta.floor);
-        } else {
+            self.floor = delta.floor;
+            self.max_version = delta.up_to;
+            return;
+        }
+        // We already stand past a floor this sender has not reached, and its
+        // writes stop short of it: they may include keys whose tombstones the
+        // owner has collected since. Taking them could resurrect those keys.
+        if delta.floor < self.floor && delta.up_to < self.floor {
+            return;
+        }
+        if delta.up_to > self.max_version {
+            let collected_through = self.floor.max(delta.floor);
             for entry in delta.entries {
                 let current = self.entries.get(&entry.key);
                 if current.is_some_and(|c| c.version >= entry.version) {
@@ -356,29 +431,44 @@ impl NodeState {
                         value: entry.value.clone(),
                     });
                 }
-                self.store(now, entry);
+                if entry.value.is_none() && entry.version <= collected_through {
+                    // A tombstone the owner has already collected: it still
+                    // deletes what we hold, but is not kept.
+                    self.remove(&entry.key);
+                } else {
+                    self.store(None, entry);
+                }
             }
+            self.max_version = delta.up_to;
         }
-        self.max_version = delta.up_to;
+        // The owner collected its tombstones up to `floor`; so do we. We have
+        // seen every write up to it (the sender would have reset us otherwise).
+        if delta.floor <= self.max_version {
+            self.raise_floor(delta.floor);
+        }
     }
 
-    /// Collects tombstones stored at least `grace` ago, raising the floor.
+    /// Collects the owner's own tombstones written at least `grace` ago,
+    /// raising the floor. Tombstones age in version order, so everything up to
+    /// the new floor is gone.
     fn collect(&mut self, now: Timestamp, grace: Duration) -> usize {
-        let expired: Vec<(Key, u64)> = self
-            .entries
+        let expired = self
+            .by_version
             .iter()
-            .filter(|(_, s)| {
-                s.deleted_at
-                    .is_some_and(|at| now.saturating_duration_since(at) >= grace)
+            .map_while(|(version, key)| {
+                let stored = self.entries.get(key)?;
+                match stored.deleted_at {
+                    Some(at) if now.saturating_duration_since(at) < grace => None,
+                    _ => Some((*version, stored.value.is_none())),
+                }
             })
-            .map(|(k, s)| (k.clone(), s.version))
-            .collect();
-        for (key, version) in &expired {
-            self.entries.remove(key);
-            self.by_version.remove(version);
-            self.floor = self.floor.max(*version);
-        }
-        expired.len()
+            .filter(|(_, tombstone)| *tombstone)
+            .map(|(version, _)| version)
+            .last();
+        let Some(floor) = expired else { return 0 };
+        let before = self.len();
+        self.raise_floor(floor);
+        before - self.len()
     }
 }
 
@@ -386,7 +476,7 @@ impl NodeState {
 /// node's own keys, which only it writes, and a copy of every other node's.
 ///
 /// ```
-/// use gossip_core::{KvStore, Limits, NodeId, Timestamp};
+/// use gossip_core::{KvStore, Limits, NodeId};
 /// let (a, b) = (NodeId::from_public_key(b"a"), NodeId::from_public_key(b"b"));
 /// let mut store_a = KvStore::new(a, Limits::default());
 /// let mut store_b = KvStore::new(b, Limits::default());
@@ -394,7 +484,7 @@ impl NodeState {
 /// store_a.set("tokens", &b"0,42,97"[..]).unwrap();
 /// // b tells a how far it has got; a answers with what b lacks.
 /// let delta = store_a.delta_for(&store_b.digest(), 1200);
-/// store_b.apply_delta(Timestamp::ZERO, delta).unwrap();
+/// store_b.apply_delta(delta).unwrap();
 /// assert_eq!(store_b.get(&a, "tokens").unwrap().as_ref(), b"0,42,97");
 /// ```
 #[derive(Debug, Clone)]
@@ -481,7 +571,7 @@ impl KvStore {
             .checked_add(1)
             .ok_or(Error::VersionExhausted)?;
         local.store(
-            now,
+            Some(now),
             Entry {
                 key,
                 value,
@@ -540,8 +630,10 @@ impl KvStore {
             .iter()
             .filter_map(|(owner, state)| {
                 let (max, floor) = known.get(owner).copied().unwrap_or((0, 0));
-                let lag = state.max_version.checked_sub(max).filter(|lag| *lag > 0)?;
-                Some((lag, *owner, max, floor))
+                let lag = state.max_version.checked_sub(max)?;
+                // Behind in versions, or only in the floor (the owner has
+                // collected tombstones since).
+                (lag > 0 || state.floor > floor).then_some((lag, *owner, max, floor))
             })
             .collect();
         behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -575,7 +667,7 @@ impl KvStore {
     ///
     /// [`Error::InconsistentDelta`] and [`Error::LimitExceeded`]. The whole
     /// delta is checked before any of it is applied, so on error nothing changes.
-    pub fn apply_delta(&mut self, now: Timestamp, delta: Delta) -> Result<Vec<KvChange>, Error> {
+    pub fn apply_delta(&mut self, delta: Delta) -> Result<Vec<KvChange>, Error> {
         Error::check(
             Limited::DeltaOwners,
             delta.owners.len(),
@@ -608,7 +700,9 @@ impl KvStore {
         for owner_delta in delta.owners {
             if owner_delta.owner == self.local {
                 let local = self.local_mut();
-                if owner_delta.up_to >= local.max_version && owner_delta.up_to > 0 {
+                let ahead = owner_delta.up_to > local.max_version
+                    || (owner_delta.up_to == local.max_version && owner_delta.floor > local.floor);
+                if ahead {
                     let past = owner_delta.up_to.saturating_add(1);
                     local.max_version = local.max_version.max(past);
                     local.floor = local.floor.max(past);
@@ -618,18 +712,20 @@ impl KvStore {
             self.nodes
                 .entry(owner_delta.owner)
                 .or_default()
-                .apply(now, owner_delta, &mut changes);
+                .apply(owner_delta, &mut changes);
         }
         Ok(changes)
     }
 
-    /// Collects tombstones stored at least `grace` before `now`, on every
-    /// owner's state. Returns how many were removed.
+    /// Collects the local node's tombstones written at least `grace` before
+    /// `now`, raising its floor. Returns how many were removed.
+    ///
+    /// Only the owner collects: replicas drop an owner's tombstones when the
+    /// owner's floor reaches them through a delta, so replicas that agree on
+    /// an owner's version and floor hold exactly the same writes (and the same
+    /// [`content_digest`](NodeState::content_digest)).
     pub fn collect_tombstones(&mut self, now: Timestamp, grace: Duration) -> usize {
-        self.nodes
-            .values_mut()
-            .map(|state| state.collect(now, grace))
-            .sum()
+        self.local_mut().collect(now, grace)
     }
 
     /// Drops everything known of `owner` (for a member removed from the
@@ -647,9 +743,9 @@ mod tests {
         NodeId::from_bytes([n; 32])
     }
 
-    fn sync(from: &KvStore, to: &mut KvStore, now: Timestamp, budget: usize) -> Vec<KvChange> {
+    fn sync(from: &KvStore, to: &mut KvStore, budget: usize) -> Vec<KvChange> {
         let delta = from.delta_for(&to.digest(), budget);
-        to.apply_delta(now, delta).unwrap()
+        to.apply_delta(delta).unwrap()
     }
 
     #[test]
@@ -658,7 +754,7 @@ mod tests {
         let mut b = KvStore::new(id(2), Limits::default());
         assert_eq!(a.set("x", &b"1"[..]).unwrap(), 1);
         assert_eq!(a.set("y", &b"2"[..]).unwrap(), 2);
-        sync(&a, &mut b, Timestamp::ZERO, 10_000);
+        sync(&a, &mut b, 10_000);
         assert_eq!(b.node(&id(1)).unwrap().max_version(), 2);
         a.set("x", &b"3"[..]).unwrap();
         let delta = a.delta_for(&b.digest(), 10_000);
@@ -668,7 +764,7 @@ mod tests {
             1,
             "only the new write travels"
         );
-        b.apply_delta(Timestamp::ZERO, delta).unwrap();
+        b.apply_delta(delta).unwrap();
         assert_eq!(b.get(&id(1), "x").unwrap().as_ref(), b"3");
         assert!(a.delta_for(&b.digest(), 10_000).is_empty());
     }
@@ -684,7 +780,7 @@ mod tests {
         while !a.delta_for(&b.digest(), 200).is_empty() {
             let delta = a.delta_for(&b.digest(), 200);
             assert!(encoded_len(&delta) <= 200, "{} bytes", encoded_len(&delta));
-            b.apply_delta(Timestamp::ZERO, delta).unwrap();
+            b.apply_delta(delta).unwrap();
             rounds += 1;
         }
         assert!(rounds > 1);
@@ -698,7 +794,7 @@ mod tests {
         let mut owner = KvStore::new(id(1), Limits::default());
         let mut stale = KvStore::new(id(2), Limits::default());
         owner.set("doomed", &b"v"[..]).unwrap();
-        sync(&owner, &mut stale, t0, 10_000);
+        sync(&owner, &mut stale, 10_000);
         owner.delete(t0, "doomed").unwrap();
         owner.set("other", &b"w"[..]).unwrap();
         assert_eq!(owner.collect_tombstones(t1, Duration::from_secs(30)), 1);
@@ -706,7 +802,7 @@ mod tests {
 
         let delta = owner.delta_for(&stale.digest(), 10_000);
         assert!(delta.owners[0].reset);
-        let changes = stale.apply_delta(t1, delta).unwrap();
+        let changes = stale.apply_delta(delta).unwrap();
         assert!(
             changes
                 .iter()
@@ -722,14 +818,14 @@ mod tests {
         old_life.set("a", &b"1"[..]).unwrap();
         old_life.set("b", &b"2"[..]).unwrap();
         let mut peer = KvStore::new(id(2), Limits::default());
-        sync(&old_life, &mut peer, Timestamp::ZERO, 10_000);
+        sync(&old_life, &mut peer, 10_000);
 
         let mut new_life = KvStore::new(id(1), Limits::default());
         new_life.set("a", &b"fresh"[..]).unwrap();
         // The peer tells the restarted owner what it holds of it.
-        sync(&peer, &mut new_life, Timestamp::ZERO, 10_000);
+        sync(&peer, &mut new_life, 10_000);
         assert!(new_life.local().max_version() > 2);
-        sync(&new_life, &mut peer, Timestamp::ZERO, 10_000);
+        sync(&new_life, &mut peer, 10_000);
         assert_eq!(peer.get(&id(1), "a").unwrap().as_ref(), b"fresh");
         assert_eq!(
             peer.get(&id(1), "b"),
@@ -756,7 +852,7 @@ mod tests {
             }],
         };
         assert!(matches!(
-            b.apply_delta(Timestamp::ZERO, bad),
+            b.apply_delta(bad),
             Err(Error::InconsistentDelta { .. })
         ));
         let past = Delta {
@@ -768,7 +864,7 @@ mod tests {
                 entries: vec![entry(3)],
             }],
         };
-        assert!(b.apply_delta(Timestamp::ZERO, past).is_err());
+        assert!(b.apply_delta(past).is_err());
         let mut big = entry(1);
         big.value = Some(Bytes::from(vec![
             0u8;
@@ -784,7 +880,7 @@ mod tests {
             }],
         };
         assert!(matches!(
-            b.apply_delta(Timestamp::ZERO, oversized),
+            b.apply_delta(oversized),
             Err(Error::LimitExceeded {
                 what: Limited::ValueBytes,
                 ..

@@ -57,6 +57,7 @@
 
 #![forbid(unsafe_code)]
 
+mod digest;
 mod error;
 mod id;
 mod incarnation;
@@ -68,6 +69,7 @@ mod select;
 mod time;
 mod wire;
 
+pub use digest::Digest;
 pub use error::{Error, Limited};
 pub use id::{ClusterId, NodeId};
 pub use incarnation::Incarnation;
