@@ -49,6 +49,15 @@ impl Digest {
         Digest(lanes)
     }
 
+    /// The digest as 32 little-endian bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        for (chunk, lane) in bytes.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&lane.to_le_bytes());
+        }
+        bytes
+    }
+
     /// `true` for the digest of the empty set.
     pub fn is_zero(&self) -> bool {
         *self == Self::ZERO

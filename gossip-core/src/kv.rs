@@ -655,6 +655,22 @@ impl KvStore {
         delta
     }
 
+    /// What a replica at `(peer_max, peer_floor)` lacks of `owner`'s writes,
+    /// in at most about `budget` bytes: a plain delta, or a reset if the peer
+    /// is below this replica's floor. `None` if it lacks nothing, or if not
+    /// even the first write it needs fits the budget.
+    pub fn owner_delta(
+        &self,
+        owner: &NodeId,
+        peer_max: u64,
+        peer_floor: u64,
+        budget: usize,
+    ) -> Option<OwnerDelta> {
+        self.nodes
+            .get(owner)?
+            .delta_for(*owner, peer_max, peer_floor, budget)
+    }
+
     /// Applies what a peer sent, returning the changes to live values.
     ///
     /// Writes newer than what is held win; a reset replaces the owner's state

@@ -1,0 +1,57 @@
+//! Merkle tree update cost: a leaf update in a tree of 100,000 owners, and a
+//! local key/value write through `SyncState` (content digest, leaf, path).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "bench setup: a failure should stop the bench loudly"
+)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gossip_antientropy::{LeafTree, SyncState};
+use gossip_core::{Digest, Limits, Member, MemberMeta, NodeId};
+
+fn id(n: u32) -> NodeId {
+    NodeId::from_public_key(&n.to_le_bytes())
+}
+
+fn bench_tree(c: &mut Criterion) {
+    const OWNERS: u32 = 100_000;
+    let ids: Vec<NodeId> = (0..OWNERS).map(id).collect();
+    let digests: Vec<Digest> = (0..1024u32).map(|n| Digest::of(&n.to_le_bytes())).collect();
+    let mut tree = LeafTree::default();
+    for (n, owner) in ids.iter().enumerate() {
+        tree.set(*owner, digests[n % digests.len()]);
+    }
+    let mut group = c.benchmark_group("merkle");
+    group.throughput(Throughput::Elements(1));
+    let mut step = 0usize;
+    group.bench_function("leaf_update_100000_owners", |b| {
+        b.iter(|| {
+            // A pseudo-random walk over owners, so the paths are not cached.
+            step = step
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let owner = ids[(step >> 33) % ids.len()];
+            tree.set(owner, black_box(digests[step % digests.len()]));
+            black_box(tree.root())
+        })
+    });
+
+    let mut state = SyncState::new(Member::new(id(0), MemberMeta::default()), Limits::default());
+    let keys: Vec<String> = (0..1000).map(|k| format!("key-{k}")).collect();
+    let value = bytes::Bytes::from_static(b"a value of twenty-four!!");
+    let mut k = 0usize;
+    group.bench_function("local_write_through_sync_state", |b| {
+        b.iter(|| {
+            k = (k + 1) % keys.len();
+            state.set(keys[k].as_str(), value.clone()).unwrap();
+            black_box(state.root())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_tree);
+criterion_main!(benches);
