@@ -5,9 +5,14 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The message did not decode, or broke a cap.
+    /// The message did not decode: garbage, truncated, oversized, another
+    /// cluster's or another version's.
     #[error("undecodable sync message: {0}")]
-    Decode(#[from] gossip_core::Error),
+    Decode(gossip_core::Error),
+    /// The message decoded, but its records or writes were refused (over a
+    /// cap, inconsistent versions). None of the message was applied.
+    #[error("sync message refused: {0}")]
+    Refused(gossip_core::Error),
     /// The peer broke the protocol: a message out of turn, a prefix out of
     /// range, more rounds or bytes than any honest sync needs.
     #[error("sync protocol violation: {0}")]

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use gossip_core::{
-    ClusterId, HEADER_LEN, Limits, Member, NodeId, OwnerDigest, PackedRumors, Timestamp,
-    decode_frame, encode_frame, encoded_len,
+    ClusterId, Delta, HEADER_LEN, Limits, Member, NodeId, OwnerDelta, OwnerDigest, PackedRumors,
+    Timestamp, decode_frame, encode_frame, encoded_len,
 };
 
 use crate::error::Error;
@@ -157,6 +157,8 @@ pub struct Session {
     peer: NodeId,
     phase: Phase,
     reply: Reply,
+    /// Owner deltas received in parts, waiting for their last part.
+    pending: BTreeMap<NodeId, OwnerDelta>,
     outbox: VecDeque<Vec<u8>>,
     deadline: Timestamp,
     error: Option<Error>,
@@ -184,6 +186,7 @@ impl Session {
             peer,
             phase,
             reply: Reply::default(),
+            pending: BTreeMap::new(),
             outbox: VecDeque::new(),
             error: None,
             stats: SessionStats::default(),
@@ -295,7 +298,7 @@ impl Session {
         }
         // Check everything that can be checked before changing anything.
         for member in &part.members {
-            member.validate(state.limits())?;
+            member.validate(state.limits()).map_err(Error::Refused)?;
         }
         for summary in &part.nodes {
             if let NodeView::Children(children) = &summary.view
@@ -305,8 +308,9 @@ impl Session {
                 return Err(Error::Protocol("bad child list"));
             }
         }
-        let entries: usize = part.delta.owners.iter().map(|d| d.entries.len()).sum();
-        state.apply_delta(part.delta)?;
+        let ready = self.take_complete(part.delta, state.limits())?;
+        let entries: usize = ready.owners.iter().map(|d| d.entries.len()).sum();
+        state.apply_delta(ready).map_err(Error::Refused)?;
         self.stats.entries_received += entries as u64;
         self.stats.members_received += part.members.len() as u64;
         for member in part.members {
@@ -341,6 +345,42 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Joins split owner deltas, returning those now complete. An owner's
+    /// writes are applied only whole: a replica left with part of a transfer
+    /// would lack keys overwritten past the part, yet claim its version.
+    fn take_complete(&mut self, delta: Delta, limits: &Limits) -> Result<Delta, Error> {
+        let mut ready = Delta::default();
+        for chunk in delta.owners {
+            let joined = match self.pending.remove(&chunk.owner) {
+                None => chunk,
+                Some(mut joined) => {
+                    let follows = !chunk.reset
+                        && chunk
+                            .entries
+                            .first()
+                            .is_none_or(|e| e.version > joined.up_to);
+                    if !follows {
+                        return Err(Error::Protocol("split delta out of order"));
+                    }
+                    joined.entries.extend(chunk.entries);
+                    joined.up_to = chunk.up_to;
+                    joined.floor = chunk.floor;
+                    joined.complete = chunk.complete;
+                    joined
+                }
+            };
+            if joined.entries.len() > limits.max_keys_per_node {
+                return Err(Error::Protocol("split delta longer than any owner's state"));
+            }
+            if joined.complete {
+                ready.owners.push(joined);
+            } else {
+                self.pending.insert(joined.owner, joined);
+            }
+        }
+        Ok(ready)
     }
 
     /// This replica's summary of the node at `prefix`.

@@ -111,6 +111,12 @@ pub struct OwnerDelta {
     pub floor: u64,
     /// After applying, the receiver reflects every write up to this version.
     pub up_to: u64,
+    /// `false` if the sender had writes past `up_to` that did not fit. A
+    /// receiver of an incomplete delta lacks, until it gets the rest, the keys
+    /// whose latest write is past `up_to`, so two replicas at the same version
+    /// can differ while a transfer is under way; anti-entropy sessions
+    /// therefore apply an owner's delta only once it is complete.
+    pub complete: bool,
     /// The writes, in increasing version order.
     pub entries: Vec<Entry>,
 }
@@ -306,6 +312,7 @@ impl NodeState {
             reset,
             floor: self.floor,
             up_to: self.max_version,
+            complete: true,
             entries: Vec::new(),
         };
         // Two bytes of slack for the entry count's varint growing.
@@ -325,7 +332,10 @@ impl NodeState {
             let len = encoded_len(&entry);
             if used + len > budget {
                 match delta.entries.last() {
-                    Some(last) => delta.up_to = last.version,
+                    Some(last) => {
+                        delta.up_to = last.version;
+                        delta.complete = false;
+                    }
                     None => return None,
                 }
                 break;
@@ -864,6 +874,7 @@ mod tests {
                 reset: false,
                 floor: 0,
                 up_to: 5,
+                complete: true,
                 entries: vec![entry(3), entry(2)],
             }],
         };
@@ -877,6 +888,7 @@ mod tests {
                 reset: false,
                 floor: 0,
                 up_to: 1,
+                complete: true,
                 entries: vec![entry(3)],
             }],
         };
@@ -892,6 +904,7 @@ mod tests {
                 reset: false,
                 floor: 0,
                 up_to: 1,
+                complete: true,
                 entries: vec![big],
             }],
         };
