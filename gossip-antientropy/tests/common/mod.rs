@@ -144,14 +144,12 @@ pub(crate) fn run_session(
     }
 }
 
+/// One owner's replicated key/value state: id, version, floor, writes.
+pub(crate) type OwnerContent = (NodeId, u64, u64, Vec<gossip_core::Entry>);
+
 /// The replicated content of a state: member records, and per owner its
 /// version, floor and every write.
-pub(crate) fn content(
-    state: &SyncState,
-) -> (
-    Vec<Member>,
-    Vec<(NodeId, u64, u64, Vec<gossip_core::Entry>)>,
-) {
+pub(crate) fn content(state: &SyncState) -> (Vec<Member>, Vec<OwnerContent>) {
     let members = state.members().cloned().collect();
     let kv = state
         .kv()
