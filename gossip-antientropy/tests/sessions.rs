@@ -294,3 +294,45 @@ fn an_idle_session_times_out() {
     assert_eq!(session.error(), Some(&Error::TimedOut));
     assert!(session.is_finished());
 }
+
+#[test]
+fn round_trips_follow_the_tree_depth_not_the_cluster() {
+    // 5,000 owners of one key each: a tree several levels deep.
+    let owners: Vec<KvStore> = (0..5000)
+        .map(|n| {
+            let mut owner = KvStore::new(owner_id(n), Limits::default());
+            owner.set("k", &b"v"[..]).unwrap();
+            owner
+        })
+        .collect();
+    let mut a = replica(1);
+    let mut b = replica(2);
+    for owner in &owners {
+        deliver(owner, &mut a);
+        deliver(owner, &mut b);
+    }
+    // The replicas still differ in each other's member record.
+    run_session(&mut a, &mut b, &sync_config(64 * 1024), |_, _| {});
+    let equal = run_session(&mut a, &mut b, &sync_config(64 * 1024), |_, _| {});
+    assert_eq!(equal.round_trips(), 1);
+    assert!(
+        equal.bytes() <= 64,
+        "{} bytes for equal replicas",
+        equal.bytes()
+    );
+
+    let mut changed = owners;
+    for owner in changed.iter_mut().step_by(500) {
+        owner.set("k", &b"w"[..]).unwrap();
+        deliver(owner, &mut a);
+    }
+    let run = run_session(&mut a, &mut b, &sync_config(64 * 1024), |_, _| {});
+    // ceil(log16 5000) + 2 = 6.
+    assert!(run.round_trips() <= 6, "{} round trips", run.round_trips());
+    assert!(
+        run.bytes() < 10 * 3000,
+        "{} bytes for 10 differences",
+        run.bytes()
+    );
+    assert_eq!(content(&a), content(&b));
+}

@@ -19,6 +19,16 @@ pub(crate) enum Cmd {
     /// entropy crate; every crate takes the workspace lints; every top-level
     /// folder is a crate.
     Tidy,
+    /// Runs a measurement scenario and prints its figures, e.g.
+    /// `cargo xtask sim reconcile --entries 10000,100000 --diffs 0,1,10 --json`.
+    /// Scenarios: `reconcile` (one anti-entropy sync between two replicas).
+    Sim {
+        /// The scenario.
+        scenario: String,
+        /// Arguments for the scenario (`cargo xtask sim reconcile -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Runs the criterion benches (`cargo bench --workspace`); extra arguments
     /// are passed on, e.g. `cargo xtask bench -- merge`.
     Bench {

@@ -21,6 +21,7 @@ fn main() -> Result<()> {
         Cmd::Ci => ci(),
         Cmd::Tidy => tidy::run(&root),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Sim { scenario, args } => sim(&scenario, &args),
     }
 }
 
@@ -108,6 +109,26 @@ fn ci() -> Result<()> {
     tidy::run(&project_root())?;
     eprintln!("cargo xtask ci: all checks passed");
     Ok(())
+}
+
+/// Runs a measurement scenario in release mode.
+fn sim(scenario: &str, args: &[String]) -> Result<()> {
+    let (package, example) = match scenario {
+        "reconcile" => ("gossip-antientropy", "reconcile"),
+        other => bail!("unknown scenario `{other}`; known: reconcile"),
+    };
+    let mut all = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        package,
+        "--example",
+        example,
+        "--",
+    ];
+    all.extend(args.iter().map(String::as_str));
+    run("cargo", &all, &[])
 }
 
 /// Runs the criterion benches; extra arguments go to `cargo bench`.
