@@ -95,3 +95,21 @@ pub enum SyncMessage {
     /// Part of a later turn.
     Part(Part),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_digest_fits_on_a_probe() {
+        let root = RootDigest {
+            digest: ShortDigest([0xff; 16]),
+            leaves: 1_000_000,
+        };
+        assert!(
+            gossip_core::encoded_len(&root) <= 24,
+            "{}",
+            gossip_core::encoded_len(&root)
+        );
+    }
+}
