@@ -55,7 +55,9 @@ fn has_cargo_subcommand(sub: &str) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-/// Every check CI runs, in order, stopping at the first failure.
+/// Every check CI runs, in order, stopping at the first failure. Features
+/// are all on, so feature-gated code (the transport's fault injection) is
+/// checked and tested too.
 fn ci() -> Result<()> {
     run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
     run(
@@ -64,6 +66,7 @@ fn ci() -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--locked",
             "--",
             "-D",
@@ -78,6 +81,7 @@ fn ci() -> Result<()> {
                 "nextest",
                 "run",
                 "--workspace",
+                "--all-features",
                 "--locked",
                 "--no-fail-fast",
             ],
@@ -90,6 +94,7 @@ fn ci() -> Result<()> {
             &[
                 "test",
                 "--workspace",
+                "--all-features",
                 "--locked",
                 "--lib",
                 "--bins",
@@ -100,10 +105,20 @@ fn ci() -> Result<()> {
     }
     // nextest does not run doc tests: they are README and API examples, so they
     // run here.
-    run("cargo", &["test", "--workspace", "--locked", "--doc"], &[])?;
     run(
         "cargo",
-        &["doc", "--workspace", "--no-deps", "--locked"],
+        &["test", "--workspace", "--all-features", "--locked", "--doc"],
+        &[],
+    )?;
+    run(
+        "cargo",
+        &[
+            "doc",
+            "--workspace",
+            "--all-features",
+            "--no-deps",
+            "--locked",
+        ],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     tidy::run(&project_root())?;

@@ -49,6 +49,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     for krate in SANS_IO_CRATES.iter().filter(|c| members.contains(**c)) {
         check_sans_io(root, krate, &mut problems)?;
     }
+    if members.contains("gossip-transport-quic") {
+        check_transport_uses_only_node_id(root, &mut problems)?;
+    }
     if problems.is_empty() {
         eprintln!("tidy: ok ({} crates checked)", members.len());
         Ok(())
@@ -158,6 +161,46 @@ fn check_sans_io(root: &Path, krate: &str, problems: &mut Vec<String>) -> Result
     for (banned, why) in BANNED_IN_SANS_IO {
         if deps.contains(banned) {
             problems.push(format!("sans-IO crate {krate} depends on {banned} ({why}); see `cargo tree -p {krate} -i {banned}`"));
+        }
+    }
+    Ok(())
+}
+
+/// The transport may use gossip-core's `NodeId` and nothing else of ours
+/// (ARCHITECTURE.md): it moves authenticated bytes and knows no protocol.
+fn check_transport_uses_only_node_id(root: &Path, problems: &mut Vec<String>) -> Result<()> {
+    let manifest = fs::read_to_string(root.join("gossip-transport-quic/Cargo.toml"))?;
+    for line in manifest.lines() {
+        let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
+        if name.starts_with("gossip-") && name != "gossip-core" && name != "gossip-transport-quic" {
+            problems.push(format!(
+                "gossip-transport-quic depends on {name}; it may use only gossip-core's NodeId"
+            ));
+        }
+    }
+    let mut stack = vec![root.join("gossip-transport-quic/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = fs::read_to_string(&path)?;
+            for (n, line) in text.lines().enumerate() {
+                let mut rest = line;
+                while let Some(at) = rest.find("gossip_core::") {
+                    let after = &rest[at + "gossip_core::".len()..];
+                    if !after.starts_with("NodeId") {
+                        problems.push(format!(
+                            "{}:{}: the transport uses gossip_core beyond NodeId",
+                            path.display(),
+                            n + 1
+                        ));
+                    }
+                    rest = after;
+                }
+            }
         }
     }
     Ok(())

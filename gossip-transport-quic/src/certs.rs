@@ -1,0 +1,360 @@
+//! Cluster CA, node certificates, and the node id a certificate implies.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use gossip_core::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::Error;
+
+/// The DNS name every node certificate carries, asked for when dialling a
+/// node whose id is not known yet (a seed).
+pub const SERVER_NAME: &str = "gossip-node";
+
+/// The DNS name that only `node`'s certificate carries (its id's first 128
+/// bits in hex, under [`SERVER_NAME`]). Dialling a known node asks for it, so
+/// a peer holding another node's certificate fails inside the handshake, and
+/// TLS session tickets are kept per node.
+pub fn server_name_of(node: &NodeId) -> String {
+    let hex = format!("{node:#}");
+    format!("n{}.{SERVER_NAME}", &hex[..32])
+}
+
+/// The node id a certificate implies: blake3 of its SubjectPublicKeyInfo.
+///
+/// # Errors
+///
+/// [`Error::Certificate`] if the certificate does not parse.
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+    Ok(NodeId::from_public_key(
+        parsed.subject_public_key_info().as_ref(),
+    ))
+}
+
+fn rcgen_error(err: rcgen::Error) -> Error {
+    Error::Certificate(err.to_string())
+}
+
+/// How long a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// From now (less an hour, for clock skew) for `duration`.
+    pub fn for_duration(duration: Duration) -> Self {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "certificates are dated by the wall clock"
+        )]
+        let now = SystemTime::now();
+        Validity {
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + duration,
+        }
+    }
+
+    fn apply(&self, params: &mut CertificateParams) {
+        params.not_before = self.not_before.into();
+        params.not_after = self.not_after.into();
+    }
+}
+
+/// A cluster's certificate authority: it signs node certificates, and its
+/// certificate is the trust bundle every node checks peers against.
+pub struct ClusterCa {
+    key: KeyPair,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa").finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// A new CA named after the cluster, valid for ten years.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if key generation or signing fails.
+    pub fn generate(cluster_name: &str) -> Result<Self, Error> {
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{cluster_name} cluster CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Validity::for_duration(Duration::from_secs(10 * 365 * 24 * 3600)).apply(&mut params);
+        let cert = params.self_signed(&key).map_err(rcgen_error)?;
+        Ok(ClusterCa {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads a CA from its certificate and private key in PEM.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if either does not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen_error)?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+        Ok(ClusterCa {
+            key,
+            cert_der,
+            cert_pem: cert_pem.to_string(),
+        })
+    }
+
+    /// The CA certificate in PEM: the cluster's trust bundle.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA's private key in PEM. Keep it off the nodes.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The trust bundle holding this CA.
+    pub fn trust(&self) -> TrustBundle {
+        TrustBundle {
+            roots: vec![self.cert_der.clone()],
+        }
+    }
+
+    /// Issues a certificate and key for a node called `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if key generation or signing fails.
+    pub fn issue(&self, name: &str, validity: Validity) -> Result<NodeCredentials, Error> {
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let node = NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key));
+        let names = vec![SERVER_NAME.to_string(), server_name_of(&node)];
+        let mut params = CertificateParams::new(names).map_err(rcgen_error)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        validity.apply(&mut params);
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(rcgen_error)?;
+        let cert = params.signed_by(&key, &issuer).map_err(rcgen_error)?;
+        NodeCredentials::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+}
+
+/// A node's certificate chain and private key, and the id they imply.
+#[derive(Debug)]
+pub struct NodeCredentials {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    node_id: NodeId,
+}
+
+impl Clone for NodeCredentials {
+    fn clone(&self) -> Self {
+        NodeCredentials {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            node_id: self.node_id,
+        }
+    }
+}
+
+impl NodeCredentials {
+    /// From a certificate chain (leaf first) and private key, in PEM.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if either does not parse or the chain is empty.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Certificate(format!("node certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| Error::Certificate(format!("node key: {e}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Certificate("no certificate in the PEM".into()))?;
+        let node_id = node_id_of(leaf)?;
+        Ok(NodeCredentials {
+            chain,
+            key,
+            node_id,
+        })
+    }
+
+    /// Loads the certificate and key from PEM files.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a file cannot be read, [`Error::Certificate`] if it
+    /// does not parse.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, Error> {
+        let cert = fs::read_to_string(cert_path).map_err(|e| Error::io(cert_path, e))?;
+        let key = fs::read_to_string(key_path).map_err(|e| Error::io(key_path, e))?;
+        Self::from_pem(&cert, &key)
+    }
+
+    /// Saves the certificate and key as PEM files; the key file is readable by
+    /// its owner only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a file cannot be written.
+    pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), Error> {
+        let (cert, key) = self.to_pem();
+        fs::write(cert_path, cert).map_err(|e| Error::io(cert_path, e))?;
+        write_private(key_path, &key)
+    }
+
+    /// The certificate chain and the key, in PEM.
+    pub fn to_pem(&self) -> (String, String) {
+        let cert = self
+            .chain
+            .iter()
+            .map(|c| pem("CERTIFICATE", c.as_ref()))
+            .collect();
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        (cert, pem(label, self.key.secret_der()))
+    }
+
+    /// The node id the certificate implies.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.clone()
+    }
+
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+/// Writes a file that only its owner may read.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        file.write_all(contents.as_bytes())
+            .map_err(|e| Error::io(path, e))
+    }
+    #[cfg(not(unix))]
+    {
+        fs::write(path, contents).map_err(|e| Error::io(path, e))
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der))
+}
+
+/// The certificates a node trusts: peers must chain to one of them.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl TrustBundle {
+    /// From one or more CA certificates in PEM.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] if the PEM holds no certificate or does not parse.
+    pub fn from_pem(pem: &str) -> Result<Self, Error> {
+        let roots = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Certificate(format!("trust bundle: {e}")))?;
+        if roots.is_empty() {
+            return Err(Error::Certificate(
+                "the trust bundle holds no certificate".into(),
+            ));
+        }
+        Ok(TrustBundle { roots })
+    }
+
+    /// Loads a trust bundle from a PEM file.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_pem`](TrustBundle::from_pem), and [`Error::Io`].
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let pem = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_pem(&pem)
+    }
+
+    pub(crate) fn root_store(&self) -> Result<rustls::RootCertStore, Error> {
+        let mut store = rustls::RootCertStore::empty();
+        for root in &self.roots {
+            store
+                .add(root.clone())
+                .map_err(|e| Error::Certificate(format!("trust bundle: {e}")))?;
+        }
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_credentials_round_trip_through_pem_and_keep_their_id() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let node = ca
+            .issue("n1", Validity::for_duration(Duration::from_secs(3600)))
+            .unwrap();
+        let (cert, key) = node.to_pem();
+        let again = NodeCredentials::from_pem(&cert, &key).unwrap();
+        assert_eq!(again.node_id(), node.node_id());
+        assert!(server_name_of(&node.node_id()).len() <= 63 + 1 + SERVER_NAME.len());
+        let ca_again = ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        let other = ca_again
+            .issue("n2", Validity::for_duration(Duration::from_secs(3600)))
+            .unwrap();
+        assert_ne!(other.node_id(), node.node_id());
+        assert!(TrustBundle::from_pem(ca.cert_pem()).is_ok());
+        assert!(TrustBundle::from_pem("").is_err());
+    }
+}
