@@ -51,4 +51,6 @@ pub use certs::{
 pub use error::Error;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
-pub use transport::{ALPN, Channel, Received, Transport, TransportConfig, TransportStats};
+pub use transport::{
+    ALPN, Channel, Received, Transport, TransportConfig, TransportStats, quinn_configs,
+};

@@ -273,6 +273,27 @@ fn build_tls(
     Ok(Tls { server, client })
 }
 
+/// The quinn server and client configurations a [`Transport`] uses (mutual
+/// TLS 1.3 against `trust`, ALPN [`ALPN`], 0-RTT off, no keep-alive), for
+/// callers that drive quinn themselves, and for measuring this crate
+/// against plain quinn.
+///
+/// # Errors
+///
+/// [`Error::Tls`] or [`Error::Certificate`] for unusable credentials.
+pub fn quinn_configs(
+    config: &TransportConfig,
+    credentials: &NodeCredentials,
+    trust: &TrustBundle,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), Error> {
+    let sessions = Arc::new(CountingSessions {
+        inner: ClientSessionMemoryCache::new(1024),
+        counters: Arc::new(Counters::default()),
+    });
+    let tls = build_tls(config, credentials, trust, sessions)?;
+    Ok((tls.server, tls.client))
+}
+
 struct Inner {
     endpoint: Endpoint,
     local_id: RwLock<NodeId>,
@@ -458,16 +479,16 @@ impl Transport {
         self.cached(peer)?.max_datagram_size()
     }
 
+    /// The cached connection to `peer`. A closed one is found out (and
+    /// evicted) by the send that fails on it, which keeps this lookup off
+    /// quinn's connection lock.
     fn cached(&self, peer: &NodeId) -> Option<Connection> {
         let connections = self
             .inner
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        connections
-            .get(peer)
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
+        connections.get(peer).cloned()
     }
 
     /// A connection to the node at `addr`: the cached one, or a new dial.
@@ -500,6 +521,7 @@ impl Transport {
         let _guard = lock.lock().await;
         if let Some(peer) = expected
             && let Some(conn) = self.cached(&peer)
+            && conn.close_reason().is_none()
         {
             return Ok((peer, conn));
         }
@@ -554,14 +576,6 @@ impl Transport {
     ) -> Result<NodeId, Error> {
         for attempt in 0..2 {
             let (id, conn) = self.connect(peer, addr).await?;
-            let max = conn.max_datagram_size().unwrap_or(0);
-            if bytes.len() > max {
-                bump(&self.inner.counters.oversize);
-                return Err(Error::DatagramTooLarge {
-                    len: bytes.len(),
-                    max,
-                });
-            }
             match conn.send_datagram(bytes.clone()) {
                 Ok(()) => {
                     bump(&self.inner.counters.datagrams_sent);
@@ -569,6 +583,7 @@ impl Transport {
                 }
                 Err(quinn::SendDatagramError::TooLarge) => {
                     bump(&self.inner.counters.oversize);
+                    let max = conn.max_datagram_size().unwrap_or(0);
                     return Err(Error::DatagramTooLarge {
                         len: bytes.len(),
                         max,
@@ -745,7 +760,13 @@ async fn read_datagrams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
             channel: Channel::Datagram,
             bytes,
         };
-        if inner.incoming.send(received).await.is_err() {
+        // The common case, room in the queue, without the await machinery.
+        let full = match inner.incoming.try_send(received) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Full(received)) => received,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        };
+        if inner.incoming.send(full).await.is_err() {
             return;
         }
     }

@@ -333,3 +333,28 @@ async fn reloaded_credentials_are_used_for_new_connections() {
     assert_eq!(received.from, renewed.node_id());
     assert_ne!(received.from, old_id);
 }
+
+#[tokio::test]
+async fn concurrent_sends_to_a_new_peer_share_one_handshake() {
+    let ca = ClusterCa::generate("coalesce").unwrap();
+    let b_creds = ca.issue("b", day()).unwrap();
+    let (a, _, _) = bind(&ca, &ca.issue("a", day()).unwrap());
+    let (_b, mut inbox, b_addr) = bind(&ca, &b_creds);
+    let sends: Vec<_> = (0..16)
+        .map(|n| {
+            let a = a.clone();
+            let peer = b_creds.node_id();
+            tokio::spawn(async move {
+                a.send_datagram(Some(peer), b_addr, format!("{n}").into())
+                    .await
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    for _ in 0..16 {
+        next(&mut inbox).await;
+    }
+    assert_eq!(a.stats().handshakes, 1, "{:?}", a.stats());
+}

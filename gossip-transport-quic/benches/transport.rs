@@ -1,0 +1,286 @@
+//! Transport throughput beside plain quinn, in one run, on loopback:
+//! 100- and 1,000-byte datagrams per second one way, mutual-TLS handshakes
+//! per second, single-stream throughput, and memory per idle connection.
+//!
+//! `cargo bench -p gossip-transport-quic --bench transport` prints a table.
+//! The plain-quinn baseline uses the same TLS configuration
+//! ([`quinn_configs`]) without this crate's layer: no connection cache, no
+//! identity tagging, no reader tasks.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::disallowed_methods,
+    reason = "a benchmark: it reads the clock and prints"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gossip_transport_quic::{
+    ClusterCa, NodeCredentials, SERVER_NAME, Transport, TransportConfig, Validity, quinn_configs,
+};
+
+const WINDOW: Duration = Duration::from_secs(2);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+struct Pki {
+    ca: ClusterCa,
+    a: NodeCredentials,
+    b: NodeCredentials,
+}
+
+fn pki() -> Pki {
+    let ca = ClusterCa::generate("bench").unwrap();
+    let day = Validity::for_duration(Duration::from_secs(86_400));
+    Pki {
+        a: ca.issue("a", day).unwrap(),
+        b: ca.issue("b", day).unwrap(),
+        ca,
+    }
+}
+
+fn config() -> TransportConfig {
+    let mut config = TransportConfig::new(loopback());
+    config.datagram_buffer_bytes = 8 << 20;
+    config.max_frame_bytes = 64 << 20;
+    config
+}
+
+/// Two plain quinn endpoints with our TLS configuration, connected.
+async fn plain_pair(
+    pki: &Pki,
+) -> (
+    quinn::Endpoint,
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Connection,
+) {
+    let (server_config, _) = quinn_configs(&config(), &pki.b, &pki.ca.trust()).unwrap();
+    let (_, client_config) = quinn_configs(&config(), &pki.a, &pki.ca.trust()).unwrap();
+    let server = quinn::Endpoint::server(server_config, loopback()).unwrap();
+    let mut client = quinn::Endpoint::client(loopback()).unwrap();
+    client.set_default_client_config(client_config);
+    let addr = server.local_addr().unwrap();
+    let accept = tokio::spawn({
+        let server = server.clone();
+        async move { server.accept().await.unwrap().await.unwrap() }
+    });
+    let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+    let server_conn = accept.await.unwrap();
+    (server, client, conn, server_conn)
+}
+
+async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
+    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let reader = tokio::spawn(async move {
+        while server_conn.read_datagram().await.is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let payload = Bytes::from(vec![7u8; size]);
+    let start = Instant::now();
+    while start.elapsed() < WINDOW {
+        for _ in 0..64 {
+            let _ = conn.send_datagram_wait(payload.clone()).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
+    reader.abort();
+    rate
+}
+
+async fn our_datagrams(pki: &Pki, size: usize) -> f64 {
+    let (a, _a_inbox) = Transport::bind(config(), &pki.a, &pki.ca.trust()).unwrap();
+    let (b, mut b_inbox) = Transport::bind(config(), &pki.b, &pki.ca.trust()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let reader = tokio::spawn(async move {
+        while b_inbox.recv().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let payload = Bytes::from(vec![7u8; size]);
+    let peer = Some(pki.b.node_id());
+    a.send_datagram(peer, b_addr, payload.clone())
+        .await
+        .unwrap();
+    // Pace like the baseline: wait for room in the send buffer.
+    let (_, conn) = a.connect(peer, b_addr).await.unwrap();
+    received.store(0, Ordering::Relaxed);
+    let start = Instant::now();
+    while start.elapsed() < WINDOW {
+        for _ in 0..64 {
+            if conn.datagram_send_buffer_space() < size {
+                tokio::task::yield_now().await;
+            }
+            let _ = a.send_datagram(peer, b_addr, payload.clone()).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
+    reader.abort();
+    rate
+}
+
+async fn plain_handshakes(pki: &Pki, count: u32) -> f64 {
+    let (server, client, conn, _) = plain_pair(pki).await;
+    conn.close(0u32.into(), b"");
+    let addr = server.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    conn.closed().await;
+                }
+            });
+        }
+    });
+    let start = Instant::now();
+    for _ in 0..count {
+        let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+        conn.close(0u32.into(), b"");
+    }
+    let rate = f64::from(count) / start.elapsed().as_secs_f64();
+    acceptor.abort();
+    rate
+}
+
+async fn our_handshakes(pki: &Pki, count: u32) -> (f64, u64) {
+    let (a, _a_inbox) = Transport::bind(config(), &pki.a, &pki.ca.trust()).unwrap();
+    let (b, _b_inbox) = Transport::bind(config(), &pki.b, &pki.ca.trust()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let peer = Some(pki.b.node_id());
+    let start = Instant::now();
+    for _ in 0..count {
+        a.connect(peer, b_addr).await.unwrap();
+        a.disconnect(&pki.b.node_id());
+    }
+    let rate = f64::from(count) / start.elapsed().as_secs_f64();
+    (rate, a.stats().resumptions)
+}
+
+async fn plain_stream(pki: &Pki, bytes: usize) -> f64 {
+    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
+    let reader = tokio::spawn(async move {
+        let mut stream = server_conn.accept_uni().await.unwrap();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.read_chunk(usize::MAX, true).await.unwrap() {
+            total += chunk.bytes.len();
+        }
+        total
+    });
+    let chunk = vec![1u8; 1 << 20];
+    let start = Instant::now();
+    let mut stream = conn.open_uni().await.unwrap();
+    for _ in 0..bytes / chunk.len() {
+        stream.write_all(&chunk).await.unwrap();
+    }
+    stream.finish().unwrap();
+    let total = reader.await.unwrap();
+    assert_eq!(total, bytes);
+    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
+}
+
+async fn our_stream(pki: &Pki, bytes: usize) -> f64 {
+    let (a, _a_inbox) = Transport::bind(config(), &pki.a, &pki.ca.trust()).unwrap();
+    let (b, mut b_inbox) = Transport::bind(config(), &pki.b, &pki.ca.trust()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let peer = Some(pki.b.node_id());
+    a.connect(peer, b_addr).await.unwrap();
+    let message = vec![1u8; 32 << 20];
+    let count = bytes / message.len();
+    let start = Instant::now();
+    let sender = tokio::spawn({
+        let a = a.clone();
+        async move {
+            for _ in 0..count {
+                a.send_message(peer, b_addr, &message).await.unwrap();
+            }
+        }
+    });
+    let mut total = 0;
+    for _ in 0..count {
+        total += b_inbox.recv().await.unwrap().bytes.len();
+    }
+    sender.await.unwrap();
+    assert_eq!(total, bytes);
+    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
+}
+
+/// Resident memory of this process, in KiB (Linux).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Memory held per idle connection (both ends), with our TLS configuration.
+async fn idle_connection_memory(pki: &Pki, count: usize) -> Option<f64> {
+    let (server, client, first, _) = plain_pair(pki).await;
+    let addr = server.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(incoming) = server.accept().await {
+            if let Ok(conn) = incoming.await {
+                held.push(conn);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib()?;
+    let mut conns = vec![first];
+    for _ in 0..count {
+        conns.push(client.connect(addr, SERVER_NAME).unwrap().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib()?;
+    acceptor.abort();
+    Some((after.saturating_sub(before)) as f64 / count as f64)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pki = pki();
+        println!(
+            "{:<34} {:>14} {:>14} {:>9}",
+            "measure", "plain quinn", "gossip", "ours/plain"
+        );
+        let row = |name: &str, plain: f64, ours: f64| {
+            println!(
+                "{name:<34} {plain:>14.0} {ours:>14.0} {:>8.1}%",
+                ours / plain * 100.0
+            );
+        };
+        for size in [100usize, 1000] {
+            let plain = plain_datagrams(&pki, size).await;
+            let ours = our_datagrams(&pki, size).await;
+            row(&format!("{size}-byte datagrams/s one way"), plain, ours);
+        }
+        let plain = plain_handshakes(&pki, 400).await;
+        let (ours, resumed) = our_handshakes(&pki, 400).await;
+        row("mutual-TLS handshakes/s", plain, ours);
+        println!("  (of our 400 handshakes, {resumed} resumed a TLS session)");
+        let size = 512 << 20;
+        let plain = plain_stream(&pki, size).await;
+        let ours = our_stream(&pki, size).await;
+        row("single-stream MiB/s", plain, ours);
+        if let Some(kib) = idle_connection_memory(&pki, 1000).await {
+            println!("memory per idle connection (both ends): {kib:.1} KiB");
+        }
+    });
+}
