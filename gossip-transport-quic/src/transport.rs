@@ -11,6 +11,7 @@ use bytes::Bytes;
 use gossip_core::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout, VarInt};
+use rustc_hash::FxHashMap;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
@@ -299,7 +300,8 @@ struct Inner {
     local_id: RwLock<NodeId>,
     config: TransportConfig,
     client: RwLock<quinn::ClientConfig>,
-    connections: Mutex<HashMap<NodeId, Connection>>,
+    // Node ids are uniformly random and authenticated: a fast hash is safe.
+    connections: Mutex<FxHashMap<NodeId, Connection>>,
     dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Arc<CountingSessions>,
     counters: Arc<Counters>,
@@ -404,7 +406,7 @@ impl Transport {
             local_id: RwLock::new(credentials.node_id()),
             config,
             client: RwLock::new(tls.client),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(FxHashMap::default()),
             dials: Mutex::new(HashMap::new()),
             sessions,
             counters,
@@ -562,7 +564,9 @@ impl Transport {
 
     /// Sends an unreliable datagram. It must fit the connection's current
     /// [`max_datagram_size`](Transport::max_datagram_size); larger messages
-    /// go by [`send_message`](Transport::send_message).
+    /// go by [`send_message`](Transport::send_message). If the connection's
+    /// send buffer is full, the oldest queued datagram is dropped for this one
+    /// (fresh news over stale, what a failure detector wants).
     ///
     /// # Errors
     ///
@@ -574,9 +578,49 @@ impl Transport {
         addr: SocketAddr,
         bytes: Bytes,
     ) -> Result<NodeId, Error> {
+        self.send_datagram_inner(peer, addr, bytes, false).await
+    }
+
+    /// As [`send_datagram`](Transport::send_datagram), but waits for room in
+    /// the send buffer instead of dropping older datagrams.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_datagram`](Transport::send_datagram).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call has sent nothing or the whole datagram.
+    pub async fn send_datagram_wait(
+        &self,
+        peer: Option<NodeId>,
+        addr: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<NodeId, Error> {
+        self.send_datagram_inner(peer, addr, bytes, true).await
+    }
+
+    async fn send_datagram_inner(
+        &self,
+        peer: Option<NodeId>,
+        addr: SocketAddr,
+        bytes: Bytes,
+        wait: bool,
+    ) -> Result<NodeId, Error> {
         for attempt in 0..2 {
-            let (id, conn) = self.connect(peer, addr).await?;
-            match conn.send_datagram(bytes.clone()) {
+            // The hot path, a cached connection, stays synchronous; the dial
+            // is boxed so it does not bloat every send's future.
+            let cached = peer.and_then(|p| self.cached(&p).map(|c| (p, c)));
+            let (id, conn) = match cached {
+                Some(found) => found,
+                None => Box::pin(self.connect(peer, addr)).await?,
+            };
+            let sent = if wait {
+                conn.send_datagram_wait(bytes.clone()).await
+            } else {
+                conn.send_datagram(bytes.clone())
+            };
+            match sent {
                 Ok(()) => {
                     bump(&self.inner.counters.datagrams_sent);
                     return Ok(id);
