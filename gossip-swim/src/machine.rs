@@ -357,6 +357,30 @@ impl Swim {
         Ok(())
     }
 
+    /// Fills the table with `records` (for example from a snapshot, or a
+    /// simulation that starts from a converged cluster), as if each member
+    /// had announced itself, without queueing rumors or pushing gossip: the
+    /// records are not news to anyone. Emits a [`Event::Joined`] for each new
+    /// member. Records about the local node and records refused by the
+    /// table's rules are skipped.
+    pub fn restore_members(&mut self, now: Timestamp, records: impl IntoIterator<Item = Member>) {
+        self.advance(now);
+        for record in records {
+            if record.id == self.local_id() {
+                continue;
+            }
+            let origin = record.id;
+            if let Ok(Some(MembershipEvent::Changed(change))) =
+                self.members.apply(self.now, record, origin)
+            {
+                if !change.after.status.is_departed() {
+                    self.order.insert(change.after.id, &mut self.rng);
+                }
+                self.events.push_back(Event::Joined(change.after));
+            }
+        }
+    }
+
     // ----- inputs -----
 
     /// Feeds a datagram that the transport received from the authenticated
@@ -582,6 +606,25 @@ impl Swim {
     /// Merges one membership claim, turning the outcome into events, rumors
     /// and suspicion bookkeeping.
     fn apply_claim(&mut self, claim: Member, origin: NodeId) {
+        let local = self.members.local();
+        if claim.id == local.id
+            && matches!(claim.status, MemberStatus::Suspect | MemberStatus::Dead)
+            && claim.incarnation < local.incarnation
+            && self.leaving.is_none()
+        {
+            // An accusation we have already refuted: its sender missed the
+            // refutation (lost, or out of retransmits). Say it again, so it
+            // rides on our answer, before that sender's timer runs out.
+            let record = local.clone();
+            let own = record.id;
+            if let Ok(gossip_core::Pushed::Queued) = self.rumors.push(Rumor::Member {
+                member: record,
+                origin: own,
+            }) {
+                self.fresh_news = true;
+            }
+            return;
+        }
         self.note_confirmation(&claim, origin);
         match self.members.apply(self.now, claim, origin) {
             Ok(None) => {}

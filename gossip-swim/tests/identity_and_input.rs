@@ -231,3 +231,59 @@ fn bad_datagrams_get_typed_errors_and_counters_and_change_nothing() {
     net.run_for(10 * SECOND);
     assert!(net.converged());
 }
+
+#[test]
+fn a_stale_accusation_is_answered_with_the_refutation_again() {
+    let mut net = converged();
+    // Node 0 is told it is suspected, and refutes.
+    let suspect = record(&net, 1, 0).with_status(MemberStatus::Suspect);
+    deliver(
+        &mut net,
+        1,
+        &frame(
+            1,
+            Message::Gossip,
+            vec![Rumor::Member {
+                member: suspect.clone(),
+                origin: node_id(1),
+            }],
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        net.get(0).members().local().incarnation,
+        Incarnation::new(1)
+    );
+    // Its refutation goes out until its retransmit budget is spent.
+    for seq in 0..20 {
+        let ping = Message::Ping {
+            seq,
+            target: node_id(0),
+            suspicion: None,
+        };
+        deliver(&mut net, 1, &frame(1, ping, vec![])).unwrap();
+        while net.node(0).poll_transmit().is_some() {}
+    }
+    assert_eq!(net.get(0).queued_rumors(), 0);
+    // Node 2 missed all of it and still suspects node 0 at incarnation 0:
+    // its next probe carries the stale suspicion, and the ack must carry
+    // the refutation again.
+    let ping = Message::Ping {
+        seq: 99,
+        target: node_id(0),
+        suspicion: Some(suspect),
+    };
+    let now = net.now;
+    net.node(0)
+        .handle_datagram(now, node_id(2), addr(2), &frame(2, ping, vec![]))
+        .unwrap();
+    let ack = net.node(0).poll_transmit().expect("an ack");
+    let limits = Limits::default();
+    let decoded =
+        gossip_core::decode_frame::<Envelope>(&ack.payload, cluster_id(), &limits).unwrap();
+    assert!(matches!(decoded.body.message, Message::Ack { seq: 99 }));
+    let refutation = decoded.rumors.iter().any(|r| {
+        matches!(r, Rumor::Member { member, .. } if member.id == node_id(0) && member.incarnation == Incarnation::new(1))
+    });
+    assert!(refutation, "the ack did not carry the refutation");
+}

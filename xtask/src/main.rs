@@ -130,7 +130,8 @@ fn ci() -> Result<()> {
 fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
-        other => bail!("unknown scenario `{other}`; known: reconcile"),
+        "detect" | "disseminate" | "load" => ("gossip-sim", "scenarios"),
+        other => bail!("unknown scenario `{other}`; known: reconcile, detect, disseminate, load"),
     };
     let mut all = vec![
         "run",
@@ -142,6 +143,9 @@ fn sim(scenario: &str, args: &[String]) -> Result<()> {
         example,
         "--",
     ];
+    if package == "gossip-sim" {
+        all.push(scenario);
+    }
     all.extend(args.iter().map(String::as_str));
     run("cargo", &all, &[])
 }

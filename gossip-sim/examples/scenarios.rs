@@ -1,0 +1,99 @@
+//! Runs a simulation scenario and prints its figures.
+//!
+//! ```text
+//! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json]
+//! cargo xtask sim disseminate --nodes 1000 --seeds 20
+//! cargo xtask sim load --nodes 100,2000 --seeds 3
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::disallowed_methods,
+    reason = "a measurement tool: it prints, and reports its own wall time"
+)]
+
+use std::time::Instant;
+
+use gossip_sim::scenarios::{self, Params};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_else(|| {
+        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--json]");
+        std::process::exit(2);
+    });
+    let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
+        (vec![100usize], 5u64, 0.0f64, 60u32, false);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--nodes" => nodes = value().split(',').map(|v| v.parse().unwrap()).collect(),
+            "--seeds" => seeds = value().parse().unwrap(),
+            "--loss" => loss = value().parse().unwrap(),
+            "--periods" => periods = value().parse().unwrap(),
+            "--json" => json = true,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    for n in nodes {
+        let mut params = Params::new(n, seeds);
+        params.loss = loss;
+        let started = Instant::now();
+        let result = match scenario.as_str() {
+            "detect" => {
+                let r = scenarios::detect(&params);
+                serde_json::json!({
+                    "first_detection_periods": r.first_detection_periods,
+                    "all_know_dead_periods": r.all_know_dead_periods,
+                    "all_know_dead_periods_max": r.all_know_dead_periods_max,
+                    "false_deaths": r.false_deaths,
+                    "undetected": r.undetected,
+                    "invariant_violations": r.violations,
+                })
+            }
+            "disseminate" => {
+                let r = scenarios::disseminate(&params);
+                serde_json::json!({
+                    "periods_to_all": r.periods_to_all,
+                    "periods_to_all_mean": r.periods_to_all_mean,
+                    "model_periods_to_all": r.model_periods_to_all,
+                    "incomplete": r.incomplete,
+                })
+            }
+            "load" => {
+                let r = scenarios::load(&params, periods);
+                serde_json::json!({
+                    "messages_per_member_per_period": r.messages_per_member_per_period,
+                    "bytes_per_member_per_period": r.bytes_per_member_per_period,
+                    "periods": periods,
+                })
+            }
+            other => {
+                eprintln!("unknown scenario {other}; known: detect, disseminate, load");
+                std::process::exit(2);
+            }
+        };
+        let mut object = serde_json::json!({
+            "scenario": scenario,
+            "nodes": n,
+            "seeds": seeds,
+            "first_seed": params.first_seed,
+            "loss": loss,
+            "probe_interval_ms": params.swim.probe_interval.as_millis() as u64,
+            "swim_push_pull": params.swim.sync_interval.is_some(),
+            "wall_seconds": started.elapsed().as_secs_f64(),
+        });
+        if let (Some(out), Some(fields)) = (object.as_object_mut(), result.as_object()) {
+            out.extend(fields.clone());
+        }
+        if json {
+            println!("{object}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&object).unwrap());
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The engine: nodes running the real SWIM machine on a virtual clock and a
+//! seeded network.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use gossip_core::{GossipRng, Incarnation, Member, MemberMeta, MemberStatus, NodeId, Timestamp};
+use gossip_swim::{Config, Event, Swim};
+use rand::{Rng, SeedableRng};
+
+/// The simulated network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// Shortest one-way latency.
+    pub latency_min: Duration,
+    /// Longest one-way latency; latencies are uniform in between, so
+    /// datagrams reorder.
+    pub latency_max: Duration,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Probability that a datagram arrives twice.
+    pub duplicate: f64,
+}
+
+impl Default for NetConfig {
+    /// A LAN: 0.5 to 2 ms one way, no loss, no duplication.
+    fn default() -> Self {
+        NetConfig {
+            latency_min: Duration::from_micros(500),
+            latency_max: Duration::from_millis(2),
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// The simulated address of node `index`: 10.x.y.z:7946.
+pub fn addr_of(index: usize) -> SocketAddr {
+    let [_, a, b, c] = (index as u32).to_be_bytes();
+    SocketAddr::from((Ipv4Addr::new(10, a, b, c), 7946))
+}
+
+fn index_of(addr: &SocketAddr) -> Option<usize> {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let [_, a, b, c] = v4.ip().octets();
+            Some(u32::from_be_bytes([0, a, b, c]) as usize)
+        }
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// The id of node `index` (a key-derived id, as on a real cluster).
+pub fn id_of(index: usize) -> NodeId {
+    NodeId::from_public_key(format!("sim-node-{index}").as_bytes())
+}
+
+#[derive(Debug)]
+struct Node {
+    swim: Option<Swim>,
+    /// A paused node handles nothing until then (a stalled process).
+    paused_until: Option<Timestamp>,
+}
+
+/// An event seen by one node, with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// When.
+    pub at: Timestamp,
+    /// Which node saw it.
+    pub node: usize,
+    /// What.
+    pub event: Event,
+}
+
+/// Traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Datagrams the nodes sent.
+    pub sent: u64,
+    /// Bytes the nodes sent.
+    pub bytes: u64,
+    /// Datagrams lost (loss, partitions, dead or paused receivers).
+    pub dropped: u64,
+}
+
+type Flight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>)>;
+
+/// A cluster of SWIM machines on a virtual clock and a seeded network. The
+/// same seed gives the same run, bit for bit: [`Sim::trace_hash`] digests
+/// every delivery and event.
+pub struct Sim {
+    nodes: Vec<Node>,
+    ids: HashMap<NodeId, usize>,
+    config: Config,
+    seed: u64,
+    net: NetConfig,
+    now: Timestamp,
+    rng: GossipRng,
+    in_flight: BinaryHeap<Flight>,
+    timers: BinaryHeap<Reverse<(Timestamp, usize)>>,
+    blocked: BTreeSet<(usize, usize)>,
+    next_flight: u64,
+    events: Vec<Seen>,
+    traffic: Traffic,
+    trace: blake3::Hasher,
+    /// Highest incarnation each node has seen of each other, for the
+    /// invariant that incarnations never go back.
+    watermarks: HashMap<(usize, NodeId), Incarnation>,
+    violations: Vec<String>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("nodes", &self.nodes.len())
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sim {
+    /// `n` nodes running `config` (each with its own seed derived from
+    /// `seed`), not yet knowing each other.
+    pub fn new(n: usize, config: Config, net: NetConfig, seed: u64) -> Self {
+        let mut sim = Sim {
+            nodes: Vec::with_capacity(n),
+            ids: (0..n).map(|i| (id_of(i), i)).collect(),
+            config,
+            seed,
+            net,
+            now: Timestamp::ZERO,
+            rng: GossipRng::seed_from_u64(seed),
+            in_flight: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            blocked: BTreeSet::new(),
+            next_flight: 0,
+            events: Vec::new(),
+            traffic: Traffic::default(),
+            trace: blake3::Hasher::new(),
+            watermarks: HashMap::new(),
+            violations: Vec::new(),
+        };
+        for i in 0..n {
+            let swim = sim.make_node(i, Incarnation::ZERO);
+            sim.nodes.push(Node {
+                swim: Some(swim),
+                paused_until: None,
+            });
+            sim.after_input(i);
+        }
+        sim
+    }
+
+    fn make_node(&self, i: usize, incarnation: Incarnation) -> Swim {
+        let mut config = self.config.clone();
+        config.seed = self
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(i as u64);
+        let meta = MemberMeta::new(format!("n{i}"), [addr_of(i)]);
+        Swim::new(config, id_of(i), meta, incarnation, self.now)
+    }
+
+    /// Every node learns every other node's record at once: a converged
+    /// cluster, without replaying how it got there.
+    pub fn converge_instantly(&mut self) {
+        let records: Vec<Member> = (0..self.nodes.len())
+            .filter_map(|i| {
+                self.nodes[i]
+                    .swim
+                    .as_ref()
+                    .map(|s| s.members().local().clone())
+            })
+            .collect();
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            if let Some(swim) = self.nodes[i].swim.as_mut() {
+                swim.restore_members(now, records.iter().cloned());
+            }
+            self.after_input(i);
+        }
+    }
+
+    /// Every node but `seed` joins through node `seed`.
+    pub fn join_through(&mut self, seed: usize) {
+        for i in 0..self.nodes.len() {
+            if i == seed {
+                continue;
+            }
+            let now = self.now;
+            if let Some(swim) = self.nodes[i].swim.as_mut() {
+                swim.join(now, vec![addr_of(seed)]);
+            }
+            self.after_input(i);
+        }
+    }
+
+    /// Number of nodes, running or not.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `true` with no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Node `i`'s machine, if it is running.
+    pub fn node(&self, i: usize) -> Option<&Swim> {
+        self.nodes.get(i)?.swim.as_ref()
+    }
+
+    /// What node `observer` believes of node `subject`.
+    pub fn view(&self, observer: usize, subject: usize) -> Option<MemberStatus> {
+        self.node(observer)?
+            .members()
+            .get(&id_of(subject))
+            .map(|m| m.status)
+    }
+
+    /// `true` if node `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| n.swim.is_some())
+    }
+
+    /// Traffic so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The events seen so far, in order; drained by the call.
+    pub fn take_events(&mut self) -> Vec<Seen> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Invariant violations seen so far (empty in a correct run).
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// A digest of every delivery and event so far: equal for equal runs.
+    pub fn trace_hash(&self) -> blake3::Hash {
+        self.trace.finalize()
+    }
+
+    /// Crashes node `i`: it stops without a word.
+    pub fn crash(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.swim = None;
+        }
+        self.trace
+            .update(b"crash")
+            .update(&(i as u64).to_le_bytes());
+    }
+
+    /// Restarts node `i` at `incarnation` and has it join through `via`.
+    pub fn restart(&mut self, i: usize, incarnation: Incarnation, via: usize) {
+        let mut swim = self.make_node(i, incarnation);
+        swim.join(self.now, vec![addr_of(via)]);
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.swim = Some(swim);
+            node.paused_until = None;
+        }
+        self.after_input(i);
+    }
+
+    /// Pauses node `i` for `duration`: it handles nothing meanwhile, and
+    /// what arrives for it is lost (a stalled process whose socket buffer
+    /// overflows).
+    pub fn pause(&mut self, i: usize, duration: Duration) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.paused_until = Some(self.now + duration);
+        }
+        self.timers.push(Reverse((self.now + duration, i)));
+    }
+
+    /// Drops everything from `from` to `to` (one direction of a partition).
+    pub fn block(&mut self, from: usize, to: usize) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts both directions between the two groups.
+    pub fn partition(&mut self, left: &[usize], right: &[usize]) {
+        for &a in left {
+            for &b in right {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+            }
+        }
+    }
+
+    /// Lifts every partition.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Changes the network.
+    pub fn set_net(&mut self, net: NetConfig) {
+        self.net = net;
+    }
+
+    /// Runs a command on node `i` at the current time, then collects its output.
+    pub fn with_node(&mut self, i: usize, command: impl FnOnce(&mut Swim, Timestamp)) {
+        let now = self.now;
+        if let Some(swim) = self.nodes.get_mut(i).and_then(|n| n.swim.as_mut()) {
+            command(swim, now);
+        }
+        self.after_input(i);
+    }
+
+    fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i]
+            .paused_until
+            .is_some_and(|until| until > self.now)
+    }
+
+    /// Collects node `i`'s datagrams into the network and its events into
+    /// the log, and schedules its next deadline.
+    fn after_input(&mut self, i: usize) {
+        let Some(swim) = self.nodes.get_mut(i).and_then(|n| n.swim.as_mut()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = swim.poll_transmit() {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = swim.poll_event() {
+            events.push(e);
+        }
+        if let Some(deadline) = swim.poll_timeout() {
+            self.timers.push(Reverse((deadline, i)));
+        }
+        for transmit in out {
+            self.traffic.sent += 1;
+            self.traffic.bytes += transmit.payload.len() as u64;
+            let Some(to) = index_of(&transmit.addr).filter(|to| *to < self.nodes.len()) else {
+                self.traffic.dropped += 1;
+                continue;
+            };
+            if self.blocked.contains(&(i, to)) || self.rng.random::<f64>() < self.net.loss {
+                self.traffic.dropped += 1;
+                continue;
+            }
+            let copies = if self.rng.random::<f64>() < self.net.duplicate {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let spread = self.net.latency_max.saturating_sub(self.net.latency_min);
+                let latency = self.net.latency_min + spread.mul_f64(self.rng.random::<f64>());
+                self.next_flight += 1;
+                self.in_flight.push(Reverse((
+                    self.now + latency,
+                    self.next_flight,
+                    to,
+                    i,
+                    transmit.payload.clone(),
+                )));
+            }
+        }
+        for event in events {
+            self.check(i, &event);
+            self.trace
+                .update(format!("{:?}|{i}|{event:?}", self.now).as_bytes());
+            self.events.push(Seen {
+                at: self.now,
+                node: i,
+                event,
+            });
+        }
+    }
+
+    /// Incarnations a node sees of another never go back.
+    fn check(&mut self, observer: usize, event: &Event) {
+        let member = match event {
+            Event::Joined(m)
+            | Event::Updated(m)
+            | Event::Recovered(m)
+            | Event::Left(m)
+            | Event::Rejoined(m) => m,
+            Event::Suspected { member, .. } | Event::Failed { member, .. } => member,
+            Event::Removed(id) => {
+                self.watermarks.remove(&(observer, *id));
+                return;
+            }
+            _ => return,
+        };
+        let key = (observer, member.id);
+        let previous = self.watermarks.insert(key, member.incarnation);
+        if let Some(previous) = previous
+            && member.incarnation < previous
+        {
+            self.violations.push(format!(
+                "at {:?} node {observer} saw {} go back from incarnation {previous} to {}",
+                self.now, member.id, member.incarnation
+            ));
+        }
+    }
+
+    /// The next moment anything happens, if anything will.
+    fn next_moment(&self) -> Option<Timestamp> {
+        let flight = self.in_flight.peek().map(|Reverse((at, ..))| *at);
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        [flight, timer].into_iter().flatten().min()
+    }
+
+    /// Advances to the next moment and handles everything due. Returns
+    /// `false` if nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        let Some(next) = self.next_moment() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse((at, ..))) = self.in_flight.peek() {
+            if *at > self.now {
+                break;
+            }
+            let Some(Reverse((_, _, to, from, payload))) = self.in_flight.pop() else {
+                break;
+            };
+            if !self.is_running(to) || self.is_paused(to) {
+                self.traffic.dropped += 1;
+                continue;
+            }
+            self.trace
+                .update(&(to as u64).to_le_bytes())
+                .update(&payload);
+            let now = self.now;
+            if let Some(swim) = self.nodes[to].swim.as_mut() {
+                // Refusals are counted by the machine; the network does not care.
+                let _ = swim.handle_datagram(now, id_of(from), addr_of(from), &payload);
+            }
+            self.after_input(to);
+        }
+        while let Some(Reverse((at, i))) = self.timers.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop();
+            if !self.is_running(i) || self.is_paused(i) {
+                continue;
+            }
+            let now = self.now;
+            let Some(swim) = self.nodes[i].swim.as_mut() else {
+                continue;
+            };
+            // Timers are lazy: a stale entry finds nothing due and is harmless.
+            if swim.poll_timeout().is_some_and(|t| t <= now) {
+                swim.handle_timeout(now);
+                self.after_input(i);
+            }
+        }
+        true
+    }
+
+    /// Runs until `until` (virtual time).
+    pub fn run_until(&mut self, until: Timestamp) {
+        while self.next_moment().is_some_and(|t| t <= until) {
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        self.run_until(self.now + duration);
+    }
+
+    /// Runs until `done` holds, checking after every step, for at most
+    /// `limit`; returns the virtual time it took.
+    pub fn run_while(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let end = start + limit;
+        loop {
+            if done(self) {
+                return Some(self.now.saturating_duration_since(start));
+            }
+            match self.next_moment() {
+                Some(t) if t <= end => {
+                    self.step();
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `ids` as node indices (for events that name members by id).
+    pub fn index(&self, id: &NodeId) -> Option<usize> {
+        self.ids.get(id).copied()
+    }
+}
