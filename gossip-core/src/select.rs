@@ -3,6 +3,8 @@
 //! Every function takes the random number generator as an argument, so a run
 //! driven by a seeded generator (such as [`GossipRng`]) replays exactly.
 
+use std::collections::BTreeSet;
+
 use rand::Rng;
 use rand::seq::{IteratorRandom, SliceRandom};
 
@@ -36,6 +38,9 @@ pub type GossipRng = rand_chacha::ChaCha8Rng;
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOrder {
     order: Vec<NodeId>,
+    /// The same members, for O(log n) membership tests: a member joining a
+    /// cluster of thousands must not cost a scan of the rotation.
+    members: BTreeSet<NodeId>,
     position: usize,
 }
 
@@ -52,27 +57,48 @@ impl ProbeOrder {
 
     /// `true` if `id` is in the rotation.
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.order.contains(id)
+        self.members.contains(id)
     }
 
-    /// Adds a member at a random point of the rest of the current round.
-    /// Adding a member already present does nothing.
+    /// Adds a member at a random point of the rest of the current round, in
+    /// O(log n): it takes the place of a random member still to come, which
+    /// moves to the end of the round. Adding a member already present does
+    /// nothing.
     pub fn insert(&mut self, id: NodeId, rng: &mut impl Rng) {
-        if self.contains(&id) {
+        if !self.members.insert(id) {
             return;
         }
-        let at = rng.random_range(self.position..=self.order.len());
-        self.order.insert(at, id);
+        let last = self.order.len();
+        self.order.push(id);
+        let at = rng.random_range(self.position..=last);
+        self.order.swap(at, last);
     }
 
-    /// Removes a member from the rotation.
+    /// Removes a member from the rotation. O(n), for the rare departure.
     pub fn remove(&mut self, id: &NodeId) {
+        if !self.members.remove(id) {
+            return;
+        }
         if let Some(at) = self.order.iter().position(|m| m == id) {
             self.order.remove(at);
             if at < self.position {
                 self.position -= 1;
             }
         }
+    }
+
+    /// Up to `k` distinct members of the rotation, chosen uniformly at random,
+    /// leaving out those in `exclude`. Costs O(k + exclude), not O(members):
+    /// it is called for every piece of news.
+    pub fn choose_random(&self, k: usize, exclude: &[NodeId], rng: &mut impl Rng) -> Vec<NodeId> {
+        let amount = (k + exclude.len()).min(self.order.len());
+        let mut chosen: Vec<NodeId> = rand::seq::index::sample(rng, self.order.len(), amount)
+            .into_iter()
+            .filter_map(|i| self.order.get(i).copied())
+            .filter(|id| !exclude.contains(id))
+            .collect();
+        chosen.truncate(k);
+        chosen
     }
 
     /// The next member to probe, reshuffling at the end of each round.
@@ -190,6 +216,37 @@ mod tests {
             }
             assert_eq!(last_seen.len(), members.len(), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn choosing_from_the_rotation_is_distinct_and_excludes() {
+        let mut rng = GossipRng::seed_from_u64(4);
+        let mut order = ProbeOrder::default();
+        let all = ids(0..10);
+        for id in &all {
+            order.insert(*id, &mut rng);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let picked = order.choose_random(3, &all[..2], &mut rng);
+            assert_eq!(picked.len(), 3);
+            assert!(picked.iter().all(|id| !all[..2].contains(id)));
+            assert_eq!(
+                picked
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                3
+            );
+            seen.extend(picked);
+        }
+        assert_eq!(seen.len(), 8, "every eligible member gets picked");
+        assert_eq!(order.choose_random(5, &[], &mut rng).len(), 5);
+        assert!(
+            ProbeOrder::default()
+                .choose_random(3, &[], &mut rng)
+                .is_empty()
+        );
     }
 
     #[test]

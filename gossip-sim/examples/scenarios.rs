@@ -4,6 +4,9 @@
 //! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json]
 //! cargo xtask sim disseminate --nodes 1000 --seeds 20
 //! cargo xtask sim load --nodes 100,2000 --seeds 3
+//! cargo xtask sim bootstrap --nodes 500 --seeds 3
+//! cargo xtask sim partition --nodes 100 --seeds 3 --periods 90   (split for 90 s)
+//! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! ```
 
 #![allow(
@@ -72,8 +75,39 @@ fn main() {
                     "periods": periods,
                 })
             }
+            "bootstrap" => {
+                let r = scenarios::bootstrap(&params);
+                serde_json::json!({
+                    "full_view_seconds": r.full_view_seconds,
+                    "full_view_seconds_mean": r.full_view_seconds_mean,
+                    "incomplete": r.incomplete,
+                })
+            }
+            "partition" => {
+                let split = std::time::Duration::from_secs(u64::from(periods));
+                let r = scenarios::partition(&params, split);
+                serde_json::json!({
+                    "split_seconds": periods,
+                    "converge_after_heal_seconds": r.converge_after_heal_seconds,
+                    "converge_after_heal_seconds_mean": r.converge_after_heal_seconds_mean,
+                    "incomplete": r.incomplete,
+                })
+            }
+            "falsepos" => {
+                let minutes = periods.div_ceil(60).max(1);
+                let r = scenarios::falsepos(&params, minutes);
+                serde_json::json!({
+                    "minutes": minutes,
+                    "false_suspicions_per_node_hour_lifeguard": r.false_suspicions_per_node_hour_lifeguard,
+                    "false_suspicions_per_node_hour_plain": r.false_suspicions_per_node_hour_plain,
+                    "false_deaths_lifeguard": r.false_deaths_lifeguard,
+                    "false_deaths_plain": r.false_deaths_plain,
+                })
+            }
             other => {
-                eprintln!("unknown scenario {other}; known: detect, disseminate, load");
+                eprintln!(
+                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos"
+                );
                 std::process::exit(2);
             }
         };

@@ -1,8 +1,11 @@
 //! Measurement scenarios: each runs whole clusters over several seeds and
 //! reports what users choosing a membership library want to know.
 
-use gossip_core::{ClusterId, MemberMeta, MemberStatus};
+use std::time::Duration;
+
+use gossip_core::{ClusterId, GossipRng, MemberMeta, MemberStatus};
 use gossip_swim::{Config, Event};
+use rand::{Rng, SeedableRng};
 
 use crate::sim::{NetConfig, Sim, id_of};
 
@@ -213,6 +216,151 @@ pub fn load(params: &Params, periods: u32) -> Load {
     Load {
         messages_per_member_per_period: mean(&messages),
         bytes_per_member_per_period: mean(&bytes),
+    }
+}
+
+/// `true` if every running node sees every running node alive: O(n) while
+/// every node runs, O(n^2) otherwise.
+pub fn converged(sim: &Sim) -> bool {
+    let running: Vec<usize> = (0..sim.len()).filter(|i| sim.is_running(*i)).collect();
+    if running.len() == sim.len() {
+        // A node that counts n alive members, itself included, sees them all.
+        return running.iter().all(|&o| {
+            sim.node(o)
+                .is_some_and(|s| s.members().count(MemberStatus::Alive) == sim.len())
+        });
+    }
+    running.iter().all(|&o| {
+        running
+            .iter()
+            .all(|&s| sim.view(o, s) == Some(MemberStatus::Alive))
+    })
+}
+
+/// The outcome of `bootstrap`: every node joins through one seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// The worst seed's simulated seconds until every node sees all others
+    /// alive.
+    pub full_view_seconds: f64,
+    /// The mean over seeds.
+    pub full_view_seconds_mean: f64,
+    /// Seeds that did not reach a full view within the limit.
+    pub incomplete: u64,
+}
+
+/// All nodes start at once and join through node 0.
+pub fn bootstrap(params: &Params) -> Bootstrap {
+    let mut times = Vec::new();
+    let mut incomplete = 0;
+    for seed in params.seeds() {
+        let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
+        sim.join_through(0);
+        match sim.run_while(Duration::from_secs(600), converged) {
+            Some(took) => times.push(took.as_secs_f64()),
+            None => incomplete += 1,
+        }
+    }
+    Bootstrap {
+        full_view_seconds: times.iter().copied().fold(0.0, f64::max),
+        full_view_seconds_mean: mean(&times),
+        incomplete,
+    }
+}
+
+/// The outcome of `partition`: the cluster splits in two, then heals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partition {
+    /// The worst seed's simulated seconds from the heal until every node
+    /// sees every other alive again.
+    pub converge_after_heal_seconds: f64,
+    /// The mean over seeds.
+    pub converge_after_heal_seconds_mean: f64,
+    /// Seeds that did not converge within the limit.
+    pub incomplete: u64,
+}
+
+/// Splits a converged cluster into halves for `split` (long enough for each
+/// half to declare the other dead), heals, and measures the recovery.
+pub fn partition(params: &Params, split: Duration) -> Partition {
+    let mut times = Vec::new();
+    let mut incomplete = 0;
+    for seed in params.seeds() {
+        let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
+        sim.converge_instantly();
+        sim.run_for(params.swim.probe_interval * 3);
+        let (left, right): (Vec<usize>, Vec<usize>) = (0..params.nodes).partition(|i| i % 2 == 0);
+        sim.partition(&left, &right);
+        sim.run_for(split);
+        sim.heal();
+        match sim.run_while(Duration::from_secs(900), converged) {
+            Some(took) => times.push(took.as_secs_f64()),
+            None => incomplete += 1,
+        }
+    }
+    Partition {
+        converge_after_heal_seconds: times.iter().copied().fold(0.0, f64::max),
+        converge_after_heal_seconds_mean: mean(&times),
+        incomplete,
+    }
+}
+
+/// The outcome of `falsepos`: healthy but sometimes slow nodes on a lossy
+/// network, with Lifeguard on and off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FalsePositives {
+    /// Suspicions of nodes that never failed, per node per hour, Lifeguard on.
+    pub false_suspicions_per_node_hour_lifeguard: f64,
+    /// The same with Lifeguard off (plain SWIM with suspicion).
+    pub false_suspicions_per_node_hour_plain: f64,
+    /// Deaths declared of nodes that never failed, Lifeguard on.
+    pub false_deaths_lifeguard: u64,
+    /// The same with Lifeguard off.
+    pub false_deaths_plain: u64,
+}
+
+/// Runs `minutes` of simulated time in which a tenth of the nodes stall now
+/// and then (for 0.5 to 2.5 s, as a process under GC or CPU starvation would)
+/// on a network losing `params.loss` of datagrams. Nothing fails, so every
+/// suspicion is false.
+pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
+    let run = |swim: gossip_swim::Config| -> (f64, u64) {
+        let (mut suspicions, mut deaths) = (0u64, 0u64);
+        for seed in params.seeds() {
+            let mut sim = Sim::new(params.nodes, swim.clone(), params.net(), seed);
+            sim.converge_instantly();
+            sim.run_for(swim.probe_interval * 3);
+            sim.take_events();
+            let mut rng = GossipRng::seed_from_u64(seed ^ 0xfa15e);
+            let slow: Vec<usize> = (0..params.nodes).filter(|i| i % 10 == 0).collect();
+            for _ in 0..minutes * 60 {
+                for &node in &slow {
+                    // Each slow node stalls about once every 20 seconds.
+                    if rng.random::<f64>() < 0.05 {
+                        let stall = Duration::from_millis(rng.random_range(500..2500));
+                        sim.pause(node, stall);
+                    }
+                }
+                sim.run_for(Duration::from_secs(1));
+            }
+            for seen in sim.take_events() {
+                match seen.event {
+                    Event::Suspected { .. } => suspicions += 1,
+                    Event::Failed { .. } => deaths += 1,
+                    _ => {}
+                }
+            }
+        }
+        let node_hours = params.nodes as f64 * f64::from(minutes) / 60.0 * params.seeds as f64;
+        (suspicions as f64 / node_hours, deaths)
+    };
+    let (lifeguard, false_deaths_lifeguard) = run(params.swim.clone());
+    let (plain, false_deaths_plain) = run(params.swim.clone().without_lifeguard());
+    FalsePositives {
+        false_suspicions_per_node_hour_lifeguard: lifeguard,
+        false_suspicions_per_node_hour_plain: plain,
+        false_deaths_lifeguard,
+        false_deaths_plain,
     }
 }
 

@@ -506,15 +506,6 @@ impl Swim {
         self.members.get(id)?.meta.addrs().first().copied()
     }
 
-    /// Live members other than the local node, in id order.
-    fn live_others(&self) -> Vec<NodeId> {
-        self.members
-            .others()
-            .filter(|m| !m.status.is_departed())
-            .map(|m| m.id)
-            .collect()
-    }
-
     fn queue_rumor(&mut self, rumor: Rumor) {
         match self.rumors.push(rumor) {
             Ok(_) => self.fresh_news = true,
@@ -564,8 +555,12 @@ impl Swim {
     /// As [`flush`](Swim::flush), pushing to no one in `exclude`.
     fn flush_excluding(&mut self, exclude: &[NodeId]) {
         if self.fresh_news && self.config.gossip_fanout > 0 {
-            let live = self.live_others();
-            let targets = choose_random(&live, self.config.gossip_fanout, exclude, &mut self.rng);
+            // The probe rotation holds exactly the live members: sampling it
+            // costs O(fanout), where listing the members would cost O(n) for
+            // every piece of news.
+            let targets =
+                self.order
+                    .choose_random(self.config.gossip_fanout, exclude, &mut self.rng);
             for target in targets {
                 if self.rumors.is_empty() {
                     break;
@@ -944,8 +939,9 @@ impl Swim {
         let Some(target_addr) = self.address_of(&target) else {
             return;
         };
-        let live = self.live_others();
-        let helpers = choose_random(&live, self.config.indirect_probes, &[target], &mut self.rng);
+        let helpers =
+            self.order
+                .choose_random(self.config.indirect_probes, &[target], &mut self.rng);
         if let Some(probe) = &mut self.probe {
             probe.helpers = helpers.iter().map(|id| (*id, false)).collect();
         }
@@ -1108,8 +1104,7 @@ impl Swim {
         if self.leaving.is_some() {
             return;
         }
-        let live = self.live_others();
-        if let Some(&peer) = choose_random(&live, 1, &[], &mut self.rng).first()
+        if let Some(&peer) = self.order.choose_random(1, &[], &mut self.rng).first()
             && let Some(addr) = self.address_of(&peer)
         {
             self.send_table(Some(peer), addr, false);

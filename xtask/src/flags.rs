@@ -22,7 +22,8 @@ pub(crate) enum Cmd {
     /// Runs a measurement scenario and prints its figures, e.g.
     /// `cargo xtask sim reconcile --entries 10000,100000 --diffs 0,1,10 --json`.
     /// Scenarios: `reconcile` (one anti-entropy sync between two replicas);
-    /// `detect`, `disseminate`, `load` (whole simulated clusters).
+    /// `detect`, `disseminate`, `load`, `bootstrap`, `partition`, `falsepos`
+    /// (whole simulated clusters).
     Sim {
         /// The scenario.
         scenario: String,

@@ -130,8 +130,12 @@ fn ci() -> Result<()> {
 fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
-        "detect" | "disseminate" | "load" => ("gossip-sim", "scenarios"),
-        other => bail!("unknown scenario `{other}`; known: reconcile, detect, disseminate, load"),
+        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" => {
+            ("gossip-sim", "scenarios")
+        }
+        other => bail!(
+            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos"
+        ),
     };
     let mut all = vec![
         "run",
