@@ -309,11 +309,13 @@ pub fn partition(params: &Params, split: Duration) -> Partition {
 /// network, with Lifeguard on and off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FalsePositives {
-    /// Suspicions of nodes that never failed, per node per hour, Lifeguard on.
+    /// Suspicions of nodes that never failed, per node per hour, Lifeguard on
+    /// (each counted once, by the node that raised it).
     pub false_suspicions_per_node_hour_lifeguard: f64,
     /// The same with Lifeguard off (plain SWIM with suspicion).
     pub false_suspicions_per_node_hour_plain: f64,
-    /// Deaths declared of nodes that never failed, Lifeguard on.
+    /// Deaths declared of nodes that never failed, Lifeguard on (each
+    /// counted once, by the node whose timer declared it).
     pub false_deaths_lifeguard: u64,
     /// The same with Lifeguard off.
     pub false_deaths_plain: u64,
@@ -343,10 +345,15 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
                 }
                 sim.run_for(Duration::from_secs(1));
             }
+            // Count each suspicion and death once, where it was raised (every
+            // other member sees it too, as news).
             for seen in sim.take_events() {
+                let local = sim.id(seen.node);
                 match seen.event {
-                    Event::Suspected { .. } => suspicions += 1,
-                    Event::Failed { .. } => deaths += 1,
+                    Event::Suspected { by, .. } if Some(by) == local => suspicions += 1,
+                    Event::Failed { provenance, .. } if Some(provenance.declared_by) == local => {
+                        deaths += 1
+                    }
                     _ => {}
                 }
             }

@@ -94,6 +94,8 @@ type Flight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>)>;
 /// every delivery and event.
 pub struct Sim {
     nodes: Vec<Node>,
+    /// Node ids by index (deriving one costs a hash).
+    id_list: Vec<NodeId>,
     ids: HashMap<NodeId, usize>,
     config: Config,
     seed: u64,
@@ -128,6 +130,7 @@ impl Sim {
     pub fn new(n: usize, config: Config, net: NetConfig, seed: u64) -> Self {
         let mut sim = Sim {
             nodes: Vec::with_capacity(n),
+            id_list: (0..n).map(id_of).collect(),
             ids: (0..n).map(|i| (id_of(i), i)).collect(),
             config,
             seed,
@@ -221,10 +224,13 @@ impl Sim {
 
     /// What node `observer` believes of node `subject`.
     pub fn view(&self, observer: usize, subject: usize) -> Option<MemberStatus> {
-        self.node(observer)?
-            .members()
-            .get(&id_of(subject))
-            .map(|m| m.status)
+        let id = self.id_list.get(subject)?;
+        self.node(observer)?.members().get(id).map(|m| m.status)
+    }
+
+    /// The id of node `i`.
+    pub fn id(&self, i: usize) -> Option<NodeId> {
+        self.id_list.get(i).copied()
     }
 
     /// `true` if node `i` is running.
@@ -439,7 +445,7 @@ impl Sim {
             let now = self.now;
             if let Some(swim) = self.nodes[to].swim.as_mut() {
                 // Refusals are counted by the machine; the network does not care.
-                let _ = swim.handle_datagram(now, id_of(from), addr_of(from), &payload);
+                let _ = swim.handle_datagram(now, self.id_list[from], addr_of(from), &payload);
             }
             self.after_input(to);
         }
@@ -484,17 +490,24 @@ impl Sim {
         limit: Duration,
         mut done: impl FnMut(&Sim) -> bool,
     ) -> Option<Duration> {
+        // A check of a whole cluster's views is costly: at most one per
+        // virtual millisecond, so results are precise to the millisecond.
+        const CHECK_EVERY: Duration = Duration::from_millis(1);
         let start = self.now;
         let end = start + limit;
+        let mut next_check = start;
         loop {
-            if done(self) {
-                return Some(self.now.saturating_duration_since(start));
+            if self.now >= next_check {
+                if done(self) {
+                    return Some(self.now.saturating_duration_since(start));
+                }
+                next_check = self.now + CHECK_EVERY;
             }
             match self.next_moment() {
                 Some(t) if t <= end => {
                     self.step();
                 }
-                _ => return None,
+                _ => return done(self).then(|| self.now.saturating_duration_since(start)),
             }
         }
     }
