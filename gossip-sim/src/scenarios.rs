@@ -249,21 +249,34 @@ pub struct Bootstrap {
     pub incomplete: u64,
 }
 
-/// All nodes start at once and join through node 0.
-pub fn bootstrap(params: &Params) -> Bootstrap {
+/// Runs `trial` once per seed and sums up the times it returns: the worst
+/// and the mean (in seconds), and how many trials ran out of time.
+fn over_seeds(params: &Params, mut trial: impl FnMut(u64) -> Option<Duration>) -> (f64, f64, u64) {
     let mut times = Vec::new();
     let mut incomplete = 0;
     for seed in params.seeds() {
-        let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
-        sim.join_through(0);
-        match sim.run_while(Duration::from_secs(600), converged) {
+        match trial(seed) {
             Some(took) => times.push(took.as_secs_f64()),
             None => incomplete += 1,
         }
     }
+    (
+        times.iter().copied().fold(0.0, f64::max),
+        mean(&times),
+        incomplete,
+    )
+}
+
+/// All nodes start at once and join through node 0.
+pub fn bootstrap(params: &Params) -> Bootstrap {
+    let (worst, mean, incomplete) = over_seeds(params, |seed| {
+        let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
+        sim.join_through(0);
+        sim.run_while(Duration::from_secs(600), converged)
+    });
     Bootstrap {
-        full_view_seconds: times.iter().copied().fold(0.0, f64::max),
-        full_view_seconds_mean: mean(&times),
+        full_view_seconds: worst,
+        full_view_seconds_mean: mean,
         incomplete,
     }
 }
@@ -283,9 +296,7 @@ pub struct Partition {
 /// Splits a converged cluster into halves for `split` (long enough for each
 /// half to declare the other dead), heals, and measures the recovery.
 pub fn partition(params: &Params, split: Duration) -> Partition {
-    let mut times = Vec::new();
-    let mut incomplete = 0;
-    for seed in params.seeds() {
+    let (worst, mean, incomplete) = over_seeds(params, |seed| {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
         sim.run_for(params.swim.probe_interval * 3);
@@ -293,14 +304,11 @@ pub fn partition(params: &Params, split: Duration) -> Partition {
         sim.partition(&left, &right);
         sim.run_for(split);
         sim.heal();
-        match sim.run_while(Duration::from_secs(900), converged) {
-            Some(took) => times.push(took.as_secs_f64()),
-            None => incomplete += 1,
-        }
-    }
+        sim.run_while(Duration::from_secs(900), converged)
+    });
     Partition {
-        converge_after_heal_seconds: times.iter().copied().fold(0.0, f64::max),
-        converge_after_heal_seconds_mean: mean(&times),
+        converge_after_heal_seconds: worst,
+        converge_after_heal_seconds_mean: mean,
         incomplete,
     }
 }
