@@ -6,6 +6,7 @@
 //! cargo xtask sim load --nodes 100,2000 --seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --seeds 3
 //! cargo xtask sim partition --nodes 100 --seeds 3 --periods 90   (split for 90 s)
+//! cargo xtask sim sweep --seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! ```
 
@@ -74,6 +75,16 @@ fn main() {
                     "bytes_per_member_per_period": r.bytes_per_member_per_period,
                     "periods": periods,
                 })
+            }
+            "sweep" => {
+                let failures: Vec<String> = (params.first_seed..params.first_seed + seeds)
+                    .filter_map(|seed| {
+                        scenarios::faults(seed)
+                            .err()
+                            .map(|e| format!("seed {seed}: {e}"))
+                    })
+                    .collect();
+                serde_json::json!({ "failures": failures.len(), "failed_seeds": failures })
             }
             "bootstrap" => {
                 let r = scenarios::bootstrap(&params);

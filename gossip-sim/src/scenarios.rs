@@ -379,6 +379,56 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     }
 }
 
+/// One run of the fault tier, for `seed`: 8 to 16 nodes, 0 to 10% loss, 1%
+/// duplication, reordering from the latency spread, a 1.5 s stall, then a
+/// 90 s partition into halves and a heal. Fails if anyone was declared dead
+/// before the partition (nobody had failed), if an incarnation went back,
+/// or if the cluster has not converged 180 s after the heal.
+///
+/// # Errors
+///
+/// A description of the first broken invariant.
+pub fn faults(seed: u64) -> Result<(), String> {
+    let n = 8 + (seed % 9) as usize;
+    let net = NetConfig {
+        loss: 0.02 * (seed % 6) as f64,
+        duplicate: 0.01,
+        ..NetConfig::default()
+    };
+    let mut sim = Sim::new(
+        n,
+        Config::lan(ClusterId::from_name("sim-faults"), n),
+        net,
+        seed,
+    );
+    sim.converge_instantly();
+    sim.run_for(Duration::from_secs(30));
+    // A node stalls for less than the suspicion timeout.
+    sim.pause(seed as usize % n, Duration::from_millis(1500));
+    sim.run_for(Duration::from_secs(60));
+    let deaths: Vec<_> = sim
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e.event, Event::Failed { .. }))
+        .collect();
+    if !deaths.is_empty() {
+        return Err(format!("false deaths: {deaths:?}"));
+    }
+    // A partition long enough to declare the halves dead, then a heal.
+    let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == 0);
+    sim.partition(&left, &right);
+    sim.run_for(Duration::from_secs(90));
+    sim.heal();
+    sim.set_net(NetConfig::default());
+    if sim.run_while(Duration::from_secs(180), converged).is_none() {
+        return Err("no convergence within 180 s of the heal".into());
+    }
+    match sim.violations().first() {
+        Some(violation) => Err(violation.clone()),
+        None => Ok(()),
+    }
+}
+
 fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         f64::NAN

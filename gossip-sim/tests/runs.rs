@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gossip_core::{ClusterId, MemberStatus};
+use gossip_core::ClusterId;
 use gossip_sim::{NetConfig, Sim};
 use gossip_swim::Config;
 
@@ -32,15 +32,6 @@ impl Drop for SeedGuard {
 
 fn config(n: usize) -> Config {
     Config::lan(ClusterId::from_name("sim-tests"), n)
-}
-
-fn all_alive(sim: &Sim) -> bool {
-    let running: Vec<usize> = (0..sim.len()).filter(|i| sim.is_running(*i)).collect();
-    running.iter().all(|&o| {
-        running
-            .iter()
-            .all(|&s| sim.view(o, s) == Some(MemberStatus::Alive))
-    })
 }
 
 #[test]
@@ -76,54 +67,23 @@ fn a_cluster_joining_through_one_seed_converges() {
     let mut sim = Sim::new(50, config(50), NetConfig::default(), s);
     sim.join_through(0);
     let took = sim
-        .run_while(Duration::from_secs(60), all_alive)
+        .run_while(Duration::from_secs(60), gossip_sim::scenarios::converged)
         .expect("no full view within 60 s");
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
 
 /// Many short runs under loss, duplication, reordering, a partition and a
-/// pause: incarnations never go back, nobody reachable is declared dead
-/// while the faults are within bounds, and everything converges after.
+/// pause (`scenarios::faults`): incarnations never go back, nobody reachable
+/// is declared dead while the faults are within bounds, and everything
+/// converges after. `cargo xtask sim sweep --seeds 10000` runs many more.
 #[test]
 fn seeds_under_faults_keep_the_invariants_and_converge_after() {
     let first = seed(1000);
     for s in first..first + 48 {
         let _guard = SeedGuard(s, "seeds_under_faults");
-        let n = 8 + (s % 9) as usize;
-        let net = NetConfig {
-            loss: 0.02 * (s % 6) as f64,
-            duplicate: 0.01,
-            ..NetConfig::default()
-        };
-        let mut sim = Sim::new(n, config(n), net, s);
-        sim.converge_instantly();
-        sim.run_for(Duration::from_secs(30));
-        // A node stalls for less than the suspicion timeout.
-        sim.pause(s as usize % n, Duration::from_millis(1500));
-        sim.run_for(Duration::from_secs(60));
-        let events = sim.take_events();
-        let deaths: Vec<_> = events
-            .iter()
-            .filter(|e| matches!(e.event, gossip_swim::Event::Failed { .. }))
-            .collect();
-        assert!(deaths.is_empty(), "seed {s}: false deaths {deaths:?}");
-
-        // A partition long enough to declare the halves dead, then a heal.
-        let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == 0);
-        sim.partition(&left, &right);
-        sim.run_for(Duration::from_secs(90));
-        sim.heal();
-        sim.set_net(NetConfig::default());
-        let took = sim.run_while(Duration::from_secs(180), all_alive);
-        assert!(
-            took.is_some(),
-            "seed {s}: no convergence within 180 s of the heal"
-        );
-        assert!(
-            sim.violations().is_empty(),
-            "seed {s}: {:?}",
-            sim.violations()
-        );
+        if let Err(failure) = gossip_sim::scenarios::faults(s) {
+            panic!("seed {s}: {failure}");
+        }
     }
 }

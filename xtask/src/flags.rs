@@ -23,7 +23,7 @@ pub(crate) enum Cmd {
     /// `cargo xtask sim reconcile --entries 10000,100000 --diffs 0,1,10 --json`.
     /// Scenarios: `reconcile` (one anti-entropy sync between two replicas);
     /// `detect`, `disseminate`, `load`, `bootstrap`, `partition`, `falsepos`
-    /// (whole simulated clusters).
+    /// (whole simulated clusters); `sweep` (the fault tier over many seeds).
     Sim {
         /// The scenario.
         scenario: String,

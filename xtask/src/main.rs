@@ -130,11 +130,11 @@ fn ci() -> Result<()> {
 fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
-        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" => {
+        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "sweep" => {
             ("gossip-sim", "scenarios")
         }
         other => bail!(
-            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos"
+            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, sweep"
         ),
     };
     let mut all = vec![
