@@ -496,7 +496,10 @@ impl Transport {
     /// A connection to the node at `addr`: the cached one, or a new dial.
     /// With `expected`, the peer must prove to be that node; without it (a
     /// seed whose id is not known yet) any trusted peer will do. Concurrent
-    /// dials to one address share one handshake.
+    /// dials to one address share one handshake. The cached connection is
+    /// returned without checking whether it has closed since (that check
+    /// takes quinn's connection lock); the sends find a closed one out,
+    /// evict it and dial again once.
     ///
     /// # Errors
     ///
