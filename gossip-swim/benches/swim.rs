@@ -16,7 +16,7 @@ use gossip_core::{
     ClusterId, Incarnation, Limits, Member, MemberMeta, NodeId, Rumor, RumorQueue, Timestamp,
     decode_frame, encode_frame,
 };
-use gossip_swim::{Config, Envelope, Message, Swim};
+use gossip_swim::{Config, Envelope, Message, StateDigest, Swim};
 
 fn id(n: u32) -> NodeId {
     NodeId::from_public_key(&n.to_le_bytes())
@@ -110,6 +110,7 @@ fn bench_ping_ack(c: &mut Criterion) {
             seq: 7,
             target: id(0),
             suspicion: None,
+            state_digest: Some(StateDigest([3; 16])),
         },
         &rumors,
     );

@@ -87,6 +87,15 @@ pub enum Event {
         /// Who passed it on.
         from: NodeId,
     },
+    /// A peer's ping carried a state digest different from the local one
+    /// (see [`Swim::set_state_digest`](crate::Swim::set_state_digest)): the
+    /// driver should reconcile with it.
+    StateDigestDiffers {
+        /// The peer.
+        peer: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// The leave announcement has been sent its budget (or timed out): the
     /// driver can shut down.
     LeaveCompleted,

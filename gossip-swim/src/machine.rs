@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, Provenance, Transmit};
 use crate::lifeguard::{Awareness, Suspicion, suspicion_bounds};
-use crate::message::{Envelope, Message};
+use crate::message::{Envelope, Message, StateDigest};
 use crate::stats::Stats;
 
 /// Timers that belong to one probe, forward or suspicion. Each carries what
@@ -138,6 +138,7 @@ pub struct Swim {
     joining: Option<Joining>,
     leaving: Option<Leaving>,
     fresh_news: bool,
+    state_digest: Option<StateDigest>,
     max_datagram: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -182,6 +183,7 @@ impl Swim {
             joining: None,
             leaving: None,
             fresh_news: false,
+            state_digest: None,
             max_datagram: config.max_datagram_bytes,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -355,6 +357,31 @@ impl Swim {
         self.fresh_news = true;
         self.flush();
         Ok(())
+    }
+
+    /// Sets the digest of the driver's replicated state that rides every ping
+    /// from now on (`None`, the default, sends none). A node that receives a
+    /// ping whose digest differs from its own emits
+    /// [`Event::StateDigestDiffers`], so the two can reconcile only when
+    /// their states differ.
+    pub fn set_state_digest(&mut self, digest: Option<StateDigest>) {
+        self.state_digest = digest;
+    }
+
+    /// Merges member records that the authenticated peer `from` passed on by
+    /// another path (for example an anti-entropy sync), under the same rules
+    /// as its push-pull table: `from` speaks for itself, alive and left
+    /// records of others are relayed self-claims, accusations are its own.
+    /// Changes are events and rumors as if gossiped.
+    pub fn merge_records(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        records: impl IntoIterator<Item = Member>,
+    ) {
+        self.advance(now);
+        self.apply_records(from, records);
+        self.flush_excluding(&[from]);
     }
 
     /// Fills the table with `records` (for example from a snapshot, or a
@@ -777,12 +804,42 @@ impl Swim {
         }
     }
 
+    /// Applies a table of records that `from` sent: the sender speaks for
+    /// itself; for others, alive and left records are relayed self-claims and
+    /// accusations are the sender's own.
+    fn apply_records(&mut self, from: NodeId, records: impl IntoIterator<Item = Member>) {
+        for record in records {
+            let origin = if record.id == from
+                || matches!(record.status, MemberStatus::Alive | MemberStatus::Left)
+            {
+                record.id
+            } else {
+                from
+            };
+            self.apply_claim(record, origin);
+        }
+    }
+
     fn handle_message(&mut self, from: NodeId, from_addr: SocketAddr, message: Message) {
         match message {
-            Message::Ping { seq, suspicion, .. } => {
+            Message::Ping {
+                seq,
+                suspicion,
+                state_digest,
+                ..
+            } => {
                 if let Some(claim) = suspicion {
                     // The buddy system: the prober suspects us; refute now.
                     self.apply_claim(claim, from);
+                }
+                if let (Some(theirs), Some(ours)) = (state_digest, self.state_digest)
+                    && theirs != ours
+                {
+                    self.stats.state_digest_mismatches += 1;
+                    self.events.push_back(Event::StateDigestDiffers {
+                        peer: from,
+                        addr: from_addr,
+                    });
                 }
                 self.send(Some(from), from_addr, Message::Ack { seq }, true);
             }
@@ -808,6 +865,7 @@ impl Swim {
                     seq: our_seq,
                     target,
                     suspicion: None,
+                    state_digest: self.state_digest,
                 };
                 self.send(Some(target), target_addr, ping, true);
             }
@@ -823,18 +881,7 @@ impl Swim {
             }
             Message::Gossip => {}
             Message::Sync { reply, members } => {
-                for record in members {
-                    // The sender speaks for itself; for others, alive and left
-                    // records are relayed self-claims, accusations are its own.
-                    let origin = if record.id == from
-                        || matches!(record.status, MemberStatus::Alive | MemberStatus::Left)
-                    {
-                        record.id
-                    } else {
-                        from
-                    };
-                    self.apply_claim(record, origin);
-                }
+                self.apply_records(from, members);
                 if !reply {
                     self.send_table(Some(from), from_addr, true);
                 } else if self.joining.take().is_some() {
@@ -925,6 +972,7 @@ impl Swim {
                 seq,
                 target,
                 suspicion,
+                state_digest: self.state_digest,
             },
             true,
         );

@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 use gossip_core::{Member, NodeId};
 use serde::{Deserialize, Serialize};
 
+/// An opaque digest of the driver's replicated state (for example a Merkle
+/// root cut to 16 bytes). SWIM only carries and compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateDigest(pub [u8; 16]);
+
 /// The body of every SWIM frame: who claims to send it, and what.
 ///
 /// `sender` must equal the authenticated peer the driver reports; a frame
@@ -32,6 +37,10 @@ pub enum Message {
         /// Lifeguard's buddy system: the prober's record of the target when
         /// it suspects it, so the target can refute at once.
         suspicion: Option<Member>,
+        /// The prober's digest of its replicated state (see
+        /// [`Swim::set_state_digest`](crate::Swim::set_state_digest)), so the
+        /// target can tell whether a sync is due without asking.
+        state_digest: Option<StateDigest>,
     },
     /// The answer to a ping; for an indirect probe, relayed by the helper.
     Ack {

@@ -43,4 +43,6 @@ pub struct Stats {
     pub refutations: u64,
     /// Immediate pushes of fresh rumors.
     pub gossip_pushes: u64,
+    /// Pings whose state digest differed from the local one.
+    pub state_digest_mismatches: u64,
 }

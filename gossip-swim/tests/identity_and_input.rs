@@ -177,6 +177,7 @@ fn a_ping_meant_for_another_node_is_dropped() {
         seq: 9,
         target: node_id(1),
         suspicion: None,
+        state_digest: None,
     };
     let err = deliver(&mut net, 2, &frame(2, ping, vec![])).unwrap_err();
     assert!(matches!(err, Error::Misdirected { .. }));
@@ -260,6 +261,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
             seq,
             target: node_id(0),
             suspicion: None,
+            state_digest: None,
         };
         deliver(&mut net, 1, &frame(1, ping, vec![])).unwrap();
         while net.node(0).poll_transmit().is_some() {}
@@ -272,6 +274,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
         seq: 99,
         target: node_id(0),
         suspicion: Some(suspect),
+        state_digest: None,
     };
     let now = net.now;
     net.node(0)

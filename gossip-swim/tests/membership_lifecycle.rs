@@ -134,3 +134,33 @@ fn an_isolated_node_keeps_recontacting_its_seeds() {
     net.run_until(60 * SECOND, Net::converged)
         .expect("node 2 never rejoined");
 }
+
+#[test]
+fn a_differing_state_digest_on_a_ping_is_reported_and_an_equal_one_is_not() {
+    use gossip_swim::StateDigest;
+    let mut net = Net::lan(3, seed(16));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    for i in 0..3 {
+        net.node(i).set_state_digest(Some(StateDigest([7; 16])));
+    }
+    let differs = |net: &Net, i: usize| {
+        net.events[i]
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::StateDigestDiffers { .. }))
+            .count()
+    };
+    net.run_for(10 * SECOND);
+    for i in 0..3 {
+        assert_eq!(differs(&net, i), 0, "node {i}: equal digests reported");
+    }
+    // Node 2's state moves on: the others hear of it on its next pings.
+    net.node(2).set_state_digest(Some(StateDigest([9; 16])));
+    net.run_for(10 * SECOND);
+    for i in 0..2 {
+        let from_two = net.events[i].iter().any(|(_, e)| {
+            matches!(e, Event::StateDigestDiffers { peer, .. } if *peer == node_id(2))
+        });
+        assert!(from_two, "node {i} never saw node 2's digest differ");
+        assert!(net.get(i).stats().state_digest_mismatches > 0);
+    }
+}
