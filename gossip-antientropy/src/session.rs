@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use gossip_core::{
-    ClusterId, Delta, HEADER_LEN, Limits, Member, NodeId, OwnerDelta, OwnerDigest, PackedRumors,
-    Timestamp, decode_frame, encode_frame, encoded_len,
+    ClusterId, Delta, HEADER_LEN, KvChange, Limits, Member, NodeId, OwnerDelta, OwnerDigest,
+    PackedRumors, Timestamp, decode_frame, encode_frame, encoded_len,
 };
 
 use crate::error::Error;
@@ -163,6 +163,8 @@ pub struct Session {
     deadline: Timestamp,
     error: Option<Error>,
     stats: SessionStats,
+    /// Key changes applied to the state, until the driver takes them.
+    changes: Vec<KvChange>,
 }
 
 impl Session {
@@ -190,6 +192,7 @@ impl Session {
             outbox: VecDeque::new(),
             error: None,
             stats: SessionStats::default(),
+            changes: Vec::new(),
         }
     }
 
@@ -211,6 +214,12 @@ impl Session {
     /// What the session cost so far.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
+    }
+
+    /// Takes the key changes this session applied to the state since the
+    /// last call (for the driver's key-changed events).
+    pub fn take_changes(&mut self) -> Vec<KvChange> {
+        std::mem::take(&mut self.changes)
     }
 
     /// The next message to send to the peer.
@@ -310,7 +319,8 @@ impl Session {
         }
         let ready = self.take_complete(part.delta, state.limits())?;
         let entries: usize = ready.owners.iter().map(|d| d.entries.len()).sum();
-        state.apply_delta(ready).map_err(Error::Refused)?;
+        let changes = state.apply_delta(ready).map_err(Error::Refused)?;
+        self.changes.extend(changes);
         self.stats.entries_received += entries as u64;
         self.stats.members_received += part.members.len() as u64;
         for member in part.members {

@@ -157,9 +157,9 @@ fn a_differing_state_digest_on_a_ping_is_reported_and_an_equal_one_is_not() {
     net.node(2).set_state_digest(Some(StateDigest([9; 16])));
     net.run_for(10 * SECOND);
     for i in 0..2 {
-        let from_two = net.events[i].iter().any(|(_, e)| {
-            matches!(e, Event::StateDigestDiffers { peer, .. } if *peer == node_id(2))
-        });
+        let from_two = net.events[i].iter().any(
+            |(_, e)| matches!(e, Event::StateDigestDiffers { peer, .. } if *peer == node_id(2)),
+        );
         assert!(from_two, "node {i} never saw node 2's digest differ");
         assert!(net.get(i).stats().state_digest_mismatches > 0);
     }

@@ -110,6 +110,16 @@ pub struct TransportStats {
     pub oversize: u64,
     /// Incoming stream frames refused (over the cap, truncated).
     pub bad_frames: u64,
+    /// UDP datagrams sent on the connections cached now (QUIC's own
+    /// packets included: acknowledgements, handshakes, retransmissions).
+    /// A connection's count leaves the sum when it closes.
+    pub udp_datagrams_sent: u64,
+    /// UDP bytes sent on the connections cached now, QUIC overhead included.
+    pub udp_bytes_sent: u64,
+    /// UDP datagrams received on the connections cached now.
+    pub udp_datagrams_received: u64,
+    /// UDP bytes received on the connections cached now.
+    pub udp_bytes_received: u64,
 }
 
 #[derive(Debug, Default)]
@@ -438,7 +448,27 @@ impl Transport {
     pub fn stats(&self) -> TransportStats {
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let connections: Vec<Connection> = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut udp = (0, 0, 0, 0);
+        for conn in connections {
+            let stats = conn.stats();
+            udp.0 += stats.udp_tx.datagrams;
+            udp.1 += stats.udp_tx.bytes;
+            udp.2 += stats.udp_rx.datagrams;
+            udp.3 += stats.udp_rx.bytes;
+        }
         TransportStats {
+            udp_datagrams_sent: udp.0,
+            udp_bytes_sent: udp.1,
+            udp_datagrams_received: udp.2,
+            udp_bytes_received: udp.3,
             handshakes: get(&c.handshakes),
             resumptions: get(&c.resumptions),
             refused: get(&c.refused),

@@ -1,0 +1,134 @@
+//! What a node is started with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gossip_core::ClusterId;
+use gossip_transport_quic::{NodeCredentials, TrustBundle};
+
+/// The protocol timings to start from: memberlist's three profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preset {
+    /// A local network (round trips well under 100 ms): probe every 1 s,
+    /// probe timeout 500 ms. The default.
+    #[default]
+    Lan,
+    /// Wide-area links (round trips up to a few hundred ms): probe every 5 s,
+    /// probe timeout 3 s.
+    Wan,
+    /// One host or a rack: probe timeout 200 ms, shorter suspicion.
+    Local,
+}
+
+/// Everything a [`Node`](crate::Node) is started with.
+///
+/// ```
+/// use gossip_node::{NodeConfig, Preset};
+/// use gossip_transport_quic::{ClusterCa, Validity};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ca = ClusterCa::generate("prod")?;
+/// let me = ca.issue("cache-1", Validity::for_duration(std::time::Duration::from_secs(86_400)))?;
+/// let mut config = NodeConfig::new("prod", "cache-1", "127.0.0.1:7946".parse()?, ca.trust());
+/// config.credentials = Some(me);
+/// config.seeds = vec!["127.0.0.1:7947".parse()?];
+/// config.preset = Preset::Lan;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The cluster's name; nodes of other clusters are refused (their frames
+    /// carry another [`ClusterId`]).
+    pub cluster: String,
+    /// This node's name, as other members see it.
+    pub name: String,
+    /// Where to listen (UDP).
+    pub bind: SocketAddr,
+    /// The address other members should use to reach this node, if it is not
+    /// `bind` (behind NAT, or when `bind` is `0.0.0.0`). It must be a
+    /// concrete address: an unspecified one is refused at start.
+    pub advertise: Option<SocketAddr>,
+    /// Addresses of members to join through. Empty for the first node.
+    pub seeds: Vec<SocketAddr>,
+    /// The node's certificate and key. `None` loads them from `data_dir`
+    /// (which must then hold them); `Some` stores them there on first start,
+    /// and must match what is there on later starts.
+    pub credentials: Option<NodeCredentials>,
+    /// The cluster CA(s) whose certificates are trusted.
+    pub trust: TrustBundle,
+    /// Protocol timings. Default [`Preset::Lan`].
+    pub preset: Preset,
+    /// The cluster size to plan for (sizes the caps and the suspicion
+    /// timeout). Default 64.
+    pub expected_members: usize,
+    /// Where the node keeps its identity and last incarnation across
+    /// restarts. `None` keeps nothing: a restarted node then starts again at
+    /// incarnation 0, and peers that still hold its earlier life at a higher
+    /// incarnation ignore it until that record is forgotten.
+    pub data_dir: Option<PathBuf>,
+    /// How often the node reconciles its state with one random member even
+    /// when no probe has shown a difference (the backstop). Default 30 s.
+    pub sync_interval: Duration,
+    /// Most reconciliations this node starts at once. Default 4.
+    pub max_concurrent_syncs: usize,
+    /// A peer whose probe showed a different state digest is not synced with
+    /// again sooner than this after the last sync with it. Default 1 s.
+    pub sync_cooldown: Duration,
+    /// How long a deleted key's tombstone is kept before collection. Default
+    /// 1 hour.
+    pub tombstone_grace: Duration,
+    /// Seed of the node's PRNG (peer choice, probe order). `None` derives one
+    /// from the node id and the start time.
+    pub rng_seed: Option<u64>,
+    /// Events buffered for slow subscribers before they start missing some.
+    /// Default 4,096.
+    pub event_buffer: usize,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything not given.
+    pub fn new(
+        cluster: impl Into<String>,
+        name: impl Into<String>,
+        bind: SocketAddr,
+        trust: TrustBundle,
+    ) -> Self {
+        NodeConfig {
+            cluster: cluster.into(),
+            name: name.into(),
+            bind,
+            advertise: None,
+            seeds: Vec::new(),
+            credentials: None,
+            trust,
+            preset: Preset::Lan,
+            expected_members: 64,
+            data_dir: None,
+            sync_interval: Duration::from_secs(30),
+            max_concurrent_syncs: 4,
+            sync_cooldown: Duration::from_secs(1),
+            tombstone_grace: Duration::from_secs(3600),
+            rng_seed: None,
+            event_buffer: 4096,
+        }
+    }
+
+    /// The cluster's id, derived from its name.
+    pub fn cluster_id(&self) -> ClusterId {
+        ClusterId::from_name(&self.cluster)
+    }
+
+    /// The SWIM configuration this node runs: the preset, with SWIM's own
+    /// push-pull backstop off (the node's Merkle sync replaces it).
+    pub fn swim_config(&self) -> gossip_swim::Config {
+        let cluster = self.cluster_id();
+        let mut config = match self.preset {
+            Preset::Lan => gossip_swim::Config::lan(cluster, self.expected_members),
+            Preset::Wan => gossip_swim::Config::wan(cluster, self.expected_members),
+            Preset::Local => gossip_swim::Config::local(cluster, self.expected_members),
+        };
+        config.sync_interval = None;
+        config
+    }
+}

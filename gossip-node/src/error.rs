@@ -1,0 +1,58 @@
+//! The crate's errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gossip_core::NodeId;
+
+/// Why a node could not start or a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot work; the message names the fix.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The advertised address is one no peer can reach.
+    #[error(
+        "the advertise address {0} is unspecified: peers cannot reach it; set `advertise` to this node's reachable address"
+    )]
+    UnspecifiedAdvertise(SocketAddr),
+    /// The data directory could not be read or written.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory holds another node's identity.
+    #[error(
+        "data directory {path} belongs to node {stored}, but the configured certificate is node {configured}'s; use that node's certificate or another data directory"
+    )]
+    IdentityMismatch {
+        /// The data directory.
+        path: PathBuf,
+        /// The id stored there.
+        stored: NodeId,
+        /// The id of the configured credentials.
+        configured: NodeId,
+    },
+    /// No credentials were configured and the data directory holds none.
+    #[error(
+        "no certificate: configure `credentials`, or a `data_dir` that holds node.crt and node.key"
+    )]
+    NoCredentials,
+    /// The transport failed (bind, TLS, certificates).
+    #[error(transparent)]
+    Transport(#[from] gossip_transport_quic::Error),
+    /// A key/value write was refused (over a cap).
+    #[error(transparent)]
+    Refused(#[from] gossip_core::Error),
+    /// The node has stopped; the handle can do nothing more.
+    #[error("the node has stopped")]
+    Stopped,
+    /// `leave` did not complete in time; the node stopped anyway.
+    #[error("the leave announcement did not complete in time")]
+    LeaveTimedOut,
+}

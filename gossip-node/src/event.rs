@@ -1,0 +1,78 @@
+//! What a node tells its subscribers.
+
+use bytes::Bytes;
+use gossip_core::{Key, Member, NodeId};
+use gossip_swim::Provenance;
+
+/// A change in the cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A member was heard of for the first time.
+    Joined(Member),
+    /// A member's incarnation, name, addresses or state version changed.
+    Updated(Member),
+    /// A member is suspected of having failed.
+    Suspected {
+        /// Its record.
+        member: Member,
+        /// Who accused it.
+        by: NodeId,
+        /// This node's own health score at the time (Lifeguard; 0 is
+        /// healthy, a high score means this node may be the slow one).
+        local_health: u32,
+    },
+    /// A suspect refuted the suspicion: it is alive.
+    Recovered(Member),
+    /// A member was declared dead.
+    Failed {
+        /// Its record.
+        member: Member,
+        /// Who declared it, who first suspected it, how many confirmed.
+        provenance: Provenance,
+    },
+    /// A member left on purpose.
+    Left(Member),
+    /// A dead or departed member came back (it restarted).
+    Rejoined(Member),
+    /// A departed member was forgotten.
+    Removed(NodeId),
+    /// A member's key changed, as this node's replica learnt it.
+    KeyChanged {
+        /// Whose key.
+        owner: NodeId,
+        /// Which key.
+        key: Key,
+        /// The new value; `None` if deleted.
+        value: Option<Bytes>,
+    },
+}
+
+impl NodeEvent {
+    /// The event for a SWIM event, if subscribers should see it.
+    pub(crate) fn from_swim(event: &gossip_swim::Event) -> Option<NodeEvent> {
+        use gossip_swim::Event;
+        Some(match event {
+            Event::Joined(member) => NodeEvent::Joined(member.clone()),
+            Event::Updated(member) => NodeEvent::Updated(member.clone()),
+            Event::Suspected {
+                member,
+                by,
+                local_health,
+            } => NodeEvent::Suspected {
+                member: member.clone(),
+                by: *by,
+                local_health: *local_health,
+            },
+            Event::Recovered(member) => NodeEvent::Recovered(member.clone()),
+            Event::Failed { member, provenance } => NodeEvent::Failed {
+                member: member.clone(),
+                provenance: provenance.clone(),
+            },
+            Event::Left(member) => NodeEvent::Left(member.clone()),
+            Event::Rejoined(member) => NodeEvent::Rejoined(member.clone()),
+            Event::Removed(id) => NodeEvent::Removed(*id),
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! A member of a gossip cluster on tokio: SWIM failure detection with
+//! Lifeguard ([`gossip_swim`]), Merkle anti-entropy of every node's
+//! key/value state ([`gossip_antientropy`]) and mutual-TLS QUIC
+//! ([`gossip_transport_quic`]), composed into one [`Node`].
+//!
+//! A node answers "who is alive, and what do they say about themselves":
+//! [`Node::members`] is the membership as this node sees it,
+//! [`Node::subscribe`] streams the changes ([`NodeEvent`]), [`Node::set`]
+//! publishes one of this node's own keys, and [`Node::get`] reads any
+//! node's.
+//!
+//! How it runs: one driver task per node owns the state machines. It
+//! selects over transport input, the earliest deadline and handle commands,
+//! feeds one input, then drains every output. SWIM rides QUIC datagrams; the
+//! root of the node's Merkle tree over all replicated state rides every
+//! probe, and a sync over a stream starts only when roots differ (plus one
+//! with a random member every `sync_interval` as a backstop). The sender a
+//! machine is told of is always the [`NodeId`](gossip_core::NodeId) the
+//! transport authenticated, never a claimed one.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use gossip_node::{Node, NodeConfig};
+//! use gossip_transport_quic::{ClusterCa, Validity};
+//!
+//! let ca = ClusterCa::generate("demo")?;
+//! let validity = Validity::for_duration(Duration::from_secs(86_400));
+//! let mut config = NodeConfig::new("demo", "node-1", "127.0.0.1:7946".parse()?, ca.trust());
+//! config.credentials = Some(ca.issue("node-1", validity)?);
+//! config.data_dir = Some("/var/lib/gossip".into());
+//! let node = Node::start(config).await?;
+//! node.set("tokens", "0,85,170").await?;
+//! for member in node.members().await? {
+//!     println!("{} {} {}", member.meta.name(), member.id, member.status.as_str());
+//! }
+//! node.leave(Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod data_dir;
+mod driver;
+mod error;
+mod event;
+pub mod metrics;
+mod node;
+mod stream;
+
+pub use config::{NodeConfig, Preset};
+pub use data_dir::DataDir;
+pub use error::Error;
+pub use event::NodeEvent;
+pub use metrics::Metrics;
+pub use node::Node;
+
+pub use gossip_core::{Bytes, Key, Member, MemberMeta, MemberStatus, NodeId};
+pub use gossip_swim::Provenance;

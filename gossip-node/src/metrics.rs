@@ -1,0 +1,400 @@
+//! The node's metrics, with Prometheus-style names. This table is the one
+//! place they are documented; [`Metrics::to_prometheus`] renders them in the
+//! Prometheus text format.
+//!
+//! | name | type | what |
+//! |---|---|---|
+//! | `gossip_members` | gauge | members by `status` (alive, suspect, dead, left), this node included |
+//! | `gossip_local_health` | gauge | Lifeguard's local health score: 0 is healthy; higher means this node is slow to answer and stretches its timeouts |
+//! | `gossip_incarnation` | gauge | this node's incarnation |
+//! | `gossip_probes_total` | counter | probes sent |
+//! | `gossip_indirect_probes_total` | counter | probes that fell back to asking others |
+//! | `gossip_suspicions_total` | counter | members this node suspected after a failed probe |
+//! | `gossip_deaths_declared_total` | counter | members this node declared dead |
+//! | `gossip_refutations_total` | counter | accusations of this node that it refuted |
+//! | `gossip_gossip_pushes_total` | counter | immediate pushes of fresh news |
+//! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
+//! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
+//! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
+//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `spoofed` (claimed sender not the authenticated one), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate) |
+//! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed) |
+//! | `gossip_sync_bytes_total` | counter | anti-entropy bytes, by `direction` |
+//! | `gossip_sync_entries_received_total` | counter | key/value writes received by anti-entropy |
+//! | `gossip_state_digest_mismatches_total` | counter | probes whose state digest differed from this node's |
+//! | `gossip_kv_keys` | gauge | this node's own keys |
+//! | `gossip_kv_owners` | gauge | nodes whose keys this node replicates |
+//! | `gossip_quic_handshakes_total` | counter | QUIC handshakes completed, both directions |
+//! | `gossip_quic_dial_failures_total` | counter | outgoing dials that failed |
+//! | `gossip_quic_connections` | gauge | open QUIC connections |
+//! | `gossip_quic_udp_datagrams_total` | counter-like gauge | UDP datagrams on the open connections, by `direction` (QUIC's own packets included; a closed connection's count leaves the sum) |
+//! | `gossip_quic_udp_bytes_total` | counter-like gauge | UDP bytes on the open connections, by `direction` |
+//! | `gossip_send_errors_total` | counter | sends that failed (peer unreachable, connection lost) |
+
+use std::fmt::Write;
+
+use gossip_swim::Stats as SwimStats;
+use gossip_transport_quic::TransportStats;
+
+/// Members by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberCounts {
+    /// Alive, this node included.
+    pub alive: u64,
+    /// Suspected.
+    pub suspect: u64,
+    /// Declared dead.
+    pub dead: u64,
+    /// Left on purpose.
+    pub left: u64,
+}
+
+/// Anti-entropy counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncCounters {
+    /// Sessions this node started.
+    pub initiated: u64,
+    /// ... of which ended cleanly.
+    pub initiated_completed: u64,
+    /// ... of which failed (timed out, refused, peer unreachable).
+    pub initiated_failed: u64,
+    /// Sessions peers started with this node.
+    pub responded: u64,
+    /// ... of which ended cleanly.
+    pub responded_completed: u64,
+    /// ... of which failed.
+    pub responded_failed: u64,
+    /// Bytes of sync messages sent.
+    pub bytes_sent: u64,
+    /// Bytes of sync messages received.
+    pub bytes_received: u64,
+    /// Key/value writes received.
+    pub entries_received: u64,
+}
+
+/// Counters of the node's own glue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverCounters {
+    /// Sends that failed.
+    pub send_errors: u64,
+    /// Stream messages that did not decode.
+    pub stream_decode_errors: u64,
+}
+
+/// A snapshot of every metric of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Members by status.
+    pub members: MemberCounts,
+    /// The local health score.
+    pub local_health: u32,
+    /// This node's incarnation.
+    pub incarnation: u64,
+    /// The failure detector's counters.
+    pub swim: SwimStats,
+    /// Anti-entropy counters.
+    pub sync: SyncCounters,
+    /// The transport's counters.
+    pub transport: TransportStats,
+    /// The node's own glue.
+    pub driver: DriverCounters,
+    /// This node's own keys.
+    pub kv_keys: u64,
+    /// Nodes whose keys this node replicates.
+    pub kv_owners: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    samples: Vec<(Vec<(&'static str, &'static str)>, u64)>,
+}
+
+fn one(name: &'static str, help: &'static str, kind: Kind, value: u64) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        samples: vec![(Vec::new(), value)],
+    }
+}
+
+fn by(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        samples: values
+            .iter()
+            .map(|(value, n)| (vec![(label, *value)], *n))
+            .collect(),
+    }
+}
+
+impl Metrics {
+    fn families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        let s = &self.swim;
+        let t = &self.transport;
+        let y = &self.sync;
+        let m = &self.members;
+        let in_out = |i: u64, o: u64| [("in", i), ("out", o)];
+        let syncs = [
+            ("initiator", "started", y.initiated),
+            ("initiator", "completed", y.initiated_completed),
+            ("initiator", "failed", y.initiated_failed),
+            ("responder", "started", y.responded),
+            ("responder", "completed", y.responded_completed),
+            ("responder", "failed", y.responded_failed),
+        ];
+        vec![
+            by(
+                "gossip_members",
+                "Members by status, this node included.",
+                Gauge,
+                "status",
+                &[
+                    ("alive", m.alive),
+                    ("suspect", m.suspect),
+                    ("dead", m.dead),
+                    ("left", m.left),
+                ],
+            ),
+            one(
+                "gossip_local_health",
+                "Lifeguard local health score (0 is healthy).",
+                Gauge,
+                u64::from(self.local_health),
+            ),
+            one(
+                "gossip_incarnation",
+                "This node's incarnation.",
+                Gauge,
+                self.incarnation,
+            ),
+            one("gossip_probes_total", "Probes sent.", Counter, s.probes),
+            one(
+                "gossip_indirect_probes_total",
+                "Probes that fell back to indirect probing.",
+                Counter,
+                s.indirect_probes,
+            ),
+            one(
+                "gossip_suspicions_total",
+                "Members suspected after a failed probe.",
+                Counter,
+                s.suspicions_raised,
+            ),
+            one(
+                "gossip_deaths_declared_total",
+                "Members this node declared dead.",
+                Counter,
+                s.deaths_declared,
+            ),
+            one(
+                "gossip_refutations_total",
+                "Accusations of this node that it refuted.",
+                Counter,
+                s.refutations,
+            ),
+            one(
+                "gossip_gossip_pushes_total",
+                "Immediate pushes of fresh news.",
+                Counter,
+                s.gossip_pushes,
+            ),
+            by(
+                "gossip_swim_datagrams_total",
+                "SWIM frames by direction.",
+                Counter,
+                "direction",
+                &in_out(s.datagrams_in, s.datagrams_out),
+            ),
+            by(
+                "gossip_swim_bytes_total",
+                "SWIM frame bytes by direction, before encryption.",
+                Counter,
+                "direction",
+                &in_out(s.bytes_in, s.bytes_out),
+            ),
+            by(
+                "gossip_decode_errors_total",
+                "Frames or messages that did not decode, by layer.",
+                Counter,
+                "layer",
+                &[
+                    ("swim", s.decode_errors),
+                    ("stream", self.driver.stream_decode_errors),
+                ],
+            ),
+            by(
+                "gossip_refusals_total",
+                "Input refused, by reason.",
+                Counter,
+                "reason",
+                &[
+                    ("claim", s.rejected_claims),
+                    ("spoofed", s.spoofed),
+                    ("misdirected", s.misdirected),
+                    ("foreign_cluster", s.foreign_cluster),
+                    ("tls", t.refused),
+                ],
+            ),
+            Family {
+                name: "gossip_syncs_total",
+                help: "Anti-entropy sessions by role and outcome.",
+                kind: Counter,
+                samples: syncs
+                    .iter()
+                    .map(|(role, outcome, n)| (vec![("role", *role), ("outcome", *outcome)], *n))
+                    .collect(),
+            },
+            by(
+                "gossip_sync_bytes_total",
+                "Anti-entropy bytes by direction.",
+                Counter,
+                "direction",
+                &in_out(y.bytes_received, y.bytes_sent),
+            ),
+            one(
+                "gossip_sync_entries_received_total",
+                "Key/value writes received by anti-entropy.",
+                Counter,
+                y.entries_received,
+            ),
+            one(
+                "gossip_state_digest_mismatches_total",
+                "Probes whose state digest differed from this node's.",
+                Counter,
+                s.state_digest_mismatches,
+            ),
+            one(
+                "gossip_kv_keys",
+                "This node's own keys.",
+                Gauge,
+                self.kv_keys,
+            ),
+            one(
+                "gossip_kv_owners",
+                "Nodes whose keys this node replicates.",
+                Gauge,
+                self.kv_owners,
+            ),
+            one(
+                "gossip_quic_handshakes_total",
+                "QUIC handshakes completed, both directions.",
+                Counter,
+                t.handshakes,
+            ),
+            one(
+                "gossip_quic_dial_failures_total",
+                "Outgoing dials that failed.",
+                Counter,
+                t.dial_failures,
+            ),
+            one(
+                "gossip_quic_connections",
+                "Open QUIC connections.",
+                Gauge,
+                t.live_connections,
+            ),
+            by(
+                "gossip_quic_udp_datagrams_total",
+                "UDP datagrams on the open connections, by direction.",
+                Gauge,
+                "direction",
+                &in_out(t.udp_datagrams_received, t.udp_datagrams_sent),
+            ),
+            by(
+                "gossip_quic_udp_bytes_total",
+                "UDP bytes on the open connections, by direction.",
+                Gauge,
+                "direction",
+                &in_out(t.udp_bytes_received, t.udp_bytes_sent),
+            ),
+            one(
+                "gossip_send_errors_total",
+                "Sends that failed.",
+                Counter,
+                self.driver.send_errors,
+            ),
+        ]
+    }
+
+    /// The metrics in the Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        for family in self.families() {
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} {kind}", family.name);
+            for (labels, value) in family.samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{} {value}", family.name);
+                } else {
+                    let labels: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    let _ = writeln!(out, "{}{{{}}} {value}", family.name, labels.join(","));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_documented_in_the_module_table() {
+        let source = include_str!("metrics.rs");
+        let table: String = source
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .collect();
+        let metrics = Metrics::default();
+        for family in metrics.families() {
+            assert!(
+                table.contains(&format!("`{}`", family.name)),
+                "{} is not in the table",
+                family.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_text_format_has_help_type_and_labelled_samples() {
+        let mut metrics = Metrics::default();
+        metrics.members.alive = 5;
+        metrics.swim.probes = 12;
+        let text = metrics.to_prometheus();
+        assert!(text.contains("# TYPE gossip_members gauge\n"));
+        assert!(text.contains("gossip_members{status=\"alive\"} 5\n"));
+        assert!(text.contains("gossip_probes_total 12\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').expect("name and value");
+            value.parse::<f64>().expect("a number");
+        }
+    }
+}

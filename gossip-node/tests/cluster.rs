@@ -1,0 +1,202 @@
+//! Five-node clusters on loopback: convergence, key/value spread, crash,
+//! graceful leave, restart and a foreign CA.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, config, eventually, sees_alive, status_of, validity};
+use gossip_node::{MemberStatus, Node, NodeEvent};
+use gossip_transport_quic::ClusterCa;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_converge_and_a_key_set_on_one_reaches_all() {
+    let cluster = Cluster::start(5, None).await;
+    let ids = cluster.ids();
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all five alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    let owner = &cluster.nodes[2];
+    let mut events = cluster.nodes[4].subscribe();
+    owner.set("role", "cache").await.expect("set");
+    for node in &cluster.nodes {
+        eventually(LIMIT, "the key reaches every node", || async {
+            node.get(owner.id(), "role").await.ok().flatten().as_deref() == Some(&b"cache"[..])
+        })
+        .await;
+    }
+    // Subscribers hear of it as a key change.
+    let heard = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(NodeEvent::KeyChanged {
+                owner: o,
+                key,
+                value,
+            }) = events.recv().await
+                && o == owner.id()
+                && key.as_str() == "role"
+            {
+                return value;
+            }
+        }
+    })
+    .await
+    .expect("key change event");
+    assert_eq!(heard.as_deref(), Some(&b"cache"[..]));
+
+    owner.delete("role").await.expect("delete");
+    for node in &cluster.nodes {
+        eventually(LIMIT, "the delete reaches every node", || async {
+            node.get(owner.id(), "role").await.ok().flatten().is_none()
+        })
+        .await;
+    }
+    let metrics = owner.metrics().await.expect("metrics");
+    assert_eq!(metrics.members.alive, 5);
+    assert!(
+        metrics
+            .to_prometheus()
+            .contains("gossip_members{status=\"alive\"} 5")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_is_declared_dead_by_every_survivor_and_no_one_else_dies() {
+    let cluster = Cluster::start(5, None).await;
+    let ids = cluster.ids();
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all five alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    let mut watchers: Vec<_> = cluster.nodes[..4].iter().map(Node::subscribe).collect();
+    let victim = ids[4];
+    cluster.nodes[4].crash();
+    for node in &cluster.nodes[..4] {
+        eventually(
+            LIMIT,
+            "every survivor declares the crashed node dead",
+            || async { status_of(node, victim).await == Some(MemberStatus::Dead) },
+        )
+        .await;
+    }
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let mut suspected = false;
+        while let Ok(event) = watcher.try_recv() {
+            match event {
+                NodeEvent::Suspected { member, .. } if member.id == victim => suspected = true,
+                NodeEvent::Failed { member, .. } => {
+                    assert_eq!(member.id, victim, "node {i} saw a false death");
+                }
+                _ => {}
+            }
+        }
+        assert!(suspected, "node {i} declared death without a suspicion");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_is_seen_as_left_not_failed() {
+    let cluster = Cluster::start(5, None).await;
+    let ids = cluster.ids();
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all five alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    let mut watchers: Vec<_> = cluster.nodes[..4].iter().map(Node::subscribe).collect();
+    cluster.nodes[4]
+        .leave(Duration::from_secs(10))
+        .await
+        .expect("leave completes");
+    assert!(
+        cluster.nodes[4].members().await.is_err(),
+        "the node stopped"
+    );
+    for node in &cluster.nodes[..4] {
+        eventually(LIMIT, "every survivor sees the node as left", || async {
+            status_of(node, ids[4]).await == Some(MemberStatus::Left)
+        })
+        .await;
+    }
+    // Long enough for a missed leave to be detected as a failure.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        while let Ok(event) = watcher.try_recv() {
+            assert!(
+                !matches!(
+                    event,
+                    NodeEvent::Failed { .. } | NodeEvent::Suspected { .. }
+                ),
+                "node {i}: {event:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_with_the_same_id_a_higher_incarnation_and_no_ghost() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let mut cluster = Cluster::start(5, Some(data.path().to_path_buf())).await;
+    let ids = cluster.ids();
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all five alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    cluster.nodes[4].shutdown().await;
+    // Restart from the data directory alone, on another port.
+    let mut restarted = config(&cluster.ca, "node-4", vec![cluster.nodes[0].addr()]);
+    restarted.data_dir = Some(data.path().join("node-4"));
+    let node = Node::start(restarted).await.expect("restart");
+    assert_eq!(node.id(), ids[4], "same identity");
+    cluster.nodes[4] = node;
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees the same five alive", || async {
+            sees_alive(node, &ids).await
+                && node.members().await.is_ok_and(|members| {
+                    members
+                        .iter()
+                        .any(|m| m.id == ids[4] && m.incarnation.get() >= 1)
+                })
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_foreign_ca_cannot_join_and_the_cluster_is_unchanged() {
+    let cluster = Cluster::start(5, None).await;
+    let ids = cluster.ids();
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all five alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    let foreign_ca = ClusterCa::generate(common::CLUSTER).expect("CA");
+    let mut intruder = config(&foreign_ca, "intruder", vec![cluster.nodes[0].addr()]);
+    intruder.credentials = Some(foreign_ca.issue("intruder", validity()).expect("issue"));
+    let intruder = Node::start(intruder).await.expect("starts alone");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for node in &cluster.nodes {
+        assert!(sees_alive(node, &ids).await, "the cluster changed");
+    }
+    let alone = intruder.members().await.expect("members");
+    assert_eq!(alone.len(), 1, "the intruder saw {alone:?}");
+    let refused = cluster.nodes[0]
+        .metrics()
+        .await
+        .expect("metrics")
+        .transport
+        .refused;
+    assert!(refused > 0, "node 0 never refused a handshake");
+}
