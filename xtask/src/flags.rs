@@ -32,7 +32,10 @@ pub(crate) enum Cmd {
         args: Vec<String>,
     },
     /// Runs the criterion benches (`cargo bench --workspace`); extra arguments
-    /// are passed on, e.g. `cargo xtask bench -- merge`.
+    /// are passed on, e.g. `cargo xtask bench -- merge`. `cargo xtask bench
+    /// cluster --nodes N [--json] [--window S] [--warmup S]` instead runs N
+    /// in-process nodes on loopback and prints join, detection, key spread
+    /// and steady-state cost figures.
     Bench {
         /// Arguments for `cargo bench`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

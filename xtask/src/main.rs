@@ -155,7 +155,24 @@ fn sim(scenario: &str, args: &[String]) -> Result<()> {
 }
 
 /// Runs the criterion benches; extra arguments go to `cargo bench`.
+/// `bench cluster ...` runs the in-process cluster measurement instead.
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("cluster") {
+        let mut all = vec![
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "gossip-node",
+            "--features",
+            "fault-injection",
+            "--example",
+            "cluster_bench",
+            "--",
+        ];
+        all.extend(args[1..].iter().map(String::as_str));
+        return run("cargo", &all, &[]);
+    }
     let mut all = vec!["bench", "--workspace"];
     all.extend(args.iter().map(String::as_str));
     run("cargo", &all, &[])

@@ -1,0 +1,323 @@
+//! The cluster benchmark behind `cargo xtask bench cluster --nodes N --json`:
+//! N in-process nodes on loopback with the LAN preset, all joining through
+//! node 0. Prints one JSON object (or a table without `--json`):
+//!
+//! * `join_all_ms`: from the first start until every node sees all N alive;
+//! * steady state over `--window` seconds, after a warm-up long enough for
+//!   every node to have probed every other once (so each pair has its
+//!   connection): `bytes_per_node_s` and `packets_per_node_s` (UDP, sent,
+//!   QUIC's own packets and encryption included), `cpu_ms_per_node_s`
+//!   (process CPU over N), `handshakes_per_node_s`;
+//! * `kv_all_ms`: a key set on node 1 until every other node holds it;
+//! * node N/2 crashed without a packet of goodbye: `first_suspect_ms`,
+//!   `first_dead_ms`, `all_dead_ms` (every survivor), and `false_deaths`
+//!   (any other member declared dead, which should be 0).
+//!
+//! Run with `--features fault-injection` (the crash needs it), in release.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a measurement tool: its output is the point"
+)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gossip_node::{MemberStatus, Node, NodeConfig, NodeEvent, NodeId, Preset};
+use gossip_transport_quic::{ClusterCa, Validity};
+use tokio::time::Instant;
+
+struct Args {
+    nodes: usize,
+    json: bool,
+    window: u64,
+    warmup: Option<u64>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        nodes: 16,
+        json: false,
+        window: 10,
+        warmup: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut number = |name: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number"))
+        };
+        match flag.as_str() {
+            "--nodes" => args.nodes = number("--nodes") as usize,
+            "--window" => args.window = number("--window"),
+            "--warmup" => args.warmup = Some(number("--warmup")),
+            "--json" => args.json = true,
+            other => panic!(
+                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --json"
+            ),
+        }
+    }
+    assert!(args.nodes >= 3, "--nodes must be at least 3");
+    args
+}
+
+/// What every node's event stream has shown, with times since the start.
+#[derive(Default)]
+struct Seen {
+    /// Per node: the members it believes alive (itself excluded).
+    alive: Vec<BTreeSet<NodeId>>,
+    /// Per node: when its alive set first reached N - 1.
+    complete_at: Vec<Option<Duration>>,
+    suspected_at: Vec<Option<Duration>>,
+    dead_at: Vec<Option<Duration>>,
+    key_at: Vec<Option<Duration>>,
+    victim: Option<NodeId>,
+    false_deaths: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn watch(
+    i: usize,
+    n: usize,
+    node: &Node,
+    seen: Arc<Mutex<Seen>>,
+    start: Instant,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = node.subscribe();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            let at = start.elapsed();
+            let mut seen = seen.lock().expect("lock");
+            let victim = seen.victim;
+            match &event {
+                NodeEvent::Joined(m)
+                | NodeEvent::Updated(m)
+                | NodeEvent::Recovered(m)
+                | NodeEvent::Rejoined(m) => {
+                    if m.status == MemberStatus::Alive {
+                        seen.alive[i].insert(m.id);
+                    }
+                }
+                NodeEvent::Suspected { member, .. } => {
+                    if Some(member.id) == victim && seen.suspected_at[i].is_none() {
+                        seen.suspected_at[i] = Some(at);
+                    }
+                }
+                NodeEvent::Failed { member, .. } => {
+                    seen.alive[i].remove(&member.id);
+                    if Some(member.id) == victim {
+                        seen.dead_at[i].get_or_insert(at);
+                    } else {
+                        seen.false_deaths += 1;
+                    }
+                }
+                NodeEvent::Left(m) => {
+                    seen.alive[i].remove(&m.id);
+                }
+                NodeEvent::KeyChanged { key, .. } if key.as_str() == "bench" => {
+                    seen.key_at[i].get_or_insert(at);
+                }
+                _ => {}
+            }
+            if seen.alive[i].len() + 1 >= n && seen.complete_at[i].is_none() {
+                seen.complete_at[i] = Some(at);
+            }
+        }
+    })
+}
+
+/// Waits until `done` holds of `seen`, or `limit` passes.
+async fn wait_for(seen: &Arc<Mutex<Seen>>, limit: Duration, done: impl Fn(&Seen) -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done(&seen.lock().expect("lock")) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+struct Totals {
+    syncs: u64,
+    swim_bytes: u64,
+    bytes: u64,
+    packets: u64,
+    handshakes: u64,
+    cpu: Duration,
+}
+
+async fn totals(nodes: &[Node]) -> Totals {
+    let mut totals = Totals {
+        syncs: 0,
+        swim_bytes: 0,
+        bytes: 0,
+        packets: 0,
+        handshakes: 0,
+        cpu: cpu_time::ProcessTime::now().as_duration(),
+    };
+    for node in nodes {
+        if let Ok(metrics) = node.metrics().await {
+            totals.syncs += metrics.sync.initiated;
+            totals.swim_bytes += metrics.swim.bytes_out;
+            totals.bytes += metrics.transport.udp_bytes_sent;
+            totals.packets += metrics.transport.udp_datagrams_sent;
+            totals.handshakes += metrics.transport.handshakes;
+        }
+    }
+    totals
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let n = args.nodes;
+    let ca = ClusterCa::generate("bench").expect("CA");
+    let validity = Validity::for_duration(Duration::from_secs(86_400));
+    let credentials: Vec<_> = (0..n)
+        .map(|i| ca.issue(&format!("node-{i}"), validity).expect("issue"))
+        .collect();
+    let seen = Arc::new(Mutex::new(Seen {
+        alive: vec![BTreeSet::new(); n],
+        complete_at: vec![None; n],
+        suspected_at: vec![None; n],
+        dead_at: vec![None; n],
+        key_at: vec![None; n],
+        ..Seen::default()
+    }));
+
+    let start = Instant::now();
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut seed_addr = None;
+    for (i, credentials) in credentials.into_iter().enumerate() {
+        let mut config = NodeConfig::new(
+            "bench",
+            format!("node-{i}"),
+            "127.0.0.1:0".parse().expect("addr"),
+            ca.trust(),
+        );
+        config.preset = Preset::Lan;
+        config.expected_members = n;
+        config.credentials = Some(credentials);
+        config.seeds = seed_addr.into_iter().collect();
+        config.rng_seed = Some(i as u64 + 1);
+        let node = Node::start(config).await.expect("node starts");
+        seed_addr.get_or_insert(node.addr());
+        watch(i, n, &node, seen.clone(), start);
+        nodes.push(node);
+    }
+    let joined = wait_for(&seen, Duration::from_secs(120), |s| {
+        s.complete_at.iter().all(Option::is_some)
+    })
+    .await;
+    assert!(joined, "the cluster did not converge in 120 s");
+    let join_all = seen
+        .lock()
+        .expect("lock")
+        .complete_at
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_default();
+
+    // Warm up until every node has probed every other (one round of the
+    // shuffled round-robin), then measure the steady state.
+    let warmup = args.warmup.unwrap_or(n as u64 + 5);
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let before = totals(&nodes).await;
+    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    let after = totals(&nodes).await;
+    let per_node_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64 / args.window as f64;
+    let bytes = per_node_s(before.bytes, after.bytes);
+    let packets = per_node_s(before.packets, after.packets);
+    let handshakes = per_node_s(before.handshakes, after.handshakes);
+    let syncs = per_node_s(before.syncs, after.syncs);
+    let swim_bytes = per_node_s(before.swim_bytes, after.swim_bytes);
+    let cpu_ms =
+        (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3 / n as f64 / args.window as f64;
+
+    // A key set on node 1 reaching everyone.
+    let kv_start = start.elapsed();
+    nodes[1].set("bench", "value").await.expect("set");
+    let spread = wait_for(&seen, Duration::from_secs(60), |s| {
+        s.key_at.iter().all(Option::is_some)
+    })
+    .await;
+    let kv_all = seen
+        .lock()
+        .expect("lock")
+        .key_at
+        .iter()
+        .flatten()
+        .max()
+        .map(|at| at.saturating_sub(kv_start));
+
+    // Crash node N/2 without a word.
+    let victim = n / 2;
+    seen.lock().expect("lock").victim = Some(nodes[victim].id());
+    let crash_at = start.elapsed();
+    nodes[victim].crash();
+    let detected = wait_for(&seen, Duration::from_secs(120), |s| {
+        s.dead_at
+            .iter()
+            .enumerate()
+            .all(|(i, at)| i == victim || at.is_some())
+    })
+    .await;
+    let seen = seen.lock().expect("lock");
+    let since_crash = |times: &Vec<Option<Duration>>, pick_max: bool| {
+        let times = times.iter().flatten().map(|t| t.saturating_sub(crash_at));
+        if pick_max { times.max() } else { times.min() }
+    };
+    let first_suspect = since_crash(&seen.suspected_at, false);
+    let first_dead = since_crash(&seen.dead_at, false);
+    let all_dead = detected.then(|| since_crash(&seen.dead_at, true)).flatten();
+    let opt = |d: Option<Duration>| d.map_or("null".to_string(), |d| ms(d).to_string());
+
+    if args.json {
+        println!(
+            "{{\"nodes\":{n},\"join_all_ms\":{},\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{:.1},\"packets_per_node_s\":{:.2},\"cpu_ms_per_node_s\":{:.2},\"handshakes_per_node_s\":{:.3},\"syncs_per_node_s\":{:.3},\"swim_bytes_per_node_s\":{:.1},\"window_s\":{},\"warmup_s\":{}}}",
+            ms(join_all),
+            opt(first_suspect),
+            opt(first_dead),
+            opt(all_dead),
+            seen.false_deaths,
+            opt(if spread { kv_all } else { None }),
+            bytes,
+            packets,
+            cpu_ms,
+            handshakes,
+            syncs,
+            swim_bytes,
+            args.window,
+            warmup,
+        );
+    } else {
+        println!("nodes                 {n}");
+        println!("join_all_ms           {}", ms(join_all));
+        println!("first_suspect_ms      {}", opt(first_suspect));
+        println!("first_dead_ms         {}", opt(first_dead));
+        println!("all_dead_ms           {}", opt(all_dead));
+        println!("false_deaths          {}", seen.false_deaths);
+        println!("kv_all_ms             {}", opt(kv_all));
+        println!("bytes_per_node_s      {bytes:.1}");
+        println!("packets_per_node_s    {packets:.2}");
+        println!("cpu_ms_per_node_s     {cpu_ms:.2}");
+        println!("handshakes_per_node_s {handshakes:.3}");
+        println!("syncs_per_node_s      {syncs:.3}");
+        println!("swim_bytes_per_node_s {swim_bytes:.1}");
+    }
+}

@@ -1,0 +1,166 @@
+//! A consistent-hash ring built from the members' `tokens` keys, the way
+//! Cassandra places data with gossip: every node publishes the ring
+//! positions it owns, and every node rebuilds the same ring from the alive
+//! members' tokens as nodes join and die.
+//!
+//! `cargo run -p gossip-node --example hash_ring`
+//!
+//! Four nodes start; a fifth joins and takes over part of the ring; then one
+//! stops without leaving, is detected as failed, and its ranges fall to its
+//! successors. Each step prints every node's share of 10,000 sample keys.
+
+#![allow(clippy::print_stdout, reason = "an example: its output is the point")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use gossip_node::{MemberStatus, Node, NodeConfig, NodeEvent, NodeId, Preset};
+use gossip_transport_quic::{ClusterCa, Validity};
+
+/// Ring positions per node.
+const TOKENS: u64 = 16;
+
+/// A position on the ring: the first 8 bytes of blake3, as Cassandra's
+/// partitioner uses a 64-bit hash.
+fn position(bytes: &[u8]) -> u64 {
+    let hash = blake3::hash(bytes);
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// This node's tokens, as the value it publishes: "t1,t2,...".
+fn tokens_of(id: NodeId) -> String {
+    (0..TOKENS)
+        .map(|i| position(format!("{id:#}/{i}").as_bytes()).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The ring as `node` sees it: token -> owner, over alive members only.
+async fn ring(node: &Node) -> Result<BTreeMap<u64, String>, gossip_node::Error> {
+    let mut ring = BTreeMap::new();
+    for member in node.members().await? {
+        if member.status != MemberStatus::Alive {
+            continue;
+        }
+        if let Some(tokens) = node.get(member.id, "tokens").await? {
+            for token in String::from_utf8_lossy(&tokens).split(',') {
+                if let Ok(token) = token.parse::<u64>() {
+                    ring.insert(token, member.meta.name().to_string());
+                }
+            }
+        }
+    }
+    Ok(ring)
+}
+
+/// The owner of `key`: the first token at or after its position, wrapping.
+fn owner<'a>(ring: &'a BTreeMap<u64, String>, key: &str) -> Option<&'a String> {
+    let at = position(key.as_bytes());
+    ring.range(at..)
+        .next()
+        .or_else(|| ring.iter().next())
+        .map(|(_, owner)| owner)
+}
+
+async fn print_shares(title: &str, node: &Node) -> Result<(), gossip_node::Error> {
+    let ring = ring(node).await?;
+    let mut shares: BTreeMap<&String, u32> = BTreeMap::new();
+    for i in 0..10_000 {
+        if let Some(owner) = owner(&ring, &format!("key-{i}")) {
+            *shares.entry(owner).or_default() += 1;
+        }
+    }
+    println!("{title}");
+    for (name, keys) in shares {
+        println!("  {name:<8} {:>5.1}%", f64::from(keys) / 100.0);
+    }
+    Ok(())
+}
+
+async fn start(
+    ca: &ClusterCa,
+    i: usize,
+    seed: Option<&Node>,
+) -> Result<Node, Box<dyn std::error::Error>> {
+    let name = format!("node-{i}");
+    let mut config = NodeConfig::new("ring", &name, "127.0.0.1:0".parse()?, ca.trust());
+    config.credentials = Some(ca.issue(&name, Validity::for_duration(Duration::from_secs(3600)))?);
+    config.preset = Preset::Local;
+    config.seeds = seed.map(|s| vec![s.addr()]).unwrap_or_default();
+    let node = Node::start(config).await?;
+    node.set("tokens", tokens_of(node.id())).await?;
+    Ok(node)
+}
+
+/// Waits until `node` holds the tokens of exactly `alive` alive members.
+async fn settle(node: &Node, alive: usize) -> Result<(), gossip_node::Error> {
+    let mut events = node.subscribe();
+    loop {
+        let members = node.members().await?;
+        let mut with_tokens = 0;
+        for m in members.iter().filter(|m| m.status == MemberStatus::Alive) {
+            if node.get(m.id, "tokens").await?.is_some() {
+                with_tokens += 1;
+            }
+        }
+        if with_tokens == alive
+            && members
+                .iter()
+                .filter(|m| m.status == MemberStatus::Alive)
+                .count()
+                == alive
+        {
+            return Ok(());
+        }
+        // Rebuild on the events that change the ring.
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while let Ok(event) = events.recv().await {
+                if matches!(
+                    event,
+                    NodeEvent::Joined(_)
+                        | NodeEvent::Failed { .. }
+                        | NodeEvent::Left(_)
+                        | NodeEvent::KeyChanged { .. }
+                ) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let ca = ClusterCa::generate("ring")?;
+    let mut nodes: HashMap<usize, Node> = HashMap::new();
+    let first = start(&ca, 0, None).await?;
+    for i in 1..4 {
+        nodes.insert(i, start(&ca, i, Some(&first)).await?);
+    }
+    nodes.insert(0, first);
+    let observer = nodes[&0].clone();
+
+    settle(&observer, 4).await?;
+    print_shares("four nodes:", &observer).await?;
+
+    nodes.insert(4, start(&ca, 4, Some(&observer)).await?);
+    settle(&observer, 5).await?;
+    print_shares("node-4 joined and took its share:", &observer).await?;
+
+    println!("node-2 stops without leaving; waiting for the cluster to declare it failed...");
+    if let Some(node) = nodes.remove(&2) {
+        node.shutdown().await;
+    }
+    settle(&observer, 4).await?;
+    print_shares(
+        "node-2 failed; its ranges went to their successors:",
+        &observer,
+    )
+    .await?;
+
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
+    Ok(())
+}
