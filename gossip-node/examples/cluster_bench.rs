@@ -98,15 +98,13 @@ fn watch(
                 NodeEvent::Joined(m)
                 | NodeEvent::Updated(m)
                 | NodeEvent::Recovered(m)
-                | NodeEvent::Rejoined(m) => {
-                    if m.status == MemberStatus::Alive {
-                        seen.alive[i].insert(m.id);
-                    }
+                | NodeEvent::Rejoined(m)
+                    if m.status == MemberStatus::Alive =>
+                {
+                    seen.alive[i].insert(m.id);
                 }
-                NodeEvent::Suspected { member, .. } => {
-                    if Some(member.id) == victim && seen.suspected_at[i].is_none() {
-                        seen.suspected_at[i] = Some(at);
-                    }
+                NodeEvent::Suspected { member, .. } if Some(member.id) == victim => {
+                    seen.suspected_at[i].get_or_insert(at);
                 }
                 NodeEvent::Failed { member, .. } => {
                     seen.alive[i].remove(&member.id);

@@ -477,7 +477,9 @@ impl Driver {
         self.keep_local_record(now);
         self.start_wanted_syncs(now);
         let root = self.state.root();
-        self.swim.set_state_digest(Some(StateDigest(root.digest.0)));
+        let mut digest = [0u8; 8];
+        digest.copy_from_slice(&root.digest.0[..8]);
+        self.swim.set_state_digest(Some(StateDigest(digest)));
     }
 
     fn handle_swim_event(&mut self, now: Timestamp, event: Event) {

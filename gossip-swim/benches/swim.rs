@@ -6,7 +6,6 @@
     reason = "bench setup: a failure should stop the bench loudly"
 )]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use gossip_core::{
     ClusterId, Incarnation, Limits, Member, MemberMeta, NodeId, Rumor, RumorQueue, Timestamp,
     decode_frame, encode_frame,
 };
-use gossip_swim::{Config, Envelope, Message, StateDigest, Swim};
+use gossip_swim::{Config, Message, StateDigest, Swim, TargetTag};
 
 fn id(n: u32) -> NodeId {
     NodeId::from_public_key(&n.to_le_bytes())
@@ -36,7 +35,7 @@ fn config() -> Config {
     config
 }
 
-fn frame(sender: u32, message: Message, rumors: &[Rumor]) -> Vec<u8> {
+fn frame(message: Message, rumors: &[Rumor]) -> Vec<u8> {
     let limits = Limits::default();
     let mut queue = RumorQueue::new(1_000_000, limits.clone());
     for rumor in rumors {
@@ -44,17 +43,7 @@ fn frame(sender: u32, message: Message, rumors: &[Rumor]) -> Vec<u8> {
     }
     let packed = queue.pack(1200, 100);
     let mut bytes = Vec::new();
-    encode_frame(
-        config().cluster,
-        &Envelope {
-            sender: id(sender),
-            message,
-        },
-        &packed,
-        &limits,
-        &mut bytes,
-    )
-    .unwrap();
+    encode_frame(config().cluster, &message, &packed, &limits, &mut bytes).unwrap();
     bytes
 }
 
@@ -76,7 +65,6 @@ fn machine_with(n: u32) -> Swim {
             let sender = members[0].id;
             let first = u32::try_from(m as usize + 1 - members.len()).unwrap();
             let bytes = frame(
-                first,
                 Message::Sync {
                     reply: true,
                     members,
@@ -105,16 +93,15 @@ fn bench_ping_ack(c: &mut Criterion) {
         })
         .collect();
     let ping = frame(
-        1,
         Message::Ping {
             seq: 7,
-            target: id(0),
+            target: TargetTag::of(&id(0)),
             suspicion: None,
-            state_digest: Some(StateDigest([3; 16])),
+            state_digest: Some(StateDigest([3; 8])),
         },
         &rumors,
     );
-    let ack = frame(1, Message::Ack { seq: 7 }, &rumors);
+    let ack = frame(Message::Ack { seq: 7 }, &rumors);
     eprintln!("ping with 3 rumors: {} bytes", ping.len());
     let mut now = Timestamp::ZERO;
 
@@ -149,7 +136,6 @@ fn bench_ping_ack(c: &mut Criterion) {
 /// with an ack, as the target would, is not timed.
 fn bench_timeout(c: &mut Criterion) {
     let mut swim = machine_with(10_000);
-    let ids: HashMap<NodeId, u32> = (0..=10_000).map(|n| (id(n), n)).collect();
     let interval = swim.config().probe_interval;
     let mut now = Timestamp::ZERO;
     // One probe period; returns the time spent in the machine. The target
@@ -163,10 +149,10 @@ fn bench_timeout(c: &mut Criterion) {
         let timed = start.elapsed();
         for ping in sent {
             let frame =
-                decode_frame::<Envelope>(&ping.payload, swim.config().cluster, &Limits::default())
+                decode_frame::<Message>(&ping.payload, swim.config().cluster, &Limits::default())
                     .unwrap();
-            if let (Message::Ping { seq, .. }, Some(target)) = (frame.body.message, ping.to) {
-                let ack = frame_from(ids[&target], Message::Ack { seq });
+            if let (Message::Ping { seq, .. }, Some(target)) = (frame.body, ping.to) {
+                let ack = frame_of(Message::Ack { seq });
                 swim.handle_datagram(*now, target, ping.addr, &ack).unwrap();
             }
         }
@@ -195,8 +181,8 @@ fn bench_timeout(c: &mut Criterion) {
     );
 }
 
-fn frame_from(sender: u32, message: Message) -> Vec<u8> {
-    frame(sender, message, &[])
+fn frame_of(message: Message) -> Vec<u8> {
+    frame(message, &[])
 }
 
 criterion_group!(benches, bench_ping_ack, bench_timeout);

@@ -19,23 +19,14 @@ pub enum Error {
         #[source]
         source: gossip_core::Error,
     },
-    /// The frame claims a sender other than the authenticated peer. Dropped
-    /// whole; counted in [`Stats::spoofed`](crate::Stats::spoofed).
-    #[error("{authenticated} sent a frame claiming to be {claimed}")]
-    SpoofedSender {
-        /// The peer the transport authenticated.
-        authenticated: NodeId,
-        /// The sender the frame claims.
-        claimed: NodeId,
-    },
     /// A ping meant for another node. Counted in
     /// [`Stats::misdirected`](crate::Stats::misdirected).
     #[error("ping from {from} meant for {target}")]
     Misdirected {
         /// The sender.
         from: NodeId,
-        /// The node the ping was for.
-        target: NodeId,
+        /// The tag of the node the ping was for.
+        target: crate::TargetTag,
     },
     /// The local node's incarnation cannot be raised any further.
     #[error(transparent)]

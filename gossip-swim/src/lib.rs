@@ -54,5 +54,5 @@ pub use config::Config;
 pub use error::Error;
 pub use event::{Event, Provenance, Transmit};
 pub use machine::Swim;
-pub use message::{Envelope, Message, StateDigest};
+pub use message::{Message, StateDigest, TargetTag};
 pub use stats::Stats;

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, Provenance, Transmit};
 use crate::lifeguard::{Awareness, Suspicion, suspicion_bounds};
-use crate::message::{Envelope, Message, StateDigest};
+use crate::message::{Message, StateDigest, TargetTag};
 use crate::stats::Stats;
 
 /// Timers that belong to one probe, forward or suspicion. Each carries what
@@ -415,7 +415,7 @@ impl Swim {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`], [`Error::SpoofedSender`], [`Error::Misdirected`]:
+    /// [`Error::Decode`], [`Error::Misdirected`]:
     /// the datagram is dropped, counted, and nothing else changes. Rumors in
     /// an accepted frame that break a rule are refused one by one and counted
     /// in [`Stats::rejected_claims`]; the rest of the frame still counts.
@@ -429,8 +429,7 @@ impl Swim {
         self.advance(now);
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
-        let frame = match decode_frame::<Envelope>(bytes, self.config.cluster, &self.config.limits)
-        {
+        let frame = match decode_frame::<Message>(bytes, self.config.cluster, &self.config.limits) {
             Ok(frame) => frame,
             Err(source) => {
                 self.stats.decode_errors += 1;
@@ -443,15 +442,8 @@ impl Swim {
                 return Err(Error::Decode { from, source });
             }
         };
-        if frame.body.sender != from {
-            self.stats.spoofed += 1;
-            return Err(Error::SpoofedSender {
-                authenticated: from,
-                claimed: frame.body.sender,
-            });
-        }
-        if let Message::Ping { target, .. } = &frame.body.message
-            && *target != self.local_id()
+        if let Message::Ping { target, .. } = &frame.body
+            && *target != TargetTag::of(&self.local_id())
         {
             self.stats.misdirected += 1;
             return Err(Error::Misdirected {
@@ -465,9 +457,9 @@ impl Swim {
         // A member that talks to us but that we have never heard of (its
         // announcement ran out of retransmits before reaching us): ask for
         // its table, which starts with its own record.
-        let stranger = self.members.get(&from).is_none()
-            && !matches!(frame.body.message, Message::Sync { .. });
-        self.handle_message(from, from_addr, frame.body.message);
+        let stranger =
+            self.members.get(&from).is_none() && !matches!(frame.body, Message::Sync { .. });
+        self.handle_message(from, from_addr, frame.body);
         if stranger && self.leaving.is_none() {
             self.send_table(Some(from), from_addr, false);
         }
@@ -544,14 +536,10 @@ impl Swim {
 
     /// Encodes and queues one datagram, filling the room left with rumors.
     fn send(&mut self, to: Option<NodeId>, addr: SocketAddr, message: Message, with_rumors: bool) {
-        let envelope = Envelope {
-            sender: self.local_id(),
-            message,
-        };
         let rumors = if with_rumors {
             let room = self
                 .max_datagram
-                .saturating_sub(HEADER_LEN + encoded_len(&envelope));
+                .saturating_sub(HEADER_LEN + encoded_len(&message));
             self.rumors.pack(room, self.members.live_count())
         } else {
             PackedRumors::empty()
@@ -561,7 +549,7 @@ impl Swim {
         // sizing prevents; such a frame is dropped rather than sent.
         if encode_frame(
             self.config.cluster,
-            &envelope,
+            &message,
             &rumors,
             &self.config.limits,
             &mut payload,
@@ -863,7 +851,7 @@ impl Swim {
                 self.schedule(at, Timer::Forward { seq: our_seq });
                 let ping = Message::Ping {
                     seq: our_seq,
-                    target,
+                    target: TargetTag::of(&target),
                     suspicion: None,
                     state_digest: self.state_digest,
                 };
@@ -970,7 +958,7 @@ impl Swim {
             addr,
             Message::Ping {
                 seq,
-                target,
+                target: TargetTag::of(&target),
                 suspicion,
                 state_digest: self.state_digest,
             },
@@ -1076,12 +1064,9 @@ impl Swim {
     /// datagrams as it takes.
     fn send_table(&mut self, to: Option<NodeId>, addr: SocketAddr, reply: bool) {
         let records: Vec<Member> = self.members.iter().cloned().collect();
-        let empty = Envelope {
-            sender: self.local_id(),
-            message: Message::Sync {
-                reply,
-                members: Vec::new(),
-            },
+        let empty = Message::Sync {
+            reply,
+            members: Vec::new(),
         };
         // Two bytes of slack for the record count and one for the empty
         // rumor section.

@@ -6,24 +6,41 @@ use gossip_core::{Member, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// An opaque digest of the driver's replicated state (for example a Merkle
-/// root cut to 16 bytes). SWIM only carries and compares it.
+/// root cut to 8 bytes). SWIM only carries and compares it: equal digests
+/// mean "nothing to reconcile", and a rare false equality is caught by the
+/// driver's periodic backstop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct StateDigest(pub [u8; 16]);
+pub struct StateDigest(pub [u8; 8]);
 
-/// The body of every SWIM frame: who claims to send it, and what.
-///
-/// `sender` must equal the authenticated peer the driver reports; a frame
-/// whose claimed sender differs is dropped and counted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The claimed sender.
-    pub sender: NodeId,
-    /// The message.
-    pub message: Message,
+/// The first 8 bytes of a node id: enough for a node to tell that a ping is
+/// meant for someone else (its address was reused), at a quarter of the
+/// bytes. Identity itself is the transport's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TargetTag(pub [u8; 8]);
+
+impl TargetTag {
+    /// The tag of `id`.
+    pub fn of(id: &NodeId) -> Self {
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&id.as_bytes()[..8]);
+        TargetTag(tag)
+    }
 }
 
-/// SWIM's messages. Every one of them may also carry piggybacked rumors in
-/// its frame.
+impl std::fmt::Display for TargetTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// SWIM's messages: the body of every SWIM frame, which may also carry
+/// piggybacked rumors. A frame names no sender: the sender is the peer the
+/// driver's transport authenticated, passed to
+/// [`Swim::handle_datagram`](crate::Swim::handle_datagram), so there is no
+/// claim to forge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Message {
@@ -33,7 +50,7 @@ pub enum Message {
         seq: u32,
         /// Who the probe is for; a node that is not `target` drops it (the
         /// address may have been reused by another node).
-        target: NodeId,
+        target: TargetTag,
         /// Lifeguard's buddy system: the prober's record of the target when
         /// it suspects it, so the target can refute at once.
         suspicion: Option<Member>,

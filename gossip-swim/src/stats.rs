@@ -20,8 +20,6 @@ pub struct Stats {
     pub bad_version: u64,
     /// ... of which were over the size cap.
     pub oversized: u64,
-    /// Frames whose claimed sender was not the authenticated one.
-    pub spoofed: u64,
     /// Pings meant for another node.
     pub misdirected: u64,
     /// Claims refused: by someone other than their subject, implausible

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Net, node_id, seed};
 use gossip_core::{Incarnation, MemberStatus};
-use gossip_swim::{Envelope, Event, Message};
+use gossip_swim::{Event, Message};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -309,16 +309,13 @@ fn a_probe_of_a_suspect_carries_the_suspicion_unless_lifeguard_is_off() {
             net.node(0).handle_timeout(at);
             while let Some(t) = net.node(0).poll_transmit() {
                 let limits = gossip_core::Limits::default();
-                let frame = gossip_core::decode_frame::<Envelope>(
-                    &t.payload,
-                    common::cluster_id(),
-                    &limits,
-                )
-                .unwrap();
+                let frame =
+                    gossip_core::decode_frame::<Message>(&t.payload, common::cluster_id(), &limits)
+                        .unwrap();
                 let Message::Ping {
                     suspicion: Some(claim),
                     ..
-                } = frame.body.message
+                } = frame.body
                 else {
                     continue;
                 };

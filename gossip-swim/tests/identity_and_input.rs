@@ -11,7 +11,7 @@ use gossip_core::{
     ClusterId, Incarnation, Limits, Member, MemberStatus, PackedRumors, Rumor, RumorQueue,
     WIRE_VERSION, encode_frame,
 };
-use gossip_swim::{Envelope, Error, Event, Message};
+use gossip_swim::{Error, Event, Message, TargetTag};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -39,11 +39,8 @@ fn frame_for(cluster: ClusterId, sender: usize, message: Message, rumors: Vec<Ru
         queue.pack(1200, 3)
     };
     let mut bytes = Vec::new();
-    let envelope = Envelope {
-        sender: node_id(sender),
-        message,
-    };
-    encode_frame(cluster, &envelope, &packed, &limits, &mut bytes).unwrap();
+    let _ = sender; // frames name no sender: the driver authenticates it
+    encode_frame(cluster, &message, &packed, &limits, &mut bytes).unwrap();
     bytes
 }
 
@@ -63,33 +60,6 @@ fn deliver(net: &mut Net, from: usize, bytes: &[u8]) -> Result<(), Error> {
         .handle_datagram(now, node_id(from), addr(from), bytes);
     net.drain(0);
     result
-}
-
-#[test]
-fn a_frame_claiming_another_sender_is_dropped_and_counted() {
-    let mut net = converged();
-    let before: Vec<Member> = net.get(0).members().iter().cloned().collect();
-    // Node 2 sends a frame that claims node 1 sent it, carrying a suspicion.
-    let suspect = record(&net, 0, 1).with_status(MemberStatus::Suspect);
-    let bytes = frame(
-        1,
-        Message::Gossip,
-        vec![Rumor::Member {
-            member: suspect,
-            origin: node_id(1),
-        }],
-    );
-    let err = deliver(&mut net, 2, &bytes).unwrap_err();
-    assert_eq!(
-        err,
-        Error::SpoofedSender {
-            authenticated: node_id(2),
-            claimed: node_id(1)
-        }
-    );
-    assert_eq!(net.get(0).stats().spoofed, 1);
-    let after: Vec<Member> = net.get(0).members().iter().cloned().collect();
-    assert_eq!(before, after, "a spoofed frame changed the table");
 }
 
 #[test]
@@ -175,7 +145,7 @@ fn a_ping_meant_for_another_node_is_dropped() {
     let mut net = converged();
     let ping = Message::Ping {
         seq: 9,
-        target: node_id(1),
+        target: TargetTag::of(&node_id(1)),
         suspicion: None,
         state_digest: None,
     };
@@ -212,7 +182,7 @@ fn bad_datagrams_get_typed_errors_and_counters_and_change_nothing() {
         ("garbage", garbage),
         ("trailing bytes", trailing),
     ];
-    for cut in [1, 5, 9, 12, good.len() - 1] {
+    for cut in [1, 5, 9, good.len() - 1] {
         cases.push(("truncated", good[..cut].to_vec()));
     }
 
@@ -259,7 +229,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
     for seq in 0..20 {
         let ping = Message::Ping {
             seq,
-            target: node_id(0),
+            target: TargetTag::of(&node_id(0)),
             suspicion: None,
             state_digest: None,
         };
@@ -272,7 +242,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
     // the refutation again.
     let ping = Message::Ping {
         seq: 99,
-        target: node_id(0),
+        target: TargetTag::of(&node_id(0)),
         suspicion: Some(suspect),
         state_digest: None,
     };
@@ -283,8 +253,8 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
     let ack = net.node(0).poll_transmit().expect("an ack");
     let limits = Limits::default();
     let decoded =
-        gossip_core::decode_frame::<Envelope>(&ack.payload, cluster_id(), &limits).unwrap();
-    assert!(matches!(decoded.body.message, Message::Ack { seq: 99 }));
+        gossip_core::decode_frame::<Message>(&ack.payload, cluster_id(), &limits).unwrap();
+    assert!(matches!(decoded.body, Message::Ack { seq: 99 }));
     let refutation = decoded.rumors.iter().any(|r| {
         matches!(r, Rumor::Member { member, .. } if member.id == node_id(0) && member.incarnation == Incarnation::new(1))
     });

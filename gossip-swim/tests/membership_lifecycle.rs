@@ -141,7 +141,7 @@ fn a_differing_state_digest_on_a_ping_is_reported_and_an_equal_one_is_not() {
     let mut net = Net::lan(3, seed(16));
     assert!(net.run_until(10 * SECOND, Net::converged).is_some());
     for i in 0..3 {
-        net.node(i).set_state_digest(Some(StateDigest([7; 16])));
+        net.node(i).set_state_digest(Some(StateDigest([7; 8])));
     }
     let differs = |net: &Net, i: usize| {
         net.events[i]
@@ -154,7 +154,7 @@ fn a_differing_state_digest_on_a_ping_is_reported_and_an_equal_one_is_not() {
         assert_eq!(differs(&net, i), 0, "node {i}: equal digests reported");
     }
     // Node 2's state moves on: the others hear of it on its next pings.
-    net.node(2).set_state_digest(Some(StateDigest([9; 16])));
+    net.node(2).set_state_digest(Some(StateDigest([9; 8])));
     net.run_for(10 * SECOND);
     for i in 0..2 {
         let from_two = net.events[i].iter().any(
