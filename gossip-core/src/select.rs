@@ -101,6 +101,32 @@ impl ProbeOrder {
         chosen
     }
 
+    /// Up to `k` distinct members that come next in the rotation (wrapping
+    /// round to the start of the current order), leaving out those in
+    /// `exclude`. O(k + exclude) when few are excluded.
+    ///
+    /// Pushing news to these rather than to members drawn afresh each time
+    /// keeps a burst of news among a few peers that this node is about to
+    /// probe anyway. The order is a random shuffle per node, so the peers
+    /// that nodes push to still form a random graph (news crosses it in
+    /// O(log n) hops) and it moves on by one member every probe period; over
+    /// a transport where each new peer costs a handshake, a join storm then
+    /// costs a handful of connections per node rather than one per member.
+    pub fn upcoming(&self, k: usize, exclude: &[NodeId]) -> Vec<NodeId> {
+        let len = self.order.len();
+        let mut chosen = Vec::with_capacity(k);
+        for step in 0..len {
+            if chosen.len() == k {
+                break;
+            }
+            let id = self.order[(self.position + step) % len];
+            if !exclude.contains(&id) {
+                chosen.push(id);
+            }
+        }
+        chosen
+    }
+
     /// The next member to probe, reshuffling at the end of each round.
     pub fn next(&mut self, rng: &mut impl Rng) -> Option<NodeId> {
         if self.order.is_empty() {

@@ -70,6 +70,8 @@ struct Seen {
     alive: Vec<BTreeSet<NodeId>>,
     /// Per node: when its alive set first reached N - 1.
     complete_at: Vec<Option<Duration>>,
+    /// Per node: when it first heard of another member.
+    first_contact_at: Vec<Option<Duration>>,
     suspected_at: Vec<Option<Duration>>,
     dead_at: Vec<Option<Duration>>,
     key_at: Vec<Option<Duration>>,
@@ -102,6 +104,7 @@ fn watch(
                     if m.status == MemberStatus::Alive =>
                 {
                     seen.alive[i].insert(m.id);
+                    seen.first_contact_at[i].get_or_insert(at);
                 }
                 NodeEvent::Suspected { member, .. } if Some(member.id) == victim => {
                     seen.suspected_at[i].get_or_insert(at);
@@ -142,6 +145,8 @@ async fn wait_for(seen: &Arc<Mutex<Seen>>, limit: Duration, done: impl Fn(&Seen)
 }
 
 struct Totals {
+    dial_failures: u64,
+    send_errors: u64,
     syncs: u64,
     swim_bytes: u64,
     bytes: u64,
@@ -152,6 +157,8 @@ struct Totals {
 
 async fn totals(nodes: &[Node]) -> Totals {
     let mut totals = Totals {
+        dial_failures: 0,
+        send_errors: 0,
         syncs: 0,
         swim_bytes: 0,
         bytes: 0,
@@ -162,6 +169,8 @@ async fn totals(nodes: &[Node]) -> Totals {
     for node in nodes {
         if let Ok(metrics) = node.metrics().await {
             totals.syncs += metrics.sync.initiated;
+            totals.dial_failures += metrics.transport.dial_failures;
+            totals.send_errors += metrics.driver.send_errors;
             totals.swim_bytes += metrics.swim.bytes_out;
             totals.bytes += metrics.transport.udp_bytes_sent;
             totals.packets += metrics.transport.udp_datagrams_sent;
@@ -190,6 +199,7 @@ async fn run(args: Args) {
     let seen = Arc::new(Mutex::new(Seen {
         alive: vec![BTreeSet::new(); n],
         complete_at: vec![None; n],
+        first_contact_at: vec![None; n],
         suspected_at: vec![None; n],
         dead_at: vec![None; n],
         key_at: vec![None; n],
@@ -216,11 +226,35 @@ async fn run(args: Args) {
         watch(i, n, &node, seen.clone(), start);
         nodes.push(node);
     }
+    let started = start.elapsed();
     let joined = wait_for(&seen, Duration::from_secs(120), |s| {
         s.complete_at.iter().all(Option::is_some)
     })
     .await;
     assert!(joined, "the cluster did not converge in 120 s");
+    // How the join went, on stderr: where the time and the handshakes went.
+    let sorted = |times: &[Option<Duration>]| {
+        let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
+        times.sort();
+        times
+    };
+    let (complete, first_contact) = {
+        let seen = seen.lock().expect("lock");
+        (sorted(&seen.complete_at), sorted(&seen.first_contact_at))
+    };
+    let at_join = totals(&nodes).await;
+    eprintln!(
+        "join: nodes started in {} ms; first contact median {} ms, last {} ms; everyone complete median {} ms, last {} ms; {} handshakes ({} dial failures, {} send errors), {} ms of CPU",
+        ms(started),
+        ms(first_contact[first_contact.len() / 2]),
+        ms(first_contact[first_contact.len() - 1]),
+        ms(complete[complete.len() / 2]),
+        ms(complete[complete.len() - 1]),
+        at_join.handshakes,
+        at_join.dial_failures,
+        at_join.send_errors,
+        at_join.cpu.as_millis()
+    );
     let join_all = seen
         .lock()
         .expect("lock")

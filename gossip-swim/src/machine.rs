@@ -570,12 +570,10 @@ impl Swim {
     /// As [`flush`](Swim::flush), pushing to no one in `exclude`.
     fn flush_excluding(&mut self, exclude: &[NodeId]) {
         if self.fresh_news && self.config.gossip_fanout > 0 {
-            // The probe rotation holds exactly the live members: sampling it
-            // costs O(fanout), where listing the members would cost O(n) for
-            // every piece of news.
-            let targets =
-                self.order
-                    .choose_random(self.config.gossip_fanout, exclude, &mut self.rng);
+            // The members next in the probe rotation: random per node, few
+            // at a time, and about to be probed anyway (see
+            // `ProbeOrder::upcoming`). O(fanout), not O(n), per piece of news.
+            let targets = self.order.upcoming(self.config.gossip_fanout, exclude);
             for target in targets {
                 if self.rumors.is_empty() {
                     break;

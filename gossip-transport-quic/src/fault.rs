@@ -114,7 +114,10 @@ impl FaultySocket {
         addr: SocketAddr,
         config: FaultConfig,
     ) -> io::Result<(Arc<dyn AsyncUdpSocket>, FaultHandle)> {
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = crate::transport::bind_udp(
+            addr,
+            crate::TransportConfig::new(addr).socket_receive_buffer,
+        )?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
         let inner = runtime.wrap_udp_socket(socket)?;

@@ -44,6 +44,12 @@ pub struct TransportConfig {
     pub datagram_buffer_bytes: usize,
     /// Received messages queued for the application. Default 8,192.
     pub receive_queue: usize,
+    /// The UDP socket's kernel receive buffer, in bytes. Default 4 MiB: a
+    /// seed that a hundred nodes dial at once receives their handshakes in
+    /// one burst, and the kernel's usual 208 KiB overflows (each lost
+    /// handshake packet then costs a 1 s retransmission timeout, then 2 s).
+    /// The kernel caps it at `net.core.rmem_max`.
+    pub socket_receive_buffer: usize,
 }
 
 impl TransportConfig {
@@ -57,6 +63,7 @@ impl TransportConfig {
             max_frame_bytes: 16 << 20,
             datagram_buffer_bytes: 1 << 20,
             receive_queue: 8192,
+            socket_receive_buffer: 4 << 20,
         }
     }
 }
@@ -360,7 +367,7 @@ impl Transport {
             addr: config.bind,
             source,
         };
-        let socket = UdpSocket::bind(config.bind).map_err(bind_error)?;
+        let socket = bind_udp(config.bind, config.socket_receive_buffer).map_err(bind_error)?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| Error::Tls("no async runtime".into()))?;
         let socket = runtime.wrap_udp_socket(socket).map_err(bind_error)?;
@@ -763,6 +770,21 @@ impl Transport {
         self.inner.endpoint.close(VarInt::from_u32(0), b"closing");
         self.inner.endpoint.wait_idle().await;
     }
+}
+
+/// Binds a UDP socket at `addr` with a kernel receive buffer of up to
+/// `receive_buffer` bytes (the kernel may grant less; that is not an error).
+pub(crate) fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    if let Err(err) = socket.set_recv_buffer_size(receive_buffer) {
+        tracing::debug!(error = %err, "could not enlarge the UDP receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn peer_id(conn: &Connection) -> Option<NodeId> {
