@@ -221,6 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn upcoming_members_are_the_next_probes_wrapping_and_skipping_the_excluded() {
+        let mut rng = GossipRng::seed_from_u64(3);
+        let mut order = ProbeOrder::default();
+        for id in ids(0..6) {
+            order.insert(id, &mut rng);
+        }
+        let first = order.next(&mut rng).expect("a member");
+        let upcoming = order.upcoming(3, &[]);
+        assert_eq!(upcoming.len(), 3);
+        assert!(!upcoming.contains(&first), "the member just probed is not upcoming");
+        let probed: Vec<NodeId> = (0..3).filter_map(|_| order.next(&mut rng)).collect();
+        assert_eq!(upcoming, probed);
+        // Near the end of a round it wraps to the start of the order.
+        let upcoming = order.upcoming(4, &[probed[0]]);
+        assert_eq!(upcoming.len(), 4);
+        assert!(!upcoming.contains(&probed[0]));
+        let distinct: BTreeSet<NodeId> = upcoming.iter().copied().collect();
+        assert_eq!(distinct.len(), 4);
+        assert_eq!(order.upcoming(10, &[]).len(), 6, "never more than the members");
+    }
+
+    #[test]
     fn every_member_is_probed_within_two_rounds() {
         for seed in 0..50u64 {
             let mut rng = GossipRng::seed_from_u64(seed);

@@ -24,11 +24,12 @@ use gossip_sim::scenarios::{self, Params};
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--suspicion-mult M] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
         (vec![100usize], 5u64, 0.0f64, 60u32, false);
+    let mut suspicion_mult = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -40,12 +41,16 @@ fn main() {
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
+            "--suspicion-mult" => suspicion_mult = Some(value().parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
     }
     for n in nodes {
         let mut params = Params::new(n, seeds);
         params.loss = loss;
+        if let Some(mult) = suspicion_mult {
+            params.swim.suspicion_mult = mult;
+        }
         let started = Instant::now();
         let result = match scenario.as_str() {
             "detect" => {

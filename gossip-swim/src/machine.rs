@@ -138,6 +138,9 @@ pub struct Swim {
     joining: Option<Joining>,
     leaving: Option<Leaving>,
     fresh_news: bool,
+    /// Whether the fresh news includes a suspicion, death, departure or
+    /// refutation.
+    urgent_news: bool,
     state_digest: Option<StateDigest>,
     max_datagram: usize,
     transmits: VecDeque<Transmit>,
@@ -183,6 +186,7 @@ impl Swim {
             joining: None,
             leaving: None,
             fresh_news: false,
+            urgent_news: false,
             state_digest: None,
             max_datagram: config.max_datagram_bytes,
             transmits: VecDeque::new(),
@@ -526,6 +530,11 @@ impl Swim {
     }
 
     fn queue_rumor(&mut self, rumor: Rumor) {
+        // Suspicions, deaths, departures and refutations (any alive record
+        // past incarnation 0) race a timer somewhere; joins and state do not.
+        let urgent = matches!(&rumor, Rumor::Member { member, .. }
+            if member.status != MemberStatus::Alive || member.incarnation > Incarnation::ZERO);
+        self.urgent_news |= urgent;
         match self.rumors.push(rumor) {
             Ok(_) => self.fresh_news = true,
             // Only our own oversized records can fail here; they were
@@ -570,10 +579,18 @@ impl Swim {
     /// As [`flush`](Swim::flush), pushing to no one in `exclude`.
     fn flush_excluding(&mut self, exclude: &[NodeId]) {
         if self.fresh_news && self.config.gossip_fanout > 0 {
-            // The members next in the probe rotation: random per node, few
-            // at a time, and about to be probed anyway (see
-            // `ProbeOrder::upcoming`). O(fanout), not O(n), per piece of news.
-            let targets = self.order.upcoming(self.config.gossip_fanout, exclude);
+            // Urgent news goes to members drawn afresh, so every push reaches
+            // new nodes. Other news goes to the members next in the probe
+            // rotation: random per node, few at a time, about to be probed
+            // anyway (see `ProbeOrder::upcoming`), so a join storm does not
+            // make every node contact every other at once. Both cost
+            // O(fanout), not O(n), per piece of news.
+            let fanout = self.config.gossip_fanout;
+            let targets = if self.urgent_news {
+                self.order.choose_random(fanout, exclude, &mut self.rng)
+            } else {
+                self.order.upcoming(fanout, exclude)
+            };
             for target in targets {
                 if self.rumors.is_empty() {
                     break;
@@ -585,6 +602,7 @@ impl Swim {
             }
         }
         self.fresh_news = false;
+        self.urgent_news = false;
         if let Some(leaving) = &mut self.leaving
             && !leaving.completed
         {
