@@ -85,8 +85,3 @@ pub use wire::{Frame, HEADER_LEN, WIRE_VERSION, decode_frame, encode_frame, enco
 
 /// Re-exported so users name the same `Bytes` type as the key/value API.
 pub use bytes::Bytes;
-
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

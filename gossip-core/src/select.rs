@@ -230,7 +230,10 @@ mod tests {
         let first = order.next(&mut rng).expect("a member");
         let upcoming = order.upcoming(3, &[]);
         assert_eq!(upcoming.len(), 3);
-        assert!(!upcoming.contains(&first), "the member just probed is not upcoming");
+        assert!(
+            !upcoming.contains(&first),
+            "the member just probed is not upcoming"
+        );
         let probed: Vec<NodeId> = (0..3).filter_map(|_| order.next(&mut rng)).collect();
         assert_eq!(upcoming, probed);
         // Near the end of a round it wraps to the start of the order.
@@ -239,7 +242,11 @@ mod tests {
         assert!(!upcoming.contains(&probed[0]));
         let distinct: BTreeSet<NodeId> = upcoming.iter().copied().collect();
         assert_eq!(distinct.len(), 4);
-        assert_eq!(order.upcoming(10, &[]).len(), 6, "never more than the members");
+        assert_eq!(
+            order.upcoming(10, &[]).len(),
+            6,
+            "never more than the members"
+        );
     }
 
     #[test]

@@ -240,15 +240,17 @@ async fn run(args: Args) {
     };
     let (complete, first_contact) = {
         let seen = seen.lock().expect("lock");
+
         (sorted(&seen.complete_at), sorted(&seen.first_contact_at))
     };
     let at_join = totals(&nodes).await;
     eprintln!(
-        "join: nodes started in {} ms; first contact median {} ms, last {} ms; everyone complete median {} ms, last {} ms; {} handshakes ({} dial failures, {} send errors), {} ms of CPU",
+        "join: nodes started in {} ms; first contact median {} ms, last {} ms; everyone complete median {} ms, 90% {} ms, last {} ms; {} handshakes ({} dial failures, {} send errors), {} ms of CPU",
         ms(started),
         ms(first_contact[first_contact.len() / 2]),
         ms(first_contact[first_contact.len() - 1]),
         ms(complete[complete.len() / 2]),
+        ms(complete[complete.len() * 9 / 10]),
         ms(complete[complete.len() - 1]),
         at_join.handshakes,
         at_join.dial_failures,

@@ -587,7 +587,41 @@ impl Driver {
         }
     }
 
-    fn send_swim(&mut self, transmit: Transmit) {
+    /// A random alive member this node already has a connection to, other
+    /// than `not`: where a push goes instead of a member that would cost a
+    /// handshake.
+    fn connected_member(&mut self, not: Option<NodeId>) -> Option<(NodeId, SocketAddr)> {
+        let members = self.swim.members();
+        let candidates: Vec<(NodeId, SocketAddr)> = self
+            .transport
+            .connected_peers()
+            .into_iter()
+            .filter(|id| Some(*id) != not)
+            .filter_map(|id| {
+                let member = members.get(&id)?;
+                let addr = member.meta.addrs().first()?;
+                (member.status == MemberStatus::Alive).then_some((id, *addr))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(candidates[self.rng.random_range(0..candidates.len())])
+    }
+
+    fn send_swim(&mut self, mut transmit: Transmit) {
+        // A push to a member not yet connected would cost a handshake; during
+        // a join storm, pushes to fresh random members would connect nearly
+        // every pair. Any connected live member will do.
+        if transmit.push
+            && transmit
+                .to
+                .is_some_and(|to| self.transport.max_datagram_size(&to).is_none())
+            && let Some((id, addr)) = self.connected_member(transmit.to)
+        {
+            transmit.to = Some(id);
+            transmit.addr = addr;
+        }
         let transport = self.transport.clone();
         let errors = self.send_errors.clone();
         let payload = Bytes::from(transmit.payload);

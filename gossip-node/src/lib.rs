@@ -58,3 +58,9 @@ pub use node::Node;
 
 pub use gossip_core::{Bytes, Key, Member, MemberMeta, MemberStatus, NodeId};
 pub use gossip_swim::Provenance;
+
+/// The README's examples, compiled and run as doc tests (here, in the crate
+/// that depends on every other, so they may use any layer).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -14,6 +14,11 @@ pub struct Transmit {
     pub addr: SocketAddr,
     /// The encoded frame.
     pub payload: Vec<u8>,
+    /// A push of news (rumors only, addressed to no one in particular): any
+    /// live member may take it in place of `to`. A driver whose transport
+    /// charges for a new peer (a handshake) may send it to a member it
+    /// already talks to instead.
+    pub push: bool,
 }
 
 /// Why a member is believed failed, so an operator can answer "why was X

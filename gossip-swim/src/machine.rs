@@ -567,7 +567,13 @@ impl Swim {
         {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += payload.len() as u64;
-            self.transmits.push_back(Transmit { to, addr, payload });
+            let push = matches!(message, Message::Gossip { .. });
+            self.transmits.push_back(Transmit {
+                to,
+                addr,
+                payload,
+                push,
+            });
         }
     }
 
@@ -597,7 +603,14 @@ impl Swim {
                 }
                 if let Some(addr) = self.address_of(&target) {
                     self.stats.gossip_pushes += 1;
-                    self.send(Some(target), addr, Message::Gossip, true);
+                    self.send(
+                        Some(target),
+                        addr,
+                        Message::Gossip {
+                            state_digest: self.state_digest,
+                        },
+                        true,
+                    );
                 }
             }
         }
@@ -824,6 +837,17 @@ impl Swim {
         }
     }
 
+    /// Reports a peer whose state digest differs from the local one.
+    fn compare_digest(&mut self, from: NodeId, addr: SocketAddr, theirs: Option<StateDigest>) {
+        if let (Some(theirs), Some(ours)) = (theirs, self.state_digest)
+            && theirs != ours
+        {
+            self.stats.state_digest_mismatches += 1;
+            self.events
+                .push_back(Event::StateDigestDiffers { peer: from, addr });
+        }
+    }
+
     fn handle_message(&mut self, from: NodeId, from_addr: SocketAddr, message: Message) {
         match message {
             Message::Ping {
@@ -836,15 +860,7 @@ impl Swim {
                     // The buddy system: the prober suspects us; refute now.
                     self.apply_claim(claim, from);
                 }
-                if let (Some(theirs), Some(ours)) = (state_digest, self.state_digest)
-                    && theirs != ours
-                {
-                    self.stats.state_digest_mismatches += 1;
-                    self.events.push_back(Event::StateDigestDiffers {
-                        peer: from,
-                        addr: from_addr,
-                    });
-                }
+                self.compare_digest(from, from_addr, state_digest);
                 self.send(Some(from), from_addr, Message::Ack { seq }, true);
             }
             Message::Ack { seq } => self.handle_ack(from, seq),
@@ -883,7 +899,7 @@ impl Swim {
                     self.stats.nacks_received += 1;
                 }
             }
-            Message::Gossip => {}
+            Message::Gossip { state_digest } => self.compare_digest(from, from_addr, state_digest),
             Message::Sync { reply, members } => {
                 self.apply_records(from, members);
                 if !reply {

@@ -79,8 +79,12 @@ pub enum Message {
         /// The requester's sequence number.
         seq: u32,
     },
-    /// Rumors only, pushed at once when there is news.
-    Gossip,
+    /// Rumors, pushed at once when there is news, with the sender's state
+    /// digest (as on a ping).
+    Gossip {
+        /// The sender's digest of its replicated state.
+        state_digest: Option<StateDigest>,
+    },
     /// Push-pull of membership: the sender's records (its own first). A
     /// request is answered with the receiver's records.
     Sync {
@@ -99,7 +103,7 @@ impl Message {
             Message::Ack { .. } => "ack",
             Message::PingReq { .. } => "ping-req",
             Message::Nack { .. } => "nack",
-            Message::Gossip => "gossip",
+            Message::Gossip { .. } => "gossip",
             Message::Sync { .. } => "sync",
         }
     }

@@ -71,7 +71,7 @@ fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
     // Node 2 claims both on node 1's behalf, as rumors it says it started.
     let bytes = frame(
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![Rumor::Member {
             member: forged.clone(),
             origin: node_id(2),
@@ -80,7 +80,7 @@ fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
     deliver(&mut net, 2, &bytes).unwrap();
     let bytes = frame(
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![Rumor::Member {
             member: left,
             origin: node_id(2),
@@ -93,7 +93,7 @@ fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
     // Relayed as a rumor node 1 started, the same news is accepted.
     let bytes = frame(
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![Rumor::Member {
             member: forged,
             origin: node_id(1),
@@ -109,7 +109,7 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
     let suspect = record(&net, 0, 1).with_status(MemberStatus::Suspect);
     let bytes = frame(
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![Rumor::Member {
             member: suspect,
             origin: node_id(2),
@@ -124,7 +124,7 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
     let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
     let bytes = frame(
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![Rumor::Member {
             member: dead,
             origin: node_id(2),
@@ -158,14 +158,14 @@ fn a_ping_meant_for_another_node_is_dropped() {
 fn bad_datagrams_get_typed_errors_and_counters_and_change_nothing() {
     let mut net = converged();
     let before: Vec<Member> = net.get(0).members().iter().cloned().collect();
-    let good = frame(2, Message::Gossip, vec![]);
+    let good = frame(2, Message::Gossip { state_digest: None }, vec![]);
 
     let mut wrong_version = good.clone();
     wrong_version[0] = WIRE_VERSION + 1;
     let foreign = frame_for(
         ClusterId::from_name("elsewhere"),
         2,
-        Message::Gossip,
+        Message::Gossip { state_digest: None },
         vec![],
     );
     let oversized = vec![WIRE_VERSION; Limits::default().max_frame_bytes + 1];
@@ -213,7 +213,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
         1,
         &frame(
             1,
-            Message::Gossip,
+            Message::Gossip { state_digest: None },
             vec![Rumor::Member {
                 member: suspect.clone(),
                 origin: node_id(1),

@@ -164,3 +164,32 @@ fn a_differing_state_digest_on_a_ping_is_reported_and_an_equal_one_is_not() {
         assert!(net.get(i).stats().state_digest_mismatches > 0);
     }
 }
+
+#[test]
+fn news_pushes_are_flagged_as_pushes_and_carry_the_state_digest() {
+    use gossip_core::{Limits, MemberMeta};
+    use gossip_swim::{Message, StateDigest};
+    let mut net = Net::lan(4, seed(17));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    let now = net.now;
+    net.node(1).set_state_digest(Some(StateDigest([5; 8])));
+    net.node(1)
+        .update_meta(now, MemberMeta::new("renamed", [common::addr(1)]))
+        .unwrap();
+    let mut pushes = 0;
+    while let Some(t) = net.node(1).poll_transmit() {
+        let frame = gossip_core::decode_frame::<Message>(
+            &t.payload,
+            common::cluster_id(),
+            &Limits::default(),
+        )
+        .unwrap();
+        let is_gossip = matches!(
+            frame.body,
+            Message::Gossip { state_digest: Some(digest) } if digest == StateDigest([5; 8])
+        );
+        assert_eq!(t.push, is_gossip, "{:?}", frame.body);
+        pushes += usize::from(t.push);
+    }
+    assert!(pushes > 0, "the news was not pushed");
+}

@@ -518,6 +518,18 @@ impl Transport {
         self.cached(peer)?.max_datagram_size()
     }
 
+    /// The peers this endpoint holds a connection to now (some may have
+    /// closed since; see [`connect`](Transport::connect)).
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// The cached connection to `peer`. A closed one is found out (and
     /// evicted) by the send that fails on it, which keeps this lookup off
     /// quinn's connection lock.
