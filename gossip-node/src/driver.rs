@@ -16,7 +16,7 @@ use gossip_transport_quic::{Channel, Error as TransportError, Received, Transpor
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::data_dir::DataDir;
 use crate::error::Error;
@@ -206,8 +206,6 @@ impl Driver {
 
     /// Runs until shut down, the handles are all dropped, or a leave completes.
     pub(crate) async fn run(mut self) {
-        let span = info_span!("node", id = %self.local_id());
-        let _entered = span.enter();
         self.drain();
         while !self.stopping {
             let deadline = self
@@ -229,7 +227,6 @@ impl Driver {
             }
             self.drain();
         }
-        drop(_entered);
         if self.left {
             // The leave announcement may still be in send tasks or in
             // quinn's buffers: let it go out before closing the connections.

@@ -177,7 +177,8 @@ impl Node {
             persisted_incarnation: incarnation.get(),
             config,
         });
-        let task = tokio::spawn(driver.run());
+        let span = tracing::info_span!("node", id = %id);
+        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok(Node {
             id,
             addr: advertise,

@@ -324,6 +324,35 @@ impl TrustBundle {
         Self::from_pem(&pem)
     }
 
+    /// Checks that `credentials` chain to this bundle and are valid now, as
+    /// a peer will check them in the handshake: a node can learn at start,
+    /// with a clear message, that its certificate belongs to another cluster.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Certificate`] naming why the chain is refused.
+    pub fn verify(&self, credentials: &NodeCredentials) -> Result<(), Error> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(self.root_store()?),
+            provider,
+        )
+        .build()
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+        let chain = credentials.chain();
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| Error::Certificate("no certificate".into()))?;
+        rustls::server::danger::ClientCertVerifier::verify_client_cert(
+            verifier.as_ref(),
+            leaf,
+            intermediates,
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| Error::Certificate(e.to_string()))
+    }
+
     pub(crate) fn root_store(&self) -> Result<rustls::RootCertStore, Error> {
         let mut store = rustls::RootCertStore::empty();
         for root in &self.roots {
@@ -355,6 +384,13 @@ mod tests {
             .unwrap();
         assert_ne!(other.node_id(), node.node_id());
         assert!(TrustBundle::from_pem(ca.cert_pem()).is_ok());
+        assert!(ca.trust().verify(&node).is_ok());
+        let foreign = ClusterCa::generate("test").unwrap();
+        let err = foreign.trust().verify(&node).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid peer certificate"),
+            "{err}"
+        );
         assert!(TrustBundle::from_pem("").is_err());
     }
 }

@@ -1,0 +1,244 @@
+//! The HTTP admin API, bound to loopback by default. Its JSON is documented
+//! in the README.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gossip_node::{Member, Node, NodeId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// What the handlers share.
+pub(crate) struct Admin {
+    pub(crate) node: Node,
+    pub(crate) cluster: String,
+    pub(crate) started: tokio::time::Instant,
+    /// Told when `POST /v1/leave` asks the agent to leave and exit.
+    pub(crate) leave: Arc<Notify>,
+}
+
+/// A member as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MemberJson {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) status: String,
+    pub(crate) incarnation: u64,
+    pub(crate) state_version: u64,
+}
+
+impl From<&Member> for MemberJson {
+    fn from(m: &Member) -> Self {
+        MemberJson {
+            name: m.meta.name().to_string(),
+            id: format!("{:#}", m.id),
+            addr: m.meta.addrs().first().copied(),
+            status: m.status.as_str().to_string(),
+            incarnation: m.incarnation.get(),
+            state_version: m.state_version,
+        }
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StatusJson {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) cluster: String,
+    pub(crate) alive: u64,
+    pub(crate) suspect: u64,
+    pub(crate) dead: u64,
+    pub(crate) left: u64,
+    pub(crate) incarnation: u64,
+    pub(crate) local_health: u32,
+    pub(crate) uptime_s: u64,
+}
+
+/// A key as the API shows it. Values are shown as UTF-8 (lossily).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KeyJson {
+    pub(crate) owner: String,
+    pub(crate) key: String,
+    pub(crate) value: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorJson {
+    pub(crate) error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorJson {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn stopped() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the node has stopped")
+}
+
+pub(crate) fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/v1/members", get(members))
+        .route("/v1/status", get(status))
+        .route("/v1/health", get(health))
+        .route("/v1/kv/{node}", get(node_keys))
+        .route("/v1/kv/{node}/{key}", get(get_key))
+        .route("/v1/local/kv/{key}", put(set_key).delete(delete_key))
+        .route("/v1/leave", post(leave))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+async fn members(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.node.members().await {
+        Ok(members) => {
+            Json(members.iter().map(MemberJson::from).collect::<Vec<_>>()).into_response()
+        }
+        Err(_) => stopped(),
+    }
+}
+
+async fn status(State(admin): State<Arc<Admin>>) -> Response {
+    let Ok(metrics) = admin.node.metrics().await else {
+        return stopped();
+    };
+    let Ok(members) = admin.node.members().await else {
+        return stopped();
+    };
+    let name = members
+        .iter()
+        .find(|m| m.id == admin.node.id())
+        .map(|m| m.meta.name().to_string())
+        .unwrap_or_default();
+    Json(StatusJson {
+        name,
+        id: format!("{:#}", admin.node.id()),
+        addr: admin.node.addr(),
+        cluster: admin.cluster.clone(),
+        alive: metrics.members.alive,
+        suspect: metrics.members.suspect,
+        dead: metrics.members.dead,
+        left: metrics.members.left,
+        incarnation: metrics.incarnation,
+        local_health: metrics.local_health,
+        uptime_s: admin.started.elapsed().as_secs(),
+    })
+    .into_response()
+}
+
+async fn health(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.node.metrics().await {
+        Ok(_) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+/// A member named by its name, its full id, or a prefix of its id.
+async fn resolve(admin: &Admin, who: &str) -> Result<NodeId, Response> {
+    let members = admin.node.members().await.map_err(|_| stopped())?;
+    let found: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.meta.name() == who || format!("{:#}", m.id).starts_with(who))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no member named `{who}`"),
+        )),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`{who}` names several members; give more of the id"),
+        )),
+    }
+}
+
+async fn node_keys(State(admin): State<Arc<Admin>>, Path(node): Path<String>) -> Response {
+    let owner = match resolve(&admin, &node).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match admin.node.keys(owner).await {
+        Ok(keys) => Json(
+            keys.iter()
+                .map(|(k, v)| KeyJson {
+                    owner: format!("{owner:#}"),
+                    key: k.as_str().to_string(),
+                    value: String::from_utf8_lossy(v).into_owned(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(_) => stopped(),
+    }
+}
+
+async fn get_key(
+    State(admin): State<Arc<Admin>>,
+    Path((node, key)): Path<(String, String)>,
+) -> Response {
+    let owner = match resolve(&admin, &node).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match admin.node.get(owner, &key).await {
+        Ok(Some(value)) => Json(KeyJson {
+            owner: format!("{owner:#}"),
+            key,
+            value: String::from_utf8_lossy(&value).into_owned(),
+        })
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("{node} has no key `{key}`")),
+        Err(_) => stopped(),
+    }
+}
+
+async fn set_key(
+    State(admin): State<Arc<Admin>>,
+    Path(key): Path<String>,
+    body: String,
+) -> Response {
+    match admin.node.set(key.as_str(), body).await {
+        Ok(version) => Json(serde_json::json!({"version": version})).into_response(),
+        Err(gossip_node::Error::Stopped) => stopped(),
+        Err(err) => error(StatusCode::BAD_REQUEST, err.to_string()),
+    }
+}
+
+async fn delete_key(State(admin): State<Arc<Admin>>, Path(key): Path<String>) -> Response {
+    match admin.node.delete(&key).await {
+        Ok(Some(version)) => Json(serde_json::json!({"version": version})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no key `{key}`")),
+        Err(gossip_node::Error::Stopped) => stopped(),
+        Err(err) => error(StatusCode::BAD_REQUEST, err.to_string()),
+    }
+}
+
+async fn leave(State(admin): State<Arc<Admin>>) -> Response {
+    admin.leave.notify_one();
+    Json(serde_json::json!({"leaving": true})).into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.node.metrics().await {
+        Ok(metrics) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics.to_prometheus(),
+        )
+            .into_response(),
+        Err(_) => stopped(),
+    }
+}

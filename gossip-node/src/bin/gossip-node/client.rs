@@ -1,0 +1,177 @@
+//! The subcommands that talk to a running agent over its admin API.
+
+use std::net::SocketAddr;
+
+use crate::admin::{ErrorJson, KeyJson, MemberJson, StatusJson};
+use anyhow::{Context, Result, bail};
+
+fn url(admin: SocketAddr, path: &str) -> String {
+    format!("http://{admin}{path}")
+}
+
+/// Turns an HTTP failure into an error that says what to check.
+fn failed(admin: SocketAddr, err: ureq::Error) -> anyhow::Error {
+    match err {
+        ureq::Error::StatusCode(code) => anyhow::anyhow!("the agent at {admin} answered {code}"),
+        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            anyhow::anyhow!(
+                "no agent answers at {admin}: is `gossip-node agent` running, and is its admin API there? (--admin or GOSSIP_ADMIN)"
+            )
+        }
+        other => anyhow::anyhow!("talking to the agent at {admin}: {other}"),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// GET `path`, decoding JSON, or the agent's error message.
+fn get_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T> {
+    let mut response = agent()
+        .get(&url(admin, path))
+        .call()
+        .map_err(|e| failed(admin, e))?;
+    let ok = response.status().is_success();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| failed(admin, e))?;
+    if !ok {
+        let message = serde_json::from_str::<ErrorJson>(&body).map_or(body, |e| e.error);
+        bail!("{message}");
+    }
+    serde_json::from_str(&body).context("the agent's answer is not the expected JSON")
+}
+
+fn send(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<String> {
+    let agent = agent();
+    let target = url(admin, path);
+    let result = match (method, body) {
+        ("PUT", Some(body)) => agent.put(&target).send(body),
+        ("POST", _) => agent.post(&target).send_empty(),
+        ("DELETE", _) => agent.delete(&target).call(),
+        _ => agent.get(&target).call(),
+    };
+    let mut response = result.map_err(|e| failed(admin, e))?;
+    let ok = response.status().is_success();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| failed(admin, e))?;
+    if !ok {
+        let message = serde_json::from_str::<ErrorJson>(&body).map_or(body, |e| e.error);
+        bail!("{message}");
+    }
+    Ok(body)
+}
+
+/// The members table, aligned like `serf members`, or JSON.
+pub(crate) fn members(admin: SocketAddr, json: bool) -> Result<()> {
+    let members: Vec<MemberJson> = get_json(admin, "/v1/members")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    print!("{}", members_table(&members));
+    Ok(())
+}
+
+/// The table `members` prints.
+pub(crate) fn members_table(members: &[MemberJson]) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "Node".into(),
+        "Address".into(),
+        "Status".into(),
+        "Incarnation".into(),
+        "Id".into(),
+    ]];
+    let mut sorted: Vec<&MemberJson> = members.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in sorted {
+        rows.push([
+            m.name.clone(),
+            m.addr.map_or_else(|| "-".into(), |a| a.to_string()),
+            m.status.clone(),
+            m.incarnation.to_string(),
+            m.id.chars().take(12).collect(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn status(admin: SocketAddr, json: bool) -> Result<()> {
+    let status: StatusJson = get_json(admin, "/v1/status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("node         {} ({})", status.name, &status.id[..12]);
+    println!("address      {}", status.addr);
+    println!("cluster      {}", status.cluster);
+    println!(
+        "members      {} alive, {} suspect, {} dead, {} left",
+        status.alive, status.suspect, status.dead, status.left
+    );
+    println!("incarnation  {}", status.incarnation);
+    println!("health       {} (0 is healthy)", status.local_health);
+    println!("uptime       {} s", status.uptime_s);
+    Ok(())
+}
+
+pub(crate) fn kv_get(admin: SocketAddr, node: &str, key: Option<&str>, json: bool) -> Result<()> {
+    match key {
+        Some(key) => {
+            let found: KeyJson = get_json(admin, &format!("/v1/kv/{node}/{key}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                println!("{}", found.value);
+            }
+        }
+        None => {
+            let keys: Vec<KeyJson> = get_json(admin, &format!("/v1/kv/{node}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                for k in keys {
+                    println!("{}={}", k.key, k.value);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn kv_set(admin: SocketAddr, key: &str, value: &str) -> Result<()> {
+    send(admin, "PUT", &format!("/v1/local/kv/{key}"), Some(value))?;
+    Ok(())
+}
+
+pub(crate) fn kv_del(admin: SocketAddr, key: &str) -> Result<()> {
+    send(admin, "DELETE", &format!("/v1/local/kv/{key}"), None)?;
+    Ok(())
+}
+
+pub(crate) fn leave(admin: SocketAddr) -> Result<()> {
+    send(admin, "POST", "/v1/leave", None)?;
+    eprintln!("the agent at {admin} is leaving the cluster and will exit");
+    Ok(())
+}

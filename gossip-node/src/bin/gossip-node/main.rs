@@ -1,0 +1,337 @@
+//! `gossip-node`: the reference agent and the commands that talk to it.
+//!
+//! ```text
+//! gossip-node agent --config agent.toml        run a node (SIGINT/SIGTERM: leave, then exit)
+//! gossip-node members [--json]                 the membership table of the local agent
+//! gossip-node status [--json]                  the local agent's summary
+//! gossip-node kv get NODE [KEY] | set KEY VALUE | del KEY
+//! gossip-node leave                            ask the local agent to leave and exit
+//! gossip-node certs init-ca --cluster NAME --dir DIR
+//! gossip-node certs issue --ca-dir DIR --name NODE --out DIR
+//! ```
+//!
+//! Configuration precedence for `agent`: flags, then environment variables
+//! (`GOSSIP_*`), then the TOML file, then defaults.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line tool: stdout is its output"
+)]
+
+mod admin;
+mod certs;
+mod client;
+mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gossip_node::{Node, NodeConfig, NodeEvent};
+use gossip_transport_quic::{NodeCredentials, TrustBundle};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::config::{AgentConfig, DEFAULT_ADMIN, FileConfig, Overrides};
+
+/// Cluster membership, failure detection and state dissemination by gossip,
+/// authenticated end to end over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "gossip-node", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node. SIGINT or SIGTERM makes it leave the cluster, then exit.
+    Agent {
+        /// The TOML configuration file (see examples/agent.toml).
+        #[arg(long, short, env = "GOSSIP_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Box<Overrides>,
+    },
+    /// Lists the members the local agent knows, like `serf members`.
+    Members {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local agent's summary.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reads and writes keys.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Asks the local agent to leave the cluster and exit.
+    Leave {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Makes a cluster CA and node certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The agent's admin API address [env: GOSSIP_ADMIN].
+    #[arg(long, env = "GOSSIP_ADMIN", default_value = DEFAULT_ADMIN, global = true)]
+    admin: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// A node's key, or all its keys (NODE: a name or an id prefix).
+    Get {
+        node: String,
+        key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets one of the local node's keys.
+    Set { key: String, value: String },
+    /// Deletes one of the local node's keys.
+    Del { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Makes a cluster CA: ca.crt (for every node) and ca.key (keep it safe).
+    InitCa {
+        /// The cluster's name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issues a node certificate: NAME.crt and NAME.key.
+    Issue {
+        /// The folder holding ca.crt and ca.key.
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// The node's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent { config, overrides } => run_agent(config, *overrides),
+        Command::Members { target, json } => client::members(target.admin, json),
+        Command::Status { target, json } => client::status(target.admin, json),
+        Command::Kv { command, target } => match command {
+            KvCommand::Get { node, key, json } => {
+                client::kv_get(target.admin, &node, key.as_deref(), json)
+            }
+            KvCommand::Set { key, value } => client::kv_set(target.admin, &key, &value),
+            KvCommand::Del { key } => client::kv_del(target.admin, &key),
+        },
+        Command::Leave { target } => client::leave(target.admin),
+        Command::Certs { command } => match command {
+            CertsCommand::InitCa {
+                cluster,
+                dir,
+                force,
+            } => certs::init_ca(&cluster, &dir, force),
+            CertsCommand::Issue {
+                ca_dir,
+                name,
+                out,
+                days,
+            } => certs::issue(&ca_dir, &name, &out, days),
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| {
+        format!("bad log filter `{filter}`: try info, debug or gossip_node=debug")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn run_agent(config_path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
+    let (file, base) = match &config_path {
+        Some(path) => (
+            FileConfig::load(path)?,
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (FileConfig::default(), PathBuf::from(".")),
+    };
+    let config = AgentConfig::resolve(file, &base, overrides)?;
+    init_logging(config.json_logs, &config.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(agent(config))
+}
+
+/// Loads the certificates, with errors that name the fix.
+fn credentials(config: &AgentConfig) -> Result<(TrustBundle, Option<NodeCredentials>)> {
+    let trust = TrustBundle::load(&config.ca).with_context(|| {
+        format!(
+            "cannot load the CA certificate {} (make one with `gossip-node certs init-ca`)",
+            config.ca.display()
+        )
+    })?;
+    let credentials = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => {
+            let credentials = NodeCredentials::load(cert, key).with_context(|| {
+                format!(
+                    "cannot load the node certificate {} and key {} (issue them with `gossip-node certs issue`)",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            if let Err(err) = trust.verify(&credentials) {
+                bail!(
+                    "the certificate {} is not trusted by the CA in {} ({err}): it was issued by another cluster's CA, or has expired; issue one from this cluster's CA with `gossip-node certs issue`",
+                    cert.display(),
+                    config.ca.display()
+                );
+            }
+            Some(credentials)
+        }
+        (None, None) => None,
+        _ => bail!("set both `tls.cert` and `tls.key`, or neither (to use those in `data_dir`)"),
+    };
+    Ok((trust, credentials))
+}
+
+async fn agent(config: AgentConfig) -> Result<()> {
+    let (trust, credentials) = credentials(&config)?;
+    if config.advertise.is_none() && config.bind.ip().is_unspecified() {
+        bail!(
+            "`bind` is {} and no `advertise` address is set: peers cannot reach an unspecified address; set `advertise` (or GOSSIP_ADVERTISE) to this host's address on the cluster network",
+            config.bind
+        );
+    }
+    let mut node_config = NodeConfig::new(&config.cluster, &config.name, config.bind, trust);
+    node_config.advertise = config.advertise;
+    node_config.seeds = config.seeds.clone();
+    node_config.credentials = credentials;
+    node_config.preset = config.preset;
+    node_config.expected_members = config.expected_members;
+    node_config.data_dir = config.data_dir.clone();
+    let node = Node::start(node_config).await.map_err(|err| match err {
+        gossip_node::Error::Transport(gossip_transport_quic::Error::Bind { addr, source }) => {
+            anyhow::anyhow!(
+                "cannot listen on {addr}: {source}; is another agent running there? choose another `bind` (or GOSSIP_BIND)"
+            )
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    info!(id = %node.id(), addr = %node.addr(), cluster = %config.cluster, "node started");
+    for (key, value) in &config.keys {
+        node.set(key.as_str(), value.clone()).await?;
+    }
+
+    let leave = Arc::new(Notify::new());
+    let admin = Arc::new(admin::Admin {
+        node: node.clone(),
+        cluster: config.cluster.clone(),
+        started: tokio::time::Instant::now(),
+        leave: leave.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the admin API on {}; is another agent running? choose another `admin.bind` (or GOSSIP_ADMIN)",
+                config.admin
+            )
+        })?;
+    info!(admin = %config.admin, "admin API listening");
+    let router = admin::router(admin);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            warn!(error = %err, "admin API stopped");
+        }
+    });
+    tokio::spawn(watch_seeds(node.clone(), config.seeds.clone()));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: leaving the cluster"),
+        _ = terminate.recv() => info!("SIGTERM: leaving the cluster"),
+        () = leave.notified() => info!("asked to leave: leaving the cluster"),
+    }
+    match node.leave(Duration::from_secs(15)).await {
+        Ok(()) => info!("left the cluster"),
+        Err(err) => warn!(error = %err, "leave did not complete; stopped anyway"),
+    }
+    Ok(())
+}
+
+/// Warns, naming the fix, while no seed has answered.
+async fn watch_seeds(node: Node, seeds: Vec<SocketAddr>) {
+    if seeds.is_empty() {
+        return;
+    }
+    let mut events = node.subscribe();
+    let joined = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(event) = events.recv().await {
+            if matches!(event, NodeEvent::Joined(_)) {
+                return;
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+        warn!(
+            seeds = %seeds.join(","),
+            "no seed has answered in 10 s: check that an agent runs at each seed address, that UDP is open between the hosts, and that its certificate comes from the same CA; still trying"
+        );
+    }
+}
