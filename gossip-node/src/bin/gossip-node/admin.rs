@@ -149,10 +149,14 @@ async fn health(State(admin): State<Arc<Admin>>) -> Response {
 /// A member named by its name, its full id, or a prefix of its id.
 async fn resolve(admin: &Admin, who: &str) -> Result<NodeId, Response> {
     let members = admin.node.members().await.map_err(|_| stopped())?;
-    let found: Vec<&Member> = members
-        .iter()
-        .filter(|m| m.meta.name() == who || format!("{:#}", m.id).starts_with(who))
-        .collect();
+    // A name wins over an id prefix (a name may look like hex).
+    let mut found: Vec<&Member> = members.iter().filter(|m| m.meta.name() == who).collect();
+    if found.is_empty() {
+        found = members
+            .iter()
+            .filter(|m| format!("{:#}", m.id).starts_with(who))
+            .collect();
+    }
     match found.as_slice() {
         [one] => Ok(one.id),
         [] => Err(error(
