@@ -2,6 +2,10 @@
 //! through its CLI and admin API.
 
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests of real processes wait on wall-clock deadlines"
+)]
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
