@@ -15,7 +15,7 @@
 //! root of the node's Merkle tree over all replicated state rides every
 //! probe, and a sync over a stream starts only when roots differ (plus one
 //! with a random member every `sync_interval` as a backstop). The sender a
-//! machine is told of is always the [`NodeId`](gossip_core::NodeId) the
+//! machine is told of is always the [`NodeId`] the
 //! transport authenticated, never a claimed one.
 //!
 //! ```no_run

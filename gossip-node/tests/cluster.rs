@@ -126,15 +126,15 @@ async fn a_graceful_leave_is_seen_as_left_not_failed() {
         })
         .await;
     }
-    // Long enough for a missed leave to be detected as a failure.
+    // Long enough for a missed leave to be detected as a failure. (A node
+    // that probes the leaver before the news reaches it may suspect it for a
+    // moment; the departure overrides the suspicion, and nobody declares a
+    // death.)
     tokio::time::sleep(Duration::from_secs(5)).await;
     for (i, watcher) in watchers.iter_mut().enumerate() {
         while let Ok(event) = watcher.try_recv() {
             assert!(
-                !matches!(
-                    event,
-                    NodeEvent::Failed { .. } | NodeEvent::Suspected { .. }
-                ),
+                !matches!(event, NodeEvent::Failed { .. }),
                 "node {i}: {event:?}"
             );
         }

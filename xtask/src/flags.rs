@@ -12,6 +12,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Cmd {
+    /// The first thing to run: five agents on loopback converge, one is
+    /// killed and detected, a key spreads, and everything is cleaned up.
+    Demo,
     /// Everything CI checks: fmt, clippy (warnings denied), the tests, the doc
     /// tests, rustdoc (warnings denied) and tidy.
     Ci,

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the workspace's chores, in Rust so they run the
 //! same everywhere. `cargo xtask --help` lists the commands.
 
+mod demo;
 mod flags;
 mod tidy;
 
@@ -19,6 +20,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot enter the workspace root {}", root.display()))?;
     match cli.command {
         Cmd::Ci => ci(),
+        Cmd::Demo => demo::run(&root),
         Cmd::Tidy => tidy::run(&root),
         Cmd::Bench { args } => bench(&args),
         Cmd::Sim { scenario, args } => sim(&scenario, &args),

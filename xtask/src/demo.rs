@@ -1,0 +1,334 @@
+//! `cargo xtask demo`: five agents on loopback, a crash, a key spreading, and
+//! a clean exit, narrated.
+
+#![allow(clippy::print_stdout, reason = "the demo's narration is its output")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the demo runs real processes and times them with the wall clock"
+)]
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const NODES: usize = 5;
+
+/// The agents, stopped (and the temporary folder removed) however the demo
+/// ends.
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    agents: Vec<Option<Child>>,
+    admins: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.agents.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("node-{}", i + 1)
+}
+
+impl Cluster {
+    fn cli(&self, i: usize, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .args(["--admin", &self.admins[i]])
+            .output()
+            .context("cannot run gossip-node")?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// How node `i` sees every member: name -> status.
+    fn view(&self, i: usize) -> BTreeMap<String, String> {
+        let Ok(json) = self.cli(i, &["members", "--json"]) else {
+            return BTreeMap::new();
+        };
+        let Ok(members) = serde_json::from_str::<Vec<serde_json::Value>>(&json) else {
+            return BTreeMap::new();
+        };
+        members
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m["name"].as_str()?.to_string(),
+                    m["status"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.agents.len()).filter(|i| self.agents[*i].is_some())
+    }
+}
+
+fn free_port_pair() -> Result<(u16, u16)> {
+    let udp = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tcp = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok((udp, tcp))
+}
+
+fn run_quiet(bin: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new(bin).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "gossip-node {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+pub(crate) fn run(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    println!("==> building the gossip-node binary");
+    crate::run(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "--package",
+            "gossip-node",
+            "--bin",
+            "gossip-node",
+        ],
+        &[],
+    )?;
+    let bin = root.join("target/debug/gossip-node");
+    let dir = std::env::temp_dir().join(format!("gossip-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut cluster = Cluster {
+        dir: dir.clone(),
+        bin: bin.clone(),
+        agents: Vec::new(),
+        admins: Vec::new(),
+    };
+    let demo_started = Instant::now();
+
+    println!(
+        "==> making a cluster CA and {NODES} node certificates in {}",
+        dir.display()
+    );
+    let certs = dir.join("certs");
+    let certs_arg = certs.to_str().context("a UTF-8 temporary path")?;
+    run_quiet(
+        &bin,
+        &["certs", "init-ca", "--cluster", "demo", "--dir", certs_arg],
+    )?;
+    for i in 0..NODES {
+        run_quiet(
+            &bin,
+            &[
+                "certs",
+                "issue",
+                "--ca-dir",
+                certs_arg,
+                "--name",
+                &name(i),
+                "--out",
+                certs_arg,
+            ],
+        )?;
+    }
+
+    println!("==> starting {NODES} agents on loopback; all join through node-1");
+    let mut first_gossip = String::new();
+    for i in 0..NODES {
+        let (gossip, admin) = free_port_pair()?;
+        let seeds = if i == 0 {
+            String::new()
+        } else {
+            format!("\"{first_gossip}\"")
+        };
+        let config = format!(
+            "cluster = \"demo\"\nname = \"{name}\"\nbind = \"127.0.0.1:{gossip}\"\nseeds = [{seeds}]\npreset = \"local\"\ndata_dir = \"data/{name}\"\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/{name}.crt\"\nkey = \"certs/{name}.key\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n",
+            name = name(i)
+        );
+        if i == 0 {
+            first_gossip = format!("127.0.0.1:{gossip}");
+        }
+        let path = dir.join(format!("{}.toml", name(i)));
+        std::fs::write(&path, config)?;
+        let log = std::fs::File::create(dir.join(format!("{}.log", name(i))))?;
+        let child = Command::new(&bin)
+            .args(["agent", "--config", path.to_str().context("a UTF-8 path")?])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start an agent")?;
+        cluster.agents.push(Some(child));
+        cluster.admins.push(format!("127.0.0.1:{admin}"));
+    }
+
+    // Converge, printing node-1's table whenever it changes.
+    let mut last = String::new();
+    let converged = wait_until(Duration::from_secs(20), || {
+        if let Ok(table) = cluster.cli(0, &["members"])
+            && table != last
+        {
+            println!(
+                "\n$ gossip-node members    (node-1's view, {:.1} s)",
+                demo_started.elapsed().as_secs_f64()
+            );
+            print!("{table}");
+            last = table;
+        }
+        (0..NODES).all(|i| {
+            let view = cluster.view(i);
+            view.len() == NODES && view.values().all(|s| s == "alive")
+        })
+    })
+    .context("the agents did not converge in 20 s; see their logs")?;
+    println!(
+        "\n==> every agent sees all {NODES} alive ({:.1} s after start)",
+        converged.as_secs_f64()
+    );
+
+    // Crash node-5 without goodbye.
+    let victim = NODES - 1;
+    println!("\n==> killing {} with SIGKILL: no goodbye", name(victim));
+    if let Some(mut child) = cluster.agents[victim].take() {
+        child.kill()?;
+        child.wait()?;
+    }
+    let crash = Instant::now();
+    let mut suspected: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut dead: BTreeMap<usize, f64> = BTreeMap::new();
+    let survivors: Vec<usize> = cluster.running().collect();
+    wait_until(Duration::from_secs(40), || {
+        for &i in &survivors {
+            let status = cluster
+                .view(i)
+                .get(&name(victim))
+                .cloned()
+                .unwrap_or_default();
+            let at = crash.elapsed().as_secs_f64();
+            if (status == "suspect" || status == "dead") && !suspected.contains_key(&i) {
+                suspected.insert(i, at);
+                println!("    {:.1} s  {} suspects {}", at, name(i), name(victim));
+            }
+            if status == "dead" && !dead.contains_key(&i) {
+                dead.insert(i, at);
+                println!(
+                    "    {:.1} s  {} declares {} dead",
+                    at,
+                    name(i),
+                    name(victim)
+                );
+            }
+        }
+        dead.len() == survivors.len()
+    })
+    .context("not every survivor declared the crashed node dead in 40 s")?;
+    println!("\n$ gossip-node members    (node-1's view)");
+    print!("{}", cluster.cli(0, &["members"])?);
+
+    // A key set on node-2 reaches everyone.
+    println!("\n==> $ gossip-node kv set greeting 'hello from node-2'    (on node-2)");
+    cluster.cli(1, &["kv", "set", "greeting", "hello from node-2"])?;
+    let set_at = Instant::now();
+    let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
+    wait_until(Duration::from_secs(20), || {
+        for &i in &survivors {
+            if !seen.contains_key(&i)
+                && cluster
+                    .cli(i, &["kv", "get", "node-2", "greeting"])
+                    .is_ok_and(|v| v.trim() == "hello from node-2")
+            {
+                let at = set_at.elapsed().as_secs_f64() * 1000.0;
+                seen.insert(i, at);
+                println!(
+                    "    {at:>5.0} ms  {} reads greeting = hello from node-2",
+                    name(i)
+                );
+            }
+        }
+        seen.len() == survivors.len()
+    })
+    .context("the key did not reach every agent in 20 s")?;
+
+    // Stop everything gracefully.
+    println!("\n==> stopping the agents with SIGTERM (each leaves the cluster, then exits)");
+    for i in survivors.iter().rev() {
+        if let Some(child) = &cluster.agents[*i] {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+    for slot in &mut cluster.agents {
+        if let Some(mut child) = slot.take() {
+            let exited = wait_until(Duration::from_secs(20), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if exited.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    drop(cluster);
+
+    let worst_dead = dead.values().copied().fold(0.0, f64::max);
+    let worst_key = seen.values().copied().fold(0.0, f64::max);
+    println!(
+        "\nWhat you saw ({:.0} s in all, {:.0} s after the build):",
+        started.elapsed().as_secs_f64(),
+        demo_started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  * {NODES} agents, each with its own certificate from one cluster CA, joined through one seed"
+    );
+    println!(
+        "    and agreed on the membership in {:.1} s;",
+        converged.as_secs_f64()
+    );
+    println!(
+        "  * a node killed without a word was suspected, then declared dead by every survivor within {worst_dead:.1} s"
+    );
+    println!(
+        "    (the `local` preset; `lan`, the default, waits longer before declaring a death);"
+    );
+    println!("  * a key set on one node reached every other in {worst_key:.0} ms;");
+    println!("  * everything stopped and the temporary folder is gone.");
+    println!("\nWhat to try next (the binary is target/debug/gossip-node):");
+    println!(
+        "  * gossip-node certs init-ca --dir certs && gossip-node certs issue --ca-dir certs --name node-1 --out certs"
+    );
+    println!(
+        "  * gossip-node agent --config gossip-node/examples/agent.toml  (every key commented)"
+    );
+    println!("  * gossip-node members | status | kv get NODE [KEY] | kv set KEY VALUE | leave");
+    println!("  * curl 127.0.0.1:7947/metrics   and the JSON API in the README");
+    println!("  * cargo run -p gossip-node --example hash_ring   (the library, in-process)");
+    println!("  * cargo xtask bench cluster --nodes 64   (join, detection and cost figures)");
+    Ok(())
+}
