@@ -16,7 +16,7 @@ use gossip_transport_quic::{Channel, Error as TransportError, Received, Transpor
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, debug_span, info, trace, warn};
 
 use crate::data_dir::DataDir;
 use crate::error::Error;
@@ -317,6 +317,7 @@ impl Driver {
 
     fn handle_received(&mut self, received: Received) {
         let now = self.now();
+        trace!(from = %received.from, bytes = received.bytes.len(), channel = ?received.channel, "received");
         match received.channel {
             Channel::Datagram => {
                 self.handle_swim(now, received.from, received.addr, &received.bytes)
@@ -376,6 +377,8 @@ impl Driver {
         let Some(running) = sessions.get_mut(&from) else {
             return;
         };
+        let span = debug_span!("sync", peer = %from, role = ?our_role, id);
+        let _entered = span.enter();
         for part in parts {
             self.sync_counters.bytes_received += part.len() as u64;
             // A failed session is over; flush_session counts it.
@@ -619,6 +622,7 @@ impl Driver {
             transmit.to = Some(id);
             transmit.addr = addr;
         }
+        trace!(to = %transmit.addr, bytes = transmit.payload.len(), push = transmit.push, "sending");
         let transport = self.transport.clone();
         let errors = self.send_errors.clone();
         let payload = Bytes::from(transmit.payload);
@@ -673,6 +677,7 @@ impl Driver {
             self.initiated.insert(peer, Running { id, session, addr });
             self.last_sync.insert(peer, now);
             self.sync_counters.initiated += 1;
+            debug!(%peer, id, "sync started");
             self.flush_session(peer, Role::Initiator);
         }
     }
@@ -697,6 +702,16 @@ impl Driver {
             .then(|| running.session.error().is_none());
         if let Some(clean) = finished {
             let stats = running.session.stats().clone();
+            debug!(
+                %peer,
+                role = ?role,
+                clean,
+                error = ?running.session.error(),
+                bytes_sent = stats.bytes_sent,
+                bytes_received = stats.bytes_received,
+                entries_received = stats.entries_received,
+                "sync ended"
+            );
             sessions.remove(&peer);
             self.sync_counters.entries_received += stats.entries_received;
             self.count_session_end(role, clean);

@@ -24,12 +24,13 @@ use gossip_sim::scenarios::{self, Params};
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--suspicion-mult M] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
         (vec![100usize], 5u64, 0.0f64, 60u32, false);
     let mut suspicion_mult = None;
+    let mut confirmations = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -42,6 +43,7 @@ fn main() {
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
             "--suspicion-mult" => suspicion_mult = Some(value().parse().unwrap()),
+            "--confirmations" => confirmations = Some(value().parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -50,6 +52,9 @@ fn main() {
         params.loss = loss;
         if let Some(mult) = suspicion_mult {
             params.swim.suspicion_mult = mult;
+        }
+        if let Some(k) = confirmations {
+            params.swim.suspicion_confirmations = k;
         }
         let started = Instant::now();
         let result = match scenario.as_str() {
