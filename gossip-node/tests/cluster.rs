@@ -13,14 +13,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_converge_and_a_key_set_on_one_reaches_all() {
-    let cluster = Cluster::start(5, None).await;
-    let ids = cluster.ids();
-    for node in &cluster.nodes {
-        eventually(LIMIT, "every node sees all five alive", || {
-            sees_alive(node, &ids)
-        })
-        .await;
-    }
+    let (cluster, _) = Cluster::converged(5, None).await;
     let owner = &cluster.nodes[2];
     let mut events = cluster.nodes[4].subscribe();
     owner.set("role", "cache").await.expect("set");
@@ -67,14 +60,7 @@ async fn five_nodes_converge_and_a_key_set_on_one_reaches_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_node_is_declared_dead_by_every_survivor_and_no_one_else_dies() {
-    let cluster = Cluster::start(5, None).await;
-    let ids = cluster.ids();
-    for node in &cluster.nodes {
-        eventually(LIMIT, "every node sees all five alive", || {
-            sees_alive(node, &ids)
-        })
-        .await;
-    }
+    let (cluster, ids) = Cluster::converged(5, None).await;
     let mut watchers: Vec<_> = cluster.nodes[..4].iter().map(Node::subscribe).collect();
     let victim = ids[4];
     cluster.nodes[4].crash();
@@ -103,14 +89,7 @@ async fn a_crashed_node_is_declared_dead_by_every_survivor_and_no_one_else_dies(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_leave_is_seen_as_left_not_failed() {
-    let cluster = Cluster::start(5, None).await;
-    let ids = cluster.ids();
-    for node in &cluster.nodes {
-        eventually(LIMIT, "every node sees all five alive", || {
-            sees_alive(node, &ids)
-        })
-        .await;
-    }
+    let (cluster, ids) = Cluster::converged(5, None).await;
     let mut watchers: Vec<_> = cluster.nodes[..4].iter().map(Node::subscribe).collect();
     cluster.nodes[4]
         .leave(Duration::from_secs(10))
@@ -144,14 +123,7 @@ async fn a_graceful_leave_is_seen_as_left_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_rejoins_with_the_same_id_a_higher_incarnation_and_no_ghost() {
     let data = tempfile::tempdir().expect("temporary directory");
-    let mut cluster = Cluster::start(5, Some(data.path().to_path_buf())).await;
-    let ids = cluster.ids();
-    for node in &cluster.nodes {
-        eventually(LIMIT, "every node sees all five alive", || {
-            sees_alive(node, &ids)
-        })
-        .await;
-    }
+    let (mut cluster, ids) = Cluster::converged(5, Some(data.path().to_path_buf())).await;
     cluster.nodes[4].shutdown().await;
     // Restart from the data directory alone, on another port.
     let mut restarted = config(&cluster.ca, "node-4", vec![cluster.nodes[0].addr()]);
@@ -174,14 +146,7 @@ async fn a_restarted_node_rejoins_with_the_same_id_a_higher_incarnation_and_no_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_foreign_ca_cannot_join_and_the_cluster_is_unchanged() {
-    let cluster = Cluster::start(5, None).await;
-    let ids = cluster.ids();
-    for node in &cluster.nodes {
-        eventually(LIMIT, "every node sees all five alive", || {
-            sees_alive(node, &ids)
-        })
-        .await;
-    }
+    let (cluster, ids) = Cluster::converged(5, None).await;
     let foreign_ca = ClusterCa::generate(common::CLUSTER).expect("CA");
     let mut intruder = config(&foreign_ca, "intruder", vec![cluster.nodes[0].addr()]);
     intruder.credentials = Some(foreign_ca.issue("intruder", validity()).expect("issue"));

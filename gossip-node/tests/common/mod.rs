@@ -69,6 +69,20 @@ impl Cluster {
         cluster
     }
 
+    /// As [`start`](Cluster::start), then waits until every node sees all
+    /// `n` alive. Returns the cluster and the nodes' ids.
+    pub(crate) async fn converged(n: usize, data_root: Option<PathBuf>) -> (Cluster, Vec<NodeId>) {
+        let cluster = Cluster::start(n, data_root).await;
+        let ids = cluster.ids();
+        for node in &cluster.nodes {
+            eventually(Duration::from_secs(30), "every node sees all alive", || {
+                sees_alive(node, &ids)
+            })
+            .await;
+        }
+        (cluster, ids)
+    }
+
     pub(crate) fn ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(Node::id).collect()
     }

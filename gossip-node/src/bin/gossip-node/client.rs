@@ -32,22 +32,11 @@ fn agent() -> ureq::Agent {
 
 /// GET `path`, decoding JSON, or the agent's error message.
 fn get_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T> {
-    let mut response = agent()
-        .get(&url(admin, path))
-        .call()
-        .map_err(|e| failed(admin, e))?;
-    let ok = response.status().is_success();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| failed(admin, e))?;
-    if !ok {
-        let message = serde_json::from_str::<ErrorJson>(&body).map_or(body, |e| e.error);
-        bail!("{message}");
-    }
+    let body = send(admin, "GET", path, None)?;
     serde_json::from_str(&body).context("the agent's answer is not the expected JSON")
 }
 
+/// Sends a request; the body of a success, or the agent's error message.
 fn send(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<String> {
     let agent = agent();
     let target = url(admin, path);
