@@ -278,6 +278,34 @@ fn mistakes_get_errors_that_name_the_fix() {
     let err = stderr(&agent(&path));
     assert!(err.contains("advertise"), "{err}");
 
+    // An advertise address that is not this host's: a warning, not an error
+    // (it is right behind NAT). 192.0.2.1 is a documentation address; no
+    // traffic goes to it, as the node has no seeds.
+    let (gossip, admin) = free_ports();
+    let path = write(
+        "elsewhere.toml",
+        format!(
+            "name = \"a\"\nbind = \"127.0.0.1:{gossip}\"\nadvertise = \"192.0.2.1:{gossip}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n{tls}"
+        ),
+    );
+    let log = dir.path().join("elsewhere.log");
+    let child = Command::new(BIN)
+        .args(["agent", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _running = Agent {
+        child,
+        admin: format!("127.0.0.1:{admin}"),
+        gossip: format!("127.0.0.1:{gossip}"),
+    };
+    eventually(
+        Duration::from_secs(20),
+        "a warning about the advertise address",
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("not an address of this host")),
+    );
+
     // A certificate from another cluster's CA.
     let other = dir.path().join("other");
     let out = run(&["certs", "init-ca", "--dir", other.to_str().unwrap()]);
@@ -324,13 +352,15 @@ fn the_sample_config_runs_with_environment_overrides() {
     let config = dir.path().join("agent.toml");
     std::fs::copy(&sample, &config).unwrap();
     let (gossip, admin) = free_ports();
+    let log = dir.path().join("agent.log");
     let child = Command::new(BIN)
         .args(["agent", "--config", config.to_str().unwrap()])
-        // The environment overrides the file's addresses.
+        // The environment overrides the file's addresses; the file's seed
+        // is left as it is, with no agent there.
         .env("GOSSIP_BIND", format!("127.0.0.1:{gossip}"))
         .env("GOSSIP_ADMIN", format!("127.0.0.1:{admin}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut agent = Agent {
@@ -351,6 +381,10 @@ fn the_sample_config_runs_with_environment_overrides() {
         "cache"
     );
     assert!(dir.path().join("data/node-1/incarnation").exists());
+    // The seed never answers: the agent says what to check.
+    eventually(Duration::from_secs(30), "a warning about the seed", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("no seed has answered"))
+    });
     agent.signal("INT");
     assert!(
         agent

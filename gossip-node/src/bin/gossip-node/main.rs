@@ -255,6 +255,14 @@ async fn agent(config: AgentConfig) -> Result<()> {
             config.bind
         );
     }
+    if let Some(advertise) = config.advertise
+        && std::net::UdpSocket::bind(SocketAddr::new(advertise.ip(), 0)).is_err()
+    {
+        warn!(
+            %advertise,
+            "the advertise address is not an address of this host: fine behind NAT or a port mapping that forwards it here, otherwise peers will not reach this node; check `advertise`"
+        );
+    }
     let mut node_config = NodeConfig::new(&config.cluster, &config.name, config.bind, trust);
     node_config.advertise = config.advertise;
     node_config.seeds = config.seeds.clone();
