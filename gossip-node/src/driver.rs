@@ -31,6 +31,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONDING: usize = 64;
 /// How often deleted keys past their grace period are collected.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// While a node is joining, it syncs with the member that let it in again
+/// this soon after a sync that brought news: a cluster in a join storm keeps
+/// changing after the first table, and the news of later joiners may not
+/// find a new member (nobody has it among their few connected peers yet).
+const JOIN_RESYNC: Duration = Duration::from_millis(150);
+/// At most this many such follow-up syncs.
+const JOIN_RESYNCS: u32 = 10;
 /// How long a leaving node keeps its connections open after its last send,
 /// so that what quinn still holds goes out before the close.
 const LINGER: Duration = Duration::from_millis(100);
@@ -114,6 +121,9 @@ pub(crate) struct Driver {
     last_sync: BTreeMap<NodeId, Timestamp>,
     next_backstop: Timestamp,
     next_collect: Timestamp,
+    /// While joining: the member that let this node in, when to sync with it
+    /// again (if due), and how many follow-up syncs are left.
+    joining: Option<(NodeId, Option<Timestamp>, u32)>,
     sync_counters: SyncCounters,
     counters: DriverCounters,
     leave_waiters: Vec<oneshot::Sender<()>>,
@@ -169,6 +179,7 @@ impl Driver {
             last_sync: BTreeMap::new(),
             next_backstop: now + parts.config.sync_interval,
             next_collect: now + COLLECT_EVERY,
+            joining: None,
             sync_counters: SyncCounters::default(),
             counters: DriverCounters::default(),
             leave_waiters: Vec::new(),
@@ -192,6 +203,9 @@ impl Driver {
     /// The earliest deadline of any machine.
     fn deadline(&self) -> Timestamp {
         let mut earliest = self.next_backstop.min(self.next_collect);
+        if let Some((_, Some(at), _)) = self.joining {
+            earliest = earliest.min(at);
+        }
         let sessions = self.initiated.values().chain(self.responding.values());
         for at in self
             .swim
@@ -447,6 +461,14 @@ impl Driver {
                 self.wanted.insert(peer);
             }
         }
+        if let Some((via, Some(at), left)) = self.joining
+            && now >= at
+        {
+            // Not queued behind other syncs: catching up is what matters
+            // most to a node that has just joined.
+            self.joining = Some((via, None, left));
+            self.start_sync(now, via);
+        }
         if now >= self.next_collect {
             self.next_collect = now + COLLECT_EVERY;
             let collected = self.state.collect_tombstones(now, self.tombstone_grace);
@@ -518,6 +540,7 @@ impl Driver {
             Event::JoinCompleted { via } => {
                 info!(%via, "joined the cluster");
                 self.wanted.insert(*via);
+                self.joining = Some((*via, None, JOIN_RESYNCS));
             }
             Event::Refuted {
                 incarnation,
@@ -660,26 +683,31 @@ impl Driver {
             let Some(peer) = self.wanted.pop_first() else {
                 break;
             };
-            if peer == self.local_id() || self.initiated.contains_key(&peer) {
-                continue;
-            }
-            let Some(member) = self.swim.members().get(&peer) else {
-                continue;
-            };
-            if member.status.is_departed() || member.status == MemberStatus::Dead {
-                continue;
-            }
-            let Some(addr) = member.meta.addrs().first().copied() else {
-                continue;
-            };
-            let id = self.rng.random();
-            let session = Session::initiate(self.sync_config.clone(), peer, &self.state, now);
-            self.initiated.insert(peer, Running { id, session, addr });
-            self.last_sync.insert(peer, now);
-            self.sync_counters.initiated += 1;
-            debug!(%peer, id, "sync started");
-            self.flush_session(peer, Role::Initiator);
+            self.start_sync(now, peer);
         }
+    }
+
+    /// Starts a sync with `peer`, unless one is under way or it is gone.
+    fn start_sync(&mut self, now: Timestamp, peer: NodeId) {
+        if peer == self.local_id() || self.initiated.contains_key(&peer) {
+            return;
+        }
+        let Some(member) = self.swim.members().get(&peer) else {
+            return;
+        };
+        if member.status.is_departed() || member.status == MemberStatus::Dead {
+            return;
+        }
+        let Some(addr) = member.meta.addrs().first().copied() else {
+            return;
+        };
+        let id = self.rng.random();
+        let session = Session::initiate(self.sync_config.clone(), peer, &self.state, now);
+        self.initiated.insert(peer, Running { id, session, addr });
+        self.last_sync.insert(peer, now);
+        self.sync_counters.initiated += 1;
+        debug!(%peer, id, "sync started");
+        self.flush_session(peer, Role::Initiator);
     }
 
     /// Sends what a session has to say, and ends it if it is over.
@@ -716,7 +744,15 @@ impl Driver {
             self.sync_counters.entries_received += stats.entries_received;
             self.count_session_end(role, clean);
             if role == Role::Initiator {
-                self.last_sync.insert(peer, self.now());
+                let now = self.now();
+                self.last_sync.insert(peer, now);
+                if let Some((via, _, left)) = self.joining
+                    && via == peer
+                {
+                    let news = stats.members_received + stats.entries_received > 0;
+                    self.joining =
+                        (news && left > 0).then_some((via, Some(now + JOIN_RESYNC), left - 1));
+                }
             }
         }
         if parts.is_empty() {
