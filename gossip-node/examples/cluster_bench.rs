@@ -86,11 +86,10 @@ fn ms(d: Duration) -> f64 {
 fn watch(
     i: usize,
     n: usize,
-    node: &Node,
+    mut events: tokio::sync::broadcast::Receiver<NodeEvent>,
     seen: Arc<Mutex<Seen>>,
     start: Instant,
 ) -> tokio::task::JoinHandle<()> {
-    let mut events = node.subscribe();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
             let at = start.elapsed();
@@ -221,9 +220,11 @@ async fn run(args: Args) {
         config.credentials = Some(credentials);
         config.seeds = seed_addr.into_iter().collect();
         config.rng_seed = Some(i as u64 + 1);
-        let node = Node::start(config).await.expect("node starts");
+        // Subscribed from the first event: a subscription made after the
+        // start may miss the first members found.
+        let (node, events) = Node::start_subscribed(config).await.expect("node starts");
         seed_addr.get_or_insert(node.addr());
-        watch(i, n, &node, seen.clone(), start);
+        watch(i, n, events, seen.clone(), start);
         nodes.push(node);
     }
     let started = start.elapsed();
@@ -231,7 +232,30 @@ async fn run(args: Args) {
         s.complete_at.iter().all(Option::is_some)
     })
     .await;
-    assert!(joined, "the cluster did not converge in 120 s");
+    if !joined {
+        // Say who lacks what, by the events and by the node's own table.
+        let incomplete: Vec<(usize, usize)> = {
+            let seen = seen.lock().expect("lock");
+            let alive = seen.alive.iter().map(BTreeSet::len);
+            alive.enumerate().filter(|(_, a)| a + 1 < n).collect()
+        };
+        for (i, by_events) in incomplete {
+            let members = nodes[i].members().await.unwrap_or_default();
+            let statuses: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}:{}@{}",
+                        m.meta.name(),
+                        m.status.as_str(),
+                        m.incarnation.get()
+                    )
+                })
+                .collect();
+            eprintln!("node {i}: {by_events} alive by its events; its table: {statuses:?}");
+        }
+        panic!("the cluster did not converge in 120 s");
+    }
     // How the join went, on stderr: where the time and the handshakes went.
     let sorted = |times: &[Option<Duration>]| {
         let mut times: Vec<Duration> = times.iter().flatten().copied().collect();

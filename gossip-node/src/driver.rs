@@ -31,13 +31,15 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONDING: usize = 64;
 /// How often deleted keys past their grace period are collected.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
-/// While a node is joining, it syncs with the member that let it in again
-/// this soon after a sync that brought news: a cluster in a join storm keeps
-/// changing after the first table, and the news of later joiners may not
-/// find a new member (nobody has it among their few connected peers yet).
+/// After joining, a node syncs again with the member that let it in this
+/// often: a cluster in a join storm keeps changing after the first table,
+/// and the news of later joiners may not find a new member (few peers are
+/// connected to it yet). A sync between equal replicas costs one exchange.
 const JOIN_RESYNC: Duration = Duration::from_millis(150);
-/// At most this many such follow-up syncs.
+/// At most this many follow-up syncs...
 const JOIN_RESYNCS: u32 = 10;
+/// ... ending sooner once this many in a row brought nothing new.
+const JOIN_QUIET_RESYNCS: u32 = 2;
 /// How long a leaving node keeps its connections open after its last send,
 /// so that what quinn still holds goes out before the close.
 const LINGER: Duration = Duration::from_millis(100);
@@ -92,6 +94,19 @@ struct Running {
     addr: SocketAddr,
 }
 
+/// The follow-up syncs of a node that has just joined.
+#[derive(Debug, Clone, Copy)]
+struct CatchUp {
+    /// The member that let this node in.
+    via: NodeId,
+    /// When to sync with it next, once the current sync has ended.
+    next: Option<Timestamp>,
+    /// Follow-up syncs left.
+    left: u32,
+    /// Syncs in a row that brought nothing new.
+    quiet: u32,
+}
+
 /// A send of a sync message that failed, reported back by its task.
 struct SendFailed {
     peer: NodeId,
@@ -121,9 +136,8 @@ pub(crate) struct Driver {
     last_sync: BTreeMap<NodeId, Timestamp>,
     next_backstop: Timestamp,
     next_collect: Timestamp,
-    /// While joining: the member that let this node in, when to sync with it
-    /// again (if due), and how many follow-up syncs are left.
-    joining: Option<(NodeId, Option<Timestamp>, u32)>,
+    /// Follow-up syncs after joining.
+    joining: Option<CatchUp>,
     sync_counters: SyncCounters,
     counters: DriverCounters,
     leave_waiters: Vec<oneshot::Sender<()>>,
@@ -203,7 +217,7 @@ impl Driver {
     /// The earliest deadline of any machine.
     fn deadline(&self) -> Timestamp {
         let mut earliest = self.next_backstop.min(self.next_collect);
-        if let Some((_, Some(at), _)) = self.joining {
+        if let Some(at) = self.joining.as_ref().and_then(|c| c.next) {
             earliest = earliest.min(at);
         }
         let sessions = self.initiated.values().chain(self.responding.values());
@@ -461,12 +475,13 @@ impl Driver {
                 self.wanted.insert(peer);
             }
         }
-        if let Some((via, Some(at), left)) = self.joining
-            && now >= at
+        if let Some(catch_up) = &mut self.joining
+            && catch_up.next.is_some_and(|at| now >= at)
         {
             // Not queued behind other syncs: catching up is what matters
             // most to a node that has just joined.
-            self.joining = Some((via, None, left));
+            catch_up.next = None;
+            let via = catch_up.via;
             self.start_sync(now, via);
         }
         if now >= self.next_collect {
@@ -540,7 +555,12 @@ impl Driver {
             Event::JoinCompleted { via } => {
                 info!(%via, "joined the cluster");
                 self.wanted.insert(*via);
-                self.joining = Some((*via, None, JOIN_RESYNCS));
+                self.joining = Some(CatchUp {
+                    via: *via,
+                    next: None,
+                    left: JOIN_RESYNCS,
+                    quiet: 0,
+                });
             }
             Event::Refuted {
                 incarnation,
@@ -746,12 +766,17 @@ impl Driver {
             if role == Role::Initiator {
                 let now = self.now();
                 self.last_sync.insert(peer, now);
-                if let Some((via, _, left)) = self.joining
-                    && via == peer
+                if let Some(catch_up) = &mut self.joining
+                    && catch_up.via == peer
                 {
                     let news = stats.members_received + stats.entries_received > 0;
-                    self.joining =
-                        (news && left > 0).then_some((via, Some(now + JOIN_RESYNC), left - 1));
+                    catch_up.quiet = if news { 0 } else { catch_up.quiet + 1 };
+                    if catch_up.left == 0 || catch_up.quiet >= JOIN_QUIET_RESYNCS {
+                        self.joining = None;
+                    } else {
+                        catch_up.left -= 1;
+                        catch_up.next = Some(now + JOIN_RESYNC);
+                    }
                 }
             }
         }

@@ -81,6 +81,23 @@ impl Node {
     ///
     /// Cancelling before it returns leaves nothing running.
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        Self::start_subscribed(config).await.map(|(node, _)| node)
+    }
+
+    /// As [`start`](Node::start), with a subscription made before the node
+    /// runs, so it sees every event from the first: a subscription made
+    /// after `start` returns may miss the first members found.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Node::start).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`start`](Node::start).
+    pub async fn start_subscribed(
+        config: NodeConfig,
+    ) -> Result<(Node, broadcast::Receiver<NodeEvent>), Error> {
         if config.name.is_empty() {
             return Err(Error::Config(
                 "`name` is empty; give the node a name".into(),
@@ -162,7 +179,7 @@ impl Node {
         sync_config.idle_timeout = Duration::from_secs(5);
 
         let (commands_tx, commands) = mpsc::channel(256);
-        let (events, _) = broadcast::channel(config.event_buffer.max(16));
+        let (events, first_subscriber) = broadcast::channel(config.event_buffer.max(16));
         let driver = Driver::new(Parts {
             swim,
             state,
@@ -179,7 +196,7 @@ impl Node {
         });
         let span = tracing::info_span!("node", id = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
-        Ok(Node {
+        let node = Node {
             id,
             addr: advertise,
             commands: commands_tx,
@@ -189,7 +206,8 @@ impl Node {
             task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
             #[cfg(feature = "fault-injection")]
             faults,
-        })
+        };
+        Ok((node, first_subscriber))
     }
 
     /// This node's id (the hash of its certificate's public key).
@@ -202,7 +220,8 @@ impl Node {
         self.addr
     }
 
-    /// A stream of cluster events from now on. A subscriber that falls more
+    /// A stream of cluster events from now on (to see them from the very
+    /// start, use [`start_subscribed`](Node::start_subscribed)). A subscriber that falls more
     /// than `event_buffer` events behind misses the oldest and is told how
     /// many (`RecvError::Lagged`); [`members`](Node::members) then gives the
     /// current picture.
