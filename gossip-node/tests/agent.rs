@@ -101,6 +101,31 @@ fn make_certs(dir: &Path, names: &[&str]) -> PathBuf {
     certs
 }
 
+/// Starts `gossip-node agent --config config` with `envs`, its log going to
+/// `log` (or nowhere), listening on the given loopback ports.
+fn spawn_agent(
+    config: &Path,
+    envs: &[(&str, String)],
+    log: Option<&Path>,
+    ports: (u16, u16),
+) -> Agent {
+    let stderr = log.map_or_else(Stdio::null, |path| {
+        std::fs::File::create(path).unwrap().into()
+    });
+    let child = Command::new(BIN)
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Agent {
+        child,
+        gossip: format!("127.0.0.1:{}", ports.0),
+        admin: format!("127.0.0.1:{}", ports.1),
+    }
+}
+
 /// Writes a config for `name` and starts an agent from it.
 fn start(dir: &Path, certs: &Path, name: &str, seeds: &[&Agent]) -> Agent {
     let (gossip, admin) = free_ports();
@@ -126,18 +151,12 @@ role = "{name}-role"
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(BIN)
-        .args(["agent", "--config", path.to_str().unwrap()])
-        .env("GOSSIP_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = Agent {
-        child,
-        admin: format!("127.0.0.1:{admin}"),
-        gossip: format!("127.0.0.1:{gossip}"),
-    };
+    let agent = spawn_agent(
+        &path,
+        &[("GOSSIP_LOG_FORMAT", "json".to_string())],
+        None,
+        (gossip, admin),
+    );
     eventually(
         Duration::from_secs(20),
         "the agent's admin API answers",
@@ -289,17 +308,7 @@ fn mistakes_get_errors_that_name_the_fix() {
         ),
     );
     let log = dir.path().join("elsewhere.log");
-    let child = Command::new(BIN)
-        .args(["agent", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _running = Agent {
-        child,
-        admin: format!("127.0.0.1:{admin}"),
-        gossip: format!("127.0.0.1:{gossip}"),
-    };
+    let _running = spawn_agent(&path, &[], Some(&log), (gossip, admin));
     eventually(
         Duration::from_secs(20),
         "a warning about the advertise address",
@@ -353,21 +362,13 @@ fn the_sample_config_runs_with_environment_overrides() {
     std::fs::copy(&sample, &config).unwrap();
     let (gossip, admin) = free_ports();
     let log = dir.path().join("agent.log");
-    let child = Command::new(BIN)
-        .args(["agent", "--config", config.to_str().unwrap()])
-        // The environment overrides the file's addresses; the file's seed
-        // is left as it is, with no agent there.
-        .env("GOSSIP_BIND", format!("127.0.0.1:{gossip}"))
-        .env("GOSSIP_ADMIN", format!("127.0.0.1:{admin}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut agent = Agent {
-        child,
-        admin: format!("127.0.0.1:{admin}"),
-        gossip: format!("127.0.0.1:{gossip}"),
-    };
+    // The environment overrides the file's addresses; the file's seed is
+    // left as it is, with no agent there.
+    let envs = [
+        ("GOSSIP_BIND", format!("127.0.0.1:{gossip}")),
+        ("GOSSIP_ADMIN", format!("127.0.0.1:{admin}")),
+    ];
+    let mut agent = spawn_agent(&config, &envs, Some(&log), (gossip, admin));
     eventually(Duration::from_secs(20), "the agent answers", || {
         agent.cli(&["status"]).status.success()
     });
