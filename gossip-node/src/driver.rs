@@ -427,11 +427,16 @@ impl Driver {
         self.flush_session(from, our_role);
     }
 
-    fn handle_send_failure(&mut self, failed: SendFailed) {
-        let sessions = match failed.role {
+    /// The sessions in which this node plays `role`.
+    fn sessions(&mut self, role: Role) -> &mut BTreeMap<NodeId, Running> {
+        match role {
             Role::Initiator => &mut self.initiated,
             Role::Responder => &mut self.responding,
-        };
+        }
+    }
+
+    fn handle_send_failure(&mut self, failed: SendFailed) {
+        let sessions = self.sessions(failed.role);
         if sessions
             .get(&failed.peer)
             .is_some_and(|r| r.id == failed.id)
@@ -511,7 +516,7 @@ impl Driver {
                 break;
             }
         }
-        self.keep_local_record(now);
+        self.keep_local_record();
         self.start_wanted_syncs(now);
         let root = self.state.root();
         let mut digest = [0u8; 8];
@@ -600,16 +605,18 @@ impl Driver {
 
     /// Keeps the replicated copy of the local record equal to SWIM's, and
     /// the incarnation on disk at least as high as the one in use.
-    fn keep_local_record(&mut self, _now: Timestamp) {
-        let local = self.swim.members().local().clone();
-        if self.state.member(&local.id) != Some(&local) {
+    fn keep_local_record(&mut self) {
+        // Runs after every input: compare in place, clone only on a change.
+        let local = self.swim.members().local();
+        if self.state.member(&local.id) != Some(local) {
             let _ = self.state.merge_member(local.clone());
         }
-        if local.incarnation.get() > self.persisted_incarnation
+        let incarnation = self.swim.members().local().incarnation;
+        if incarnation.get() > self.persisted_incarnation
             && let Some(dir) = &self.data_dir
         {
-            match dir.store_incarnation(local.incarnation) {
-                Ok(()) => self.persisted_incarnation = local.incarnation.get(),
+            match dir.store_incarnation(incarnation) {
+                Ok(()) => self.persisted_incarnation = incarnation.get(),
                 Err(err) => warn!(error = %err, "could not store the incarnation"),
             }
         }
@@ -732,10 +739,7 @@ impl Driver {
 
     /// Sends what a session has to say, and ends it if it is over.
     fn flush_session(&mut self, peer: NodeId, role: Role) {
-        let sessions = match role {
-            Role::Initiator => &mut self.initiated,
-            Role::Responder => &mut self.responding,
-        };
+        let sessions = self.sessions(role);
         let Some(running) = sessions.get_mut(&peer) else {
             return;
         };
