@@ -69,6 +69,14 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
+    /// A stream ended inside a frame.
+    #[error("stream ended inside a frame: {received} of {expected:?} bytes")]
+    TruncatedFrame {
+        /// The announced length, if the header was complete.
+        expected: Option<usize>,
+        /// Body bytes received.
+        received: usize,
+    },
     /// The connection failed while sending.
     #[error("connection to {peer} lost: {reason}")]
     ConnectionLost {

@@ -42,6 +42,7 @@ mod certs;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod framing;
 mod transport;
 
 pub use certs::{
@@ -51,6 +52,7 @@ pub use certs::{
 pub use error::Error;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
+pub use framing::{FRAME_HEADER_LEN, FrameDecoder, frame_header};
 pub use transport::{
     ALPN, Channel, Received, Transport, TransportConfig, TransportStats, quinn_configs,
 };

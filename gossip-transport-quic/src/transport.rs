@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::certs::{NodeCredentials, SERVER_NAME, TrustBundle, node_id_of, server_name_of};
 use crate::error::Error;
+use crate::framing::{FrameDecoder, frame_header};
 
 /// The ALPN protocol id: our protocol and its version.
 pub const ALPN: &[u8] = b"gossip/1";
@@ -719,26 +720,13 @@ impl Transport {
         addr: SocketAddr,
         bytes: &[u8],
     ) -> Result<NodeId, Error> {
-        let max = self.inner.config.max_frame_bytes;
-        if bytes.len() > max {
-            bump(&self.inner.counters.oversize);
-            return Err(Error::FrameTooLarge {
-                len: bytes.len(),
-                max,
-            });
-        }
-        let len = u32::try_from(bytes.len()).map_err(|_| Error::FrameTooLarge {
-            len: bytes.len(),
-            max,
-        })?;
+        let header = frame_header(bytes.len(), self.inner.config.max_frame_bytes)
+            .inspect_err(|_| bump(&self.inner.counters.oversize))?;
         for attempt in 0..2 {
             let (id, conn) = self.connect(peer, addr).await?;
             let sent = async {
                 let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-                stream
-                    .write_all(&len.to_be_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                stream.write_all(&header).await.map_err(|e| e.to_string())?;
                 stream.write_all(bytes).await.map_err(|e| e.to_string())?;
                 stream.finish().map_err(|e| e.to_string())
             }
@@ -889,45 +877,45 @@ async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
     while let Ok(mut stream) = conn.accept_uni().await {
         let inner = inner.clone();
         tokio::spawn(async move {
-            let max = inner.config.max_frame_bytes;
+            let mut decoder = FrameDecoder::new(inner.config.max_frame_bytes);
             loop {
-                let mut header = [0u8; 4];
-                match stream.read_exact(&mut header).await {
-                    Ok(()) => {}
-                    // A clean end of stream between frames.
-                    Err(quinn::ReadExactError::FinishedEarly(0)) => return,
+                let chunk = match stream.read_chunk(decoder.wanted(), true).await {
+                    Ok(Some(chunk)) => chunk.bytes,
+                    Ok(None) => {
+                        if decoder.finish().is_err() {
+                            bump(&inner.counters.bad_frames);
+                        }
+                        return;
+                    }
                     Err(_) => {
                         bump(&inner.counters.bad_frames);
                         return;
                     }
-                }
-                let len = u32::from_be_bytes(header) as usize;
-                if len > max {
-                    bump(&inner.counters.bad_frames);
-                    let _ = stream.stop(VarInt::from_u32(3));
-                    return;
-                }
-                // Grow with what actually arrives, not with what the header
-                // claims: a peer cannot make us allocate for bytes it never sends.
-                let mut body = Vec::with_capacity(len.min(64 * 1024));
-                while body.len() < len {
-                    match stream.read_chunk(len - body.len(), true).await {
-                        Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-                        _ => {
+                };
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let frame = match decoder.push(rest) {
+                        Ok((frame, after)) => {
+                            rest = after;
+                            frame
+                        }
+                        Err(_) => {
                             bump(&inner.counters.bad_frames);
+                            let _ = stream.stop(VarInt::from_u32(3));
                             return;
                         }
+                    };
+                    let Some(body) = frame else { continue };
+                    bump(&inner.counters.messages_received);
+                    let received = Received {
+                        from: peer,
+                        addr,
+                        channel: Channel::Stream,
+                        bytes: Bytes::from(body),
+                    };
+                    if inner.incoming.send(received).await.is_err() {
+                        return;
                     }
-                }
-                bump(&inner.counters.messages_received);
-                let received = Received {
-                    from: peer,
-                    addr,
-                    channel: Channel::Stream,
-                    bytes: Bytes::from(body),
-                };
-                if inner.incoming.send(received).await.is_err() {
-                    return;
                 }
             }
         });
