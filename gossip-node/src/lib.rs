@@ -47,7 +47,7 @@ mod error;
 mod event;
 pub mod metrics;
 mod node;
-mod stream;
+pub mod stream;
 
 pub use config::{NodeConfig, Preset};
 pub use data_dir::DataDir;

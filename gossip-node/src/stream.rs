@@ -1,4 +1,5 @@
-//! How the node frames what it sends on streams. Datagrams carry SWIM frames
+//! How the node frames what it sends on streams (public so that other
+//! implementations and the fuzzer can speak it). Datagrams carry SWIM frames
 //! as they are; a stream message starts with a tag:
 //!
 //! * `0`: a SWIM frame too large for a datagram, as it is;
@@ -15,14 +16,16 @@ const TAG_FROM_RESPONDER: u8 = 2;
 
 /// A side of a sync session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
+    /// The side that started the session.
     Initiator,
+    /// The side that answered.
     Responder,
 }
 
 impl Role {
     /// The other side.
-    pub(crate) fn peer(self) -> Role {
+    pub fn peer(self) -> Role {
         match self {
             Role::Initiator => Role::Responder,
             Role::Responder => Role::Initiator,
@@ -32,28 +35,36 @@ impl Role {
 
 /// A decoded stream message, borrowing from the received bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum StreamMessage<'a> {
+pub enum StreamMessage<'a> {
+    /// A SWIM frame.
     Swim(&'a [u8]),
+    /// A turn of a sync session.
     Sync {
         /// The sender's role.
         role: Role,
+        /// The session, as numbered by its initiator.
         id: u64,
+        /// The session's messages.
         parts: Vec<&'a [u8]>,
     },
 }
 
 /// Why a stream message did not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub(crate) enum DecodeError {
+pub enum DecodeError {
+    /// No bytes at all.
     #[error("empty message")]
     Empty,
+    /// The first byte names no kind of message.
     #[error("unknown tag {0}")]
     UnknownTag(u8),
+    /// The message ends inside its session id or a part.
     #[error("truncated message")]
     Truncated,
 }
 
-pub(crate) fn encode_swim(frame: &[u8]) -> Vec<u8> {
+/// A SWIM frame too large for a datagram.
+pub fn encode_swim(frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len() + 1);
     out.push(TAG_SWIM);
     out.extend_from_slice(frame);
@@ -61,7 +72,7 @@ pub(crate) fn encode_swim(frame: &[u8]) -> Vec<u8> {
 }
 
 /// A sync message from the side `role` of session `id`.
-pub(crate) fn encode_sync(role: Role, id: u64, parts: &[Vec<u8>]) -> Vec<u8> {
+pub fn encode_sync(role: Role, id: u64, parts: &[Vec<u8>]) -> Vec<u8> {
     let len = 9 + parts.iter().map(|p| p.len() + 4).sum::<usize>();
     let mut out = Vec::with_capacity(len);
     out.push(match role {
@@ -77,9 +88,13 @@ pub(crate) fn encode_sync(role: Role, id: u64, parts: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Decodes without copying; the part list is bounded by the message length
+/// Decodes a stream message without copying.
+///
+/// # Errors
+///
+/// [`DecodeError`]; nothing panics on any input. The part list is bounded by the message length
 /// (every part costs at least its 4-byte length).
-pub(crate) fn decode(bytes: &[u8]) -> Result<StreamMessage<'_>, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<StreamMessage<'_>, DecodeError> {
     let (&tag, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
     let role = match tag {
         TAG_SWIM => return Ok(StreamMessage::Swim(rest)),
