@@ -16,7 +16,8 @@ pub(crate) enum Cmd {
     /// killed and detected, a key spreads, and everything is cleaned up.
     Demo,
     /// Everything CI checks: fmt, clippy (warnings denied), the tests, the doc
-    /// tests, rustdoc (warnings denied) and tidy.
+    /// tests, rustdoc (warnings denied), tidy, and every fuzz target for a
+    /// few seconds.
     Ci,
     /// Structural checks: the sans-IO crates depend on no runtime, socket or
     /// entropy crate; every crate takes the workspace lints; every top-level
@@ -33,6 +34,17 @@ pub(crate) enum Cmd {
         /// Arguments for the scenario (`cargo xtask sim reconcile -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Runs the fuzz targets in `fuzz/` (cargo-fuzz, installed if missing,
+    /// on the stable toolchain) and prints executions and coverage, e.g.
+    /// `cargo xtask fuzz swim_machine --seconds 600`. Targets: frame_swim,
+    /// frame_sync, transport_frames, node_stream, swim_machine, sync_session.
+    Fuzz {
+        /// One target; all of them when omitted.
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Runs the criterion benches (`cargo bench --workspace`); extra arguments
     /// are passed on, e.g. `cargo xtask bench -- merge`. `cargo xtask bench

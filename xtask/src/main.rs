@@ -3,6 +3,7 @@
 
 mod demo;
 mod flags;
+mod fuzz;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ fn main() -> Result<()> {
         Cmd::Tidy => tidy::run(&root),
         Cmd::Bench { args } => bench(&args),
         Cmd::Sim { scenario, args } => sim(&scenario, &args),
+        Cmd::Fuzz { target, seconds } => fuzz::run(&root, target.as_deref(), seconds),
     }
 }
 
@@ -57,11 +59,19 @@ fn has_cargo_subcommand(sub: &str) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
+/// Seconds each fuzz target runs in CI.
+const CI_FUZZ_SECONDS: u64 = 10;
+
 /// Every check CI runs, in order, stopping at the first failure. Features
 /// are all on, so feature-gated code (the transport's fault injection) is
 /// checked and tested too.
 fn ci() -> Result<()> {
     run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        "cargo",
+        &["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"],
+        &[],
+    )?;
     run(
         "cargo",
         &[
@@ -124,6 +134,9 @@ fn ci() -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     tidy::run(&project_root())?;
+    // Every fuzz target builds and runs briefly: long runs are
+    // `cargo xtask fuzz --seconds 600`.
+    fuzz::run(&project_root(), None, CI_FUZZ_SECONDS)?;
     eprintln!("cargo xtask ci: all checks passed");
     Ok(())
 }

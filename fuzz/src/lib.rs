@@ -1,0 +1,57 @@
+//! What the fuzz targets share: the cluster, node ids and addresses, the
+//! configurations the targets decode with, and a snapshot of replicated state
+//! to compare before and after refused input.
+
+use std::net::SocketAddr;
+
+use gossip_antientropy::{SyncConfig, SyncState};
+use gossip_core::{ClusterId, Entry, Member, NodeId};
+
+/// The cluster every target and every corpus file speaks for.
+pub fn cluster() -> ClusterId {
+    ClusterId::from_name("fuzz")
+}
+
+/// The id of node `n`.
+pub fn node_id(n: u8) -> NodeId {
+    NodeId::from_public_key(&[b'n', n])
+}
+
+/// The address of node `n`.
+pub fn node_addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 7946))
+}
+
+/// SWIM's configuration for node `n` of a small cluster.
+pub fn swim_config(seed: u64) -> gossip_swim::Config {
+    let mut config = gossip_swim::Config::lan(cluster(), 8);
+    config.seed = seed;
+    config
+}
+
+/// The sync configuration.
+pub fn sync_config() -> SyncConfig {
+    SyncConfig::new(cluster())
+}
+
+/// Everything a replica holds that a sync may change: member records, and
+/// per owner its version, floor and every entry.
+pub type Snapshot = (Vec<Member>, Vec<(NodeId, u64, u64, Vec<Entry>)>);
+
+/// The replicated content of `state`.
+pub fn snapshot(state: &SyncState) -> Snapshot {
+    let members = state.members().cloned().collect();
+    let kv = state
+        .kv()
+        .owners()
+        .map(|(id, node)| {
+            (
+                *id,
+                node.max_version(),
+                node.floor(),
+                node.entries().collect(),
+            )
+        })
+        .collect();
+    (members, kv)
+}
