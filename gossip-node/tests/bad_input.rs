@@ -1,0 +1,493 @@
+//! Hostile input against a running node: bytes from an authenticated peer
+//! (a holder of a cluster certificate that is not a member) and from
+//! unauthenticated ones. Every case must be refused with a typed error and a
+//! counter, nothing may panic, and the victim's membership and key/value
+//! state must be byte-identical before and after.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{Cluster, eventually, validity};
+use gossip_core::{
+    ClusterId, Incarnation, Limits, Member, MemberMeta, MemberStatus, NodeId, Rumor, RumorQueue,
+    encode_frame,
+};
+use gossip_node::stream;
+use gossip_node::{Metrics, Node};
+use gossip_swim::{Message, TargetTag};
+use gossip_transport_quic::{
+    ClusterCa, Error as TransportError, NodeCredentials, Transport, TransportConfig, Validity,
+    frame_header, quinn_configs,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Everything the victim holds that input could change: its member records
+/// and every owner's keys, serialized.
+async fn state_bytes(node: &Node) -> Vec<u8> {
+    let mut members = node.members().await.expect("members");
+    members.sort_by_key(|m| m.id);
+    let mut out = serde_json::to_vec(&members).expect("members serialize");
+    for member in &members {
+        for (key, value) in node.keys(member.id).await.expect("keys") {
+            out.extend_from_slice(key.as_str().as_bytes());
+            out.push(0);
+            out.extend_from_slice(&value);
+            out.push(0);
+        }
+    }
+    out
+}
+
+async fn metrics(node: &Node) -> Metrics {
+    node.metrics().await.expect("metrics")
+}
+
+/// Deterministic filler bytes (blake3's output stream of `seed`).
+fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// A SWIM frame for `cluster` with `body` and `rumors`, as a member would
+/// send it (`version` is the wire version byte).
+fn frame(cluster: ClusterId, version: u8, body: &Message, rumors: Vec<Rumor>) -> Vec<u8> {
+    let limits = Limits::default();
+    let mut queue = RumorQueue::new(4, limits.clone());
+    for rumor in rumors {
+        queue.push(rumor).expect("rumor queues");
+    }
+    let packed = queue.pack(60_000, 8);
+    let mut out = Vec::new();
+    encode_frame(cluster, body, &packed, &limits, &mut out).expect("frame encodes");
+    out[0] = version;
+    out
+}
+
+fn record(id: NodeId, incarnation: u64, status: MemberStatus) -> Member {
+    let mut member = Member::new(id, MemberMeta::new("forged", [])).with_status(status);
+    member.incarnation = Incarnation::new(incarnation);
+    member
+}
+
+/// A quinn client endpoint speaking the cluster's TLS with `credentials`,
+/// for the cases our own transport would never send.
+fn raw_client(credentials: &NodeCredentials, ca: &ClusterCa) -> quinn::Endpoint {
+    let config = TransportConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let (_, client) = quinn_configs(&config, credentials, &ca.trust()).expect("configs");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(client);
+    endpoint
+}
+
+async fn raw_connect(endpoint: &quinn::Endpoint, to: SocketAddr) -> Option<quinn::Connection> {
+    endpoint
+        .connect(to, gossip_transport_quic::SERVER_NAME)
+        .ok()?
+        .await
+        .ok()
+}
+
+/// Sends `bytes` raw on a new stream and finishes it.
+async fn raw_stream(conn: &quinn::Connection, bytes: &[u8]) {
+    let mut stream = conn.open_uni().await.expect("stream opens");
+    stream.write_all(bytes).await.expect("stream write");
+    stream.finish().expect("stream finishes");
+    let _ = stream.stopped().await;
+}
+
+/// A two-node cluster with keys on both, and an authenticated outsider: a
+/// transport with a certificate from the cluster's CA that is no member.
+struct Setup {
+    cluster: Cluster,
+    victim_addr: SocketAddr,
+    victim_id: NodeId,
+    attacker: Transport,
+    attacker_credentials: NodeCredentials,
+    cluster_id: ClusterId,
+}
+
+async fn setup() -> Setup {
+    let (cluster, ids) = Cluster::converged(2, None).await;
+    cluster.nodes[0].set("role", "victim").await.expect("set");
+    cluster.nodes[1].set("role", "witness").await.expect("set");
+    for node in &cluster.nodes {
+        for owner in &cluster.nodes {
+            eventually(LIMIT, "the keys spread", || async {
+                node.get(owner.id(), "role").await.ok().flatten().is_some()
+            })
+            .await;
+        }
+    }
+    let attacker_credentials = cluster.ca.issue("outsider", validity()).expect("creds");
+    let (attacker, _inbox) = Transport::bind(
+        TransportConfig::new("127.0.0.1:0".parse().expect("addr")),
+        &attacker_credentials,
+        &cluster.ca.trust(),
+    )
+    .expect("attacker binds");
+    // The inbox is dropped: the victim's answers are of no interest.
+    let cluster_id = ClusterId::from_name(common::CLUSTER);
+    Setup {
+        victim_addr: cluster.nodes[0].addr(),
+        victim_id: ids[0],
+        cluster,
+        attacker,
+        attacker_credentials,
+        cluster_id,
+    }
+}
+
+/// Runs `attack`, then waits until `counted` says the victim counted it,
+/// and checks the victim's state did not change.
+async fn refused<A, F>(setup: &Setup, what: &str, attack: A, counted: F)
+where
+    A: std::future::Future<Output = ()>,
+    F: Fn(&Metrics, &Metrics) -> bool,
+{
+    let victim = &setup.cluster.nodes[0];
+    let before_state = state_bytes(victim).await;
+    let before = metrics(victim).await;
+    attack.await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let after = metrics(victim).await;
+        if counted(&before, &after) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: no counter moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state_bytes(victim).await,
+        before_state,
+        "{what}: the victim's state changed"
+    );
+    eprintln!("refused and counted: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes_nothing() {
+    let setup = setup().await;
+    let (victim, addr, cluster) = (setup.victim_id, setup.victim_addr, setup.cluster_id);
+    let witness = setup.cluster.nodes[1].id();
+    let attacker = &setup.attacker;
+    let datagram = |bytes: Vec<u8>| async move {
+        attacker
+            .send_datagram(Some(victim), addr, bytes.into())
+            .await
+            .expect("an authenticated peer can send");
+    };
+    let message = |bytes: Vec<u8>| async move {
+        attacker
+            .send_message(Some(victim), addr, &bytes)
+            .await
+            .expect("an authenticated peer can send");
+    };
+    let ping = Message::Ping {
+        seq: 1,
+        target: TargetTag::of(&victim),
+        suspicion: None,
+        state_digest: None,
+    };
+
+    refused(
+        &setup,
+        "random bytes as a datagram",
+        datagram(noise("random datagram", 700)),
+        |b, a| a.swim.decode_errors > b.swim.decode_errors,
+    )
+    .await;
+    refused(
+        &setup,
+        "random bytes as a stream message",
+        message([&[9u8][..], &noise("random stream", 5000)].concat()),
+        |b, a| a.driver.stream_decode_errors > b.driver.stream_decode_errors,
+    )
+    .await;
+    let whole = frame(cluster, 1, &ping, Vec::new());
+    refused(
+        &setup,
+        "a truncated frame",
+        datagram(whole[..whole.len() - 3].to_vec()),
+        |b, a| a.swim.decode_errors > b.swim.decode_errors,
+    )
+    .await;
+    refused(
+        &setup,
+        "an oversized SWIM frame (on a stream)",
+        message(stream::encode_swim(
+            &[&whole[..], &noise("padding", 200_000)[..]].concat(),
+        )),
+        |b, a| a.swim.oversized > b.swim.oversized,
+    )
+    .await;
+    refused(
+        &setup,
+        "a foreign cluster id",
+        datagram(frame(
+            ClusterId::from_name("elsewhere"),
+            1,
+            &ping,
+            Vec::new(),
+        )),
+        |b, a| a.swim.foreign_cluster > b.swim.foreign_cluster,
+    )
+    .await;
+    refused(
+        &setup,
+        "an unknown wire version",
+        datagram(frame(cluster, 99, &ping, Vec::new())),
+        |b, a| a.swim.bad_version > b.swim.bad_version,
+    )
+    .await;
+    // Frames name no sender: the only identity is the certificate's. What
+    // is left to claim is another node's place: a probe meant for another
+    // node, and claims only their subjects may make. (A relayed claim names
+    // its origin, which an authenticated member is trusted to report: the
+    // trust boundary is the cluster's CA.)
+    refused(
+        &setup,
+        "a probe addressed to another node",
+        datagram(frame(
+            cluster,
+            1,
+            &Message::Ping {
+                seq: 2,
+                target: TargetTag::of(&witness),
+                suspicion: None,
+                state_digest: None,
+            },
+            Vec::new(),
+        )),
+        |b, a| a.swim.misdirected > b.swim.misdirected,
+    )
+    .await;
+    let members = setup.cluster.nodes[0].members().await.expect("members");
+    let known = |id: NodeId| {
+        members
+            .iter()
+            .find(|m| m.id == id)
+            .expect("known member")
+            .incarnation
+            .get()
+    };
+    // Claims only a node itself may make (a new incarnation, a leave), made
+    // by the sender in its own name about others.
+    refused(
+        &setup,
+        "claims only their subjects may make",
+        datagram(frame(
+            cluster,
+            1,
+            &Message::Gossip { state_digest: None },
+            vec![
+                Rumor::Member {
+                    member: record(victim, known(victim), MemberStatus::Left),
+                    origin: attacker.local_id(),
+                },
+                Rumor::Member {
+                    member: record(witness, known(witness) + 1, MemberStatus::Alive),
+                    origin: attacker.local_id(),
+                },
+            ],
+        )),
+        |b, a| a.swim.rejected_claims >= b.swim.rejected_claims + 2,
+    )
+    .await;
+    refused(
+        &setup,
+        "accusations at the maximum incarnation",
+        datagram(frame(
+            cluster,
+            1,
+            &Message::Gossip { state_digest: None },
+            vec![
+                Rumor::Member {
+                    member: record(victim, Incarnation::MAX.get(), MemberStatus::Suspect),
+                    origin: attacker.local_id(),
+                },
+                Rumor::Member {
+                    member: record(witness, Incarnation::MAX.get(), MemberStatus::Dead),
+                    origin: attacker.local_id(),
+                },
+            ],
+        )),
+        |b, a| a.swim.rejected_claims >= b.swim.rejected_claims + 2,
+    )
+    .await;
+
+    // Below the node's framing: the transport's own stream frames.
+    let raw = raw_client(&setup.attacker_credentials, &setup.cluster.ca);
+    let conn = raw_connect(&raw, addr)
+        .await
+        .expect("an authenticated peer connects");
+    refused(
+        &setup,
+        "a stream frame cut short",
+        async {
+            let mut bytes = frame_header(1000, 1 << 20).expect("header").to_vec();
+            bytes.extend_from_slice(&noise("cut", 100));
+            raw_stream(&conn, &bytes).await;
+        },
+        |b, a| a.transport.bad_frames > b.transport.bad_frames,
+    )
+    .await;
+    refused(
+        &setup,
+        "a stream frame header claiming 4 GiB",
+        raw_stream(&conn, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        |b, a| a.transport.bad_frames > b.transport.bad_frames,
+    )
+    .await;
+    conn.close(0u32.into(), b"done");
+
+    // The victim still serves its cluster.
+    let witness_node = &setup.cluster.nodes[1];
+    witness_node.set("after", "attack").await.expect("set");
+    eventually(LIMIT, "the victim still hears its cluster", || async {
+        setup.cluster.nodes[0]
+            .get(witness, "after")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_peers_are_refused_in_the_handshake_and_change_nothing() {
+    let setup = setup().await;
+    let addr = setup.victim_addr;
+    let victim = setup.victim_id;
+    let bind = || TransportConfig::new("127.0.0.1:0".parse().expect("addr"));
+
+    let stranger_ca = ClusterCa::generate("another-cluster").expect("CA");
+    let foreign = stranger_ca.issue("intruder", validity()).expect("creds");
+    refused(
+        &setup,
+        "a certificate from another CA",
+        async {
+            let (intruder, _inbox) =
+                Transport::bind(bind(), &foreign, &stranger_ca.trust()).expect("binds");
+            let sent = intruder
+                .send_datagram(None, addr, b"hello"[..].into())
+                .await;
+            assert!(
+                matches!(sent, Err(TransportError::Connect { .. })),
+                "{sent:?}"
+            );
+        },
+        |b, a| a.transport.refused > b.transport.refused,
+    )
+    .await;
+
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "certificates are dated by the wall clock"
+    )]
+    let now = SystemTime::now();
+    let expired = setup
+        .cluster
+        .ca
+        .issue(
+            "expired",
+            Validity {
+                not_before: now - Duration::from_secs(7200),
+                not_after: now - Duration::from_secs(3600),
+            },
+        )
+        .expect("creds");
+    refused(
+        &setup,
+        "an expired certificate",
+        async {
+            let endpoint = raw_client(&expired, &setup.cluster.ca);
+            // In TLS 1.3 the client finishes before the server has checked
+            // its certificate: the server's refusal arrives as a close.
+            if let Some(conn) = raw_connect(&endpoint, addr).await {
+                let closed = tokio::time::timeout(LIMIT, conn.closed()).await;
+                assert!(closed.is_ok(), "the server closes the connection");
+            }
+        },
+        |b, a| a.transport.refused > b.transport.refused,
+    )
+    .await;
+
+    refused(
+        &setup,
+        "random bytes on the UDP port, from no one",
+        async {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("udp");
+            for i in 0..50 {
+                let bytes = noise(&format!("udp {i}"), 40 + i * 25);
+                socket.send_to(&bytes, addr).await.expect("udp send");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        },
+        // quinn drops what is no QUIC packet for a connection of ours before
+        // any state exists, and counts nothing: no handshake or connection
+        // may come of it.
+        |b, a| {
+            a.transport.handshakes == b.transport.handshakes
+                && a.transport.live_connections <= b.transport.live_connections
+        },
+    )
+    .await;
+
+    const FLOOD: u64 = 100;
+    refused(
+        &setup,
+        "a flood of connection attempts with untrusted certificates",
+        async {
+            let endpoint = raw_client(&foreign, &stranger_ca);
+            let endpoint = Arc::new(endpoint);
+            let attempts: Vec<_> = (0..FLOOD)
+                .map(|_| {
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move { raw_connect(&endpoint, addr).await.is_none() })
+                })
+                .collect();
+            for attempt in attempts {
+                assert!(attempt.await.expect("attempt"), "a flooder got in");
+            }
+        },
+        |b, a| a.transport.refused >= b.transport.refused + FLOOD,
+    )
+    .await;
+
+    // None of it reached the node's protocol layers, and the node still
+    // serves its cluster.
+    let after = metrics(&setup.cluster.nodes[0]).await;
+    assert_eq!(after.swim.decode_errors, 0);
+    assert_eq!(after.driver.stream_decode_errors, 0);
+    let witness = &setup.cluster.nodes[1];
+    witness.set("after", "flood").await.expect("set");
+    eventually(LIMIT, "the victim still hears its cluster", || async {
+        setup.cluster.nodes[0]
+            .get(witness.id(), "after")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    assert!(
+        common::sees_alive(&setup.cluster.nodes[1], &[victim, witness.id()]).await,
+        "the witness still sees the victim alive"
+    );
+}
