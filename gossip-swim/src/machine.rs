@@ -664,6 +664,7 @@ impl Swim {
             }
             return;
         }
+        let claim = self.unseen_suspicion(claim);
         self.note_confirmation(&claim, origin);
         match self.members.apply(self.now, claim, origin) {
             Ok(None) => {}
@@ -671,6 +672,38 @@ impl Swim {
             Ok(Some(MembershipEvent::AccusedSelf { claim, origin })) => self.refute(claim, origin),
             Ok(Some(_)) => {}
             Err(_) => self.stats.rejected_claims += 1,
+        }
+    }
+
+    /// A death claimed of a member that this node has not suspected for
+    /// long (it holds the member alive at the same incarnation, or its
+    /// suspicion began less than half the minimum suspicion timeout ago)
+    /// counts here as a suspicion: the accused has not yet had its chance to
+    /// refute where this node can see it. That happens when a partition
+    /// heals: each side declared the other dead, and those claims reach
+    /// members that were in touch with the accused all along. The accused
+    /// refutes in time if it is alive; if it is not, this node's own
+    /// suspicion ends in its death. After a real crash the suspicion arrives
+    /// well before the death, and the death is taken at once.
+    fn unseen_suspicion(&self, claim: Member) -> Member {
+        if claim.status != MemberStatus::Dead {
+            return claim;
+        }
+        let Some(current) = self.members.get(&claim.id) else {
+            return claim;
+        };
+        let fresh = match current.status {
+            MemberStatus::Alive => true,
+            MemberStatus::Suspect => self
+                .suspicions
+                .get(&claim.id)
+                .is_some_and(|s| self.now.saturating_duration_since(s.started) < s.min / 2),
+            _ => false,
+        };
+        if fresh && current.incarnation == claim.incarnation {
+            claim.with_status(MemberStatus::Suspect)
+        } else {
+            claim
         }
     }
 

@@ -121,6 +121,10 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
         _ => None,
     });
     assert_eq!(by, Some(node_id(2)));
+    // Node 1 is gone; a death is taken at once from a suspicion held for
+    // more than half the minimum timeout (4 s here).
+    net.crash(1);
+    net.run_for(3 * SECOND);
     let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
     let bytes = frame(
         2,
@@ -138,6 +142,32 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
     let provenance = provenance.expect("no Failed event");
     assert_eq!(provenance.declared_by, node_id(2));
     assert_eq!(provenance.suspected_by, Some(node_id(2)));
+}
+
+#[test]
+fn a_death_claimed_of_a_member_never_suspected_here_counts_as_a_suspicion() {
+    let mut net = converged();
+    let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
+    let bytes = frame(
+        2,
+        Message::Gossip { state_digest: None },
+        vec![Rumor::Member {
+            member: dead,
+            origin: node_id(2),
+        }],
+    );
+    deliver(&mut net, 2, &bytes).unwrap();
+    assert_eq!(net.view(0, 1), Some(MemberStatus::Suspect));
+    // Node 1 hears of it and refutes; nobody ever holds it dead.
+    let refuted = net.run_until(10 * SECOND, |net| {
+        assert!(
+            (0..3).all(|o| net.view(o, 1) != Some(MemberStatus::Dead)),
+            "node 1 was declared dead (seed {})",
+            seed(21)
+        );
+        net.view(0, 1) == Some(MemberStatus::Alive)
+    });
+    assert!(refuted.is_some(), "node 1 never refuted");
 }
 
 #[test]
