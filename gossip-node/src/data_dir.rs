@@ -1,10 +1,11 @@
-//! The node's data directory: its identity and last incarnation, written so
-//! that a crash at any moment leaves either the old file or the new one.
+//! The node's data directory: its identity, last incarnation and its own
+//! keys, written so that a crash at any moment leaves either the old file or
+//! the new one.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gossip_core::Incarnation;
+use gossip_core::{Bytes, Incarnation, Key};
 use gossip_transport_quic::NodeCredentials;
 
 use crate::error::Error;
@@ -12,6 +13,21 @@ use crate::error::Error;
 const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
 const INCARNATION_FILE: &str = "incarnation";
+const KEYS_FILE: &str = "keys";
+/// A keys file larger than this is refused rather than read: it is far above
+/// what the key/value limits allow one node to hold.
+const MAX_KEYS_FILE_BYTES: u64 = 256 << 20;
+
+/// The node's own keys as the last run left them, to be set again at start
+/// so a restart loses none of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredKeys {
+    /// The highest version the node's keys reached: the next life starts
+    /// above it, so peers replace what they hold of the earlier life.
+    pub max_version: u64,
+    /// The live keys.
+    pub keys: Vec<(Key, Bytes)>,
+}
 
 /// A node's data directory.
 #[derive(Debug, Clone)]
@@ -95,7 +111,7 @@ impl DataDir {
     /// Replaces `name` with `contents` so that a crash leaves the old file or
     /// the new one, never a torn one: written to a temporary file readable by
     /// the owner only, synced, renamed over the old one, the directory synced.
-    fn replace_file(&self, name: &str, contents: &str) -> Result<(), Error> {
+    fn replace_file(&self, name: &str, contents: impl AsRef<[u8]>) -> Result<(), Error> {
         let path = self.path.join(name);
         let temporary = self.path.join(format!("{name}.tmp"));
         gossip_transport_quic::write_private(&temporary, contents)?;
@@ -141,7 +157,53 @@ impl DataDir {
     ///
     /// [`Error::DataDir`].
     pub fn store_incarnation(&self, incarnation: Incarnation) -> Result<(), Error> {
-        self.replace_file(INCARNATION_FILE, &format!("{}\n", incarnation.get()))
+        self.replace_file(INCARNATION_FILE, format!("{}\n", incarnation.get()))
+    }
+
+    /// The node's own keys as stored by the last run, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataDir`] if the file exists but cannot be read or decoded
+    /// (delete it to start with no keys).
+    pub fn last_keys(&self) -> Result<Option<StoredKeys>, Error> {
+        let path = self.path.join(KEYS_FILE);
+        let invalid = |why: &str| {
+            io_error(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{why}; delete the file to start with no keys"),
+                ),
+            )
+        };
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() > MAX_KEYS_FILE_BYTES => {
+                return Err(invalid("larger than any node's keys can be"));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_error(&path, source)),
+        }
+        let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|_| invalid("not a keys file"))
+    }
+
+    /// Stores the node's own keys, crash-safely.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataDir`].
+    pub fn store_keys(&self, keys: &StoredKeys) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(keys).map_err(|err| {
+            io_error(
+                &self.path.join(KEYS_FILE),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, err.to_string()),
+            )
+        })?;
+        self.replace_file(KEYS_FILE, bytes)
     }
 }
 

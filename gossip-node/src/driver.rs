@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, debug_span, info, trace, warn};
 
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, StoredKeys};
 use crate::error::Error;
 use crate::event::NodeEvent;
 use crate::metrics::{DriverCounters, MemberCounts, Metrics, SyncCounters};
@@ -339,8 +339,23 @@ impl Driver {
                 // Too large to ride a probe: anti-entropy carries it instead.
                 debug!(error = %err, "write not broadcast");
             }
+            self.store_keys();
         }
         Ok(version)
+    }
+
+    /// Persists the node's own keys, so a restart keeps them. The write
+    /// already took effect in memory; a failure to persist it is logged.
+    fn store_keys(&self) {
+        let Some(dir) = &self.data_dir else { return };
+        let local = self.state.kv().local();
+        let stored = StoredKeys {
+            max_version: local.max_version(),
+            keys: local.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        if let Err(err) = dir.store_keys(&stored) {
+            warn!(error = %err, "cannot persist the node's keys; a restart will lose the latest writes");
+        }
     }
 
     fn handle_received(&mut self, received: Received) {

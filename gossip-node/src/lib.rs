@@ -50,7 +50,7 @@ mod node;
 pub mod stream;
 
 pub use config::{NodeConfig, Preset};
-pub use data_dir::DataDir;
+pub use data_dir::{DataDir, StoredKeys};
 pub use error::Error;
 pub use event::NodeEvent;
 pub use metrics::Metrics;

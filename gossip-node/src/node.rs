@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_antientropy::{SyncConfig, SyncState};
-use gossip_core::{GossipRng, Incarnation, Key, Member, MemberMeta, NodeId, Timestamp};
+use gossip_core::{
+    GossipRng, Incarnation, Key, KvStore, Limits, Member, MemberMeta, NodeId, Timestamp,
+};
 use gossip_swim::Swim;
 use gossip_transport_quic::{Transport, TransportConfig};
 use rand::SeedableRng;
@@ -14,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, StoredKeys};
 use crate::driver::{Command, Driver, Parts};
 use crate::error::Error;
 use crate::event::NodeEvent;
@@ -174,7 +176,7 @@ impl Node {
         if !seeds.is_empty() {
             swim.join(now, seeds);
         }
-        let state = SyncState::new(swim.members().local().clone(), limits);
+        let state = restore_keys(&mut swim, data_dir.as_ref(), limits, now)?;
         let mut sync_config = SyncConfig::new(config.cluster_id());
         sync_config.idle_timeout = Duration::from_secs(5);
 
@@ -397,4 +399,27 @@ fn wall_clock_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The replicated state of a starting node: its own keys from the data
+/// directory, set again above the last run's versions so that peers replace
+/// what they hold of that run with this one's state, which has the same keys.
+fn restore_keys(
+    swim: &mut Swim,
+    data_dir: Option<&DataDir>,
+    limits: Limits,
+    now: Timestamp,
+) -> Result<SyncState, Error> {
+    let local = swim.members().local().clone();
+    let stored = match data_dir {
+        Some(dir) => dir.last_keys()?.unwrap_or_default(),
+        None => StoredKeys::default(),
+    };
+    let kv = KvStore::starting_at(local.id, limits.clone(), stored.max_version);
+    let mut state = SyncState::from_parts(kv, [local], limits);
+    for (key, value) in stored.keys {
+        let version = state.set(key, value)?;
+        swim.set_state_version(now, version);
+    }
+    Ok(state)
 }

@@ -145,6 +145,55 @@ async fn a_restarted_node_rejoins_with_the_same_id_a_higher_incarnation_and_no_g
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_restarts_with_its_keys_and_every_peer_keeps_them() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let (mut cluster, ids) = Cluster::converged(4, Some(data.path().to_path_buf())).await;
+    let owner = ids[3];
+    cluster.nodes[3].set("role", "cache").await.expect("set");
+    cluster.nodes[3].set("gone", "soon").await.expect("set");
+    cluster.nodes[3].delete("gone").await.expect("delete");
+    for node in &cluster.nodes[..3] {
+        eventually(LIMIT, "the key reaches every node", || async {
+            node.get(owner, "role").await.ok().flatten().is_some()
+        })
+        .await;
+    }
+    cluster.nodes[3].crash();
+    let mut restarted = config(&cluster.ca, "node-3", vec![cluster.nodes[0].addr()]);
+    restarted.data_dir = Some(data.path().join("node-3"));
+    let node = Node::start(restarted).await.expect("restart");
+    assert_eq!(node.id(), owner, "same identity");
+    assert_eq!(
+        node.get(owner, "role").await.expect("get").as_deref(),
+        Some(&b"cache"[..]),
+        "the restarted node kept its key"
+    );
+    cluster.nodes[3] = node;
+    for node in &cluster.nodes {
+        eventually(LIMIT, "every node sees all alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    // Long enough for the new life's state to replace the old everywhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in &cluster.nodes {
+        eventually(
+            LIMIT,
+            "every node holds the key, not the deleted one",
+            || async {
+                node.keys(owner).await.is_ok_and(|keys| {
+                    keys.len() == 1
+                        && keys[0].0.as_str() == "role"
+                        && keys[0].1.as_ref() == b"cache"
+                })
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_foreign_ca_cannot_join_and_the_cluster_is_unchanged() {
     let (cluster, ids) = Cluster::converged(5, None).await;
     let foreign_ca = ClusterCa::generate(common::CLUSTER).expect("CA");

@@ -265,7 +265,8 @@ impl NodeCredentials {
 }
 
 /// Writes a file that only its owner may read.
-pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), Error> {
+    let contents = contents.as_ref();
     #[cfg(unix)]
     {
         use std::io::Write;
@@ -277,8 +278,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        file.write_all(contents.as_bytes())
-            .map_err(|e| Error::io(path, e))
+        file.write_all(contents).map_err(|e| Error::io(path, e))
     }
     #[cfg(not(unix))]
     {

@@ -24,7 +24,7 @@ pub(crate) fn init_ca(cluster: &str, dir: &Path, force: bool) -> Result<()> {
     let ca = ClusterCa::generate(cluster)?;
     std::fs::write(&cert_path, ca.cert_pem())
         .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    write_private(&key_path, &ca.key_pem())?;
+    write_private(&key_path, ca.key_pem())?;
     eprintln!(
         "wrote {} and {} (keep the key safe)",
         cert_path.display(),
