@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::agents::{self, wait_until};
+
 const NODES: usize = 5;
 
 /// The agents, stopped (and the temporary folder removed) however the demo
@@ -55,21 +57,9 @@ impl Cluster {
 
     /// How node `i` sees every member: name -> status.
     fn view(&self, i: usize) -> BTreeMap<String, String> {
-        let Ok(json) = self.cli(i, &["members", "--json"]) else {
-            return BTreeMap::new();
-        };
-        let Ok(members) = serde_json::from_str::<Vec<serde_json::Value>>(&json) else {
-            return BTreeMap::new();
-        };
-        members
-            .iter()
-            .filter_map(|m| {
-                Some((
-                    m["name"].as_str()?.to_string(),
-                    m["status"].as_str()?.to_string(),
-                ))
-            })
-            .collect()
+        self.cli(i, &["members", "--json"])
+            .map(|json| agents::parse_view(&json))
+            .unwrap_or_default()
     }
 
     fn running(&self) -> impl Iterator<Item = usize> + '_ {
@@ -83,46 +73,10 @@ fn free_port_pair() -> Result<(u16, u16)> {
     Ok((udp, tcp))
 }
 
-fn run_quiet(bin: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(bin).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "gossip-node {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Polls `check` every 100 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
 pub(crate) fn run(root: &Path) -> Result<()> {
     let started = Instant::now();
     println!("==> building the gossip-node binary");
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--quiet",
-            "--package",
-            "gossip-node",
-            "--bin",
-            "gossip-node",
-        ],
-        &[],
-    )?;
-    let bin = root.join("target/debug/gossip-node");
+    let bin = agents::build_binary(root)?;
     let dir = std::env::temp_dir().join(format!("gossip-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut cluster = Cluster {
@@ -137,27 +91,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         "==> making a cluster CA and {NODES} node certificates in {}",
         dir.display()
     );
-    let certs = dir.join("certs");
-    let certs_arg = certs.to_str().context("a UTF-8 temporary path")?;
-    run_quiet(
-        &bin,
-        &["certs", "init-ca", "--cluster", "demo", "--dir", certs_arg],
-    )?;
-    for i in 0..NODES {
-        run_quiet(
-            &bin,
-            &[
-                "certs",
-                "issue",
-                "--ca-dir",
-                certs_arg,
-                "--name",
-                &name(i),
-                "--out",
-                certs_arg,
-            ],
-        )?;
-    }
+    let names: Vec<String> = (0..NODES).map(name).collect();
+    agents::make_certs(&bin, &dir.join("certs"), "demo", &names)?;
 
     println!("==> starting {NODES} agents on loopback; all join through node-1");
     let mut first_gossip = String::new();

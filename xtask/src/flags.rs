@@ -15,6 +15,15 @@ pub(crate) enum Cmd {
     /// The first thing to run: five agents on loopback converge, one is
     /// killed and detected, a key spreads, and everything is cleaned up.
     Demo,
+    /// Real agents in network namespaces under scripted faults (loss,
+    /// partition, heal, crash and restart, one-way partition), checked after
+    /// each step through their admin APIs. Needs root; without it, says so
+    /// and exits cleanly.
+    Chaos {
+        /// Agents, one per namespace (at least 8).
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+    },
     /// Everything CI checks: fmt, clippy (warnings denied), the tests, the doc
     /// tests, rustdoc (warnings denied), tidy, and every fuzz target for a
     /// few seconds.

@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: the workspace's chores, in Rust so they run the
 //! same everywhere. `cargo xtask --help` lists the commands.
 
+mod agents;
+mod chaos;
 mod demo;
 mod flags;
 mod fuzz;
@@ -22,6 +24,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Ci => ci(),
         Cmd::Demo => demo::run(&root),
+        Cmd::Chaos { nodes } => chaos::run(&root, nodes),
         Cmd::Tidy => tidy::run(&root),
         Cmd::Bench { args } => bench(&args),
         Cmd::Sim { scenario, args } => sim(&scenario, &args),
