@@ -85,6 +85,11 @@ fn unavailable() -> Option<String> {
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("`ip` (iproute2) is not installed".into());
     }
+    let probe = namespace(MAX_NODES - 1);
+    if agents::output(Command::new("ip").args(["netns", "add", &probe])).is_err() {
+        return Some("this machine does not allow network namespaces (`ip netns add` failed)".into());
+    }
+    let _ = Command::new("ip").args(["netns", "delete", &probe]).status();
     if Command::new("iptables").arg("--version").output().is_err() {
         eprintln!("chaos: iptables not found; installing it with apt-get");
         let installed = Command::new("apt-get")
