@@ -52,6 +52,20 @@ fn record(net: &Net, observer: usize, subject: usize) -> Member {
         .clone()
 }
 
+/// A gossip frame from `origin` claiming `subject` has `status`, at the
+/// incarnation node 0 knows it by.
+fn claim(net: &Net, origin: usize, subject: usize, status: MemberStatus) -> Vec<u8> {
+    let member = record(net, 0, subject).with_status(status);
+    frame(
+        origin,
+        Message::Gossip { state_digest: None },
+        vec![Rumor::Member {
+            member,
+            origin: node_id(origin),
+        }],
+    )
+}
+
 /// Delivers `bytes` to node 0 as if authenticated as `from`.
 fn deliver(net: &mut Net, from: usize, bytes: &[u8]) -> Result<(), Error> {
     let now = net.now;
@@ -106,15 +120,7 @@ fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
 #[test]
 fn accusations_record_their_accuser_and_deaths_their_provenance() {
     let mut net = converged();
-    let suspect = record(&net, 0, 1).with_status(MemberStatus::Suspect);
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: suspect,
-            origin: node_id(2),
-        }],
-    );
+    let bytes = claim(&net, 2, 1, MemberStatus::Suspect);
     deliver(&mut net, 2, &bytes).unwrap();
     let by = net.events[0].iter().rev().find_map(|(_, e)| match e {
         Event::Suspected { member, by, .. } if member.id == node_id(1) => Some(*by),
@@ -125,15 +131,7 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
     // more than half the minimum timeout (4 s here).
     net.crash(1);
     net.run_for(3 * SECOND);
-    let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: dead,
-            origin: node_id(2),
-        }],
-    );
+    let bytes = claim(&net, 2, 1, MemberStatus::Dead);
     deliver(&mut net, 2, &bytes).unwrap();
     let provenance = net.events[0].iter().rev().find_map(|(_, e)| match e {
         Event::Failed { member, provenance } if member.id == node_id(1) => Some(provenance.clone()),
@@ -147,15 +145,7 @@ fn accusations_record_their_accuser_and_deaths_their_provenance() {
 #[test]
 fn a_death_claimed_of_a_member_never_suspected_here_counts_as_a_suspicion() {
     let mut net = converged();
-    let dead = record(&net, 0, 1).with_status(MemberStatus::Dead);
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: dead,
-            origin: node_id(2),
-        }],
-    );
+    let bytes = claim(&net, 2, 1, MemberStatus::Dead);
     deliver(&mut net, 2, &bytes).unwrap();
     assert_eq!(net.view(0, 1), Some(MemberStatus::Suspect));
     // Node 1 hears of it and refutes; nobody ever holds it dead.

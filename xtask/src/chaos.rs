@@ -87,9 +87,13 @@ fn unavailable() -> Option<String> {
     }
     let probe = namespace(MAX_NODES - 1);
     if agents::output(Command::new("ip").args(["netns", "add", &probe])).is_err() {
-        return Some("this machine does not allow network namespaces (`ip netns add` failed)".into());
+        return Some(
+            "this machine does not allow network namespaces (`ip netns add` failed)".into(),
+        );
     }
-    let _ = Command::new("ip").args(["netns", "delete", &probe]).status();
+    let _ = Command::new("ip")
+        .args(["netns", "delete", &probe])
+        .status();
     if Command::new("iptables").arg("--version").output().is_err() {
         eprintln!("chaos: iptables not found; installing it with apt-get");
         let installed = Command::new("apt-get")
