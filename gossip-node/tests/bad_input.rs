@@ -88,6 +88,35 @@ fn raw_client(credentials: &NodeCredentials, ca: &ClusterCa) -> quinn::Endpoint 
     endpoint
 }
 
+/// A quinn client endpoint with a valid certificate that offers another
+/// protocol version (ALPN `alpn`) in its handshake.
+fn client_speaking(alpn: &[u8], credentials: &NodeCredentials, ca: &ClusterCa) -> quinn::Endpoint {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_pem, key_pem) = credentials.to_pem();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        roots.add(ca_cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
 async fn raw_connect(endpoint: &quinn::Endpoint, to: SocketAddr) -> Option<quinn::Connection> {
     endpoint
         .connect(to, gossip_transport_quic::SERVER_NAME)
@@ -352,6 +381,17 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
     )
     .await;
     conn.close(0u32.into(), b"done");
+    refused(
+        &setup,
+        "an unknown protocol version in the handshake (ALPN gossip/99)",
+        async {
+            let endpoint =
+                client_speaking(b"gossip/99", &setup.attacker_credentials, &setup.cluster.ca);
+            assert!(raw_connect(&endpoint, addr).await.is_none());
+        },
+        |b, a| a.transport.refused > b.transport.refused,
+    )
+    .await;
 
     // The victim still serves its cluster.
     let witness_node = &setup.cluster.nodes[1];
