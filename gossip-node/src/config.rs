@@ -62,10 +62,11 @@ pub struct NodeConfig {
     /// The cluster size to plan for (sizes the caps and the suspicion
     /// timeout). Default 64.
     pub expected_members: usize,
-    /// Where the node keeps its identity and last incarnation across
-    /// restarts. `None` keeps nothing: a restarted node then starts again at
-    /// incarnation 0, and peers that still hold its earlier life at a higher
-    /// incarnation ignore it until that record is forgotten.
+    /// Where the node keeps its identity, last incarnation and its own keys
+    /// across restarts. `None` keeps nothing: a restarted node then starts
+    /// again at incarnation 0 with no keys, and peers that still hold its
+    /// earlier life at a higher incarnation ignore it until that record is
+    /// forgotten.
     pub data_dir: Option<PathBuf>,
     /// How often the node reconciles its state with one random member even
     /// when no probe has shown a difference (the backstop). Default 30 s.
