@@ -16,7 +16,7 @@
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
-//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate) |
+//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
 //! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed) |
 //! | `gossip_sync_bytes_total` | counter | anti-entropy bytes, by `direction` |
 //! | `gossip_sync_entries_received_total` | counter | key/value writes received by anti-entropy |
@@ -253,6 +253,9 @@ impl Metrics {
                     ("misdirected", s.misdirected),
                     ("foreign_cluster", s.foreign_cluster),
                     ("tls", t.refused),
+                    ("udp_malformed", t.datagrams_malformed),
+                    ("udp_quic_version", t.datagrams_unsupported_version),
+                    ("udp_unknown_connection", t.datagrams_unknown_connection_id),
                 ],
             ),
             Family {

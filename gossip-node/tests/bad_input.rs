@@ -466,28 +466,52 @@ async fn unauthenticated_peers_are_refused_in_the_handshake_and_change_nothing()
     )
     .await;
 
+    const NOISE: u64 = 50;
+    const CUT_SHORT: u64 = 4;
     refused(
         &setup,
-        "random bytes on the UDP port, from no one",
+        "random bytes, cut-short packets and QUIC v2 on the UDP port, from no one",
         async {
             let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
                 .await
                 .expect("udp");
-            for i in 0..50 {
+            for i in 0..NOISE as usize {
                 let bytes = noise(&format!("udp {i}"), 40 + i * 25);
                 socket.send_to(&bytes, addr).await.expect("udp send");
             }
+            for len in 0..CUT_SHORT as usize {
+                let bytes = noise(&format!("short {len}"), len);
+                socket.send_to(&bytes, addr).await.expect("udp send");
+            }
+            // A QUIC version 2 (RFC 9369) Initial, padded to the minimum.
+            let mut v2 = vec![0xc0];
+            v2.extend_from_slice(&0x6b33_43cf_u32.to_be_bytes());
+            v2.resize(1200, 0);
+            socket.send_to(&v2, addr).await.expect("udp send");
             tokio::time::sleep(Duration::from_millis(300)).await;
         },
-        // quinn drops what is no QUIC packet for a connection of ours before
-        // any state exists, and counts nothing: no handshake or connection
-        // may come of it.
+        // Each datagram is screened out and counted under its reason; quinn
+        // drops them all (or answers the QUIC v2 one with the versions it
+        // speaks) before any state exists, so no handshake or connection
+        // comes of them.
         |b, a| {
-            a.transport.handshakes == b.transport.handshakes
-                && a.transport.live_connections <= b.transport.live_connections
+            let (b, a) = (&b.transport, &a.transport);
+            a.datagrams_rejected() == b.datagrams_rejected() + NOISE + CUT_SHORT + 1
+                && a.datagrams_malformed == b.datagrams_malformed + CUT_SHORT
+                && a.datagrams_unsupported_version > b.datagrams_unsupported_version
+                && a.datagrams_unknown_connection_id > b.datagrams_unknown_connection_id
+                && a.handshakes == b.handshakes
+                && a.live_connections <= b.live_connections
         },
     )
     .await;
+    let screened = metrics(&setup.cluster.nodes[0]).await.transport;
+    eprintln!(
+        "  UDP datagrams rejected: {} malformed, {} of an unsupported QUIC version, {} for an unknown connection id",
+        screened.datagrams_malformed,
+        screened.datagrams_unsupported_version,
+        screened.datagrams_unknown_connection_id
+    );
 
     const FLOOD: u64 = 100;
     refused(

@@ -15,6 +15,11 @@
 //! * Connections are dialled on demand, cached per peer, shared between
 //!   concurrent dials, kept without keep-alive traffic while idle, and resumed
 //!   with TLS session tickets when re-dialled.
+//! * Every received UDP datagram is screened before quinn sees it. A datagram
+//!   that can be no QUIC packet for this endpoint (too short, a QUIC version
+//!   other than 1, a connection id this endpoint never issued) is counted by
+//!   its [`RejectedDatagram`] reason in [`TransportStats`]. quinn would
+//!   drop it without counting; quinn still gets every datagram and decides.
 //! * [`ClusterCa`] makes a CA and node certificates (rcgen) and loads and
 //!   saves them as PEM.
 //!
@@ -43,6 +48,7 @@ mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod framing;
+mod screen;
 mod transport;
 
 pub use certs::{
@@ -53,6 +59,7 @@ pub use error::Error;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
 pub use framing::{FRAME_HEADER_LEN, FrameDecoder, frame_header};
+pub use screen::RejectedDatagram;
 pub use transport::{
     ALPN, Channel, Received, Transport, TransportConfig, TransportStats, quinn_configs,
 };

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::certs::{NodeCredentials, SERVER_NAME, TrustBundle, node_id_of, server_name_of};
 use crate::error::Error;
 use crate::framing::{FrameDecoder, frame_header};
+use crate::screen::{QUIC_VERSIONS, ScreenCounters, ScreeningSocket};
 
 /// The ALPN protocol id: our protocol and its version.
 pub const ALPN: &[u8] = b"gossip/1";
@@ -118,6 +119,15 @@ pub struct TransportStats {
     pub oversize: u64,
     /// Incoming stream frames refused (over the cap, truncated).
     pub bad_frames: u64,
+    /// Received UDP datagrams too short to be QUIC
+    /// ([`RejectedDatagram::Malformed`](crate::RejectedDatagram::Malformed)).
+    pub datagrams_malformed: u64,
+    /// Received UDP datagrams naming a QUIC version not spoken here
+    /// ([`RejectedDatagram::UnsupportedVersion`](crate::RejectedDatagram::UnsupportedVersion)).
+    pub datagrams_unsupported_version: u64,
+    /// Received UDP datagrams for a connection id this endpoint never issued
+    /// ([`RejectedDatagram::UnknownConnectionId`](crate::RejectedDatagram::UnknownConnectionId)).
+    pub datagrams_unknown_connection_id: u64,
     /// UDP datagrams sent on the connections cached now (QUIC's own
     /// packets included: acknowledgements, handshakes, retransmissions).
     /// A connection's count leaves the sum when it closes.
@@ -128,6 +138,18 @@ pub struct TransportStats {
     pub udp_datagrams_received: u64,
     /// UDP bytes received on the connections cached now.
     pub udp_bytes_received: u64,
+}
+
+impl TransportStats {
+    /// Received UDP datagrams that could be no QUIC packet for this
+    /// endpoint, whatever the reason: the sum of the `datagrams_malformed`,
+    /// `datagrams_unsupported_version` and `datagrams_unknown_connection_id`
+    /// counters.
+    pub fn datagrams_rejected(&self) -> u64 {
+        self.datagrams_malformed
+            + self.datagrams_unsupported_version
+            + self.datagrams_unknown_connection_id
+    }
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +164,7 @@ struct Counters {
     messages_received: AtomicU64,
     oversize: AtomicU64,
     bad_frames: AtomicU64,
+    screened: Arc<ScreenCounters>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -409,9 +432,16 @@ impl Transport {
         );
         let cid_key = u64::from_le_bytes(cid_key[..8].try_into().unwrap_or_default());
         let mut endpoint_config = EndpointConfig::new(Arc::new(reset_key));
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
+        endpoint_config
+            .cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            })
+            .supported_versions(QUIC_VERSIONS.to_vec());
+        let socket = Arc::new(ScreeningSocket::new(
+            socket,
+            cid_key,
+            counters.screened.clone(),
+        ));
         let endpoint =
             Endpoint::new_with_abstract_socket(endpoint_config, Some(tls.server), socket, runtime)
                 .map_err(|source| Error::Bind {
@@ -488,6 +518,9 @@ impl Transport {
             messages_received: get(&c.messages_received),
             oversize: get(&c.oversize),
             bad_frames: get(&c.bad_frames),
+            datagrams_malformed: get(&c.screened.malformed),
+            datagrams_unsupported_version: get(&c.screened.unsupported_version),
+            datagrams_unknown_connection_id: get(&c.screened.unknown_connection_id),
         }
     }
 
