@@ -12,7 +12,7 @@ use bytes::Bytes;
 use gossip_antientropy::{Session, SyncConfig, SyncState};
 use gossip_core::{Entry, GossipRng, Key, Member, MemberStatus, NodeId, Timestamp};
 use gossip_swim::{Event, StateDigest, Swim, Transmit};
-use gossip_transport_quic::{Channel, Error as TransportError, Received, Transport};
+use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, Transport};
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -119,7 +119,7 @@ pub(crate) struct Driver {
     state: SyncState,
     sync_config: SyncConfig,
     transport: Transport,
-    inbox: mpsc::Receiver<Received>,
+    inbox: Inbox,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<NodeEvent>,
     epoch: Instant,
@@ -157,7 +157,7 @@ pub(crate) struct Parts {
     pub(crate) state: SyncState,
     pub(crate) sync_config: SyncConfig,
     pub(crate) transport: Transport,
-    pub(crate) inbox: mpsc::Receiver<Received>,
+    pub(crate) inbox: Inbox,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) epoch: Instant,

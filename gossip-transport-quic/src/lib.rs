@@ -48,6 +48,7 @@ mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod framing;
+mod inbox;
 mod screen;
 mod transport;
 
@@ -59,6 +60,7 @@ pub use error::Error;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
 pub use framing::{FRAME_HEADER_LEN, FrameDecoder, frame_header};
+pub use inbox::Inbox;
 pub use screen::RejectedDatagram;
 pub use transport::{
     ALPN, Channel, Received, Transport, TransportConfig, TransportStats, quinn_configs,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,11 +16,11 @@ use rustc_hash::FxHashMap;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
-use tokio::sync::mpsc;
 
 use crate::certs::{NodeCredentials, SERVER_NAME, TrustBundle, node_id_of, server_name_of};
 use crate::error::Error;
 use crate::framing::{FrameDecoder, frame_header};
+use crate::inbox::{Inbox, InboxSender};
 use crate::screen::{QUIC_VERSIONS, ScreenCounters, ScreeningSocket};
 
 /// The ALPN protocol id: our protocol and its version.
@@ -346,7 +347,7 @@ struct Inner {
     dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Arc<CountingSessions>,
     counters: Arc<Counters>,
-    incoming: mpsc::Sender<Received>,
+    incoming: InboxSender,
 }
 
 /// An authenticated QUIC endpoint.
@@ -374,7 +375,7 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// Binds a UDP socket at `config.bind` and starts accepting connections.
-    /// Returns the transport and the queue of messages received.
+    /// Returns the transport and the [`Inbox`] of messages received.
     ///
     /// Must be called within a tokio runtime.
     ///
@@ -386,7 +387,7 @@ impl Transport {
         config: TransportConfig,
         credentials: &NodeCredentials,
         trust: &TrustBundle,
-    ) -> Result<(Transport, mpsc::Receiver<Received>), Error> {
+    ) -> Result<(Transport, Inbox), Error> {
         let bind_error = |source| Error::Bind {
             addr: config.bind,
             source,
@@ -409,7 +410,7 @@ impl Transport {
         credentials: &NodeCredentials,
         trust: &TrustBundle,
         socket: Arc<dyn AsyncUdpSocket>,
-    ) -> Result<(Transport, mpsc::Receiver<Received>), Error> {
+    ) -> Result<(Transport, Inbox), Error> {
         let counters = Arc::new(Counters::default());
         let sessions = Arc::new(CountingSessions {
             inner: ClientSessionMemoryCache::new(1024),
@@ -448,7 +449,7 @@ impl Transport {
                     addr: config.bind,
                     source,
                 })?;
-        let (tx, rx) = mpsc::channel(config.receive_queue.max(1));
+        let (tx, rx) = Inbox::new(config.receive_queue);
         let inner = Arc::new(Inner {
             endpoint,
             local_id: RwLock::new(credentials.node_id()),
@@ -884,25 +885,41 @@ async fn accept_loop(inner: Arc<Inner>) {
 
 async fn read_datagrams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
     let addr = conn.remote_address();
+    let tag = |bytes| Received {
+        from: peer,
+        addr,
+        channel: Channel::Datagram,
+        bytes,
+    };
+    let limit = inner.incoming.batch_limit();
     while let Ok(bytes) = conn.read_datagram().await {
-        bump(&inner.counters.datagrams_received);
-        let received = Received {
-            from: peer,
-            addr,
-            channel: Channel::Datagram,
-            bytes,
-        };
-        // The common case, room in the queue, without the await machinery.
-        let full = match inner.incoming.try_send(received) {
-            Ok(()) => continue,
-            Err(mpsc::error::TrySendError::Full(received)) => received,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        };
-        if inner.incoming.send(full).await.is_err() {
+        let mut batch = Vec::with_capacity(limit);
+        batch.push(tag(bytes));
+        while batch.len() < limit {
+            let Some(bytes) = ready_datagram(&conn) else {
+                break;
+            };
+            batch.push(tag(bytes));
+        }
+        inner
+            .counters
+            .datagrams_received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if inner.incoming.send(batch).await.is_err() {
             return;
         }
     }
     forget(&inner, &peer, &conn);
+}
+
+/// A datagram `conn` has ready now, without waiting for one.
+fn ready_datagram(conn: &Connection) -> Option<Bytes> {
+    let mut read = std::pin::pin!(conn.read_datagram());
+    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(bytes)) => Some(bytes),
+        // A closed connection is found out by the next read that waits.
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
 }
 
 async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
@@ -946,7 +963,7 @@ async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
                         channel: Channel::Stream,
                         bytes: Bytes::from(body),
                     };
-                    if inner.incoming.send(received).await.is_err() {
+                    if inner.incoming.send(vec![received]).await.is_err() {
                         return;
                     }
                 }

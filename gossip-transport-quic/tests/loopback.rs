@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use gossip_core::NodeId;
 use gossip_transport_quic::{
-    Channel, ClusterCa, Error, FaultConfig, FaultySocket, NodeCredentials, Received, Transport,
-    TransportConfig, Validity,
+    Channel, ClusterCa, Error, FaultConfig, FaultySocket, Inbox, NodeCredentials, Received,
+    Transport, TransportConfig, Validity,
 };
-use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -25,14 +24,14 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-fn bind(ca: &ClusterCa, creds: &NodeCredentials) -> (Transport, Receiver<Received>, SocketAddr) {
+fn bind(ca: &ClusterCa, creds: &NodeCredentials) -> (Transport, Inbox, SocketAddr) {
     let (transport, inbox) =
         Transport::bind(TransportConfig::new(loopback()), creds, &ca.trust()).unwrap();
     let addr = transport.local_addr().unwrap();
     (transport, inbox, addr)
 }
 
-async fn next(inbox: &mut Receiver<Received>) -> Received {
+async fn next(inbox: &mut Inbox) -> Received {
     timeout(WAIT, inbox.recv())
         .await
         .expect("nothing received in time")
