@@ -18,6 +18,7 @@ use std::time::Duration;
 /// let later = start + Duration::from_millis(1500);
 /// assert_eq!(later.saturating_duration_since(start), Duration::from_millis(1500));
 /// assert_eq!(start.saturating_duration_since(later), Duration::ZERO);
+/// assert_eq!(start.saturating_sub(Duration::from_secs(1)), start);
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(Duration);
@@ -44,6 +45,11 @@ impl Timestamp {
     /// How long after `earlier` this is, or zero if `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
         self.0.saturating_sub(earlier.0)
+    }
+
+    /// `self - duration`, or the epoch if that is earlier.
+    pub fn saturating_sub(self, duration: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(duration))
     }
 
     /// `self + duration`, saturating instead of overflowing.

@@ -12,6 +12,7 @@
 //! | `gossip_suspicions_total` | counter | members this node suspected after a failed probe |
 //! | `gossip_deaths_declared_total` | counter | members this node declared dead |
 //! | `gossip_refutations_total` | counter | accusations of this node that it refuted |
+//! | `gossip_suspect_reminders_total` | counter | pings sent out of turn to a suspect, carrying the suspicion: when the suspect spoke to this node, and as a last call before its suspicion runs out |
 //! | `gossip_gossip_pushes_total` | counter | immediate pushes of fresh news |
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
@@ -212,6 +213,12 @@ impl Metrics {
                 "Accusations of this node that it refuted.",
                 Counter,
                 s.refutations,
+            ),
+            one(
+                "gossip_suspect_reminders_total",
+                "Pings sent out of turn to a suspect, carrying the suspicion.",
+                Counter,
+                s.suspect_reminders,
             ),
             one(
                 "gossip_gossip_pushes_total",

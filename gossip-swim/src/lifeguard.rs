@@ -80,6 +80,8 @@ pub(crate) struct Suspicion {
     pub(crate) max: Duration,
     /// Distinguishes this suspicion's live timer from stale ones.
     pub(crate) token: u64,
+    /// When the suspect, heard from directly, was last shown this suspicion.
+    pub(crate) reminded: Option<Timestamp>,
 }
 
 impl Suspicion {

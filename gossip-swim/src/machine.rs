@@ -30,6 +30,8 @@ enum Timer {
     Forward { seq: u32 },
     /// A suspicion may have run out.
     Suspicion { subject: NodeId, token: u64 },
+    /// A suspicion runs out in one probe timeout: ping the suspect once more.
+    LastCall { subject: NodeId, token: u64 },
 }
 
 /// The probe in flight.
@@ -467,6 +469,7 @@ impl Swim {
         if stranger && self.leaving.is_none() {
             self.send_table(Some(from), from_addr, false);
         }
+        self.remind_suspect(from, Some(from_addr));
         // Whatever news this datagram brought, its sender already has.
         self.flush_excluding(&[from]);
         Ok(())
@@ -730,12 +733,8 @@ impl Swim {
         }
         self.next_token += 1;
         suspicion.token = self.next_token;
-        let deadline = suspicion.deadline(k).max(self.now);
-        let timer = Timer::Suspicion {
-            subject: claim.id,
-            token: suspicion.token,
-        };
-        self.schedule(deadline, timer);
+        let (deadline, token) = (suspicion.deadline(k).max(self.now), suspicion.token);
+        self.schedule_suspicion(claim.id, deadline, token);
         if let Some(record) = self.members.get(&claim.id) {
             let member = record.clone();
             self.queue_rumor(Rumor::Member { member, origin });
@@ -816,16 +815,76 @@ impl Swim {
             min,
             max,
             token: self.next_token,
+            reminded: None,
         };
-        let deadline = suspicion.deadline(self.config.suspicion_confirmations);
-        self.schedule(
-            deadline,
-            Timer::Suspicion {
-                subject: id,
-                token: suspicion.token,
-            },
+        let (deadline, token) = (
+            suspicion.deadline(self.config.suspicion_confirmations),
+            suspicion.token,
         );
         self.suspicions.insert(id, suspicion);
+        self.schedule_suspicion(id, deadline, token);
+    }
+
+    /// Sets a suspicion's deadline, and its last call one probe timeout
+    /// before: a suspect that is alive but whose refutation this node
+    /// missed (lost, or out of retransmits before it came here) answers the
+    /// last call's ping with its refutation on the ack, in time. A dead one
+    /// does not, and dies on time.
+    fn schedule_suspicion(&mut self, subject: NodeId, deadline: Timestamp, token: u64) {
+        self.schedule(deadline, Timer::Suspicion { subject, token });
+        if self.config.buddy_system {
+            let ahead = self.awareness.scale(self.config.probe_timeout);
+            let last_call = self.now.max(deadline.saturating_sub(ahead));
+            self.schedule(last_call, Timer::LastCall { subject, token });
+        }
+    }
+
+    /// Lifeguard's buddy system between probes: pings the suspect `subject`
+    /// out of turn with the suspicion, so that its ack brings back its
+    /// refutation, if it made one that this node missed. The ack's sequence
+    /// number matches no probe and is ignored.
+    ///
+    /// With `heard_at`, the suspect has just spoken to this node from that
+    /// address, so it is up: waiting for the next scheduled probe of it can
+    /// take longer than the suspicion lasts (a slow node probes each member
+    /// once per `members x stretched interval`). Those pings go at most once
+    /// per probe interval per suspect. Without it, this is the last call
+    /// before the suspicion runs out.
+    fn remind_suspect(&mut self, subject: NodeId, heard_at: Option<SocketAddr>) {
+        if !self.config.buddy_system || self.leaving.is_some() {
+            return;
+        }
+        let Some(record) = self
+            .members
+            .get(&subject)
+            .filter(|r| r.status == MemberStatus::Suspect)
+            .cloned()
+        else {
+            return;
+        };
+        let Some(addr) = heard_at.or_else(|| record.meta.addrs().first().copied()) else {
+            return;
+        };
+        let (now, interval) = (self.now, self.config.probe_interval);
+        let Some(suspicion) = self.suspicions.get_mut(&subject) else {
+            return;
+        };
+        if heard_at.is_some()
+            && suspicion
+                .reminded
+                .is_some_and(|at| now.saturating_duration_since(at) < interval)
+        {
+            return;
+        }
+        suspicion.reminded = Some(now);
+        self.stats.suspect_reminders += 1;
+        let ping = Message::Ping {
+            seq: self.next_seq(),
+            target: TargetTag::of(&subject),
+            suspicion: Some(record),
+            state_digest: self.state_digest,
+        };
+        self.send(Some(subject), addr, ping, true);
     }
 
     /// Someone claims something about us that overrides our record: raise
@@ -983,6 +1042,15 @@ impl Swim {
                 }
             }
             Timer::Suspicion { subject, token } => self.suspicion_expired(subject, token),
+            Timer::LastCall { subject, token } => {
+                if self
+                    .suspicions
+                    .get(&subject)
+                    .is_some_and(|s| s.token == token)
+                {
+                    self.remind_suspect(subject, None);
+                }
+            }
         }
     }
 

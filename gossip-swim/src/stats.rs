@@ -39,6 +39,9 @@ pub struct Stats {
     pub deaths_declared: u64,
     /// Times this node refuted an accusation.
     pub refutations: u64,
+    /// Pings sent out of turn to a suspect that spoke to this node, carrying
+    /// the suspicion so that its refutation comes back on the ack.
+    pub suspect_reminders: u64,
     /// Immediate pushes of fresh rumors.
     pub gossip_pushes: u64,
     /// Pings whose state digest differed from the local one.

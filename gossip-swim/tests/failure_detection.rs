@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, node_id, seed};
-use gossip_core::{Incarnation, MemberStatus};
+use common::{Net, addr, cluster_id, node_id, seed};
+use gossip_core::{Incarnation, MemberStatus, Timestamp};
 use gossip_swim::{Event, Message};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -359,4 +359,111 @@ fn updated_metadata_reaches_everyone_with_a_higher_incarnation() {
         net.get(0).members().get(&node_id(2)).unwrap().incarnation,
         Incarnation::new(1)
     );
+}
+
+/// Node 0 of a converged three-node network hears from node 2 that node 1
+/// is suspect, and from then on hears nothing unless `answer_at` says when
+/// node 1 gets node 0's ping of that moment and answers it. Returns node 0's
+/// pings of node 1 carrying the suspicion, when node 0 declared node 1 dead
+/// (if it did within 30 s), and the network.
+fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<Timestamp>, Net) {
+    let mut net = Net::lan(3, seed(31));
+    assert!(net.run_until(5 * SECOND, Net::converged).is_some());
+    let limits = gossip_core::Limits::default();
+    let suspect = net
+        .get(0)
+        .members()
+        .get(&node_id(1))
+        .unwrap()
+        .clone()
+        .with_status(MemberStatus::Suspect);
+    let mut queue = gossip_core::RumorQueue::new(4, limits.clone());
+    queue
+        .push(gossip_core::Rumor::Member {
+            member: suspect,
+            origin: node_id(2),
+        })
+        .unwrap();
+    let mut frame = Vec::new();
+    let gossip = Message::Gossip { state_digest: None };
+    gossip_core::encode_frame(
+        cluster_id(),
+        &gossip,
+        &queue.pack(1200, 3),
+        &limits,
+        &mut frame,
+    )
+    .unwrap();
+    let start = net.now;
+    net.node(0)
+        .handle_datagram(start, node_id(2), addr(2), &frame)
+        .unwrap();
+    let (mut pings, mut death) = (Vec::new(), None);
+    let mut outbox: Vec<_> = std::iter::from_fn(|| net.node(0).poll_transmit()).collect();
+    loop {
+        let now = net.now;
+        for t in outbox.drain(..) {
+            let body = gossip_core::decode_frame::<Message>(&t.payload, cluster_id(), &limits)
+                .unwrap()
+                .body;
+            if t.addr != addr(1)
+                || !matches!(
+                    body,
+                    Message::Ping {
+                        suspicion: Some(_),
+                        ..
+                    }
+                )
+            {
+                continue;
+            }
+            pings.push(now);
+            if answer_at == Some(now) {
+                net.node(1)
+                    .handle_datagram(now, node_id(0), addr(0), &t.payload)
+                    .unwrap();
+                let ack = net.node(1).poll_transmit().expect("an ack");
+                net.node(0)
+                    .handle_datagram(now, node_id(1), addr(1), &ack.payload)
+                    .unwrap();
+            }
+        }
+        while let Some(event) = net.node(0).poll_event() {
+            if matches!(event, Event::Failed { member, .. } if member.id == node_id(1)) {
+                death = Some(now);
+            }
+        }
+        match net.get(0).poll_timeout() {
+            Some(at) if at <= start + 30 * SECOND && death.is_none() => {
+                net.now = at;
+                net.node(0).handle_timeout(at);
+                outbox.extend(std::iter::from_fn(|| net.node(0).poll_transmit()));
+            }
+            _ => return (pings, death, net),
+        }
+    }
+}
+
+/// Lifeguard's buddy system, at the last moment: a suspect whose refutation
+/// this node missed is pinged with the suspicion one probe timeout before
+/// the suspicion runs out, and the refutation on its ack keeps it alive.
+#[test]
+fn a_suspect_whose_refutation_was_missed_is_called_once_more_before_it_dies() {
+    let (pings, death, _) = isolated_suspicion(None);
+    let death = death.expect("with no answer, the suspect dies");
+    let last_call = *pings.last().expect("node 0 pinged its suspect");
+    // One probe timeout before the death, stretched by node 0's local
+    // health (at most 8 x 500 ms): node 0 heard no ack in all that time.
+    let ahead = death.saturating_duration_since(last_call);
+    assert!(
+        ahead > Duration::ZERO && ahead <= 4 * SECOND,
+        "the last ping of the suspect went {ahead:?} before its death; pings at {pings:?}"
+    );
+    // The same run, but node 1 answers that last ping.
+    let (_, death, net) = isolated_suspicion(Some(last_call));
+    assert_eq!(death, None, "the answered suspect died");
+    // Node 0 took the refutation (it may suspect node 1 again since, at the
+    // new incarnation: it still hears nothing).
+    let record = net.get(0).members().get(&node_id(1)).unwrap().clone();
+    assert_eq!(record.incarnation, Incarnation::new(1));
 }
