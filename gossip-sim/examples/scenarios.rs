@@ -7,6 +7,7 @@
 //! cargo xtask sim bootstrap --nodes 500 --seeds 3
 //! cargo xtask sim partition --nodes 100 --seeds 3 --periods 90   (split for 90 s)
 //! cargo xtask sim sweep --seeds 10000   (the fault tier over many seeds; --nodes is ignored)
+//! cargo xtask sim sweep --first-seed 238 --seeds 1   (one seed of it again)
 //! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! ```
 
@@ -24,13 +25,14 @@ use gossip_sim::scenarios::{self, Params};
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
         (vec![100usize], 5u64, 0.0f64, 60u32, false);
     let mut suspicion_mult = None;
     let mut confirmations = None;
+    let mut first_seed = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -39,6 +41,7 @@ fn main() {
         match flag.as_str() {
             "--nodes" => nodes = value().split(',').map(|v| v.parse().unwrap()).collect(),
             "--seeds" => seeds = value().parse().unwrap(),
+            "--first-seed" => first_seed = Some(value().parse().unwrap()),
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
@@ -50,6 +53,9 @@ fn main() {
     for n in nodes {
         let mut params = Params::new(n, seeds);
         params.loss = loss;
+        if let Some(first) = first_seed {
+            params.first_seed = first;
+        }
         if let Some(mult) = suspicion_mult {
             params.swim.suspicion_mult = mult;
         }

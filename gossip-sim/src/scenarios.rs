@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gossip_core::{ClusterId, GossipRng, MemberMeta, MemberStatus};
+use gossip_core::{ClusterId, GossipRng, MemberMeta, MemberStatus, Timestamp};
 use gossip_swim::{Config, Event};
 use rand::{Rng, SeedableRng};
 
@@ -379,16 +379,20 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     }
 }
 
-/// One run of the fault tier, for `seed`: 8 to 16 nodes, 0 to 10% loss, 1%
-/// duplication, reordering from the latency spread, a 1.5 s stall, then a
-/// 90 s partition into halves and a heal. Fails if anyone was declared dead
-/// before the partition (nobody had failed), if an incarnation went back,
-/// or if the cluster has not converged 180 s after the heal.
+/// One run of the fault tier, for `seed`: ten simulated minutes of 8 to 16
+/// nodes under 0 to 10% loss, 1% duplication and reordering from the
+/// latency spread. A node stalls for 1.5 s; then a 90 s partition into
+/// halves and a heal; then, under the same loss, another node stalls, until
+/// the ten minutes are up. Fails if anyone was declared dead outside the
+/// partition (nobody had failed), if an incarnation went back, or if the
+/// cluster has not converged 180 s after the heal.
 ///
 /// # Errors
 ///
 /// A description of the first broken invariant.
 pub fn faults(seed: u64) -> Result<(), String> {
+    /// Simulated length of one run.
+    const RUN: Duration = Duration::from_secs(600);
     let n = 8 + (seed % 9) as usize;
     let net = NetConfig {
         loss: 0.02 * (seed % 6) as f64,
@@ -398,7 +402,7 @@ pub fn faults(seed: u64) -> Result<(), String> {
     let mut sim = Sim::new(
         n,
         Config::lan(ClusterId::from_name("sim-faults"), n),
-        net,
+        net.clone(),
         seed,
     );
     sim.converge_instantly();
@@ -422,6 +426,19 @@ pub fn faults(seed: u64) -> Result<(), String> {
     sim.set_net(NetConfig::default());
     if sim.run_while(Duration::from_secs(180), converged).is_none() {
         return Err("no convergence within 180 s of the heal".into());
+    }
+    // The rest of the ten minutes under the run's faults again.
+    sim.take_events();
+    sim.set_net(net);
+    sim.pause((seed as usize / n + 1) % n, Duration::from_millis(1500));
+    sim.run_until(Timestamp::ZERO + RUN);
+    let deaths: Vec<_> = sim
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e.event, Event::Failed { .. }))
+        .collect();
+    if !deaths.is_empty() {
+        return Err(format!("false deaths after the heal: {deaths:?}"));
     }
     match sim.violations().first() {
         Some(violation) => Err(violation.clone()),
