@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gossip_core::{ClusterId, GossipRng, MemberMeta, MemberStatus, Timestamp};
 use gossip_swim::{Config, Event};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::sim::{NetConfig, Sim, id_of};
@@ -382,10 +383,13 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
 /// One run of the fault tier, for `seed`: ten simulated minutes of 8 to 16
 /// nodes under 0 to 10% loss, 1% duplication and reordering from the
 /// latency spread. A node stalls for 1.5 s; then a 90 s partition into
-/// halves and a heal; then, under the same loss, another node stalls, until
-/// the ten minutes are up. Fails if anyone was declared dead outside the
-/// partition (nobody had failed), if an incarnation went back, or if the
-/// cluster has not converged 180 s after the heal.
+/// halves and a heal; then a swizzle-clog (a quarter of the nodes lose
+/// their links one at a time in random order, and get them back one at a
+/// time in another order); then, under the same loss, another node stalls,
+/// until the ten minutes are up. Fails if anyone was declared dead outside
+/// the partition and the swizzle-clog (nobody had failed), if an
+/// incarnation went back, or if the cluster has not converged 180 s after
+/// each heal.
 ///
 /// # Errors
 ///
@@ -426,6 +430,34 @@ pub fn faults(seed: u64) -> Result<(), String> {
     sim.set_net(NetConfig::default());
     if sim.run_while(Duration::from_secs(180), converged).is_none() {
         return Err("no convergence within 180 s of the heal".into());
+    }
+    // Swizzle-clog: a quarter of the nodes lose their links one by one, in
+    // random order, and get them back one by one, in another order.
+    let mut rng = GossipRng::seed_from_u64(seed ^ 0x5717_c10c);
+    let clogged = rand::seq::index::sample(&mut rng, n, (n / 4).max(2)).into_vec();
+    let mut links: Vec<(usize, usize)> = clogged
+        .iter()
+        .flat_map(|&a| {
+            (0..n)
+                .filter(move |&b| b != a)
+                .flat_map(move |b| [(a, b), (b, a)])
+        })
+        .collect();
+    links.sort_unstable();
+    links.dedup();
+    links.shuffle(&mut rng);
+    for &(from, to) in &links {
+        sim.block(from, to);
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_secs(20));
+    links.shuffle(&mut rng);
+    for &(from, to) in &links {
+        sim.unblock(from, to);
+        sim.run_for(Duration::from_millis(100));
+    }
+    if sim.run_while(Duration::from_secs(180), converged).is_none() {
+        return Err("no convergence within 180 s of the swizzle-clog".into());
     }
     // The rest of the ten minutes under the run's faults again.
     sim.take_events();

@@ -294,6 +294,11 @@ impl Sim {
         self.blocked.insert((from, to));
     }
 
+    /// Lets `from` reach `to` again.
+    pub fn unblock(&mut self, from: usize, to: usize) {
+        self.blocked.remove(&(from, to));
+    }
+
     /// Cuts both directions between the two groups.
     pub fn partition(&mut self, left: &[usize], right: &[usize]) {
         for &a in left {
