@@ -9,6 +9,7 @@
 //! cargo xtask sim sweep --seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim sweep --first-seed 238 --seeds 1   (one seed of it again)
 //! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
+//! cargo xtask sim memory --nodes 1000,10000   (resident memory of a converged cluster, per member per view)
 //! ```
 
 #![allow(
@@ -18,14 +19,26 @@
     reason = "a measurement tool: it prints, and reports its own wall time"
 )]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gossip_sim::scenarios::{self, Params};
+use gossip_sim::{NetConfig, Sim};
+
+/// This process's resident memory (Linux), in bytes; 0 where unknown.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -131,9 +144,33 @@ fn main() {
                     "false_deaths_plain": r.false_deaths_plain,
                 })
             }
+            "memory" => {
+                // Resident memory, not allocations: what a deployment pays,
+                // allocator slack included.
+                let before = resident_bytes();
+                let mut sim = Sim::new(
+                    n,
+                    params.swim.clone(),
+                    NetConfig::default(),
+                    params.first_seed,
+                );
+                sim.converge_instantly();
+                sim.run_for(Duration::from_secs(u64::from(periods.min(10))));
+                // The event log is the caller's to drain; scenarios do.
+                drop(sim.take_events());
+                let after = resident_bytes();
+                let views = (n * n) as f64;
+                let grown = after.saturating_sub(before) as f64;
+                drop(sim);
+                serde_json::json!({
+                    "resident_mib": after as f64 / f64::from(1 << 20),
+                    "simulation_mib": grown / f64::from(1 << 20),
+                    "bytes_per_member_per_view": grown / views,
+                })
+            }
             other => {
                 eprintln!(
-                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos"
+                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos, memory, sweep"
                 );
                 std::process::exit(2);
             }

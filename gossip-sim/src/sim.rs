@@ -111,7 +111,9 @@ pub struct Sim {
     trace: blake3::Hasher,
     /// Highest incarnation each node has seen of each other, for the
     /// invariant that incarnations never go back.
-    watermarks: HashMap<(usize, NodeId), Incarnation>,
+    /// The highest incarnation each node has seen of each other, by
+    /// observer and subject index: dense, since a converged cluster fills it.
+    watermarks: Vec<Vec<Option<Incarnation>>>,
     violations: Vec<String>,
 }
 
@@ -144,7 +146,7 @@ impl Sim {
             events: Vec::new(),
             traffic: Traffic::default(),
             trace: blake3::Hasher::new(),
-            watermarks: HashMap::new(),
+            watermarks: vec![Vec::new(); n],
             violations: Vec::new(),
         };
         for i in 0..n {
@@ -179,12 +181,16 @@ impl Sim {
                     .map(|s| s.members().local().clone())
             })
             .collect();
+        // The Joined events are checked but not kept: they are not news,
+        // and at thousands of nodes there are millions of them.
+        let kept = self.events.len();
         for i in 0..self.nodes.len() {
             let now = self.now;
             if let Some(swim) = self.nodes[i].swim.as_mut() {
                 swim.restore_members(now, records.iter().cloned());
             }
             self.after_input(i);
+            self.events.truncate(kept);
         }
     }
 
@@ -392,6 +398,15 @@ impl Sim {
         }
     }
 
+    fn watermark(&mut self, observer: usize, subject: &NodeId) -> Option<&mut Option<Incarnation>> {
+        let subject = *self.ids.get(subject)?;
+        let row = self.watermarks.get_mut(observer)?;
+        if row.len() <= subject {
+            row.resize(self.ids.len(), None);
+        }
+        row.get_mut(subject)
+    }
+
     /// Incarnations a node sees of another never go back.
     fn check(&mut self, observer: usize, event: &Event) {
         let member = match event {
@@ -402,13 +417,17 @@ impl Sim {
             | Event::Rejoined(m) => m,
             Event::Suspected { member, .. } | Event::Failed { member, .. } => member,
             Event::Removed(id) => {
-                self.watermarks.remove(&(observer, *id));
+                if let Some(mark) = self.watermark(observer, id) {
+                    *mark = None;
+                }
                 return;
             }
             _ => return,
         };
-        let key = (observer, member.id);
-        let previous = self.watermarks.insert(key, member.incarnation);
+        let Some(mark) = self.watermark(observer, &member.id) else {
+            return;
+        };
+        let previous = mark.replace(member.incarnation);
         if let Some(previous) = previous
             && member.incarnation < previous
         {

@@ -18,6 +18,9 @@ use crate::lifeguard::{Awareness, Suspicion, suspicion_bounds};
 use crate::message::{Message, StateDigest, TargetTag};
 use crate::stats::Stats;
 
+/// Event queue capacity kept once a burst of events has been drained.
+const RETAINED_EVENTS: usize = 64;
+
 /// Timers that belong to one probe, forward or suspicion. Each carries what
 /// identifies its owner, so a timer whose owner has moved on is a no-op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -251,7 +254,13 @@ impl Swim {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > RETAINED_EVENTS {
+            // A burst (a join of thousands, a restored table) is drained:
+            // give its memory back rather than hold it for every node.
+            self.events.shrink_to(RETAINED_EVENTS);
+        }
+        event
     }
 
     /// When [`handle_timeout`](Swim::handle_timeout) should next be called.

@@ -148,11 +148,10 @@ fn ci() -> Result<()> {
 fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
-        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "sweep" => {
-            ("gossip-sim", "scenarios")
-        }
+        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "memory"
+        | "sweep" => ("gossip-sim", "scenarios"),
         other => bail!(
-            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, sweep"
+            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, memory, sweep"
         ),
     };
     let mut all = vec![
