@@ -145,7 +145,18 @@ pub struct Disseminate {
     pub model_periods_to_all: f64,
     /// Seeds in which the update did not reach everyone in time.
     pub incomplete: u64,
+    /// The fraction of members that had the update, mean over seeds, every
+    /// tenth of a period from the update until the last seed was done:
+    /// `(periods, fraction)`.
+    pub informed: Vec<(f64, f64)>,
+    /// The same for push gossip with one contact per member per period
+    /// (Pittel's model, whose completion time is `model_periods_to_all`):
+    /// `x' = 1 - (1 - x) e^-x` from one informed member.
+    pub model_informed: Vec<(f64, f64)>,
 }
+
+/// Steps of the informed curves, in probe periods.
+const CURVE_STEP: f64 = 0.1;
 
 /// One member changes its metadata in a converged cluster; measures how
 /// long until everyone has it.
@@ -153,6 +164,7 @@ pub fn disseminate(params: &Params) -> Disseminate {
     let interval = params.interval();
     let n = params.nodes as f64;
     let mut times = Vec::new();
+    let mut curves = Vec::new();
     let mut incomplete = 0;
     for seed in params.seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
@@ -168,25 +180,64 @@ pub fn disseminate(params: &Params) -> Disseminate {
         });
         let source_id = id_of(source);
         let limit = params.swim.probe_interval.mul_f64(200.0);
+        let started = sim.now();
+        // (periods since the update, members informed) at each change.
+        let mut counts = vec![(0.0, 1usize)];
         let took = sim.run_while(limit, |sim| {
-            (0..params.nodes).all(|o| {
-                o == source
-                    || sim
-                        .node(o)
-                        .and_then(|s| s.members().get(&source_id))
-                        .is_some_and(|m| m.meta.name() == "updated")
-            })
+            let informed = (0..params.nodes)
+                .filter(|&o| {
+                    o == source
+                        || sim
+                            .node(o)
+                            .and_then(|s| s.members().get(&source_id))
+                            .is_some_and(|m| m.meta.name() == "updated")
+                })
+                .count();
+            if counts.last().is_some_and(|&(_, c)| c != informed) {
+                let at = sim.now().saturating_duration_since(started).as_secs_f64() / interval;
+                counts.push((at, informed));
+            }
+            informed == params.nodes
         });
         match took {
             Some(took) => times.push(took.as_secs_f64() / interval),
             None => incomplete += 1,
         }
+        curves.push(counts);
+    }
+    let periods_to_all = times.iter().copied().fold(0.0, f64::max);
+    let steps = (periods_to_all / CURVE_STEP).ceil() as usize + 1;
+    let informed = (0..=steps)
+        .map(|step| {
+            let at = step as f64 * CURVE_STEP;
+            let fractions: Vec<f64> = curves
+                .iter()
+                .map(|counts| {
+                    let count = counts
+                        .iter()
+                        .take_while(|&&(t, _)| t <= at)
+                        .last()
+                        .map_or(1, |&(_, c)| c);
+                    count as f64 / n
+                })
+                .collect();
+            (at, mean(&fractions))
+        })
+        .collect();
+    let model_periods_to_all = n.log2().ceil() + n.ln().ceil();
+    let mut model_informed = vec![(0.0, 1.0 / n)];
+    let mut x = 1.0 / n;
+    for period in 1..=(model_periods_to_all.max(periods_to_all).ceil() as usize) {
+        x = 1.0 - (1.0 - x) * (-x).exp();
+        model_informed.push((period as f64, x));
     }
     Disseminate {
-        periods_to_all: times.iter().copied().fold(0.0, f64::max),
+        periods_to_all,
         periods_to_all_mean: mean(&times),
-        model_periods_to_all: n.log2().ceil() + n.ln().ceil(),
+        model_periods_to_all,
         incomplete,
+        informed,
+        model_informed,
     }
 }
 

@@ -127,3 +127,30 @@ fn fault_seeds_that_once_failed_keep_the_invariants() {
         }
     }
 }
+
+/// The informed curve `--plot` draws starts at the source alone, never
+/// falls, and ends with everyone; by the model's own bound, the model's
+/// curve leaves less than one member uninformed.
+#[test]
+fn the_informed_curve_rises_from_one_member_to_all() {
+    let params = gossip_sim::scenarios::Params::new(50, 2);
+    let run = gossip_sim::scenarios::disseminate(&params);
+    assert_eq!(run.incomplete, 0);
+    assert_eq!(run.informed.first(), Some(&(0.0, 1.0 / 50.0)));
+    assert_eq!(run.informed.last().map(|p| p.1), Some(1.0));
+    assert!(
+        run.informed
+            .windows(2)
+            .all(|w| w[0].1 <= w[1].1 && w[0].0 < w[1].0)
+    );
+    let by_bound = run
+        .model_informed
+        .iter()
+        .find(|p| p.0 >= run.model_periods_to_all)
+        .map(|p| p.1);
+    assert!(
+        by_bound.is_some_and(|x| x >= 1.0 - 1.0 / 50.0),
+        "{:?}",
+        run.model_informed
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json]
-//! cargo xtask sim disseminate --nodes 1000 --seeds 20
+//! cargo xtask sim disseminate --nodes 1000 --seeds 20 [--plot informed.svg]
 //! cargo xtask sim load --nodes 100,2000 --seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --seeds 3
 //! cargo xtask sim partition --nodes 100 --seeds 3 --periods 90   (split for 90 s)
@@ -18,6 +18,8 @@
     clippy::disallowed_methods,
     reason = "a measurement tool: it prints, and reports its own wall time"
 )]
+
+mod plot;
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -46,6 +48,7 @@ fn main() {
     let mut suspicion_mult = None;
     let mut confirmations = None;
     let mut first_seed = None;
+    let mut plot_to: Option<String> = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -55,6 +58,7 @@ fn main() {
             "--nodes" => nodes = value().split(',').map(|v| v.parse().unwrap()).collect(),
             "--seeds" => seeds = value().parse().unwrap(),
             "--first-seed" => first_seed = Some(value().parse().unwrap()),
+            "--plot" => plot_to = Some(value()),
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
@@ -63,6 +67,11 @@ fn main() {
             other => panic!("unknown flag {other}"),
         }
     }
+    if plot_to.is_some() && scenario != "disseminate" {
+        eprintln!("--plot draws the disseminate scenario only");
+        std::process::exit(2);
+    }
+    let nodes_count = nodes.len();
     for n in nodes {
         let mut params = Params::new(n, seeds);
         params.loss = loss;
@@ -90,6 +99,35 @@ fn main() {
             }
             "disseminate" => {
                 let r = scenarios::disseminate(&params);
+                if let Some(path) = &plot_to {
+                    let svg = plot::line_chart(
+                        &format!("One update among {n} members ({seeds} seeds, loss {loss})"),
+                        "probe periods since the update",
+                        "fraction of members informed",
+                        &[
+                            plot::Series {
+                                label: "simulated (mean over seeds)",
+                                color: "#1f77b4",
+                                dashed: false,
+                                points: &r.informed,
+                            },
+                            plot::Series {
+                                label: "push gossip model (Pittel)",
+                                color: "#d62728",
+                                dashed: true,
+                                points: &r.model_informed,
+                            },
+                        ],
+                    );
+                    // One file per cluster size when several are asked for.
+                    let path = if nodes_count > 1 {
+                        format!("{path}.{n}.svg")
+                    } else {
+                        path.clone()
+                    };
+                    std::fs::write(&path, svg).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    eprintln!("wrote {path}");
+                }
                 serde_json::json!({
                     "periods_to_all": r.periods_to_all,
                     "periods_to_all_mean": r.periods_to_all_mean,
