@@ -465,14 +465,7 @@ pub fn faults(seed: u64) -> Result<(), String> {
     // A node stalls for less than the suspicion timeout.
     sim.pause(seed as usize % n, Duration::from_millis(1500));
     sim.run_for(Duration::from_secs(60));
-    let deaths: Vec<_> = sim
-        .take_events()
-        .into_iter()
-        .filter(|e| matches!(e.event, Event::Failed { .. }))
-        .collect();
-    if !deaths.is_empty() {
-        return Err(format!("false deaths: {deaths:?}"));
-    }
+    no_deaths(&mut sim, "before the partition")?;
     // A partition long enough to declare the halves dead, then a heal.
     let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == 0);
     sim.partition(&left, &right);
@@ -515,17 +508,25 @@ pub fn faults(seed: u64) -> Result<(), String> {
     sim.set_net(net);
     sim.pause((seed as usize / n + 1) % n, Duration::from_millis(1500));
     sim.run_until(Timestamp::ZERO + RUN);
+    no_deaths(&mut sim, "after the heals")?;
+    match sim.violations().first() {
+        Some(violation) => Err(violation.clone()),
+        None => Ok(()),
+    }
+}
+
+/// Fails if any death was declared since the events were last taken: no
+/// node had failed, so every death is false.
+fn no_deaths(sim: &mut Sim, when: &str) -> Result<(), String> {
     let deaths: Vec<_> = sim
         .take_events()
         .into_iter()
         .filter(|e| matches!(e.event, Event::Failed { .. }))
         .collect();
-    if !deaths.is_empty() {
-        return Err(format!("false deaths after the heal: {deaths:?}"));
-    }
-    match sim.violations().first() {
-        Some(violation) => Err(violation.clone()),
-        None => Ok(()),
+    if deaths.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("false deaths {when}: {deaths:?}"))
     }
 }
 
