@@ -32,25 +32,28 @@ impl InboxSender {
         MAX_BATCH.min(self.capacity)
     }
 
-    /// Queues `batch` (at most [`batch_limit`](InboxSender::batch_limit)
-    /// messages), waiting for room.
+    /// Queues `batch`, waiting for room: one permit per message, which the
+    /// inbox gives back as it hands the messages out. A batch longer than
+    /// the whole queue (readers keep to [`batch_limit`](InboxSender::batch_limit))
+    /// goes in parts.
     ///
     /// # Cancel safety
     ///
-    /// Cancelling drops the batch; nothing is half-queued.
-    pub(crate) async fn send(&self, batch: Vec<Received>) -> Result<(), InboxClosed> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Cancelling drops what is not queued yet; a batch within the limit is
+    /// queued whole or not at all.
+    pub(crate) async fn send(&self, mut batch: Vec<Received>) -> Result<(), InboxClosed> {
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.capacity));
+            let count = u32::try_from(batch.len()).map_err(|_| InboxClosed)?;
+            let permits = self
+                .room
+                .acquire_many(count)
+                .await
+                .map_err(|_| InboxClosed)?;
+            self.batches.send(batch).map_err(|_| InboxClosed)?;
+            permits.forget();
+            batch = rest;
         }
-        let count = u32::try_from(batch.len().min(self.capacity)).unwrap_or(u32::MAX);
-        let permits = self
-            .room
-            .acquire_many(count)
-            .await
-            .map_err(|_| InboxClosed)?;
-        self.batches.send(batch).map_err(|_| InboxClosed)?;
-        // Given back by the inbox as it hands the messages out.
-        permits.forget();
         Ok(())
     }
 }
@@ -198,6 +201,20 @@ mod tests {
         for n in 4..6 {
             assert_eq!(inbox.try_recv().expect("queued").bytes[..], [n]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_longer_than_the_queue_goes_in_parts_and_keeps_the_bound() {
+        let (tx, mut inbox) = Inbox::new(2);
+        let sender =
+            tokio::spawn(async move { tx.send((0..5).map(message).collect()).await.is_ok() });
+        for n in 0..5 {
+            let received = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+            assert_eq!(received.expect("in time").expect("queued").bytes[..], [n]);
+            // Never more room than the capacity, however the batch came.
+            assert!(inbox.room.available_permits() <= 2);
+        }
+        assert!(sender.await.expect("sender"));
     }
 
     #[tokio::test]
