@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, addr, cluster_id, node_id, seed};
+use common::{Net, addr, cluster_id, frame_for, node_id, seed};
 use gossip_core::{Incarnation, MemberStatus, Timestamp};
 use gossip_swim::{Event, Message};
 
@@ -377,23 +377,15 @@ fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<T
         .unwrap()
         .clone()
         .with_status(MemberStatus::Suspect);
-    let mut queue = gossip_core::RumorQueue::new(4, limits.clone());
-    queue
-        .push(gossip_core::Rumor::Member {
+    let frame = frame_for(
+        cluster_id(),
+        2,
+        Message::Gossip { state_digest: None },
+        vec![gossip_core::Rumor::Member {
             member: suspect,
             origin: node_id(2),
-        })
-        .unwrap();
-    let mut frame = Vec::new();
-    let gossip = Message::Gossip { state_digest: None };
-    gossip_core::encode_frame(
-        cluster_id(),
-        &gossip,
-        &queue.pack(1200, 3),
-        &limits,
-        &mut frame,
-    )
-    .unwrap();
+        }],
+    );
     let start = net.now;
     net.node(0)
         .handle_datagram(start, node_id(2), addr(2), &frame)

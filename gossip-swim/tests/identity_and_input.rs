@@ -6,11 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, addr, cluster_id, node_id, seed};
-use gossip_core::{
-    ClusterId, Incarnation, Limits, Member, MemberStatus, PackedRumors, Rumor, RumorQueue,
-    WIRE_VERSION, encode_frame,
-};
+use common::{Net, addr, cluster_id, frame_for, node_id, seed};
+use gossip_core::{ClusterId, Incarnation, Limits, Member, MemberStatus, Rumor, WIRE_VERSION};
 use gossip_swim::{Error, Event, Message, TargetTag};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -25,23 +22,6 @@ fn converged() -> Net {
 /// Encodes a frame as `sender` would, carrying `rumors`.
 fn frame(sender: usize, message: Message, rumors: Vec<Rumor>) -> Vec<u8> {
     frame_for(cluster_id(), sender, message, rumors)
-}
-
-fn frame_for(cluster: ClusterId, sender: usize, message: Message, rumors: Vec<Rumor>) -> Vec<u8> {
-    let limits = Limits::default();
-    let mut queue = RumorQueue::new(4, limits.clone());
-    for rumor in rumors {
-        queue.push(rumor).unwrap();
-    }
-    let packed = if queue.is_empty() {
-        PackedRumors::empty()
-    } else {
-        queue.pack(1200, 3)
-    };
-    let mut bytes = Vec::new();
-    let _ = sender; // frames name no sender: the driver authenticates it
-    encode_frame(cluster, &message, &packed, &limits, &mut bytes).unwrap();
-    bytes
 }
 
 fn record(net: &Net, observer: usize, subject: usize) -> Member {

@@ -8,10 +8,36 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_core::{ClusterId, Incarnation, MemberMeta, MemberStatus, NodeId, Timestamp};
-use gossip_swim::{Config, Event, Swim};
+use gossip_core::{
+    ClusterId, Incarnation, Limits, MemberMeta, MemberStatus, NodeId, PackedRumors, Rumor,
+    RumorQueue, Timestamp, encode_frame,
+};
+use gossip_swim::{Config, Event, Message, Swim};
 
 pub(crate) const BASE_PORT: u16 = 20_000;
+
+/// Encodes a frame for `cluster` as `sender` would, carrying `rumors`.
+pub(crate) fn frame_for(
+    cluster: ClusterId,
+    sender: usize,
+    message: Message,
+    rumors: Vec<Rumor>,
+) -> Vec<u8> {
+    let limits = Limits::default();
+    let mut queue = RumorQueue::new(4, limits.clone());
+    for rumor in rumors {
+        queue.push(rumor).expect("the rumor fits the limits");
+    }
+    let packed = if queue.is_empty() {
+        PackedRumors::empty()
+    } else {
+        queue.pack(1200, 3)
+    };
+    let mut bytes = Vec::new();
+    let _ = sender; // frames name no sender: the driver authenticates it
+    encode_frame(cluster, &message, &packed, &limits, &mut bytes).expect("the frame encodes");
+    bytes
+}
 
 pub(crate) fn cluster_id() -> ClusterId {
     ClusterId::from_name("swim-tests")
