@@ -10,6 +10,9 @@
 //!   and every one of its writes, tombstones included. Updates cost
 //!   O(log16 n); the root is always current.
 //! * [`Session`] runs one reconciliation as a sans-IO state machine.
+//! * `Replica` (feature `swim`) composes a [`SyncState`] and its sessions
+//!   with a `gossip_swim::Swim` machine: one member of a cluster, sans-IO,
+//!   as both the reference node and the simulator run it.
 //! * [`RootDigest`] (24 bytes) is small enough to ride on every SWIM probe, so
 //!   a driver syncs only when roots differ.
 //!
@@ -27,6 +30,8 @@
 
 mod error;
 mod message;
+#[cfg(feature = "swim")]
+pub mod replica;
 mod session;
 mod state;
 mod tree;
@@ -36,3 +41,8 @@ pub use message::{LeafSummary, NodeSummary, NodeView, Part, RootDigest, ShortDig
 pub use session::{Session, SessionStats, SyncConfig};
 pub use state::SyncState;
 pub use tree::{FANOUT, LeafTree, MAX_DEPTH, Prefix, View};
+
+#[cfg(feature = "swim")]
+pub use replica::{
+    Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys, SyncStats, SyncTransmit,
+};

@@ -120,6 +120,18 @@ impl NodeConfig {
         ClusterId::from_name(&self.cluster)
     }
 
+    /// The settings of the node's replica: its sync fields, sessions idle
+    /// for 5 s failing (a LAN peer that says nothing that long is gone).
+    pub fn replica_config(&self) -> gossip_antientropy::ReplicaConfig {
+        let mut config = gossip_antientropy::ReplicaConfig::new(self.cluster_id());
+        config.sync.idle_timeout = Duration::from_secs(5);
+        config.sync_interval = self.sync_interval;
+        config.sync_cooldown = self.sync_cooldown;
+        config.max_concurrent_syncs = self.max_concurrent_syncs;
+        config.tombstone_grace = self.tombstone_grace;
+        config
+    }
+
     /// The SWIM configuration this node runs: the preset, with SWIM's own
     /// push-pull backstop off (the node's Merkle sync replaces it).
     pub fn swim_config(&self) -> gossip_swim::Config {

@@ -2,10 +2,11 @@
 //! keys, written so that a crash at any moment leaves either the old file or
 //! the new one.
 
+pub use gossip_antientropy::StoredKeys;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gossip_core::{Bytes, Incarnation, Key};
+use gossip_core::Incarnation;
 use gossip_transport_quic::NodeCredentials;
 
 use crate::error::Error;
@@ -17,17 +18,6 @@ const KEYS_FILE: &str = "keys";
 /// A keys file larger than this is refused rather than read: it is far above
 /// what the key/value limits allow one node to hold.
 const MAX_KEYS_FILE_BYTES: u64 = 256 << 20;
-
-/// The node's own keys as the last run left them, to be set again at start
-/// so a restart loses none of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredKeys {
-    /// The highest version the node's keys reached: the next life starts
-    /// above it, so peers replace what they hold of the earlier life.
-    pub max_version: u64,
-    /// The live keys.
-    pub keys: Vec<(Key, Bytes)>,
-}
 
 /// A node's data directory.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
 //! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
-//! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed) |
+//! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once) |
 //! | `gossip_sync_bytes_total` | counter | anti-entropy bytes, by `direction` |
 //! | `gossip_sync_entries_received_total` | counter | key/value writes received by anti-entropy |
 //! | `gossip_state_digest_mismatches_total` | counter | probes whose state digest differed from this node's |
@@ -33,6 +33,7 @@
 
 use std::fmt::Write;
 
+pub use gossip_antientropy::SyncStats;
 use gossip_swim::Stats as SwimStats;
 use gossip_transport_quic::TransportStats;
 
@@ -48,30 +49,6 @@ pub struct MemberCounts {
     pub dead: u64,
     /// Left on purpose.
     pub left: u64,
-}
-
-/// Anti-entropy counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SyncCounters {
-    /// Sessions this node started.
-    pub initiated: u64,
-    /// ... of which ended cleanly.
-    pub initiated_completed: u64,
-    /// ... of which failed (timed out, refused, peer unreachable).
-    pub initiated_failed: u64,
-    /// Sessions peers started with this node.
-    pub responded: u64,
-    /// ... of which ended cleanly.
-    pub responded_completed: u64,
-    /// ... of which failed.
-    pub responded_failed: u64,
-    /// Bytes of sync messages sent.
-    pub bytes_sent: u64,
-    /// Bytes of sync messages received.
-    pub bytes_received: u64,
-    /// Key/value writes received.
-    pub entries_received: u64,
 }
 
 /// Counters of the node's own glue.
@@ -97,7 +74,7 @@ pub struct Metrics {
     /// The failure detector's counters.
     pub swim: SwimStats,
     /// Anti-entropy counters.
-    pub sync: SyncCounters,
+    pub sync: SyncStats,
     /// The transport's counters.
     pub transport: TransportStats,
     /// The node's own glue.
@@ -163,6 +140,7 @@ impl Metrics {
             ("responder", "started", y.responded),
             ("responder", "completed", y.responded_completed),
             ("responder", "failed", y.responded_failed),
+            ("responder", "refused", y.refused),
         ];
         vec![
             by(

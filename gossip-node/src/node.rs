@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_antientropy::{SyncConfig, SyncState};
-use gossip_core::{
-    GossipRng, Incarnation, Key, KvStore, Limits, Member, MemberMeta, NodeId, Timestamp,
-};
+use gossip_antientropy::{Replica, StoredKeys};
+use gossip_core::{GossipRng, Incarnation, Key, Member, MemberMeta, NodeId, Timestamp};
 use gossip_swim::Swim;
 use gossip_transport_quic::{Transport, TransportConfig};
 use rand::SeedableRng;
@@ -16,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
-use crate::data_dir::{DataDir, StoredKeys};
+use crate::data_dir::DataDir;
 use crate::driver::{Command, Driver, Parts};
 use crate::error::Error;
 use crate::event::NodeEvent;
@@ -163,7 +161,6 @@ impl Node {
         });
         let mut swim_config = config.swim_config();
         swim_config.seed = seed;
-        let limits = swim_config.limits.clone();
         let meta = MemberMeta::new(&config.name, [advertise]);
         let mut swim = Swim::new(swim_config, id, meta, incarnation, now);
         swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
@@ -176,25 +173,26 @@ impl Node {
         if !seeds.is_empty() {
             swim.join(now, seeds);
         }
-        let state = restore_keys(&mut swim, data_dir.as_ref(), limits, now)?;
-        let mut sync_config = SyncConfig::new(config.cluster_id());
-        sync_config.idle_timeout = Duration::from_secs(5);
+        let stored = match &data_dir {
+            Some(dir) => dir.last_keys()?.unwrap_or_default(),
+            None => StoredKeys::default(),
+        };
+        let mut replica_config = config.replica_config();
+        replica_config.seed = seed.rotate_left(17);
+        let replica = Replica::new(replica_config, swim, stored, now)?;
 
         let (commands_tx, commands) = mpsc::channel(256);
         let (events, first_subscriber) = broadcast::channel(config.event_buffer.max(16));
         let driver = Driver::new(Parts {
-            swim,
-            state,
-            sync_config,
+            replica,
             transport: transport.clone(),
             inbox,
             commands,
             events: events.clone(),
             epoch,
-            rng: GossipRng::seed_from_u64(seed.rotate_left(17)),
+            rng: GossipRng::seed_from_u64(seed.rotate_left(29)),
             data_dir,
             persisted_incarnation: incarnation.get(),
-            config,
         });
         let span = tracing::info_span!("node", id = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
@@ -399,27 +397,4 @@ fn wall_clock_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// The replicated state of a starting node: its own keys from the data
-/// directory, set again above the last run's versions so that peers replace
-/// what they hold of that run with this one's state, which has the same keys.
-fn restore_keys(
-    swim: &mut Swim,
-    data_dir: Option<&DataDir>,
-    limits: Limits,
-    now: Timestamp,
-) -> Result<SyncState, Error> {
-    let local = swim.members().local().clone();
-    let stored = match data_dir {
-        Some(dir) => dir.last_keys()?.unwrap_or_default(),
-        None => StoredKeys::default(),
-    };
-    let kv = KvStore::starting_at(local.id, limits.clone(), stored.max_version);
-    let mut state = SyncState::from_parts(kv, [local], limits);
-    for (key, value) in stored.keys {
-        let version = state.set(key, value)?;
-        swim.set_state_version(now, version);
-    }
-    Ok(state)
 }

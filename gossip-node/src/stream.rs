@@ -8,30 +8,12 @@
 //!   as a 4-byte big-endian length and the bytes. One stream message carries
 //!   a whole turn, so its parts arrive in order.
 
+pub use gossip_antientropy::Role;
 use thiserror::Error;
 
 const TAG_SWIM: u8 = 0;
 const TAG_FROM_INITIATOR: u8 = 1;
 const TAG_FROM_RESPONDER: u8 = 2;
-
-/// A side of a sync session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The side that started the session.
-    Initiator,
-    /// The side that answered.
-    Responder,
-}
-
-impl Role {
-    /// The other side.
-    pub fn peer(self) -> Role {
-        match self {
-            Role::Initiator => Role::Responder,
-            Role::Responder => Role::Initiator,
-        }
-    }
-}
 
 /// A decoded stream message, borrowing from the received bytes.
 #[derive(Debug, PartialEq, Eq)]
