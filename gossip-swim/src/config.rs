@@ -60,6 +60,13 @@ pub struct Config {
     /// Default 3 (memberlist `GossipNodes`, which memberlist sends every
     /// 200 ms whether or not there is news). 0 leaves rumors to probes only.
     pub gossip_fanout: usize,
+    /// Shortest time between two pushes: news that arrives sooner after a
+    /// push waits for the end of this interval and goes out in one round.
+    /// This bounds a node's pushes to `gossip_fanout` per interval however
+    /// fast news comes in (in a join storm every datagram brings some), while
+    /// news in a quiet cluster still goes out at once. Default 50 ms (WAN
+    /// 250 ms, local 20 ms).
+    pub push_interval: Duration,
     /// Largest datagram the machine writes, in bytes, until the driver says
     /// otherwise with [`Swim::set_max_datagram_bytes`](crate::Swim::set_max_datagram_bytes).
     /// Default 1,200 (the QUIC minimum path MTU less headers).
@@ -110,6 +117,7 @@ impl Config {
             buddy_system: true,
             retransmit_mult: 4,
             gossip_fanout: 3,
+            push_interval: Duration::from_millis(50),
             max_datagram_bytes: 1200,
             join_retry_initial: Duration::from_secs(1),
             join_retry_max: Duration::from_secs(30),
@@ -130,6 +138,7 @@ impl Config {
             probe_timeout: Duration::from_secs(3),
             suspicion_mult: 6,
             gossip_fanout: 4,
+            push_interval: Duration::from_millis(250),
             reconnect_interval: Duration::from_secs(30),
             sync_interval: Some(Duration::from_secs(60)),
             leave_timeout: Duration::from_secs(15),
@@ -144,6 +153,7 @@ impl Config {
             probe_timeout: Duration::from_millis(200),
             suspicion_mult: 3,
             retransmit_mult: 2,
+            push_interval: Duration::from_millis(20),
             reconnect_interval: Duration::from_secs(5),
             leave_timeout: Duration::from_secs(3),
             ..Self::lan(cluster, expected_members)

@@ -35,6 +35,8 @@ enum Timer {
     Suspicion { subject: NodeId, token: u64 },
     /// A suspicion runs out in one probe timeout: ping the suspect once more.
     LastCall { subject: NodeId, token: u64 },
+    /// The push interval is over: push the news that waited for it.
+    Push,
 }
 
 /// The probe in flight.
@@ -146,6 +148,10 @@ pub struct Swim {
     /// Whether the fresh news includes a suspicion, death, departure or
     /// refutation.
     urgent_news: bool,
+    /// When news was last pushed.
+    last_push: Option<Timestamp>,
+    /// Whether news waits for a `Timer::Push`.
+    push_waiting: bool,
     state_digest: Option<StateDigest>,
     max_datagram: usize,
     transmits: VecDeque<Transmit>,
@@ -192,6 +198,8 @@ impl Swim {
             leaving: None,
             fresh_news: false,
             urgent_news: false,
+            last_push: None,
+            push_waiting: false,
             state_digest: None,
             max_datagram: config.max_datagram_bytes,
             transmits: VecDeque::new(),
@@ -596,7 +604,21 @@ impl Swim {
 
     /// As [`flush`](Swim::flush), pushing to no one in `exclude`.
     fn flush_excluding(&mut self, exclude: &[NodeId]) {
-        if self.fresh_news && self.config.gossip_fanout > 0 {
+        if self.fresh_news && !self.push_waiting {
+            match self.last_push.map(|at| at + self.config.push_interval) {
+                Some(next) if next > self.now => {
+                    self.push_waiting = true;
+                    self.schedule(next, Timer::Push);
+                }
+                _ => self.push_news(exclude),
+            }
+        }
+        self.finish_leave();
+    }
+
+    /// Pushes the queued rumors to `gossip_fanout` members, none in `exclude`.
+    fn push_news(&mut self, exclude: &[NodeId]) {
+        if self.config.gossip_fanout > 0 {
             // Urgent news goes to members drawn afresh, so every push reaches
             // new nodes. Other news goes to the members next in the probe
             // rotation: random per node, few at a time, about to be probed
@@ -615,6 +637,7 @@ impl Swim {
                 }
                 if let Some(addr) = self.address_of(&target) {
                     self.stats.gossip_pushes += 1;
+                    self.last_push = Some(self.now);
                     self.send(
                         Some(target),
                         addr,
@@ -628,6 +651,10 @@ impl Swim {
         }
         self.fresh_news = false;
         self.urgent_news = false;
+    }
+
+    /// A leave is complete once its announcement is out, or at its deadline.
+    fn finish_leave(&mut self) {
         if let Some(leaving) = &mut self.leaving
             && !leaving.completed
         {
@@ -1051,6 +1078,12 @@ impl Swim {
                 }
             }
             Timer::Suspicion { subject, token } => self.suspicion_expired(subject, token),
+            Timer::Push => {
+                self.push_waiting = false;
+                if self.fresh_news {
+                    self.push_news(&[]);
+                }
+            }
             Timer::LastCall { subject, token } => {
                 if self
                     .suspicions

@@ -189,6 +189,8 @@ fn news_pushes_are_flagged_as_pushes_and_carry_the_state_digest() {
     use gossip_swim::{Message, StateDigest};
     let mut net = Net::lan(4, seed(17));
     assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    // Past the push interval of the join's news, so the next goes out at once.
+    net.run_for(SECOND / 10);
     let now = net.now;
     net.node(1).set_state_digest(Some(StateDigest([5; 8])));
     net.node(1)
@@ -210,4 +212,42 @@ fn news_pushes_are_flagged_as_pushes_and_carry_the_state_digest() {
         pushes += usize::from(t.push);
     }
     assert!(pushes > 0, "the news was not pushed");
+}
+
+#[test]
+fn news_right_after_a_push_waits_for_the_push_interval_and_goes_out_in_one_round() {
+    use gossip_core::MemberMeta;
+    let mut net = Net::lan(8, seed(23));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.run_for(SECOND / 10);
+    let interval = net.get(1).config().push_interval;
+    let fanout = net.get(1).config().gossip_fanout as u64;
+    let pushes = |net: &mut Net| {
+        let mut pushed = 0;
+        while let Some(t) = net.node(1).poll_transmit() {
+            pushed += u64::from(t.push);
+        }
+        pushed
+    };
+    let before = net.get(1).stats().gossip_pushes;
+    let start = net.now;
+    for (i, name) in ["first", "second", "third"].into_iter().enumerate() {
+        let now = start + interval / 4 * i as u32;
+        net.node(1)
+            .update_meta(now, MemberMeta::new(name, [common::addr(1)]))
+            .unwrap();
+        let pushed = pushes(&mut net);
+        if i == 0 {
+            assert_eq!(pushed, fanout, "the first news goes out at once");
+        } else {
+            assert_eq!(pushed, 0, "news {i} came within the push interval");
+        }
+    }
+    // The waiting news goes out when the interval ends, in one round.
+    net.node(1)
+        .handle_timeout(start + (interval - Duration::from_millis(1)));
+    assert_eq!(pushes(&mut net), 0, "too soon");
+    net.node(1).handle_timeout(start + interval);
+    assert_eq!(pushes(&mut net), fanout);
+    assert_eq!(net.get(1).stats().gossip_pushes, before + 2 * fanout);
 }
