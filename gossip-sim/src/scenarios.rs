@@ -437,10 +437,16 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
 /// halves and a heal; then a swizzle-clog (a quarter of the nodes lose
 /// their links one at a time in random order, and get them back one at a
 /// time in another order); then, under the same loss, another node stalls,
-/// until the ten minutes are up. Fails if anyone was declared dead outside
-/// the partition and the swizzle-clog (nobody had failed), if an
-/// incarnation went back, or if the cluster has not converged 180 s after
-/// each heal.
+/// until the ten minutes are up, and the network turns clean. Every node
+/// writes keys at the start, and nodes on both sides of each cut write and
+/// delete keys while it lasts.
+///
+/// Fails if anyone was declared dead outside the partition and the
+/// swizzle-clog (nobody had failed), if an incarnation went back, if a
+/// deleted key came back to a node that had seen it deleted, or if within
+/// 180 s of each heal (and 60 s of the clean network at the end) the member
+/// views and the Merkle roots have not all converged, with no node holding
+/// a deleted key.
 ///
 /// # Errors
 ///
@@ -461,6 +467,10 @@ pub fn faults(seed: u64) -> Result<(), String> {
         seed,
     );
     sim.converge_instantly();
+    for i in 0..n {
+        sim.set(i, "role", format!("r{i}").as_bytes());
+        sim.set(i, "load", b"0");
+    }
     sim.run_for(Duration::from_secs(30));
     // A node stalls for less than the suspicion timeout.
     sim.pause(seed as usize % n, Duration::from_millis(1500));
@@ -469,12 +479,16 @@ pub fn faults(seed: u64) -> Result<(), String> {
     // A partition long enough to declare the halves dead, then a heal.
     let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == 0);
     sim.partition(&left, &right);
-    sim.run_for(Duration::from_secs(90));
+    sim.run_for(Duration::from_secs(10));
+    // Both sides write while cut off from each other.
+    sim.delete(left[0], "role");
+    sim.set(left[1], "load", b"1");
+    sim.set(right[0], "load", b"2");
+    sim.delete(right[1], "load");
+    sim.run_for(Duration::from_secs(80));
     sim.heal();
     sim.set_net(NetConfig::default());
-    if sim.run_while(Duration::from_secs(180), converged).is_none() {
-        return Err("no convergence within 180 s of the heal".into());
-    }
+    settles(&mut sim, Duration::from_secs(180), "the heal")?;
     // Swizzle-clog: a quarter of the nodes lose their links one by one, in
     // random order, and get them back one by one, in another order.
     let mut rng = GossipRng::seed_from_u64(seed ^ 0x5717_c10c);
@@ -494,25 +508,48 @@ pub fn faults(seed: u64) -> Result<(), String> {
         sim.block(from, to);
         sim.run_for(Duration::from_millis(100));
     }
+    // A clogged node and another write while the links are down.
+    sim.delete(clogged[0], "load");
+    sim.set(clogged[1], "role", b"moved");
+    sim.delete((clogged[0] + 1) % n, "role");
     sim.run_for(Duration::from_secs(20));
     links.shuffle(&mut rng);
     for &(from, to) in &links {
         sim.unblock(from, to);
         sim.run_for(Duration::from_millis(100));
     }
-    if sim.run_while(Duration::from_secs(180), converged).is_none() {
-        return Err("no convergence within 180 s of the swizzle-clog".into());
-    }
+    settles(&mut sim, Duration::from_secs(180), "the swizzle-clog")?;
     // The rest of the ten minutes under the run's faults again.
     sim.take_events();
     sim.set_net(net);
     sim.pause((seed as usize / n + 1) % n, Duration::from_millis(1500));
     sim.run_until(Timestamp::ZERO + RUN);
     no_deaths(&mut sim, "after the heals")?;
+    sim.set_net(NetConfig::default());
+    settles(&mut sim, Duration::from_secs(60), "the faults stopped")?;
     match sim.violations().first() {
         Some(violation) => Err(violation.clone()),
         None => Ok(()),
     }
+}
+
+/// Fails unless, within `bound`, every member view and every Merkle root
+/// converge; then fails if any node still holds a deleted key.
+fn settles(sim: &mut Sim, bound: Duration, after: &str) -> Result<(), String> {
+    let settled = |sim: &Sim| converged(sim) && sim.roots_agree();
+    let Some(took) = sim.run_while(bound, settled) else {
+        let views = if converged(sim) { "agree" } else { "differ" };
+        return Err(format!(
+            "no convergence within {bound:?} of {after} (member views {views}, Merkle roots differ)"
+        ));
+    };
+    let held = sim.deleted_keys_held();
+    if !held.is_empty() {
+        return Err(format!(
+            "converged {took:?} after {after}, but deleted keys are still held, as (holder, owner, key): {held:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Fails if any death was declared since the events were last taken: no

@@ -6,7 +6,10 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use gossip_core::{GossipRng, Incarnation, Member, MemberMeta, MemberStatus, NodeId, Timestamp};
+use gossip_antientropy::{Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys};
+use gossip_core::{
+    Bytes, GossipRng, Incarnation, Key, Member, MemberMeta, MemberStatus, NodeId, Timestamp,
+};
 use gossip_swim::{Config, Event, Swim};
 use rand::{Rng, SeedableRng};
 
@@ -59,9 +62,12 @@ pub fn id_of(index: usize) -> NodeId {
 
 #[derive(Debug)]
 struct Node {
-    swim: Option<Swim>,
+    replica: Option<Replica>,
     /// A paused node handles nothing until then (a stalled process).
     paused_until: Option<Timestamp>,
+    /// The node's own keys as it last wrote them: what a real node keeps in
+    /// its data directory, so a restart gets them back.
+    stored: StoredKeys,
 }
 
 /// An event seen by one node, with when.
@@ -85,9 +91,57 @@ pub struct Traffic {
     pub bytes: u64,
     /// Datagrams lost (loss, partitions, dead or paused receivers).
     pub dropped: u64,
+    /// Sync turns the nodes sent (on reliable streams).
+    pub sync_sent: u64,
+    /// Bytes of those turns.
+    pub sync_bytes: u64,
+    /// Sync turns lost to partitions, dead or paused receivers.
+    pub sync_dropped: u64,
 }
 
-type Flight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>)>;
+/// What travels between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Payload {
+    /// A SWIM datagram: may be lost or duplicated.
+    Datagram(Vec<u8>),
+    /// A sync turn on a stream: arrives whole and once, unless the link is
+    /// cut or the receiver is down (QUIC retransmits what loss takes).
+    Sync {
+        role: Role,
+        id: u64,
+        parts: Vec<Vec<u8>>,
+    },
+}
+
+/// Something in flight, ordered by arrival and then by sending order.
+#[derive(Debug)]
+struct Flight {
+    at: Timestamp,
+    order: u64,
+    to: usize,
+    from: usize,
+    payload: Payload,
+}
+
+impl PartialEq for Flight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+
+impl Eq for Flight {}
+
+impl PartialOrd for Flight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Flight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
 
 /// A cluster of SWIM machines on a virtual clock and a seeded network. The
 /// same seed gives the same run, bit for bit: [`Sim::trace_hash`] digests
@@ -98,11 +152,12 @@ pub struct Sim {
     id_list: Vec<NodeId>,
     ids: HashMap<NodeId, usize>,
     config: Config,
+    replica_config: ReplicaConfig,
     seed: u64,
     net: NetConfig,
     now: Timestamp,
     rng: GossipRng,
-    in_flight: BinaryHeap<Flight>,
+    in_flight: BinaryHeap<Reverse<Flight>>,
     timers: BinaryHeap<Reverse<(Timestamp, usize)>>,
     blocked: BTreeSet<(usize, usize)>,
     next_flight: u64,
@@ -114,6 +169,11 @@ pub struct Sim {
     /// The highest incarnation each node has seen of each other, by
     /// observer and subject index: dense, since a converged cluster fills it.
     watermarks: Vec<Vec<Option<Incarnation>>>,
+    /// Keys whose owner's last write deleted them, by owner index.
+    deleted: BTreeSet<(usize, String)>,
+    /// (observer, owner, key) for every deletion an observer has seen of
+    /// a key in `deleted`: that key must never come back there.
+    seen_deleted: BTreeSet<(usize, usize, String)>,
     violations: Vec<String>,
 }
 
@@ -134,6 +194,7 @@ impl Sim {
             nodes: Vec::with_capacity(n),
             id_list: (0..n).map(id_of).collect(),
             ids: (0..n).map(|i| (id_of(i), i)).collect(),
+            replica_config: ReplicaConfig::new(config.cluster),
             config,
             seed,
             net,
@@ -147,27 +208,36 @@ impl Sim {
             traffic: Traffic::default(),
             trace: blake3::Hasher::new(),
             watermarks: vec![Vec::new(); n],
+            deleted: BTreeSet::new(),
+            seen_deleted: BTreeSet::new(),
             violations: Vec::new(),
         };
         for i in 0..n {
-            let swim = sim.make_node(i, Incarnation::ZERO);
+            let replica = sim.make_node(i, Incarnation::ZERO, StoredKeys::default());
             sim.nodes.push(Node {
-                swim: Some(swim),
+                replica: Some(replica),
                 paused_until: None,
+                stored: StoredKeys::default(),
             });
             sim.after_input(i);
         }
         sim
     }
 
-    fn make_node(&self, i: usize, incarnation: Incarnation) -> Swim {
+    fn make_node(&self, i: usize, incarnation: Incarnation, keys: StoredKeys) -> Replica {
         let mut config = self.config.clone();
-        config.seed = self
+        let seed = self
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(i as u64);
+        config.seed = seed;
+        let mut replica_config = self.replica_config.clone();
+        replica_config.seed = seed.rotate_left(17);
         let meta = MemberMeta::new(format!("n{i}"), [addr_of(i)]);
-        Swim::new(config, id_of(i), meta, incarnation, self.now)
+        let swim = Swim::new(config, id_of(i), meta, incarnation, self.now);
+        // The keys were accepted once under the same limits.
+        Replica::new(replica_config, swim, keys, self.now)
+            .expect("stored keys were written under the same limits")
     }
 
     /// Every node learns every other node's record at once: a converged
@@ -176,9 +246,9 @@ impl Sim {
         let records: Vec<Member> = (0..self.nodes.len())
             .filter_map(|i| {
                 self.nodes[i]
-                    .swim
+                    .replica
                     .as_ref()
-                    .map(|s| s.members().local().clone())
+                    .map(|r| r.swim().members().local().clone())
             })
             .collect();
         // The Joined events are checked but not kept: they are not news,
@@ -186,8 +256,10 @@ impl Sim {
         let kept = self.events.len();
         for i in 0..self.nodes.len() {
             let now = self.now;
-            if let Some(swim) = self.nodes[i].swim.as_mut() {
-                swim.restore_members(now, records.iter().cloned());
+            if let Some(replica) = self.nodes[i].replica.as_mut() {
+                replica.with_swim(now, |swim| {
+                    swim.restore_members(now, records.iter().cloned());
+                });
             }
             self.after_input(i);
             self.events.truncate(kept);
@@ -201,8 +273,8 @@ impl Sim {
                 continue;
             }
             let now = self.now;
-            if let Some(swim) = self.nodes[i].swim.as_mut() {
-                swim.join(now, vec![addr_of(seed)]);
+            if let Some(replica) = self.nodes[i].replica.as_mut() {
+                replica.join(now, vec![addr_of(seed)]);
             }
             self.after_input(i);
         }
@@ -223,9 +295,14 @@ impl Sim {
         self.now
     }
 
-    /// Node `i`'s machine, if it is running.
+    /// Node `i`'s SWIM machine, if it is running.
     pub fn node(&self, i: usize) -> Option<&Swim> {
-        self.nodes.get(i)?.swim.as_ref()
+        self.replica(i).map(Replica::swim)
+    }
+
+    /// Node `i`'s replica (SWIM and the Merkle sync), if it is running.
+    pub fn replica(&self, i: usize) -> Option<&Replica> {
+        self.nodes.get(i)?.replica.as_ref()
     }
 
     /// What node `observer` believes of node `subject`.
@@ -241,7 +318,7 @@ impl Sim {
 
     /// `true` if node `i` is running.
     pub fn is_running(&self, i: usize) -> bool {
-        self.nodes.get(i).is_some_and(|n| n.swim.is_some())
+        self.nodes.get(i).is_some_and(|n| n.replica.is_some())
     }
 
     /// Traffic so far.
@@ -266,23 +343,94 @@ impl Sim {
 
     /// Crashes node `i`: it stops without a word.
     pub fn crash(&mut self, i: usize) {
-        if let Some(node) = self.nodes.get_mut(i) {
-            node.swim = None;
+        if let Some(node) = self.nodes.get_mut(i)
+            && let Some(replica) = node.replica.take()
+        {
+            node.stored = replica.stored_keys();
         }
         self.trace
             .update(b"crash")
             .update(&(i as u64).to_le_bytes());
     }
 
-    /// Restarts node `i` at `incarnation` and has it join through `via`.
+    /// Restarts node `i` at `incarnation`, with the keys it had written
+    /// (as a node's data directory keeps them), and has it join through `via`.
     pub fn restart(&mut self, i: usize, incarnation: Incarnation, via: usize) {
-        let mut swim = self.make_node(i, incarnation);
-        swim.join(self.now, vec![addr_of(via)]);
+        let Some(stored) = self.nodes.get(i).map(|n| n.stored.clone()) else {
+            return;
+        };
+        let mut replica = self.make_node(i, incarnation, stored);
+        replica.join(self.now, vec![addr_of(via)]);
         if let Some(node) = self.nodes.get_mut(i) {
-            node.swim = Some(swim);
+            node.replica = Some(replica);
             node.paused_until = None;
         }
         self.after_input(i);
+    }
+
+    /// Node `i` sets one of its own keys (nothing if it is not running or
+    /// the limits refuse the write).
+    pub fn set(&mut self, i: usize, key: &str, value: &[u8]) {
+        let now = self.now;
+        let Some(replica) = self.nodes.get_mut(i).and_then(|n| n.replica.as_mut()) else {
+            return;
+        };
+        if replica
+            .set(now, Key::from(key), Bytes::copy_from_slice(value))
+            .is_ok()
+        {
+            // Written again: whatever was seen of its deletion no longer holds.
+            self.deleted.remove(&(i, key.to_owned()));
+            self.seen_deleted
+                .retain(|(_, owner, k)| !(*owner == i && k == key));
+        }
+        self.after_input(i);
+    }
+
+    /// Node `i` deletes one of its own keys; from then on no node that has
+    /// seen the deletion may see the key again (checked as an invariant).
+    pub fn delete(&mut self, i: usize, key: &str) {
+        let now = self.now;
+        let Some(replica) = self.nodes.get_mut(i).and_then(|n| n.replica.as_mut()) else {
+            return;
+        };
+        if let Ok(Some(_)) = replica.delete(now, key) {
+            self.deleted.insert((i, key.to_owned()));
+        }
+        self.after_input(i);
+    }
+
+    /// `true` if every running node's Merkle root is the same: their member
+    /// records and key/value state agree.
+    pub fn roots_agree(&self) -> bool {
+        let mut roots = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.state().root());
+        let Some(first) = roots.next() else {
+            return true;
+        };
+        roots.all(|root| root == first)
+    }
+
+    /// Deleted keys some running node still holds, as (holder, owner, key).
+    pub fn deleted_keys_held(&self) -> Vec<(usize, usize, String)> {
+        let mut held = Vec::new();
+        for (owner, key) in &self.deleted {
+            for (holder, node) in self.nodes.iter().enumerate() {
+                if let Some(replica) = &node.replica
+                    && replica
+                        .state()
+                        .kv()
+                        .get(&self.id_list[*owner], key)
+                        .is_some()
+                {
+                    held.push((holder, *owner, key.clone()));
+                }
+            }
+        }
+        held
     }
 
     /// Pauses node `i` for `duration`: it handles nothing meanwhile, and
@@ -325,11 +473,12 @@ impl Sim {
         self.net = net;
     }
 
-    /// Runs a command on node `i` at the current time, then collects its output.
+    /// Runs a command on node `i`'s SWIM machine at the current time, then
+    /// collects its output.
     pub fn with_node(&mut self, i: usize, command: impl FnOnce(&mut Swim, Timestamp)) {
         let now = self.now;
-        if let Some(swim) = self.nodes.get_mut(i).and_then(|n| n.swim.as_mut()) {
-            command(swim, now);
+        if let Some(replica) = self.nodes.get_mut(i).and_then(|n| n.replica.as_mut()) {
+            replica.with_swim(now, |swim| command(swim, now));
         }
         self.after_input(i);
     }
@@ -340,31 +489,33 @@ impl Sim {
             .is_some_and(|until| until > self.now)
     }
 
-    /// Collects node `i`'s datagrams into the network and its events into
-    /// the log, and schedules its next deadline.
+    /// Collects node `i`'s datagrams and sync turns into the network and
+    /// its events into the log, and schedules its next deadline.
     fn after_input(&mut self, i: usize) {
-        let Some(swim) = self.nodes.get_mut(i).and_then(|n| n.swim.as_mut()) else {
+        let Some(replica) = self.nodes.get_mut(i).and_then(|n| n.replica.as_mut()) else {
             return;
         };
-        let mut out = Vec::new();
-        while let Some(t) = swim.poll_transmit() {
-            out.push(t);
+        let mut datagrams = Vec::new();
+        while let Some(t) = replica.poll_transmit() {
+            datagrams.push(t);
+        }
+        let mut syncs = Vec::new();
+        while let Some(t) = replica.poll_sync() {
+            syncs.push(t);
         }
         let mut events = Vec::new();
-        while let Some(e) = swim.poll_event() {
+        while let Some(e) = replica.poll_event() {
             events.push(e);
         }
-        if let Some(deadline) = swim.poll_timeout() {
-            self.timers.push(Reverse((deadline, i)));
-        }
-        for transmit in out {
+        self.timers.push(Reverse((replica.poll_timeout(), i)));
+        for transmit in datagrams {
             self.traffic.sent += 1;
             self.traffic.bytes += transmit.payload.len() as u64;
-            let Some(to) = index_of(&transmit.addr).filter(|to| *to < self.nodes.len()) else {
+            let Some(to) = self.link(i, &transmit.addr) else {
                 self.traffic.dropped += 1;
                 continue;
             };
-            if self.blocked.contains(&(i, to)) || self.rng.random::<f64>() < self.net.loss {
+            if self.rng.random::<f64>() < self.net.loss {
                 self.traffic.dropped += 1;
                 continue;
             }
@@ -374,27 +525,90 @@ impl Sim {
                 1
             };
             for _ in 0..copies {
-                let spread = self.net.latency_max.saturating_sub(self.net.latency_min);
-                let latency = self.net.latency_min + spread.mul_f64(self.rng.random::<f64>());
-                self.next_flight += 1;
-                self.in_flight.push(Reverse((
-                    self.now + latency,
-                    self.next_flight,
-                    to,
-                    i,
-                    transmit.payload.clone(),
-                )));
+                self.send(i, to, Payload::Datagram(transmit.payload.clone()));
             }
         }
+        for transmit in syncs {
+            self.traffic.sync_sent += 1;
+            self.traffic.sync_bytes += transmit.parts.iter().map(|p| p.len() as u64).sum::<u64>();
+            // A cut link loses the turn; the session then times out, as a
+            // real one does when its stream stalls.
+            let Some(to) = self.link(i, &transmit.addr) else {
+                self.traffic.sync_dropped += 1;
+                continue;
+            };
+            let payload = Payload::Sync {
+                role: transmit.role,
+                id: transmit.id,
+                parts: transmit.parts,
+            };
+            self.send(i, to, payload);
+        }
         for event in events {
-            self.check(i, &event);
-            self.trace
-                .update(format!("{:?}|{i}|{event:?}", self.now).as_bytes());
-            self.events.push(Seen {
-                at: self.now,
-                node: i,
-                event,
-            });
+            match event {
+                ReplicaEvent::Swim(event) => {
+                    self.check(i, &event);
+                    self.trace
+                        .update(format!("{:?}|{i}|{event:?}", self.now).as_bytes());
+                    self.events.push(Seen {
+                        at: self.now,
+                        node: i,
+                        event,
+                    });
+                }
+                ReplicaEvent::KeyChanged(change) => {
+                    self.trace
+                        .update(format!("{:?}|{i}|{change:?}", self.now).as_bytes());
+                    self.check_key(
+                        i,
+                        &change.owner,
+                        change.key.as_str(),
+                        change.value.is_some(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The node `from` reaches at `addr`, unless there is none or the link is cut.
+    fn link(&self, from: usize, addr: &SocketAddr) -> Option<usize> {
+        index_of(addr)
+            .filter(|to| *to < self.nodes.len())
+            .filter(|to| !self.blocked.contains(&(from, *to)))
+    }
+
+    /// Puts `payload` on the wire from `from` to `to`, with a latency drawn
+    /// from the network's spread (so messages reorder).
+    fn send(&mut self, from: usize, to: usize, payload: Payload) {
+        let spread = self.net.latency_max.saturating_sub(self.net.latency_min);
+        let latency = self.net.latency_min + spread.mul_f64(self.rng.random::<f64>());
+        self.next_flight += 1;
+        self.in_flight.push(Reverse(Flight {
+            at: self.now + latency,
+            order: self.next_flight,
+            to,
+            from,
+            payload,
+        }));
+    }
+
+    /// A deleted key never comes back to a node that has seen it deleted.
+    fn check_key(&mut self, observer: usize, owner: &NodeId, key: &str, present: bool) {
+        let Some(owner) = self.ids.get(owner).copied() else {
+            return;
+        };
+        if !self.deleted.contains(&(owner, key.to_owned())) {
+            return;
+        }
+        let seen = (observer, owner, key.to_owned());
+        if !present {
+            self.seen_deleted.insert(seen);
+        } else if self.seen_deleted.contains(&seen) {
+            self.violations.push(format!(
+                "at {:?} node {observer} saw key {key:?} of node {owner} come back after its deletion",
+                self.now
+            ));
         }
     }
 
@@ -440,7 +654,7 @@ impl Sim {
 
     /// The next moment anything happens, if anything will.
     fn next_moment(&self) -> Option<Timestamp> {
-        let flight = self.in_flight.peek().map(|Reverse((at, ..))| *at);
+        let flight = self.in_flight.peek().map(|Reverse(flight)| flight.at);
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
         [flight, timer].into_iter().flatten().min()
     }
@@ -452,24 +666,48 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(next);
-        while let Some(Reverse((at, ..))) = self.in_flight.peek() {
-            if *at > self.now {
+        while let Some(Reverse(flight)) = self.in_flight.peek() {
+            if flight.at > self.now {
                 break;
             }
-            let Some(Reverse((_, _, to, from, payload))) = self.in_flight.pop() else {
+            let Some(Reverse(Flight {
+                to, from, payload, ..
+            })) = self.in_flight.pop()
+            else {
                 break;
             };
             if !self.is_running(to) || self.is_paused(to) {
-                self.traffic.dropped += 1;
+                match payload {
+                    Payload::Datagram(_) => self.traffic.dropped += 1,
+                    Payload::Sync { .. } => self.traffic.sync_dropped += 1,
+                }
                 continue;
             }
-            self.trace
-                .update(&(to as u64).to_le_bytes())
-                .update(&payload);
+            self.trace.update(&(to as u64).to_le_bytes());
             let now = self.now;
-            if let Some(swim) = self.nodes[to].swim.as_mut() {
-                // Refusals are counted by the machine; the network does not care.
-                let _ = swim.handle_datagram(now, self.id_list[from], addr_of(from), &payload);
+            let (from_id, from_addr) = (self.id_list[from], addr_of(from));
+            let Some(replica) = self.nodes[to].replica.as_mut() else {
+                continue;
+            };
+            match payload {
+                Payload::Datagram(bytes) => {
+                    self.trace.update(&bytes);
+                    // Refusals are counted by the machine; the network does not care.
+                    let _ = replica.handle_datagram(now, from_id, from_addr, &bytes);
+                }
+                Payload::Sync { role, id, parts } => {
+                    for part in &parts {
+                        self.trace.update(part);
+                    }
+                    replica.handle_sync(
+                        now,
+                        from_id,
+                        from_addr,
+                        role,
+                        id,
+                        parts.iter().map(Vec::as_slice),
+                    );
+                }
             }
             self.after_input(to);
         }
@@ -482,12 +720,12 @@ impl Sim {
                 continue;
             }
             let now = self.now;
-            let Some(swim) = self.nodes[i].swim.as_mut() else {
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
                 continue;
             };
             // Timers are lazy: a stale entry finds nothing due and is harmless.
-            if swim.poll_timeout().is_some_and(|t| t <= now) {
-                swim.handle_timeout(now);
+            if replica.poll_timeout() <= now {
+                replica.handle_timeout(now);
                 self.after_input(i);
             }
         }
