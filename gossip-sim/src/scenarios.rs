@@ -244,16 +244,21 @@ pub fn disseminate(params: &Params) -> Disseminate {
 /// The outcome of `load`: a cluster at rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Load {
-    /// Datagrams sent per member per probe period, mean over seeds.
+    /// Messages sent per member per probe period, mean over seeds: SWIM
+    /// datagrams and sync turns.
     pub messages_per_member_per_period: f64,
-    /// Bytes sent per member per probe period, mean over seeds.
+    /// Of which sync turns (the anti-entropy backstop, and syncs started by
+    /// differing state digests).
+    pub sync_messages_per_member_per_period: f64,
+    /// Bytes sent per member per probe period, mean over seeds, sync turns
+    /// included.
     pub bytes_per_member_per_period: f64,
 }
 
 /// Measures steady-state traffic: a converged cluster with no news, over
 /// `periods` probe periods (after the start-up has settled).
 pub fn load(params: &Params, periods: u32) -> Load {
-    let (mut messages, mut bytes) = (Vec::new(), Vec::new());
+    let (mut messages, mut syncs, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
     for seed in params.seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
@@ -262,11 +267,15 @@ pub fn load(params: &Params, periods: u32) -> Load {
         sim.run_for(params.swim.probe_interval * periods);
         let after = sim.traffic();
         let per = f64::from(periods) * params.nodes as f64;
-        messages.push((after.sent - before.sent) as f64 / per);
-        bytes.push((after.bytes - before.bytes) as f64 / per);
+        let sync_sent = (after.sync_sent - before.sync_sent) as f64;
+        messages.push(((after.sent - before.sent) as f64 + sync_sent) / per);
+        syncs.push(sync_sent / per);
+        let sync_bytes = (after.sync_bytes - before.sync_bytes) as f64;
+        bytes.push(((after.bytes - before.bytes) as f64 + sync_bytes) / per);
     }
     Load {
         messages_per_member_per_period: mean(&messages),
+        sync_messages_per_member_per_period: mean(&syncs),
         bytes_per_member_per_period: mean(&bytes),
     }
 }

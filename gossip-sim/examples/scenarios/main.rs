@@ -139,6 +139,7 @@ fn main() {
                 let r = scenarios::load(&params, periods);
                 serde_json::json!({
                     "messages_per_member_per_period": r.messages_per_member_per_period,
+                    "sync_messages_per_member_per_period": r.sync_messages_per_member_per_period,
                     "bytes_per_member_per_period": r.bytes_per_member_per_period,
                     "periods": periods,
                 })
