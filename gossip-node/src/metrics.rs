@@ -10,6 +10,7 @@
 //! | `gossip_probes_total` | counter | probes sent |
 //! | `gossip_indirect_probes_total` | counter | probes that fell back to asking others |
 //! | `gossip_suspicions_total` | counter | members this node suspected after a failed probe |
+//! | `gossip_probes_inconclusive_total` | counter | failed probes that raised no suspicion because no helper answered, not even with a nack (this node is likely the slow one) |
 //! | `gossip_deaths_declared_total` | counter | members this node declared dead |
 //! | `gossip_refutations_total` | counter | accusations of this node that it refuted |
 //! | `gossip_suspect_reminders_total` | counter | pings sent out of turn to a suspect, carrying the suspicion: when the suspect spoke to this node, and as a last call before its suspicion runs out |
@@ -179,6 +180,12 @@ impl Metrics {
                 "Members suspected after a failed probe.",
                 Counter,
                 s.suspicions_raised,
+            ),
+            one(
+                "gossip_probes_inconclusive_total",
+                "Failed probes that raised no suspicion because no helper answered.",
+                Counter,
+                s.inconclusive_probes,
             ),
             one(
                 "gossip_deaths_declared_total",

@@ -28,6 +28,12 @@ impl Awareness {
         self.score
     }
 
+    /// `true` at the top of the scale: this node has been failing to hear
+    /// from its peers for a while.
+    pub(crate) fn is_at_max(self) -> bool {
+        self.score + 1 >= self.max
+    }
+
     pub(crate) fn apply(&mut self, delta: i64) {
         let raised = i64::from(self.score).saturating_add(delta);
         let top = i64::from(self.max - 1);

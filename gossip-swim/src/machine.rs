@@ -21,6 +21,11 @@ use crate::stats::Stats;
 /// Event queue capacity kept once a burst of events has been drained.
 const RETAINED_EVENTS: usize = 64;
 
+/// A helper nacks after this fraction of the probe timeout without an ack
+/// from the target, so that the nack is back before the requester's probe
+/// ends (it asked one probe timeout into the period).
+const NACK_AFTER: f64 = 0.8;
+
 /// Timers that belong to one probe, forward or suspicion. Each carries what
 /// identifies its owner, so a timer whose owner has moved on is a no-op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1007,7 +1012,9 @@ impl Swim {
                         target,
                     },
                 );
-                let at = self.now + self.config.probe_timeout;
+                // The nack must reach the requester before its probe ends:
+                // it asked us one probe timeout into a period of two.
+                let at = self.now + self.config.probe_timeout.mul_f64(NACK_AFTER);
                 self.schedule(at, Timer::Forward { seq: our_seq });
                 let ping = Message::Ping {
                     seq: our_seq,
@@ -1189,6 +1196,19 @@ impl Swim {
         };
         self.awareness
             .apply(i64::try_from(delta).unwrap_or(i64::MAX));
+        if self.config.awareness_max > 1
+            && !probe.helpers.is_empty()
+            && missing_nacks == probe.helpers.len()
+            && !self.awareness.is_at_max()
+        {
+            // Not one helper answered, not even to say the target is silent:
+            // this node is likely slow, and its probe tells nothing of the
+            // target, which the others (whose helpers nack) still find if
+            // it is dead. A node that stays cut off reaches the top of the
+            // health scale within a few probes and suspects again.
+            self.stats.inconclusive_probes += 1;
+            return;
+        }
 
         let Some(record) = self.members.get(&probe.target) else {
             return;

@@ -35,6 +35,10 @@ pub struct Stats {
     pub nacks_sent: u64,
     /// Members this node suspected after a failed probe.
     pub suspicions_raised: u64,
+    /// Failed probes that raised no suspicion because no helper answered,
+    /// not even with a nack: the fault was likely this node's (Lifeguard's
+    /// local health on, below the top of its scale).
+    pub inconclusive_probes: u64,
     /// Members this node declared dead after a suspicion timed out.
     pub deaths_declared: u64,
     /// Times this node refuted an accusation.

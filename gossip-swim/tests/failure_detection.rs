@@ -459,3 +459,52 @@ fn a_suspect_whose_refutation_was_missed_is_called_once_more_before_it_dies() {
     let record = net.get(0).members().get(&node_id(1)).unwrap().clone();
     assert_eq!(record.incarnation, Incarnation::new(1));
 }
+
+#[test]
+fn helpers_nack_before_the_probe_ends_so_probing_a_dead_node_costs_no_health() {
+    let mut net = Net::lan(6, seed(31));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.crash(5);
+    // Until everyone holds node 5 dead, every survivor's probe of it fails;
+    // the helpers' nacks say the target is silent, not the prober.
+    net.run_until(60 * SECOND, |net| {
+        (0..5).all(|i| net.view(i, 5) == Some(MemberStatus::Dead))
+    })
+    .expect("node 5 was never declared dead everywhere");
+    for i in 0..5 {
+        let stats = net.get(i).stats();
+        assert_eq!(net.get(i).local_health(), 0, "node {i}: {stats:?}");
+        assert_eq!(stats.inconclusive_probes, 0, "node {i}");
+    }
+}
+
+#[test]
+fn a_node_that_hears_no_one_raises_no_suspicion_until_its_health_bottoms_out() {
+    // Node 0 can send but hears nothing (a slow or half-cut node): its
+    // probes fail and not one helper answers.
+    let deaf = |config: gossip_swim::Config| {
+        let mut net = Net::new(5, config, seed(32));
+        assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+        for j in 1..5 {
+            net.blocked.insert((j, 0));
+        }
+        let raised_before = net.get(0).stats().suspicions_raised;
+        net.run_for(4 * SECOND);
+        let stats = net.get(0).stats().clone();
+        (
+            stats.suspicions_raised - raised_before,
+            stats.inconclusive_probes,
+            net,
+        )
+    };
+    let config = gossip_swim::Config::lan(cluster_id(), 5);
+    let (raised, inconclusive, mut net) = deaf(config.clone());
+    assert_eq!(raised, 0, "with Lifeguard, node 0 accused a healthy member");
+    assert!(inconclusive >= 1);
+    // Cut off for good, it reaches the top of its health scale and suspects.
+    net.run_for(60 * SECOND);
+    assert!(net.get(0).stats().suspicions_raised > 0);
+    let (raised, inconclusive, _) = deaf(config.without_lifeguard());
+    assert!(raised >= 1, "plain SWIM suspects on every failed probe");
+    assert_eq!(inconclusive, 0);
+}
