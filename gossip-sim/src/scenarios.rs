@@ -378,38 +378,58 @@ pub fn partition(params: &Params, split: Duration) -> Partition {
 /// network, with Lifeguard on and off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FalsePositives {
-    /// Suspicions of nodes that never failed, per node per hour, Lifeguard on
-    /// (each counted once, by the node that raised it).
+    /// Suspicions of healthy members (the nodes that never stall), per node
+    /// per hour, Lifeguard on, each counted once, by the node that raised
+    /// it: the Lifeguard paper's false positives, healthy members accused
+    /// because some other member was slow.
     pub false_suspicions_per_node_hour_lifeguard: f64,
     /// The same with Lifeguard off (plain SWIM with suspicion).
     pub false_suspicions_per_node_hour_plain: f64,
-    /// Deaths declared of nodes that never failed, Lifeguard on (each
-    /// counted once, by the node whose timer declared it).
+    /// Suspicions of the members that stall, per node per hour, Lifeguard
+    /// on: a stalled member answers nothing, so these are suspicions of a
+    /// member that is briefly unreachable, though it never failed.
+    pub stalled_suspicions_per_node_hour_lifeguard: f64,
+    /// The same with Lifeguard off.
+    pub stalled_suspicions_per_node_hour_plain: f64,
+    /// Deaths declared of any member, Lifeguard on (nothing fails, so every
+    /// one is false; each counted once, by the node whose timer declared it).
     pub false_deaths_lifeguard: u64,
     /// The same with Lifeguard off.
     pub false_deaths_plain: u64,
 }
 
-/// Runs `minutes` of simulated time in which a tenth of the nodes stall now
-/// and then (for 0.5 to 2.5 s, as a process under GC or CPU starvation would)
-/// on a network losing `params.loss` of datagrams. Nothing fails, so every
-/// suspicion is false.
+/// Runs `minutes` of simulated time in which a tenth of the nodes have bad
+/// spells about once every 20 s, on a network losing `params.loss` of
+/// datagrams: half are stalls of 0.5 to 2.5 s (a process under GC), in
+/// which what arrives is lost; half are 2 to 10 s of slow processing (CPU
+/// starvation), in which what arrives is handled 0.2 to 1.5 s late while
+/// the node's own timers keep time. Nothing fails, so every
+/// death is false; suspicions are counted apart by whether their subject is
+/// one of the nodes that stall.
 pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
-    let run = |swim: gossip_swim::Config| -> (f64, u64) {
-        let (mut suspicions, mut deaths) = (0u64, 0u64);
+    let is_slow = |i: usize| i.is_multiple_of(10);
+    let run = |swim: gossip_swim::Config| -> (f64, f64, u64) {
+        let (mut healthy, mut stalled, mut deaths) = (0u64, 0u64, 0u64);
         for seed in params.seeds() {
             let mut sim = Sim::new(params.nodes, swim.clone(), params.net(), seed);
             sim.converge_instantly();
             sim.run_for(swim.probe_interval * 3);
             sim.take_events();
             let mut rng = GossipRng::seed_from_u64(seed ^ 0xfa15e);
-            let slow: Vec<usize> = (0..params.nodes).filter(|i| i % 10 == 0).collect();
+            let slow: Vec<usize> = (0..params.nodes).filter(|i| is_slow(*i)).collect();
             for _ in 0..minutes * 60 {
                 for &node in &slow {
-                    // Each slow node stalls about once every 20 seconds.
+                    // Each slow node has a bad spell about once every 20
+                    // seconds: half are stalls, half are slow processing.
                     if rng.random::<f64>() < 0.05 {
-                        let stall = Duration::from_millis(rng.random_range(500..2500));
-                        sim.pause(node, stall);
+                        if rng.random::<bool>() {
+                            let stall = Duration::from_millis(rng.random_range(500..2500));
+                            sim.pause(node, stall);
+                        } else {
+                            let delay = Duration::from_millis(rng.random_range(200..1500));
+                            let spell = Duration::from_millis(rng.random_range(2000..10000));
+                            sim.slow_down(node, delay, spell);
+                        }
                     }
                 }
                 sim.run_for(Duration::from_secs(1));
@@ -419,7 +439,12 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
             for seen in sim.take_events() {
                 let local = sim.id(seen.node);
                 match seen.event {
-                    Event::Suspected { by, .. } if Some(by) == local => suspicions += 1,
+                    Event::Suspected { member, by, .. } if Some(by) == local => {
+                        match sim.index(&member.id) {
+                            Some(i) if is_slow(i) => stalled += 1,
+                            _ => healthy += 1,
+                        }
+                    }
                     Event::Failed { provenance, .. } if Some(provenance.declared_by) == local => {
                         deaths += 1
                     }
@@ -428,13 +453,19 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
             }
         }
         let node_hours = params.nodes as f64 * f64::from(minutes) / 60.0 * params.seeds as f64;
-        (suspicions as f64 / node_hours, deaths)
+        (
+            healthy as f64 / node_hours,
+            stalled as f64 / node_hours,
+            deaths,
+        )
     };
-    let (lifeguard, false_deaths_lifeguard) = run(params.swim.clone());
-    let (plain, false_deaths_plain) = run(params.swim.clone().without_lifeguard());
+    let (lifeguard, stalled_lifeguard, false_deaths_lifeguard) = run(params.swim.clone());
+    let (plain, stalled_plain, false_deaths_plain) = run(params.swim.clone().without_lifeguard());
     FalsePositives {
         false_suspicions_per_node_hour_lifeguard: lifeguard,
         false_suspicions_per_node_hour_plain: plain,
+        stalled_suspicions_per_node_hour_lifeguard: stalled_lifeguard,
+        stalled_suspicions_per_node_hour_plain: stalled_plain,
         false_deaths_lifeguard,
         false_deaths_plain,
     }

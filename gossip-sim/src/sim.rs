@@ -65,6 +65,8 @@ struct Node {
     replica: Option<Replica>,
     /// A paused node handles nothing until then (a stalled process).
     paused_until: Option<Timestamp>,
+    /// A slow node handles what arrives until then only after a delay.
+    slow: Option<(Timestamp, Duration)>,
     /// The node's own keys as it last wrote them: what a real node keeps in
     /// its data directory, so a restart gets them back.
     stored: StoredKeys,
@@ -121,6 +123,8 @@ struct Flight {
     to: usize,
     from: usize,
     payload: Payload,
+    /// Already held back by a slow receiver.
+    held: bool,
 }
 
 impl PartialEq for Flight {
@@ -217,6 +221,7 @@ impl Sim {
             sim.nodes.push(Node {
                 replica: Some(replica),
                 paused_until: None,
+                slow: None,
                 stored: StoredKeys::default(),
             });
             sim.after_input(i);
@@ -364,6 +369,7 @@ impl Sim {
         if let Some(node) = self.nodes.get_mut(i) {
             node.replica = Some(replica);
             node.paused_until = None;
+            node.slow = None;
         }
         self.after_input(i);
     }
@@ -441,6 +447,16 @@ impl Sim {
             node.paused_until = Some(self.now + duration);
         }
         self.timers.push(Reverse((self.now + duration, i)));
+    }
+
+    /// Slows node `i` down for `duration`: everything that arrives for it
+    /// meanwhile is handled `delay` late, while its timers keep time (a
+    /// process starved of CPU, or with a long queue before its socket: the
+    /// slow message processing Lifeguard was made for).
+    pub fn slow_down(&mut self, i: usize, delay: Duration, duration: Duration) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.slow = Some((self.now + duration, delay));
+        }
     }
 
     /// Drops everything from `from` to `to` (one direction of a partition).
@@ -590,6 +606,7 @@ impl Sim {
             to,
             from,
             payload,
+            held: false,
         }));
     }
 
@@ -652,6 +669,15 @@ impl Sim {
         }
     }
 
+    /// How long a slow receiver holds `flight` back, if it does.
+    fn holds(&self, flight: &Flight) -> Option<Duration> {
+        if flight.held {
+            return None;
+        }
+        let (until, delay) = self.nodes.get(flight.to)?.slow?;
+        (until > self.now).then_some(delay)
+    }
+
     /// The next moment anything happens, if anything will.
     fn next_moment(&self) -> Option<Timestamp> {
         let flight = self.in_flight.peek().map(|Reverse(flight)| flight.at);
@@ -670,12 +696,18 @@ impl Sim {
             if flight.at > self.now {
                 break;
             }
-            let Some(Reverse(Flight {
-                to, from, payload, ..
-            })) = self.in_flight.pop()
-            else {
+            let Some(Reverse(mut flight)) = self.in_flight.pop() else {
                 break;
             };
+            if let Some(delay) = self.holds(&flight) {
+                flight.held = true;
+                flight.at = self.now + delay;
+                self.in_flight.push(Reverse(flight));
+                continue;
+            }
+            let Flight {
+                to, from, payload, ..
+            } = flight;
             if !self.is_running(to) || self.is_paused(to) {
                 match payload {
                     Payload::Datagram(_) => self.traffic.dropped += 1,

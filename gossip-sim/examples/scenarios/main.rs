@@ -179,6 +179,9 @@ fn main() {
                     "minutes": minutes,
                     "false_suspicions_per_node_hour_lifeguard": r.false_suspicions_per_node_hour_lifeguard,
                     "false_suspicions_per_node_hour_plain": r.false_suspicions_per_node_hour_plain,
+                    "lifeguard_reduction": r.false_suspicions_per_node_hour_plain / r.false_suspicions_per_node_hour_lifeguard,
+                    "stalled_suspicions_per_node_hour_lifeguard": r.stalled_suspicions_per_node_hour_lifeguard,
+                    "stalled_suspicions_per_node_hour_plain": r.stalled_suspicions_per_node_hour_plain,
                     "false_deaths_lifeguard": r.false_deaths_lifeguard,
                     "false_deaths_plain": r.false_deaths_plain,
                 })
