@@ -410,14 +410,16 @@ impl Replica {
             key: key.clone(),
             value: value.clone(),
         }));
-        self.swim.set_state_version(now, version);
         let entry = Entry {
             key,
             value,
             version,
         };
-        // Too large to ride a probe: anti-entropy carries it instead.
+        // The write itself first, so that it rides the push that goes out at
+        // once; the raised version follows within SWIM's push interval. Too
+        // large to ride a probe, it is left to anti-entropy.
         let _ = self.swim.broadcast_state(now, owner, entry);
+        self.swim.set_state_version(now, version);
         self.settle(now);
     }
 
