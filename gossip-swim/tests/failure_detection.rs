@@ -71,9 +71,7 @@ fn a_crashed_node_is_suspected_then_declared_dead_everywhere() {
     assert!(net.run_until(10 * SECOND, Net::converged).is_some());
     net.crash(4);
     let crashed_at = net.now;
-    let took = net.run_until(60 * SECOND, |net| {
-        (0..4).all(|i| net.view(i, 4) == Some(MemberStatus::Dead))
-    });
+    let took = net.run_until_dead_everywhere(4, 60 * SECOND);
     let took = took.expect("not every survivor declared node 4 dead within 60 s");
     // Suspicion timeout for 5 live members is 4 s at the minimum and 24 s at
     // the most; with confirmations, death lands in between, plus detection.
@@ -115,10 +113,8 @@ fn confirmations_shorten_the_suspicion() {
     let mut net = Net::lan(8, seed(4));
     assert!(net.run_until(15 * SECOND, Net::converged).is_some());
     net.crash(7);
-    net.run_until(120 * SECOND, |net| {
-        (0..7).all(|i| net.view(i, 7) == Some(MemberStatus::Dead))
-    })
-    .expect("crash not detected");
+    net.run_until_dead_everywhere(7, 120 * SECOND)
+        .expect("crash not detected");
     // min = 4 * max(1, log10 8) s = 4 s; max = 24 s.
     let (max_timeout, min_timeout) = (24 * SECOND, 4 * SECOND);
     let mut confirmed = 0;
@@ -467,10 +463,8 @@ fn helpers_nack_before_the_probe_ends_so_probing_a_dead_node_costs_no_health() {
     net.crash(5);
     // Until everyone holds node 5 dead, every survivor's probe of it fails;
     // the helpers' nacks say the target is silent, not the prober.
-    net.run_until(60 * SECOND, |net| {
-        (0..5).all(|i| net.view(i, 5) == Some(MemberStatus::Dead))
-    })
-    .expect("node 5 was never declared dead everywhere");
+    net.run_until_dead_everywhere(5, 60 * SECOND)
+        .expect("node 5 was never declared dead everywhere");
     for i in 0..5 {
         let stats = net.get(i).stats();
         assert_eq!(net.get(i).local_health(), 0, "node {i}: {stats:?}");

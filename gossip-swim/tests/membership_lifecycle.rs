@@ -62,10 +62,8 @@ fn a_restarted_node_rejoins_with_a_higher_incarnation() {
         let mut net = Net::lan(4, seed(13));
         assert!(net.run_until(10 * SECOND, Net::converged).is_some());
         net.crash(3);
-        net.run_until(60 * SECOND, |net| {
-            (0..3).all(|i| net.view(i, 3) == Some(MemberStatus::Dead))
-        })
-        .expect("crash not detected");
+        net.run_until_dead_everywhere(3, 60 * SECOND)
+            .expect("crash not detected");
         // With a data directory the node comes back one incarnation up; without
         // one it starts from 0 and must refute its own death.
         let incarnation = if persisted {

@@ -263,6 +263,21 @@ impl Net {
         Some(self.now.saturating_duration_since(start))
     }
 
+    /// Runs until every running node other than `victim` holds it dead;
+    /// the time it took.
+    pub(crate) fn run_until_dead_everywhere(
+        &mut self,
+        victim: usize,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let survivors: Vec<usize> = self.running().filter(|&i| i != victim).collect();
+        self.run_until(limit, |net| {
+            survivors
+                .iter()
+                .all(|&i| net.view(i, victim) == Some(MemberStatus::Dead))
+        })
+    }
+
     /// What node `observer` believes of node `subject`.
     pub(crate) fn view(&self, observer: usize, subject: usize) -> Option<MemberStatus> {
         self.nodes[observer]
