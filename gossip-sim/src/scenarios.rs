@@ -77,6 +77,26 @@ pub struct Detect {
     pub undetected: u64,
     /// Invariant violations (summed over seeds).
     pub violations: u64,
+    /// Each detected seed's time to the first suspicion, in probe periods,
+    /// in seed order.
+    pub first_detection_samples: Vec<f64>,
+    /// Each detected seed's time until every survivor held the crashed node
+    /// dead, in probe periods, in seed order.
+    pub all_know_dead_samples: Vec<f64>,
+}
+
+/// The distribution of `samples` as `(value, fraction of samples at or
+/// below it)` steps, for plotting: starts at `(0, 0)`.
+pub fn cumulative(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len() as f64;
+    let mut points = vec![(0.0, 0.0)];
+    for (i, v) in sorted.iter().enumerate() {
+        points.push((*v, i as f64 / n));
+        points.push((*v, (i + 1) as f64 / n));
+    }
+    points
 }
 
 /// Crashes one node of a converged cluster, per seed, and measures when
@@ -129,6 +149,8 @@ pub fn detect(params: &Params) -> Detect {
         false_deaths,
         undetected,
         violations,
+        first_detection_samples: first,
+        all_know_dead_samples: all,
     }
 }
 

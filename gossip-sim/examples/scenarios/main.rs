@@ -1,7 +1,7 @@
 //! Runs a simulation scenario and prints its figures.
 //!
 //! ```text
-//! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json]
+//! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json] [--plot detection.svg]
 //! cargo xtask sim disseminate --nodes 1000 --seeds 20 [--plot informed.svg]
 //! cargo xtask sim load --nodes 100,2000 --seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --seeds 3
@@ -67,8 +67,8 @@ fn main() {
             other => panic!("unknown flag {other}"),
         }
     }
-    if plot_to.is_some() && scenario != "disseminate" {
-        eprintln!("--plot draws the disseminate scenario only");
+    if plot_to.is_some() && !["disseminate", "detect"].contains(&scenario.as_str()) {
+        eprintln!("--plot draws the disseminate and detect scenarios only");
         std::process::exit(2);
     }
     let nodes_count = nodes.len();
@@ -88,6 +88,45 @@ fn main() {
         let result = match scenario.as_str() {
             "detect" => {
                 let r = scenarios::detect(&params);
+                if let Some(path) = &plot_to {
+                    // Each member's probe ticks keep their own phase, so the
+                    // first probe of the crashed node comes after about
+                    // Exp(1) periods, and the suspicion one period later.
+                    let model: Vec<(f64, f64)> = (0..=100)
+                        .map(|i| {
+                            let t = f64::from(i) * 0.1;
+                            (t, if t < 1.0 { 0.0 } else { 1.0 - (1.0 - t).exp() })
+                        })
+                        .collect();
+                    let svg = plot::line_chart(
+                        &format!(
+                            "Detection of a crash among {n} members ({seeds} seeds, loss {loss})"
+                        ),
+                        "probe periods since the crash",
+                        "fraction of seeds",
+                        &[
+                            plot::Series {
+                                label: "first suspicion",
+                                color: "#1f77b4",
+                                dashed: false,
+                                points: &scenarios::cumulative(&r.first_detection_samples),
+                            },
+                            plot::Series {
+                                label: "all survivors hold it dead",
+                                color: "#2ca02c",
+                                dashed: false,
+                                points: &scenarios::cumulative(&r.all_know_dead_samples),
+                            },
+                            plot::Series {
+                                label: "model: 1 + Exp(1)",
+                                color: "#d62728",
+                                dashed: true,
+                                points: &model,
+                            },
+                        ],
+                    );
+                    write_plot(path, n, nodes_count, &svg);
+                }
                 serde_json::json!({
                     "first_detection_periods": r.first_detection_periods,
                     "all_know_dead_periods": r.all_know_dead_periods,
@@ -119,14 +158,7 @@ fn main() {
                             },
                         ],
                     );
-                    // One file per cluster size when several are asked for.
-                    let path = if nodes_count > 1 {
-                        format!("{path}.{n}.svg")
-                    } else {
-                        path.clone()
-                    };
-                    std::fs::write(&path, svg).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    eprintln!("wrote {path}");
+                    write_plot(path, n, nodes_count, &svg);
                 }
                 serde_json::json!({
                     "periods_to_all": r.periods_to_all,
@@ -236,4 +268,16 @@ fn main() {
             println!("{}", serde_json::to_string_pretty(&object).unwrap());
         }
     }
+}
+
+/// Writes a chart to `path`, or to `path.N.svg` per cluster size when
+/// several sizes were asked for.
+fn write_plot(path: &str, n: usize, sizes: usize, svg: &str) {
+    let path = if sizes > 1 {
+        format!("{path}.{n}.svg")
+    } else {
+        path.to_owned()
+    };
+    std::fs::write(&path, svg).unwrap_or_else(|e| panic!("{path}: {e}"));
+    eprintln!("wrote {path}");
 }
