@@ -27,7 +27,7 @@ use gossip_transport_quic::{
 const WINDOW: Duration = Duration::from_secs(1);
 
 /// Rounds of each measurement, alternating plain quinn and ours.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -107,7 +107,18 @@ async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
     rate
 }
 
-async fn our_datagrams(pki: &Pki, size: usize) -> f64 {
+/// How our side sends its datagrams.
+#[derive(Clone, Copy, PartialEq)]
+enum SendPath {
+    /// Through a [`Link`](gossip_transport_quic::Link), which holds the
+    /// connection as the baseline does.
+    Link,
+    /// Through [`Transport::send_datagram_wait`], which finds the
+    /// connection by the peer's id for every datagram.
+    PeerId,
+}
+
+async fn our_datagrams(pki: &Pki, size: usize, path: SendPath) -> f64 {
     let (a, _a_inbox) = Transport::bind(config(), &pki.a, &pki.ca.trust()).unwrap();
     let (b, mut b_inbox) = Transport::bind(config(), &pki.b, &pki.ca.trust()).unwrap();
     let b_addr = b.local_addr().unwrap();
@@ -119,16 +130,22 @@ async fn our_datagrams(pki: &Pki, size: usize) -> f64 {
         }
     });
     let payload = Bytes::from(vec![7u8; size]);
-    let peer = Some(pki.b.node_id());
-    a.send_datagram(peer, b_addr, payload.clone())
-        .await
-        .unwrap();
+    let peer = pki.b.node_id();
+    let mut link = a.link(peer, b_addr).await.unwrap();
+    link.send_datagram(payload.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
     received.store(0, Ordering::Relaxed);
     let start = Instant::now();
     while start.elapsed() < WINDOW {
         for _ in 0..64 {
             // Paced like the baseline: wait for room in the send buffer.
-            let _ = a.send_datagram_wait(peer, b_addr, payload.clone()).await;
+            let _ = match path {
+                SendPath::Link => link.send_datagram_wait(payload.clone()).await,
+                SendPath::PeerId => a
+                    .send_datagram_wait(Some(peer), b_addr, payload.clone())
+                    .await
+                    .map(drop),
+            };
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -258,6 +275,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench --bench transport -- WORD` runs the measures whose name
+    // holds WORD (cargo passes `--bench` too, which is not a word).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|w| name.contains(w.as_str()));
     runtime.block_on(async {
         let pki = pki();
         println!(
@@ -273,38 +297,48 @@ fn main() {
         };
         // The machines are shared and noisy: rounds alternate between the
         // two sides and the table shows medians.
-        for size in [100usize, 1000] {
+        let datagram_rows = [
+            (100usize, SendPath::Link, "100-byte datagrams/s one way"),
+            (1000, SendPath::Link, "1000-byte datagrams/s one way"),
+            (100, SendPath::PeerId, "100-byte datagrams/s, by peer id"),
+        ];
+        for (size, path, name) in datagram_rows {
+            if !wanted(name) {
+                continue;
+            }
             let (mut plain, mut ours) = (Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 plain.push(plain_datagrams(&pki, size).await);
-                ours.push(our_datagrams(&pki, size).await);
+                ours.push(our_datagrams(&pki, size, path).await);
             }
-            row(
-                &format!("{size}-byte datagrams/s one way"),
-                &mut plain,
-                &mut ours,
+            row(name, &mut plain, &mut ours);
+        }
+        if wanted("mutual-TLS handshakes/s") {
+            let (mut plain, mut ours, mut resumed) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..ROUNDS {
+                plain.push(plain_handshakes(&pki, 200).await);
+                let (rate, resumptions) = our_handshakes(&pki, 200).await;
+                ours.push(rate);
+                resumed += resumptions;
+            }
+            row("mutual-TLS handshakes/s", &mut plain, &mut ours);
+            println!(
+                "  (of our {} handshakes, {resumed} resumed a TLS session)",
+                200 * ROUNDS
             );
         }
-        let (mut plain, mut ours, mut resumed) = (Vec::new(), Vec::new(), 0);
-        for _ in 0..ROUNDS {
-            plain.push(plain_handshakes(&pki, 200).await);
-            let (rate, resumptions) = our_handshakes(&pki, 200).await;
-            ours.push(rate);
-            resumed += resumptions;
+        if wanted("single-stream MiB/s") {
+            let size = 256 << 20;
+            let (mut plain, mut ours) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                plain.push(plain_stream(&pki, size).await);
+                ours.push(our_stream(&pki, size).await);
+            }
+            row("single-stream MiB/s", &mut plain, &mut ours);
         }
-        row("mutual-TLS handshakes/s", &mut plain, &mut ours);
-        println!(
-            "  (of our {} handshakes, {resumed} resumed a TLS session)",
-            200 * ROUNDS
-        );
-        let size = 256 << 20;
-        let (mut plain, mut ours) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            plain.push(plain_stream(&pki, size).await);
-            ours.push(our_stream(&pki, size).await);
-        }
-        row("single-stream MiB/s", &mut plain, &mut ours);
-        if let Some(kib) = idle_connection_memory(&pki, 1000).await {
+        if wanted("memory per idle connection")
+            && let Some(kib) = idle_connection_memory(&pki, 1000).await
+        {
             println!("memory per idle connection (both ends): {kib:.1} KiB");
         }
     });

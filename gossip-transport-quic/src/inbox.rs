@@ -1,25 +1,35 @@
-//! The queue between the connections' reader tasks and the application.
+//! Where the application reads what peers sent.
 //!
-//! A reader hands over every datagram its connection has ready as one batch:
-//! one channel operation and one wake-up for many small datagrams, which is
-//! most of what a queue hop costs beside reading quinn directly. A semaphore
-//! keeps the bound in messages, not batches.
+//! Datagrams are read from the connections by the [`Inbox`] itself, in the
+//! application's task: a reader task between quinn and the application
+//! would cost a second wake-up and a second busy task per datagram burst,
+//! which on a small machine was a third of the small-datagram throughput.
+//! Stream messages need a task per stream to reassemble their frames, so
+//! those come through a bounded queue.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{Semaphore, mpsc};
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use gossip_core::NodeId;
+use quinn::Connection;
+use tokio::sync::mpsc;
 
-use crate::transport::Received;
+use crate::transport::{Channel, Counters, Received};
 
-/// Most messages in one batch.
+/// Most datagrams taken from one connection before the others get a turn.
 pub(crate) const MAX_BATCH: usize = 64;
 
-/// The readers' end of the queue.
+/// The transport's end: connections to read datagrams from, and the stream
+/// readers' queue.
 #[derive(Debug, Clone)]
 pub(crate) struct InboxSender {
-    batches: mpsc::UnboundedSender<Vec<Received>>,
-    room: Arc<Semaphore>,
-    capacity: usize,
+    connections: mpsc::UnboundedSender<(NodeId, Connection)>,
+    messages: mpsc::Sender<Received>,
 }
 
 /// The application has dropped its [`Inbox`].
@@ -27,149 +37,249 @@ pub(crate) struct InboxSender {
 pub(crate) struct InboxClosed;
 
 impl InboxSender {
-    /// Most messages a reader may put in one batch.
-    pub(crate) fn batch_limit(&self) -> usize {
-        MAX_BATCH.min(self.capacity)
+    /// Starts reading `conn`'s datagrams, tagged as from `peer`; the inbox
+    /// stops by itself when the connection closes.
+    pub(crate) fn watch(&self, peer: NodeId, conn: Connection) {
+        // A dropped inbox reads nothing: nothing is lost by ignoring that.
+        let _ = self.connections.send((peer, conn));
     }
 
-    /// Queues `batch`, waiting for room: one permit per message, which the
-    /// inbox gives back as it hands the messages out. A batch longer than
-    /// the whole queue (readers keep to [`batch_limit`](InboxSender::batch_limit))
-    /// goes in parts.
+    /// Queues a stream message, waiting for room.
     ///
     /// # Cancel safety
     ///
-    /// Cancelling drops what is not queued yet; a batch within the limit is
-    /// queued whole or not at all.
-    pub(crate) async fn send(&self, mut batch: Vec<Received>) -> Result<(), InboxClosed> {
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(self.capacity));
-            let count = u32::try_from(batch.len()).map_err(|_| InboxClosed)?;
-            let permits = self
-                .room
-                .acquire_many(count)
-                .await
-                .map_err(|_| InboxClosed)?;
-            self.batches.send(batch).map_err(|_| InboxClosed)?;
-            permits.forget();
-            batch = rest;
-        }
-        Ok(())
+    /// Cancel safe: a cancelled call has queued nothing.
+    pub(crate) async fn send_message(&self, received: Received) -> Result<(), InboxClosed> {
+        self.messages.send(received).await.map_err(|_| InboxClosed)
     }
 }
 
-/// Messages received from every peer, tagged with their authenticated sender;
-/// each peer's datagrams in the order they were read. Holds at most
+/// One connection's wait for its next datagram.
+type DatagramRead = Pin<Box<dyn Future<Output = (NodeId, Connection, Option<Bytes>)> + Send>>;
+
+fn next_datagram(peer: NodeId, conn: Connection) -> DatagramRead {
+    Box::pin(async move {
+        let read = conn.read_datagram().await.ok();
+        (peer, conn, read)
+    })
+}
+
+/// A datagram `conn` has ready now, without waiting for one.
+fn ready_datagram(conn: &Connection) -> Option<Bytes> {
+    let mut read = std::pin::pin!(conn.read_datagram());
+    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(bytes)) => Some(bytes),
+        // A closed connection is found out by the next read that waits.
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
+}
+
+/// Messages received from every peer, tagged with their authenticated
+/// sender; each peer's datagrams in the order they arrived.
+///
+/// Datagrams wait in their connection's receive buffer
+/// ([`TransportConfig::datagram_buffer_bytes`](crate::TransportConfig::datagram_buffer_bytes),
+/// past which quinn drops the oldest) until read here. Stream messages
+/// queue here, at most
 /// [`TransportConfig::receive_queue`](crate::TransportConfig::receive_queue)
-/// messages; past that the connections' readers wait (datagrams then queue
-/// in quinn, which drops the oldest when its buffer is full; streams are
-/// held back by flow control).
-#[derive(Debug)]
+/// of them; past that the streams are held back by flow control.
 pub struct Inbox {
-    batches: mpsc::UnboundedReceiver<Vec<Received>>,
-    room: Arc<Semaphore>,
-    ready: std::vec::IntoIter<Received>,
-    /// Messages in the batch `ready` came from: their room is given back
-    /// at once when the last is handed out (one lock a batch, not one a
-    /// message).
-    batch_len: usize,
+    connections: mpsc::UnboundedReceiver<(NodeId, Connection)>,
+    messages: mpsc::Receiver<Received>,
+    /// Every connection not being drained, waiting for its next datagram.
+    datagrams: FuturesUnordered<DatagramRead>,
+    /// The connection whose ready datagrams are being handed out.
+    draining: Option<Draining>,
+    /// Whether the stream messages are polled before the datagrams next
+    /// time; it flips with each message handed out, so that neither kind
+    /// starves the other.
+    messages_first: bool,
+    counters: Arc<Counters>,
+}
+
+/// A connection that had a datagram ready, read straight from quinn until
+/// it has no more or has had its batch.
+struct Draining {
+    from: NodeId,
+    addr: std::net::SocketAddr,
+    conn: Connection,
+    /// Datagrams it may still hand out before the others get a turn.
+    left: usize,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("waiting_connections", &self.datagrams.len())
+            .field("draining", &self.draining.as_ref().map(|d| d.from))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inbox {
-    /// A queue of at most `capacity` messages (at least one).
-    pub(crate) fn new(capacity: usize) -> (InboxSender, Inbox) {
-        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(capacity));
+    /// An inbox whose stream-message queue holds at most `capacity`
+    /// messages (at least one).
+    pub(crate) fn new(capacity: usize, counters: Arc<Counters>) -> (InboxSender, Inbox) {
+        let (connections_tx, connections) = mpsc::unbounded_channel();
+        let (messages_tx, messages) = mpsc::channel(capacity.clamp(1, usize::MAX >> 3));
         (
             InboxSender {
-                batches: tx,
-                room: room.clone(),
-                capacity,
+                connections: connections_tx,
+                messages: messages_tx,
             },
             Inbox {
-                batches: rx,
-                room,
-                ready: Vec::new().into_iter(),
-                batch_len: 0,
+                connections,
+                messages,
+                datagrams: FuturesUnordered::new(),
+                draining: None,
+                messages_first: false,
+                counters,
             },
         )
     }
 
     /// The next message, waiting for one; `None` once the transport has
-    /// closed and everything queued was read.
+    /// closed and everything received was read.
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe: a cancelled call loses no message (usable in `select!`).
     pub async fn recv(&mut self) -> Option<Received> {
-        if let Some(received) = self.take_ready() {
-            return Some(received);
-        }
-        let batch = self.batches.recv().await?;
-        self.start(batch);
-        self.take_ready()
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next message if one is queued now.
+    /// The next message if one has arrived.
     ///
     /// # Errors
     ///
-    /// [`TryRecvError::Empty`](mpsc::error::TryRecvError::Empty) if none is;
+    /// [`TryRecvError::Empty`](mpsc::error::TryRecvError::Empty) if none has;
     /// [`TryRecvError::Disconnected`](mpsc::error::TryRecvError::Disconnected)
-    /// once the transport has closed and everything queued was read.
+    /// once the transport has closed and everything received was read.
     pub fn try_recv(&mut self) -> Result<Received, mpsc::error::TryRecvError> {
-        if let Some(received) = self.take_ready() {
-            return Ok(received);
+        match self.poll_recv(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Some(received)) => Ok(received),
+            Poll::Ready(None) => Err(mpsc::error::TryRecvError::Disconnected),
+            Poll::Pending => Err(mpsc::error::TryRecvError::Empty),
         }
-        let batch = self.batches.try_recv()?;
-        self.start(batch);
-        self.take_ready().ok_or(mpsc::error::TryRecvError::Empty)
     }
 
-    fn start(&mut self, batch: Vec<Received>) {
-        self.batch_len = batch.len();
-        self.ready = batch.into_iter();
-    }
-
-    fn take_ready(&mut self) -> Option<Received> {
-        let received = self.ready.next()?;
-        if self.ready.len() == 0 {
-            self.room.add_permits(self.batch_len);
+    /// Polls for the next message, registering `cx` to be woken when one
+    /// arrives.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Received>> {
+        if let Some(received) = self.next_drained() {
+            return Poll::Ready(Some(received));
         }
-        Some(received)
+        // New connections first: their datagrams are read once watched.
+        let mut transport_open = true;
+        loop {
+            match self.connections.poll_recv(cx) {
+                Poll::Ready(Some((peer, conn))) => {
+                    self.datagrams.push(next_datagram(peer, conn));
+                }
+                Poll::Ready(None) => {
+                    transport_open = false;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let mut messages_closed = false;
+        if self.messages_first {
+            match self.messages.poll_recv(cx) {
+                Poll::Ready(Some(received)) => {
+                    self.messages_first = false;
+                    return Poll::Ready(Some(received));
+                }
+                Poll::Ready(None) => messages_closed = true,
+                Poll::Pending => {}
+            }
+        }
+        let datagrams_idle = loop {
+            match self.datagrams.poll_next_unpin(cx) {
+                Poll::Ready(Some((from, conn, Some(first)))) => {
+                    self.counters
+                        .datagrams_received
+                        .fetch_add(1, Ordering::Relaxed);
+                    let received = Received {
+                        from,
+                        addr: conn.remote_address(),
+                        channel: Channel::Datagram,
+                        bytes: first,
+                    };
+                    self.draining = Some(Draining {
+                        from,
+                        addr: received.addr,
+                        conn,
+                        left: MAX_BATCH - 1,
+                    });
+                    self.messages_first = true;
+                    return Poll::Ready(Some(received));
+                }
+                // A closed connection is dropped; the others are polled.
+                Poll::Ready(Some((_, _, None))) => {}
+                Poll::Ready(None) => break true,
+                Poll::Pending => break false,
+            }
+        };
+        if !self.messages_first {
+            match self.messages.poll_recv(cx) {
+                Poll::Ready(Some(received)) => return Poll::Ready(Some(received)),
+                Poll::Ready(None) => messages_closed = true,
+                Poll::Pending => {}
+            }
+        }
+        if !transport_open && messages_closed && datagrams_idle {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
-}
 
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        // Readers waiting for room learn that no one will read.
-        self.room.close();
+    /// The next datagram of the connection being drained, if it has one
+    /// ready and its batch is not used up; otherwise the connection goes
+    /// back to waiting.
+    fn next_drained(&mut self) -> Option<Received> {
+        let draining = self.draining.as_mut()?;
+        if draining.left > 0
+            && let Some(bytes) = ready_datagram(&draining.conn)
+        {
+            draining.left -= 1;
+            self.counters
+                .datagrams_received
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(Received {
+                from: draining.from,
+                addr: draining.addr,
+                channel: Channel::Datagram,
+                bytes,
+            });
+        }
+        let done = self.draining.take()?;
+        self.datagrams.push(next_datagram(done.from, done.conn));
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Channel;
-    use bytes::Bytes;
-    use gossip_core::NodeId;
     use std::time::Duration;
 
     fn message(n: u8) -> Received {
         Received {
             from: NodeId::from_bytes([n; 32]),
             addr: "127.0.0.1:1".parse().expect("addr"),
-            channel: Channel::Datagram,
+            channel: Channel::Stream,
             bytes: Bytes::from(vec![n]),
         }
     }
 
     #[tokio::test]
-    async fn batches_come_out_one_message_at_a_time_in_order() {
-        let (tx, mut inbox) = Inbox::new(16);
-        tx.send((0..5).map(message).collect()).await.expect("open");
-        tx.send(vec![message(5)]).await.expect("open");
+    async fn stream_messages_come_out_in_order_and_end_when_the_transport_does() {
+        let (tx, mut inbox) = Inbox::new(16, Arc::default());
+        for n in 0..6 {
+            tx.send_message(message(n)).await.expect("open");
+        }
         for n in 0..6 {
             assert_eq!(inbox.recv().await.expect("queued").bytes[..], [n]);
         }
@@ -179,51 +289,39 @@ mod tests {
         ));
         drop(tx);
         assert!(inbox.recv().await.is_none());
+        assert!(matches!(
+            inbox.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     #[tokio::test]
-    async fn a_full_inbox_holds_readers_back_until_messages_are_read() {
-        let (tx, mut inbox) = Inbox::new(4);
-        assert_eq!(tx.batch_limit(), 4);
-        tx.send((0..4).map(message).collect()).await.expect("open");
+    async fn a_full_inbox_holds_stream_readers_back_until_messages_are_read() {
+        let (tx, mut inbox) = Inbox::new(4, Arc::default());
+        for n in 0..4 {
+            tx.send_message(message(n)).await.expect("open");
+        }
         let blocked = tokio::spawn({
             let tx = tx.clone();
-            async move { tx.send(vec![message(4), message(5)]).await.is_ok() }
+            async move { tx.send_message(message(4)).await.is_ok() }
         });
-        // A batch's room comes back when its last message is handed out.
-        for n in 0..4 {
-            tokio::task::yield_now().await;
-            assert!(!blocked.is_finished(), "a full inbox takes no more");
-            assert_eq!(inbox.recv().await.expect("queued").bytes[..], [n]);
-        }
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished(), "a full inbox takes no more");
+        assert_eq!(inbox.recv().await.expect("queued").bytes[..], [0]);
         let unblocked = tokio::time::timeout(Duration::from_secs(10), blocked).await;
         assert!(unblocked.expect("room was made").expect("reader"), "queued");
-        for n in 4..6 {
+        for n in 1..5 {
             assert_eq!(inbox.try_recv().expect("queued").bytes[..], [n]);
         }
     }
 
     #[tokio::test]
-    async fn a_batch_longer_than_the_queue_goes_in_parts_and_keeps_the_bound() {
-        let (tx, mut inbox) = Inbox::new(2);
-        let sender =
-            tokio::spawn(async move { tx.send((0..5).map(message).collect()).await.is_ok() });
-        for n in 0..5 {
-            let received = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
-            assert_eq!(received.expect("in time").expect("queued").bytes[..], [n]);
-            // Never more room than the capacity, however the batch came.
-            assert!(inbox.room.available_permits() <= 2);
-        }
-        assert!(sender.await.expect("sender"));
-    }
-
-    #[tokio::test]
     async fn a_dropped_inbox_releases_waiting_readers() {
-        let (tx, inbox) = Inbox::new(1);
-        tx.send(vec![message(0)]).await.expect("open");
+        let (tx, inbox) = Inbox::new(1, Arc::default());
+        tx.send_message(message(0)).await.expect("open");
         let blocked = tokio::spawn({
             let tx = tx.clone();
-            async move { tx.send(vec![message(1)]).await.is_err() }
+            async move { tx.send_message(message(1)).await.is_err() }
         });
         tokio::task::yield_now().await;
         drop(inbox);

@@ -11,7 +11,8 @@
 //! * Small messages go as datagrams (RFC 9221) sized to the path
 //!   ([`Transport::max_datagram_size`]); a larger one is an error the caller
 //!   sees, never a silent drop. Anything else goes as a length-framed stream
-//!   message ([`Transport::send_message`]).
+//!   message ([`Transport::send_message`]). A [`Link`] holds one peer's
+//!   connection, for a stream of datagrams without a lookup each.
 //! * Connections are dialled on demand, cached per peer, shared between
 //!   concurrent dials, kept without keep-alive traffic while idle, and resumed
 //!   with TLS session tickets when re-dialled.
@@ -63,5 +64,5 @@ pub use framing::{FRAME_HEADER_LEN, FrameDecoder, frame_header};
 pub use inbox::Inbox;
 pub use screen::RejectedDatagram;
 pub use transport::{
-    ALPN, Channel, Received, Transport, TransportConfig, TransportStats, quinn_configs,
+    ALPN, Channel, Link, Received, Transport, TransportConfig, TransportStats, quinn_configs,
 };

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -154,18 +153,34 @@ impl TransportStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     handshakes: AtomicU64,
     resumptions: AtomicU64,
     refused: AtomicU64,
     dial_failures: AtomicU64,
-    datagrams_sent: AtomicU64,
-    datagrams_received: AtomicU64,
+    // Bumped per datagram by the sending task and per batch by the reading
+    // one, so each has a cache line of its own.
+    datagrams_sent: OwnCacheLine,
+    pub(crate) datagrams_received: OwnCacheLine,
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
     oversize: AtomicU64,
     bad_frames: AtomicU64,
     screened: Arc<ScreenCounters>,
+}
+
+/// A counter on a cache line of its own, so that two cores bumping
+/// neighbouring counters do not take the line from each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnCacheLine(AtomicU64);
+
+impl std::ops::Deref for OwnCacheLine {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -343,7 +358,10 @@ struct Inner {
     config: TransportConfig,
     client: RwLock<quinn::ClientConfig>,
     // Node ids are uniformly random and authenticated: a fast hash is safe.
-    connections: Mutex<FxHashMap<NodeId, Connection>>,
+    // Held in an `Arc` because cloning a quinn `Connection` takes the
+    // connection's own lock (its handle count lives there), and the send
+    // path takes one per datagram.
+    connections: Mutex<FxHashMap<NodeId, Arc<Connection>>>,
     dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Arc<CountingSessions>,
     counters: Arc<Counters>,
@@ -449,7 +467,7 @@ impl Transport {
                     addr: config.bind,
                     source,
                 })?;
-        let (tx, rx) = Inbox::new(config.receive_queue);
+        let (tx, rx) = Inbox::new(config.receive_queue, counters.clone());
         let inner = Arc::new(Inner {
             endpoint,
             local_id: RwLock::new(credentials.node_id()),
@@ -487,7 +505,7 @@ impl Transport {
     pub fn stats(&self) -> TransportStats {
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let connections: Vec<Connection> = self
+        let connections: Vec<Arc<Connection>> = self
             .inner
             .connections
             .lock()
@@ -553,6 +571,23 @@ impl Transport {
         self.cached(peer)?.max_datagram_size()
     }
 
+    /// A [`Link`] to the node `peer` at `addr`, dialling it if no connection
+    /// is open: for many datagrams to one peer, without the connection
+    /// lookup each [`send_datagram`](Transport::send_datagram) makes.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Transport::connect).
+    pub async fn link(&self, peer: NodeId, addr: SocketAddr) -> Result<Link, Error> {
+        let (_, conn) = self.connect(Some(peer), addr).await?;
+        Ok(Link {
+            transport: self.clone(),
+            peer,
+            addr,
+            conn: Some(conn),
+        })
+    }
+
     /// The peers this endpoint holds a connection to now (some may have
     /// closed since; see [`connect`](Transport::connect)).
     pub fn connected_peers(&self) -> Vec<NodeId> {
@@ -568,7 +603,7 @@ impl Transport {
     /// The cached connection to `peer`. A closed one is found out (and
     /// evicted) by the send that fails on it, which keeps this lookup off
     /// quinn's connection lock.
-    fn cached(&self, peer: &NodeId) -> Option<Connection> {
+    fn cached(&self, peer: &NodeId) -> Option<Arc<Connection>> {
         let connections = self
             .inner
             .connections
@@ -601,7 +636,7 @@ impl Transport {
         if let Some(peer) = expected
             && let Some(conn) = self.cached(&peer)
         {
-            return Ok((peer, conn));
+            return Ok((peer, Connection::clone(&conn)));
         }
         let lock = {
             let mut dials = self.inner.dials.lock().unwrap_or_else(|e| e.into_inner());
@@ -612,7 +647,7 @@ impl Transport {
             && let Some(conn) = self.cached(&peer)
             && conn.close_reason().is_none()
         {
-            return Ok((peer, conn));
+            return Ok((peer, Connection::clone(&conn)));
         }
         let client = self
             .inner
@@ -700,38 +735,23 @@ impl Transport {
             let cached = peer.and_then(|p| self.cached(&p).map(|c| (p, c)));
             let (id, conn) = match cached {
                 Some(found) => found,
-                None => Box::pin(self.connect(peer, addr)).await?,
+                None => {
+                    let (id, conn) = Box::pin(self.connect(peer, addr)).await?;
+                    (id, Arc::new(conn))
+                }
             };
             let sent = if wait {
                 conn.send_datagram_wait(bytes.clone()).await
             } else {
                 conn.send_datagram(bytes.clone())
             };
-            match sent {
-                Ok(()) => {
-                    bump(&self.inner.counters.datagrams_sent);
-                    return Ok(id);
+            match datagram_sent(&self.inner, id, &conn, bytes.len(), sent) {
+                Err(Error::ConnectionLost { reason, .. }) if attempt == 0 => {
+                    // A cached connection to a peer that restarted: dial
+                    // again once.
+                    tracing::debug!(peer = %id, %reason, "redialling");
                 }
-                Err(quinn::SendDatagramError::TooLarge) => {
-                    bump(&self.inner.counters.oversize);
-                    let max = conn.max_datagram_size().unwrap_or(0);
-                    return Err(Error::DatagramTooLarge {
-                        len: bytes.len(),
-                        max,
-                    });
-                }
-                Err(e) if attempt == 0 => {
-                    // A cached connection to a peer that restarted: forget it
-                    // and dial again once.
-                    tracing::debug!(peer = %id, error = %e, "redialling");
-                    forget(&self.inner, &id, &conn);
-                }
-                Err(e) => {
-                    return Err(Error::ConnectionLost {
-                        peer: id,
-                        reason: e.to_string(),
-                    });
-                }
+                result => return result.map(|()| id),
             }
         }
         Err(Error::Closed)
@@ -806,6 +826,123 @@ impl Transport {
     }
 }
 
+/// Counts a datagram send's outcome and turns a failure into our error; a
+/// lost connection is forgotten, so the next send dials again.
+fn datagram_sent(
+    inner: &Inner,
+    peer: NodeId,
+    conn: &Connection,
+    len: usize,
+    sent: Result<(), quinn::SendDatagramError>,
+) -> Result<(), Error> {
+    match sent {
+        Ok(()) => {
+            bump(&inner.counters.datagrams_sent);
+            Ok(())
+        }
+        Err(quinn::SendDatagramError::TooLarge) => {
+            bump(&inner.counters.oversize);
+            let max = conn.max_datagram_size().unwrap_or(0);
+            Err(Error::DatagramTooLarge { len, max })
+        }
+        Err(e) => {
+            forget(inner, &peer, conn);
+            Err(Error::ConnectionLost {
+                peer,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// A sender of datagrams to one peer that holds the peer's connection, from
+/// [`Transport::link`]. [`Transport::send_datagram`] finds the connection
+/// by the peer's id for every datagram; a link skips that, which counts
+/// when one peer gets a stream of small datagrams.
+///
+/// A send that finds the connection lost fails with
+/// [`Error::ConnectionLost`], and that datagram is lost (datagrams are
+/// unreliable anyway); the next send dials again.
+#[derive(Debug)]
+pub struct Link {
+    transport: Transport,
+    peer: NodeId,
+    addr: SocketAddr,
+    /// `None` after a loss, until the next send dials.
+    conn: Option<Connection>,
+}
+
+impl Link {
+    /// The peer this link sends to.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// The largest datagram the connection carries now; `None` if it is lost.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.conn.as_ref()?.max_datagram_size()
+    }
+
+    /// Sends a datagram; if the send buffer is full the oldest queued one
+    /// is dropped for it, as [`Transport::send_datagram`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DatagramTooLarge`], [`Error::ConnectionLost`], and as
+    /// [`Transport::connect`] when dialling again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: only a new dial awaits, and it completes in the
+    /// background.
+    pub async fn send_datagram(&mut self, bytes: Bytes) -> Result<(), Error> {
+        let conn = self.connection().await?;
+        let len = bytes.len();
+        let sent = conn.send_datagram(bytes);
+        self.sent(len, sent)
+    }
+
+    /// As [`send_datagram`](Link::send_datagram), but waits for room in the
+    /// send buffer instead of dropping older datagrams.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_datagram`](Link::send_datagram).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call has sent nothing or the whole datagram.
+    pub async fn send_datagram_wait(&mut self, bytes: Bytes) -> Result<(), Error> {
+        let conn = self.connection().await?;
+        let len = bytes.len();
+        let sent = conn.send_datagram_wait(bytes).await;
+        self.sent(len, sent)
+    }
+
+    async fn connection(&mut self) -> Result<&Connection, Error> {
+        if self.conn.is_none() {
+            let (_, conn) = Box::pin(self.transport.connect(Some(self.peer), self.addr)).await?;
+            self.conn = Some(conn);
+        }
+        self.conn.as_ref().ok_or(Error::Closed)
+    }
+
+    fn sent(
+        &mut self,
+        len: usize,
+        sent: Result<(), quinn::SendDatagramError>,
+    ) -> Result<(), Error> {
+        let Some(conn) = &self.conn else {
+            return Err(Error::Closed);
+        };
+        let result = datagram_sent(&self.transport.inner, self.peer, conn, len, sent);
+        if matches!(result, Err(Error::ConnectionLost { .. })) {
+            self.conn = None;
+        }
+        result
+    }
+}
+
 /// Binds a UDP socket at `addr` with a kernel receive buffer of up to
 /// `receive_buffer` bytes (the kernel may grant less; that is not an error).
 pub(crate) fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
@@ -845,8 +982,8 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: Connection) {
         .connections
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(peer, conn.clone());
-    tokio::spawn(read_datagrams(inner.clone(), peer, conn.clone()));
+        .insert(peer, Arc::new(conn.clone()));
+    inner.incoming.watch(peer, conn.clone());
     tokio::spawn(read_streams(inner.clone(), peer, conn));
 }
 
@@ -883,45 +1020,7 @@ async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
-async fn read_datagrams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
-    let addr = conn.remote_address();
-    let tag = |bytes| Received {
-        from: peer,
-        addr,
-        channel: Channel::Datagram,
-        bytes,
-    };
-    let limit = inner.incoming.batch_limit();
-    while let Ok(bytes) = conn.read_datagram().await {
-        let mut batch = Vec::with_capacity(limit);
-        batch.push(tag(bytes));
-        while batch.len() < limit {
-            let Some(bytes) = ready_datagram(&conn) else {
-                break;
-            };
-            batch.push(tag(bytes));
-        }
-        inner
-            .counters
-            .datagrams_received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if inner.incoming.send(batch).await.is_err() {
-            return;
-        }
-    }
-    forget(&inner, &peer, &conn);
-}
-
-/// A datagram `conn` has ready now, without waiting for one.
-fn ready_datagram(conn: &Connection) -> Option<Bytes> {
-    let mut read = std::pin::pin!(conn.read_datagram());
-    match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(bytes)) => Some(bytes),
-        // A closed connection is found out by the next read that waits.
-        Poll::Ready(Err(_)) | Poll::Pending => None,
-    }
-}
-
+/// Reads `conn`'s streams, a task each, until the connection closes.
 async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
     let addr = conn.remote_address();
     while let Ok(mut stream) = conn.accept_uni().await {
@@ -963,11 +1062,13 @@ async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
                         channel: Channel::Stream,
                         bytes: Bytes::from(body),
                     };
-                    if inner.incoming.send(vec![received]).await.is_err() {
+                    if inner.incoming.send_message(received).await.is_err() {
                         return;
                     }
                 }
             }
         });
     }
+    // The connection has closed: the next send to this peer dials again.
+    forget(&inner, &peer, &conn);
 }

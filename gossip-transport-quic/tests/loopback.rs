@@ -211,10 +211,11 @@ fn a_restarted_peer_is_reached_again() {
         })
         .unwrap();
     let b_addr = b.local_addr().unwrap();
-    a_runtime.block_on(async {
+    let mut link = a_runtime.block_on(async {
         a.send_datagram(Some(b_creds.node_id()), b_addr, "before".into())
             .await
             .unwrap();
+        a.link(b_creds.node_id(), b_addr).await.unwrap()
     });
     b_runtime.block_on(async { assert_eq!(next(&mut b_inbox).await.bytes, "before") });
     drop(b);
@@ -246,6 +247,32 @@ fn a_restarted_peer_is_reached_again() {
         reached.unwrap_or_else(|| panic!("the restarted peer was never reached: {:?}", a.stats()));
     assert_eq!(received.bytes, "after");
     assert_eq!(received.from, a.local_id());
+
+    // A link made before the restart still holds the old connection: the
+    // send that finds it lost says so, and a later one reaches the new B.
+    let (lost, reached) = a_runtime.block_on(async {
+        let mut lost = 0;
+        for _ in 0..50 {
+            if let Err(e) = link.send_datagram("by link".into()).await {
+                assert!(matches!(e, Error::ConnectionLost { .. }), "{e}");
+                lost += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _guard = b_runtime.enter();
+            while let Ok(received) = b2_inbox.try_recv() {
+                if received.bytes == "by link" {
+                    return (lost, true);
+                }
+            }
+        }
+        (lost, false)
+    });
+    assert!(reached, "the link never reached the restarted peer");
+    assert!(
+        lost <= 1,
+        "only the first send finds the old connection lost"
+    );
+    assert_eq!(link.peer(), b_creds.node_id());
 }
 
 #[tokio::test]
