@@ -418,6 +418,11 @@ pub struct FalsePositives {
     pub false_deaths_lifeguard: u64,
     /// The same with Lifeguard off.
     pub false_deaths_plain: u64,
+    /// What Lifeguard costs in detection: [`detect`] on the same nodes,
+    /// seeds and loss, Lifeguard on.
+    pub detect_lifeguard: Detect,
+    /// The same with Lifeguard off.
+    pub detect_plain: Detect,
 }
 
 /// Runs `minutes` of simulated time in which a tenth of the nodes have bad
@@ -427,7 +432,8 @@ pub struct FalsePositives {
 /// starvation), in which what arrives is handled 0.2 to 1.5 s late while
 /// the node's own timers keep time. Nothing fails, so every
 /// death is false; suspicions are counted apart by whether their subject is
-/// one of the nodes that stall.
+/// one of the nodes that stall. Then [`detect`] runs with Lifeguard on and
+/// off, for what it costs in detection time.
 pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     let is_slow = |i: usize| i.is_multiple_of(10);
     let run = |swim: gossip_swim::Config| -> (f64, f64, u64) {
@@ -483,7 +489,13 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     };
     let (lifeguard, stalled_lifeguard, false_deaths_lifeguard) = run(params.swim.clone());
     let (plain, stalled_plain, false_deaths_plain) = run(params.swim.clone().without_lifeguard());
+    let without_lifeguard = Params {
+        swim: params.swim.clone().without_lifeguard(),
+        ..params.clone()
+    };
     FalsePositives {
+        detect_lifeguard: detect(params),
+        detect_plain: detect(&without_lifeguard),
         false_suspicions_per_node_hour_lifeguard: lifeguard,
         false_suspicions_per_node_hour_plain: plain,
         stalled_suspicions_per_node_hour_lifeguard: stalled_lifeguard,

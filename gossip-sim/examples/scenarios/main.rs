@@ -216,6 +216,13 @@ fn main() {
                     "stalled_suspicions_per_node_hour_plain": r.stalled_suspicions_per_node_hour_plain,
                     "false_deaths_lifeguard": r.false_deaths_lifeguard,
                     "false_deaths_plain": r.false_deaths_plain,
+                    "first_detection_periods_lifeguard": r.detect_lifeguard.first_detection_periods,
+                    "first_detection_periods_plain": r.detect_plain.first_detection_periods,
+                    "all_know_dead_periods_lifeguard": r.detect_lifeguard.all_know_dead_periods,
+                    "all_know_dead_periods_plain": r.detect_plain.all_know_dead_periods,
+                    "detection_false_deaths": r.detect_lifeguard.false_deaths + r.detect_plain.false_deaths,
+                    "first_detection_slowdown": r.detect_lifeguard.first_detection_periods / r.detect_plain.first_detection_periods,
+                    "all_know_dead_slowdown": r.detect_lifeguard.all_know_dead_periods / r.detect_plain.all_know_dead_periods,
                 })
             }
             "memory" => {
