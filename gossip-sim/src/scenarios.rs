@@ -67,6 +67,13 @@ pub struct Detect {
     /// Mean over seeds of the time, in probe periods, until the first
     /// member suspects the crashed one.
     pub first_detection_periods: f64,
+    /// Mean over seeds of the protocol periods the first member to suspect
+    /// the crashed one ran, counted from its first probe after the crash up
+    /// to the end of the probe that failed: the quantity of SWIM's section
+    /// 3.1, whose model gives `e / (e - 1)`. `first_detection_periods` adds
+    /// the wait for that member's first probe, since members' periods start
+    /// at independent phases and the crash falls anywhere in them.
+    pub first_detection_rounds: f64,
     /// Mean over seeds of the time until every survivor holds it dead.
     pub all_know_dead_periods: f64,
     /// The worst seed's time until every survivor holds it dead.
@@ -104,6 +111,7 @@ pub fn cumulative(samples: &[f64]) -> Vec<(f64, f64)> {
 pub fn detect(params: &Params) -> Detect {
     let interval = params.interval();
     let (mut first, mut all, mut worst) = (Vec::new(), Vec::new(), 0f64);
+    let mut rounds = Vec::new();
     let (mut false_deaths, mut undetected, mut violations) = (0, 0, 0);
     for seed in params.seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
@@ -116,7 +124,17 @@ pub fn detect(params: &Params) -> Detect {
         sim.crash(victim);
         let survivors: Vec<usize> = (0..params.nodes).filter(|i| *i != victim).collect();
         let limit = params.swim.probe_interval.mul_f64(400.0);
+        let probes = |sim: &Sim, i: usize| sim.node(i).map_or(0, |n| n.stats().probes);
+        let probes_at_crash: Vec<u64> = (0..params.nodes).map(|i| probes(&sim, i)).collect();
+        // When each survivor began its first probe after the crash (to the
+        // millisecond the checks run at).
+        let mut first_probe = vec![None; params.nodes];
         let took = sim.run_while(limit, |sim| {
+            for &o in &survivors {
+                if first_probe[o].is_none() && probes(sim, o) > probes_at_crash[o] {
+                    first_probe[o] = Some(sim.now());
+                }
+            }
             survivors
                 .iter()
                 .all(|&o| sim.view(o, victim) == Some(MemberStatus::Dead))
@@ -124,13 +142,23 @@ pub fn detect(params: &Params) -> Detect {
         let events = sim.take_events();
         let victim_id = id_of(victim);
         let first_suspect = events.iter().find_map(|seen| match &seen.event {
-            Event::Suspected { member, .. } if member.id == victim_id => Some(seen.at),
+            Event::Suspected { member, by, .. } if member.id == victim_id => Some((seen.at, *by)),
             _ => None,
         });
         false_deaths += events
             .iter()
             .filter(|seen| matches!(&seen.event, Event::Failed { member, .. } if member.id != victim_id))
             .count() as u64;
+        // The failed probe ended one period after it began, so the accuser's
+        // periods from its first probe after the crash to the suspicion are
+        // whole (the millisecond of check granularity is rounded away).
+        if let Some((at, by)) = first_suspect
+            && let Some(began) = sim.index(&by).and_then(|i| first_probe[i])
+        {
+            let periods = at.saturating_duration_since(began).as_secs_f64() / interval;
+            rounds.push(periods.round());
+        }
+        let first_suspect = first_suspect.map(|(at, _)| at);
         violations += sim.violations().len() as u64;
         match (first_suspect, took) {
             (Some(at), Some(took)) => {
@@ -144,6 +172,7 @@ pub fn detect(params: &Params) -> Detect {
     }
     Detect {
         first_detection_periods: mean(&first),
+        first_detection_rounds: mean(&rounds),
         all_know_dead_periods: mean(&all),
         all_know_dead_periods_max: worst,
         false_deaths,

@@ -155,6 +155,31 @@ fn the_informed_curve_rises_from_one_member_to_all() {
     );
 }
 
+/// SWIM's model counts the first detection in the detector's own protocol
+/// periods; the wall-clock time adds the wait for that detector's first
+/// probe after the crash, less than one period.
+#[test]
+fn first_detection_counts_whole_periods_near_the_swim_model() {
+    let params = gossip_sim::scenarios::Params::new(32, 40);
+    let run = gossip_sim::scenarios::detect(&params);
+    assert_eq!((run.undetected, run.false_deaths), (0, 0));
+    let model = std::f64::consts::E / (std::f64::consts::E - 1.0);
+    assert!(
+        (run.first_detection_rounds - model).abs() < 0.25 * model,
+        "{} rounds against the model's {model}, seeds {} to {}",
+        run.first_detection_rounds,
+        params.first_seed,
+        params.first_seed + params.seeds - 1
+    );
+    let wait = run.first_detection_periods - run.first_detection_rounds;
+    assert!(
+        (0.0..1.0).contains(&wait),
+        "{wait} periods before the first probe, seeds {} to {}",
+        params.first_seed,
+        params.first_seed + params.seeds - 1
+    );
+}
+
 #[test]
 fn a_key_written_in_a_quiet_cluster_reaches_all_sixteen_nodes_within_100_ms() {
     // The write rides the owner's immediate push; its raised state version

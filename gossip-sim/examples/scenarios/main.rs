@@ -129,6 +129,8 @@ fn main() {
                 }
                 serde_json::json!({
                     "first_detection_periods": r.first_detection_periods,
+                    "first_detection_rounds": r.first_detection_rounds,
+                    "model_first_detection_rounds": std::f64::consts::E / (std::f64::consts::E - 1.0),
                     "all_know_dead_periods": r.all_know_dead_periods,
                     "all_know_dead_periods_max": r.all_know_dead_periods_max,
                     "false_deaths": r.false_deaths,
