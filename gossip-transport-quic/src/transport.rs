@@ -158,8 +158,8 @@ pub(crate) struct Counters {
     resumptions: AtomicU64,
     refused: AtomicU64,
     dial_failures: AtomicU64,
-    // Bumped per datagram by the sending task and per batch by the reading
-    // one, so each has a cache line of its own.
+    // Bumped per datagram by the sending task and by the application's
+    // reading task, so each has a cache line of its own.
     datagrams_sent: OwnCacheLine,
     pub(crate) datagrams_received: OwnCacheLine,
     messages_sent: AtomicU64,
@@ -358,10 +358,7 @@ struct Inner {
     config: TransportConfig,
     client: RwLock<quinn::ClientConfig>,
     // Node ids are uniformly random and authenticated: a fast hash is safe.
-    // Held in an `Arc` because cloning a quinn `Connection` takes the
-    // connection's own lock (its handle count lives there), and the send
-    // path takes one per datagram.
-    connections: Mutex<FxHashMap<NodeId, Arc<Connection>>>,
+    connections: Mutex<FxHashMap<NodeId, Connection>>,
     dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Arc<CountingSessions>,
     counters: Arc<Counters>,
@@ -505,7 +502,7 @@ impl Transport {
     pub fn stats(&self) -> TransportStats {
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let connections: Vec<Arc<Connection>> = self
+        let connections: Vec<Connection> = self
             .inner
             .connections
             .lock()
@@ -603,7 +600,7 @@ impl Transport {
     /// The cached connection to `peer`. A closed one is found out (and
     /// evicted) by the send that fails on it, which keeps this lookup off
     /// quinn's connection lock.
-    fn cached(&self, peer: &NodeId) -> Option<Arc<Connection>> {
+    fn cached(&self, peer: &NodeId) -> Option<Connection> {
         let connections = self
             .inner
             .connections
@@ -636,7 +633,7 @@ impl Transport {
         if let Some(peer) = expected
             && let Some(conn) = self.cached(&peer)
         {
-            return Ok((peer, Connection::clone(&conn)));
+            return Ok((peer, conn));
         }
         let lock = {
             let mut dials = self.inner.dials.lock().unwrap_or_else(|e| e.into_inner());
@@ -647,7 +644,7 @@ impl Transport {
             && let Some(conn) = self.cached(&peer)
             && conn.close_reason().is_none()
         {
-            return Ok((peer, Connection::clone(&conn)));
+            return Ok((peer, conn));
         }
         let client = self
             .inner
@@ -735,10 +732,7 @@ impl Transport {
             let cached = peer.and_then(|p| self.cached(&p).map(|c| (p, c)));
             let (id, conn) = match cached {
                 Some(found) => found,
-                None => {
-                    let (id, conn) = Box::pin(self.connect(peer, addr)).await?;
-                    (id, Arc::new(conn))
-                }
+                None => Box::pin(self.connect(peer, addr)).await?,
             };
             let sent = if wait {
                 conn.send_datagram_wait(bytes.clone()).await
@@ -982,7 +976,7 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: Connection) {
         .connections
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(peer, Arc::new(conn.clone()));
+        .insert(peer, conn.clone());
     inner.incoming.watch(peer, conn.clone());
     tokio::spawn(read_streams(inner.clone(), peer, conn));
 }
