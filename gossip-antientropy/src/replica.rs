@@ -81,14 +81,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_core::{
     ClusterId, Entry, Error as CoreError, GossipRng, Key, KvChange, KvStore, Limits, Member,
-    MemberStatus, NodeId, Timestamp,
+    MemberStatus, NodeId, OutputQueue, Timestamp,
 };
 use gossip_swim::{Event, StateDigest, Swim, Transmit};
 use rand::{Rng, SeedableRng};
@@ -277,8 +277,8 @@ pub struct Replica {
     next_collect: Timestamp,
     joining: Option<CatchUp>,
     stats: SyncStats,
-    syncs: VecDeque<SyncTransmit>,
-    events: VecDeque<ReplicaEvent>,
+    syncs: OutputQueue<SyncTransmit>,
+    events: OutputQueue<ReplicaEvent>,
 }
 
 impl Replica {
@@ -314,8 +314,8 @@ impl Replica {
             next_collect: now + COLLECT_EVERY,
             joining: None,
             stats: SyncStats::default(),
-            syncs: VecDeque::new(),
-            events: VecDeque::new(),
+            syncs: OutputQueue::default(),
+            events: OutputQueue::default(),
             config,
         };
         replica.settle(now);
@@ -405,7 +405,7 @@ impl Replica {
 
     fn announce_write(&mut self, now: Timestamp, key: Key, value: Option<Bytes>, version: u64) {
         let owner = self.swim.local_id();
-        self.events.push_back(ReplicaEvent::KeyChanged(KvChange {
+        self.events.push(ReplicaEvent::KeyChanged(KvChange {
             owner,
             key: key.clone(),
             value: value.clone(),
@@ -488,7 +488,7 @@ impl Replica {
             }
         }
         for change in running.session.take_changes() {
-            self.events.push_back(ReplicaEvent::KeyChanged(change));
+            self.events.push(ReplicaEvent::KeyChanged(change));
         }
         self.adopt_synced_members(now, from);
         self.flush_session(now, from, our_role);
@@ -564,12 +564,12 @@ impl Replica {
 
     /// The next sync turn to send.
     pub fn poll_sync(&mut self) -> Option<SyncTransmit> {
-        self.syncs.pop_front()
+        self.syncs.pop()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ReplicaEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When [`Replica::handle_timeout`] is next due.
@@ -597,7 +597,7 @@ impl Replica {
     fn settle(&mut self, now: Timestamp) {
         while let Some(event) = self.swim.poll_event() {
             self.handle_swim_event(now, &event);
-            self.events.push_back(ReplicaEvent::Swim(event));
+            self.events.push(ReplicaEvent::Swim(event));
         }
         // Runs after every input: compare in place, clone only on a change.
         let local = self.swim.members().local();
@@ -735,7 +735,7 @@ impl Replica {
                 self.last_sync.insert(peer, now);
                 self.schedule_catch_up(now, peer, &stats);
             }
-            self.events.push_back(ReplicaEvent::SyncEnded {
+            self.events.push(ReplicaEvent::SyncEnded {
                 peer,
                 role,
                 error,
@@ -746,7 +746,7 @@ impl Replica {
             return;
         }
         self.stats.bytes_sent += parts.iter().map(|p| p.len() as u64).sum::<u64>();
-        self.syncs.push_back(SyncTransmit {
+        self.syncs.push(SyncTransmit {
             peer,
             addr,
             role,

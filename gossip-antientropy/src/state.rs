@@ -1,11 +1,12 @@
 //! The replicated state a sync reconciles, with its Merkle tree kept current.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_core::{
-    Delta, Digest, Error as CoreError, Key, KvChange, KvStore, Limits, Member, NodeId, Timestamp,
+    ById, Delta, Digest, Error as CoreError, HasId, Key, KvChange, KvStore, Limits, Member, NodeId,
+    Timestamp,
 };
 
 use crate::message::{LeafSummary, RootDigest, ShortDigest};
@@ -30,9 +31,29 @@ use crate::tree::LeafTree;
 pub struct SyncState {
     kv: KvStore,
     /// Member records with their hashes, computed once per change.
-    members: BTreeMap<NodeId, (Member, u64)>,
+    members: BTreeSet<ById<HashedMember>>,
     tree: LeafTree,
     limits: Limits,
+}
+
+/// A member record and its hash.
+#[derive(Debug, Clone)]
+struct HashedMember {
+    member: Member,
+    hash: u64,
+}
+
+impl HashedMember {
+    fn new(member: Member) -> Self {
+        let hash = member_hash(&member);
+        HashedMember { member, hash }
+    }
+}
+
+impl HasId for HashedMember {
+    fn id(&self) -> &NodeId {
+        &self.member.id
+    }
 }
 
 /// The first 8 bytes of a hash, as a number.
@@ -62,20 +83,18 @@ impl SyncState {
     ) -> Self {
         let mut state = SyncState {
             kv,
-            members: members
-                .into_iter()
-                .map(|m| {
-                    let hash = member_hash(&m);
-                    (m.id, (m, hash))
-                })
-                .collect(),
+            members: BTreeSet::new(),
             tree: LeafTree::default(),
             limits,
         };
+        for member in members {
+            // The last record of an id wins, as in a map.
+            state.members.replace(ById(HashedMember::new(member)));
+        }
         let owners: Vec<NodeId> = state
             .members
-            .keys()
-            .copied()
+            .iter()
+            .map(|record| record.0.member.id)
             .chain(state.kv.owners().map(|(id, _)| *id))
             .collect();
         for owner in owners {
@@ -96,12 +115,12 @@ impl SyncState {
 
     /// The member records, in id order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|(member, _)| member)
+        self.members.iter().map(|record| &record.0.member)
     }
 
     /// One member's record.
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
-        self.members.get(id).map(|(member, _)| member)
+        self.members.get(id).map(|record| &record.0.member)
     }
 
     /// The Merkle tree.
@@ -124,7 +143,7 @@ impl SyncState {
 
     /// One owner's leaf, in parts.
     pub fn summary(&self, owner: &NodeId) -> LeafSummary {
-        let member = self.members.get(owner).map_or(0, |(_, hash)| *hash);
+        let member = self.members.get(owner).map_or(0, |record| record.0.hash);
         let (max_version, floor, content) =
             self.kv.node(owner).map_or((0, 0, Digest::ZERO), |node| {
                 (node.max_version(), node.floor(), node.content_digest())
@@ -201,7 +220,7 @@ impl SyncState {
     pub fn merge_member(&mut self, record: Member) -> Result<bool, CoreError> {
         record.validate(&self.limits)?;
         let id = record.id;
-        let merged = match self.members.get(&id).map(|(member, _)| member) {
+        let merged = match self.member(&id) {
             Some(current) => {
                 let merged = current.join(&record);
                 if merged == *current {
@@ -220,8 +239,7 @@ impl SyncState {
                 record
             }
         };
-        let hash = member_hash(&merged);
-        self.members.insert(id, (merged, hash));
+        self.members.replace(ById(HashedMember::new(merged)));
         self.refresh(id);
         Ok(true)
     }
@@ -242,7 +260,7 @@ impl SyncState {
 
     /// Forgets an owner entirely (a member removed from the cluster).
     pub fn forget(&mut self, owner: &NodeId) {
-        self.members.remove(owner);
+        self.members.take(owner);
         self.kv.forget(owner);
         self.refresh(*owner);
     }

@@ -152,6 +152,9 @@ impl Node {
                     .get_mut(at)
                     .map(|slot| std::mem::replace(&mut slot.1, digest)),
                 Err(at) => {
+                    // Buckets hold a few leaves each and every node holds a
+                    // leaf per member: no room to spare, one more at a time.
+                    leaves.reserve_exact(1);
                     leaves.insert(at, (id, digest));
                     None
                 }

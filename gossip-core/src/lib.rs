@@ -57,6 +57,7 @@
 
 #![forbid(unsafe_code)]
 
+mod by_id;
 mod digest;
 mod error;
 mod id;
@@ -64,11 +65,13 @@ mod incarnation;
 mod kv;
 mod limits;
 mod member;
+mod queue;
 mod rumor;
 mod select;
 mod time;
 mod wire;
 
+pub use by_id::{ById, HasId};
 pub use digest::Digest;
 pub use error::{Error, Limited};
 pub use id::{ClusterId, NodeId};
@@ -78,6 +81,7 @@ pub use limits::Limits;
 pub use member::{
     Member, MemberChange, MemberMeta, MemberStatus, Membership, MembershipEvent, Transition,
 };
+pub use queue::OutputQueue;
 pub use rumor::{Lane, PackedRumors, Pushed, Rumor, RumorQueue};
 pub use select::{GossipRng, ProbeOrder, choose_gossip_targets, choose_random};
 pub use time::Timestamp;

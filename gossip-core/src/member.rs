@@ -1,6 +1,6 @@
 //! Member records, their merge, and the membership table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
+use crate::by_id::ById;
 use crate::error::{Error, Limited};
 use crate::id::NodeId;
 use crate::incarnation::Incarnation;
@@ -339,7 +340,9 @@ pub enum MembershipEvent {
 #[derive(Debug, Clone)]
 pub struct Membership {
     local: Member,
-    others: BTreeMap<NodeId, Member>,
+    /// Keyed by id without storing the id twice: every node holds one of
+    /// these per member.
+    others: BTreeSet<ById<Member>>,
     /// Records of other members by status, kept so counts cost O(1).
     counts: [usize; 4],
     /// Departed members and when they departed, so collecting and choosing
@@ -362,7 +365,7 @@ impl Membership {
     pub fn new(local: Member, limits: Limits) -> Self {
         Membership {
             local,
-            others: BTreeMap::new(),
+            others: BTreeSet::new(),
             counts: [0; 4],
             departed: BTreeMap::new(),
             limits,
@@ -389,13 +392,13 @@ impl Membership {
         if *id == self.local.id {
             Some(&self.local)
         } else {
-            self.others.get(id)
+            self.others.get(id).map(|record| &record.0)
         }
     }
 
     /// Every record other than the local one, in id order.
     pub fn others(&self) -> impl Iterator<Item = &Member> {
-        self.others.values()
+        self.others.iter().map(|record| &record.0)
     }
 
     /// Every record, the local one first.
@@ -471,7 +474,7 @@ impl Membership {
             return Ok(None);
         }
 
-        let current = self.others.get(&subject);
+        let current = self.others.get(&subject).map(|record| &record.0);
         if let Some(current) = current {
             current.incarnation.check_jump(
                 subject,
@@ -502,7 +505,10 @@ impl Membership {
                 claim
             }
         };
-        let before = self.others.insert(subject, merged.clone());
+        let before = self
+            .others
+            .replace(ById(merged.clone()))
+            .map(|record| record.0);
         if let Some(before) = &before {
             self.counts[status_index(before.status)] -= 1;
         }
@@ -538,7 +544,7 @@ impl Membership {
         if subject == self.local.id {
             return Ok(None);
         }
-        let Some(member) = self.others.get(&subject) else {
+        let Some(ById(member)) = self.others.get(&subject) else {
             return Ok(None);
         };
         let claim = member.with_status(status);
@@ -598,7 +604,7 @@ impl Membership {
             .collect();
         for id in &expired {
             self.departed.remove(id);
-            if let Some(member) = self.others.remove(id) {
+            if let Some(ById(member)) = self.others.take(id) {
                 self.counts[status_index(member.status)] -= 1;
             }
         }
@@ -607,7 +613,9 @@ impl Membership {
 
     /// Departed (dead or left) members still remembered, in id order. O(departed).
     pub fn departed(&self) -> impl Iterator<Item = &Member> {
-        self.departed.keys().filter_map(|id| self.others.get(id))
+        self.departed
+            .keys()
+            .filter_map(|id| self.others.get(id).map(|record| &record.0))
     }
 }
 

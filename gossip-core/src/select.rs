@@ -3,8 +3,6 @@
 //! Every function takes the random number generator as an argument, so a run
 //! driven by a seeded generator (such as [`GossipRng`]) replays exactly.
 
-use std::collections::BTreeSet;
-
 use rand::Rng;
 use rand::seq::{IteratorRandom, SliceRandom};
 
@@ -37,10 +35,10 @@ pub type GossipRng = rand_chacha::ChaCha8Rng;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOrder {
+    /// Just the ids: no set beside them for membership tests, as every node
+    /// keeps one of these for every member. The caller knows which members
+    /// are in the rotation (the live ones in its table).
     order: Vec<NodeId>,
-    /// The same members, for O(log n) membership tests: a member joining a
-    /// cluster of thousands must not cost a scan of the rotation.
-    members: BTreeSet<NodeId>,
     position: usize,
 }
 
@@ -55,30 +53,29 @@ impl ProbeOrder {
         self.order.is_empty()
     }
 
-    /// `true` if `id` is in the rotation.
+    /// `true` if `id` is in the rotation. O(n).
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.members.contains(id)
+        self.order.contains(id)
     }
 
-    /// Adds a member at a random point of the rest of the current round, in
-    /// O(log n): it takes the place of a random member still to come, which
-    /// moves to the end of the round. Adding a member already present does
-    /// nothing.
+    /// Adds a member that is not in the rotation yet at a random point of
+    /// the rest of the current round, in O(1): it takes the place of a random
+    /// member still to come, which moves to the end of the round.
+    ///
+    /// The caller inserts each member once, when it comes into the rotation
+    /// (when it joins, or comes back from the dead): nothing here checks, so
+    /// that a member joining a cluster of thousands costs no scan. A member
+    /// inserted twice is probed twice as often.
     pub fn insert(&mut self, id: NodeId, rng: &mut impl Rng) {
-        if !self.members.insert(id) {
-            return;
-        }
         let last = self.order.len();
         self.order.push(id);
         let at = rng.random_range(self.position..=last);
         self.order.swap(at, last);
     }
 
-    /// Removes a member from the rotation. O(n), for the rare departure.
+    /// Removes a member from the rotation, if there. O(n), for the rare
+    /// departure.
     pub fn remove(&mut self, id: &NodeId) {
-        if !self.members.remove(id) {
-            return;
-        }
         if let Some(at) = self.order.iter().position(|m| m == id) {
             self.order.remove(at);
             if at < self.position {
@@ -215,6 +212,7 @@ pub fn choose_gossip_targets(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use std::collections::BTreeSet;
 
     fn ids(range: std::ops::Range<u8>) -> Vec<NodeId> {
         range.map(|n| NodeId::from_bytes([n; 32])).collect()

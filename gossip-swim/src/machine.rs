@@ -1,13 +1,13 @@
 //! The SWIM state machine.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use gossip_core::{
     Entry, GossipRng, HEADER_LEN, Incarnation, Member, MemberChange, MemberMeta, MemberStatus,
-    Membership, MembershipEvent, NodeId, PackedRumors, ProbeOrder, Rumor, RumorQueue, Timestamp,
-    Transition, choose_random, decode_frame, encode_frame, encoded_len,
+    Membership, MembershipEvent, NodeId, OutputQueue, PackedRumors, ProbeOrder, Rumor, RumorQueue,
+    Timestamp, Transition, choose_random, decode_frame, encode_frame, encoded_len,
 };
 use rand::{Rng, SeedableRng};
 
@@ -17,9 +17,6 @@ use crate::event::{Event, Provenance, Transmit};
 use crate::lifeguard::{Awareness, Suspicion, suspicion_bounds};
 use crate::message::{Message, StateDigest, TargetTag};
 use crate::stats::Stats;
-
-/// Event queue capacity kept once a burst of events has been drained.
-const RETAINED_EVENTS: usize = 64;
 
 /// A helper nacks after this fraction of the probe timeout without an ack
 /// from the target, so that the nack is back before the requester's probe
@@ -159,8 +156,8 @@ pub struct Swim {
     push_waiting: bool,
     state_digest: Option<StateDigest>,
     max_datagram: usize,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    transmits: OutputQueue<Transmit>,
+    events: OutputQueue<Event>,
     stats: Stats,
 }
 
@@ -207,8 +204,8 @@ impl Swim {
             push_waiting: false,
             state_digest: None,
             max_datagram: config.max_datagram_bytes,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: OutputQueue::default(),
+            events: OutputQueue::default(),
             stats: Stats::default(),
             config,
         }
@@ -262,18 +259,12 @@ impl Swim {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.transmits.pop()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > RETAINED_EVENTS {
-            // A burst (a join of thousands, a restored table) is drained:
-            // give its memory back rather than hold it for every node.
-            self.events.shrink_to(RETAINED_EVENTS);
-        }
-        event
+        self.events.pop()
     }
 
     /// When [`handle_timeout`](Swim::handle_timeout) should next be called.
@@ -428,10 +419,8 @@ impl Swim {
             if let Ok(Some(MembershipEvent::Changed(change))) =
                 self.members.apply(self.now, record, origin)
             {
-                if !change.after.status.is_departed() {
-                    self.order.insert(change.after.id, &mut self.rng);
-                }
-                self.events.push_back(Event::Joined(change.after));
+                self.update_rotation(change.before.as_ref(), &change.after);
+                self.events.push(Event::Joined(change.after));
             }
         }
     }
@@ -593,7 +582,7 @@ impl Swim {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += payload.len() as u64;
             let push = matches!(message, Message::Gossip { .. });
-            self.transmits.push_back(Transmit {
+            self.transmits.push(Transmit {
                 to,
                 addr,
                 payload,
@@ -670,7 +659,7 @@ impl Swim {
                 .any(|r| matches!(r, Rumor::Member { member, .. } if member.id == local));
             if !announcing || self.now >= leaving.deadline {
                 leaving.completed = true;
-                self.events.push_back(Event::LeaveCompleted);
+                self.events.push(Event::LeaveCompleted);
             }
         }
     }
@@ -679,8 +668,7 @@ impl Swim {
         match rumor {
             Rumor::Member { member, origin } => self.apply_claim(member, origin),
             Rumor::State { owner, entry } => {
-                self.events
-                    .push_back(Event::StateRumor { owner, entry, from })
+                self.events.push(Event::StateRumor { owner, entry, from })
             }
             _ => {}
         }
@@ -784,6 +772,7 @@ impl Swim {
 
     fn on_change(&mut self, change: MemberChange) {
         let transition = change.transition();
+        self.update_rotation(change.before.as_ref(), &change.after);
         let MemberChange { after, origin, .. } = change;
         let id = after.id;
 
@@ -801,13 +790,8 @@ impl Swim {
             self.suspicions.remove(&id)
         };
 
-        if after.status.is_departed() {
-            self.order.remove(&id);
-            if self.probe.as_ref().is_some_and(|p| p.target == id) {
-                self.probe = None;
-            }
-        } else if id != self.local_id() {
-            self.order.insert(id, &mut self.rng);
+        if after.status.is_departed() && self.probe.as_ref().is_some_and(|p| p.target == id) {
+            self.probe = None;
         }
 
         let event = match transition {
@@ -833,11 +817,31 @@ impl Swim {
             Transition::Rejoined => Event::Rejoined(after.clone()),
             _ => Event::Updated(after.clone()),
         };
-        self.events.push_back(event);
+        self.events.push(event);
         self.queue_rumor(Rumor::Member {
             member: after,
             origin,
         });
+    }
+
+    /// Puts a member that comes into the cluster (new, or back from the
+    /// dead) into the probe rotation, and takes one that departs out of it.
+    fn update_rotation(&mut self, before: Option<&Member>, after: &Member) {
+        let was_live = before.is_some_and(|b| !b.status.is_departed());
+        let is_live = !after.status.is_departed();
+        if after.id != self.local_id() {
+            match (was_live, is_live) {
+                (false, true) => self.order.insert(after.id, &mut self.rng),
+                (true, false) => self.order.remove(&after.id),
+                _ => {}
+            }
+        }
+        debug_assert_eq!(
+            self.order.len(),
+            self.members.count(MemberStatus::Alive) + self.members.count(MemberStatus::Suspect)
+                - usize::from(!self.members.local().status.is_departed()),
+            "the rotation holds exactly the live members other than this one"
+        );
     }
 
     fn start_suspicion(&mut self, id: NodeId, incarnation: Incarnation, accuser: NodeId) {
@@ -940,7 +944,7 @@ impl Swim {
                 self.stats.refutations += 1;
                 // Lifeguard: being suspected is a hint that we are the slow one.
                 self.awareness.apply(1);
-                self.events.push_back(Event::Refuted {
+                self.events.push(Event::Refuted {
                     incarnation: record.incarnation,
                     accused_by: accuser,
                 });
@@ -977,7 +981,7 @@ impl Swim {
         {
             self.stats.state_digest_mismatches += 1;
             self.events
-                .push_back(Event::StateDigestDiffers { peer: from, addr });
+                .push(Event::StateDigestDiffers { peer: from, addr });
         }
     }
 
@@ -1040,7 +1044,7 @@ impl Swim {
                 if !reply {
                     self.send_table(Some(from), from_addr, true);
                 } else if self.joining.take().is_some() {
-                    self.events.push_back(Event::JoinCompleted { via: from });
+                    self.events.push(Event::JoinCompleted { via: from });
                 }
             }
         }
@@ -1344,9 +1348,9 @@ impl Swim {
             .members
             .collect_departed(self.now, self.config.departed_horizon)
         {
+            // Departed members left the rotation when they departed.
             self.suspicions.remove(&id);
-            self.order.remove(&id);
-            self.events.push_back(Event::Removed(id));
+            self.events.push(Event::Removed(id));
         }
     }
 }
