@@ -20,4 +20,8 @@ pub enum Error {
     /// The session saw no message for its idle timeout.
     #[error("sync session timed out")]
     TimedOut,
+    /// The peer refused the session: it was running as many as it allows.
+    /// Nothing was exchanged; a later sync, or one with another peer, will do.
+    #[error("sync refused: the peer is running as many sessions as it allows")]
+    Busy,
 }

@@ -94,6 +94,10 @@ pub enum SyncMessage {
     Root(RootDigest),
     /// Part of a later turn.
     Part(Part),
+    /// The responder's only answer to a root when it already runs as many
+    /// sessions as it allows: the initiator ends the session at once
+    /// instead of waiting out its idle timeout.
+    Busy,
 }
 
 #[cfg(test)]

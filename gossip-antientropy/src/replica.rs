@@ -467,6 +467,14 @@ impl Replica {
             }
             if current.is_none() && sessions.len() >= MAX_RESPONDING {
                 self.stats.refused += 1;
+                // Said, so that the initiator need not wait out its timeout.
+                self.syncs.push(SyncTransmit {
+                    peer: from,
+                    addr,
+                    role: our_role,
+                    id,
+                    parts: vec![Session::refusal(&self.config.sync)],
+                });
                 return;
             }
             self.stats.responded += 1;
@@ -782,5 +790,85 @@ impl Replica {
             (Role::Responder, true) => s.responded_completed += 1,
             (Role::Responder, false) => s.responded_failed += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossip_core::{Incarnation, MemberMeta};
+    use gossip_swim::Config;
+
+    fn replica(name: &str, cluster: ClusterId) -> (NodeId, SocketAddr, Replica) {
+        let id = NodeId::from_public_key(name.as_bytes());
+        let addr = SocketAddr::from(([10, 0, 0, 1], 7946));
+        let meta = MemberMeta::new(name, [addr]);
+        let swim = Swim::new(
+            Config::lan(cluster, 128),
+            id,
+            meta,
+            Incarnation::ZERO,
+            Timestamp::ZERO,
+        );
+        let replica = Replica::new(
+            ReplicaConfig::new(cluster),
+            swim,
+            StoredKeys::default(),
+            Timestamp::ZERO,
+        )
+        .expect("no stored keys");
+        (id, addr, replica)
+    }
+
+    #[test]
+    fn a_responder_at_its_session_cap_refuses_and_the_initiator_ends_at_once() {
+        let cluster = ClusterId::from_name("busy");
+        let (responder_id, _, mut responder) = replica("responder", cluster);
+        let now = Timestamp::ZERO;
+        // A root that differs from the responder's, so each session stays
+        // open waiting for the initiator's next turn.
+        let (_, _, mut initiator) = replica("initiator", cluster);
+        initiator.set(now, "k", "v").expect("a key");
+        let config = ReplicaConfig::new(cluster).sync;
+        let root = |session: &mut Session| session.poll_transmit().expect("the root");
+        for n in 0..MAX_RESPONDING {
+            let peer = NodeId::from_public_key(format!("peer {n}").as_bytes());
+            let mut session =
+                Session::initiate(config.clone(), responder_id, initiator.state(), now);
+            let addr = SocketAddr::from(([10, 0, 1, 1], 7946));
+            responder.handle_sync(
+                now,
+                peer,
+                addr,
+                Role::Initiator,
+                1,
+                [root(&mut session).as_slice()],
+            );
+        }
+        while responder.poll_sync().is_some() {}
+        assert_eq!(responder.stats().refused, 0);
+
+        let (late_id, late_addr, _) = replica("late", cluster);
+        let mut late = Session::initiate(config, responder_id, initiator.state(), now);
+        responder.handle_sync(
+            now,
+            late_id,
+            late_addr,
+            Role::Initiator,
+            7,
+            [root(&mut late).as_slice()],
+        );
+        assert_eq!(responder.stats().refused, 1);
+        let answer = responder.poll_sync().expect("the refusal is sent");
+        assert_eq!(
+            (answer.peer, answer.role, answer.id),
+            (late_id, Role::Responder, 7)
+        );
+        let mut state = initiator.state().clone();
+        for part in &answer.parts {
+            assert_eq!(late.handle_bytes(now, &mut state, part), Err(Error::Busy));
+        }
+        assert!(late.is_finished());
+        assert_eq!(late.error(), Some(&Error::Busy));
     }
 }

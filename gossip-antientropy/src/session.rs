@@ -90,6 +90,20 @@ enum Phase {
     Failed,
 }
 
+/// One framed sync message; `None` if it is over the configured cap.
+fn encode_message(config: &SyncConfig, message: &SyncMessage) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    encode_frame(
+        config.cluster,
+        message,
+        &PackedRumors::empty(),
+        &config.limits,
+        &mut bytes,
+    )
+    .ok()?;
+    Some(bytes)
+}
+
 /// What our next turn will carry, gathered while reading the peer's turn.
 #[derive(Debug, Default)]
 struct Reply {
@@ -174,6 +188,13 @@ impl Session {
         session.send(&SyncMessage::Root(state.root()));
         session.stats.turns_sent += 1;
         session
+    }
+
+    /// The message that refuses a sync a peer starts, for a responder
+    /// already running as many sessions as it allows: the initiator's
+    /// session ends at once with [`Error::Busy`].
+    pub fn refusal(config: &SyncConfig) -> Vec<u8> {
+        encode_message(config, &SyncMessage::Busy).unwrap_or_default()
     }
 
     /// Answers a sync that `peer` starts.
@@ -273,6 +294,13 @@ impl Session {
         let result = match message {
             SyncMessage::Root(root) => self.handle_root(state, root),
             SyncMessage::Part(part) => self.handle_part(state, part),
+            // Only as the answer to an initiator's root.
+            SyncMessage::Busy
+                if self.phase == Phase::AwaitingTurn && self.stats.turns_received == 0 =>
+            {
+                Err(Error::Busy)
+            }
+            SyncMessage::Busy => Err(Error::Protocol("unexpected refusal")),
         };
         result.map_err(|err| self.fail(err))
     }
@@ -472,17 +500,9 @@ impl Session {
     }
 
     fn send(&mut self, message: &SyncMessage) {
-        let mut bytes = Vec::new();
-        let encoded = encode_frame(
-            self.config.cluster,
-            message,
-            &PackedRumors::empty(),
-            &self.config.limits,
-            &mut bytes,
-        );
         // Parts are sized to fit; a frame over the cap would be a bug here,
         // and is dropped rather than sent.
-        if encoded.is_ok() {
+        if let Some(bytes) = encode_message(&self.config, message) {
             self.stats.messages_sent += 1;
             self.stats.bytes_sent += bytes.len() as u64;
             self.outbox.push_back(bytes);
