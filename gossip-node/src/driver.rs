@@ -406,22 +406,30 @@ impl Driver {
         // the driver. A send on a cached connection completes at once.
         tokio::spawn(async move {
             let _in_flight = in_flight;
-            let sent = tokio::time::timeout(
-                SEND_TIMEOUT,
-                transport.send_datagram(transmit.to, transmit.addr, payload.clone()),
-            )
-            .await;
-            let result = match sent {
-                Ok(Err(TransportError::DatagramTooLarge { .. })) => {
-                    let framed = stream::encode_swim(&payload);
-                    tokio::time::timeout(
-                        SEND_TIMEOUT,
-                        transport.send_message(transmit.to, transmit.addr, &framed),
-                    )
-                    .await
-                    .map(|r| r.map(|_| ()))
+            let on_stream = || async {
+                let framed = stream::encode_swim(&payload);
+                tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    transport.send_message(transmit.to, transmit.addr, &framed),
+                )
+                .await
+                .map(|r| r.map(|_| ()))
+            };
+            // A fallback probe or its answer goes on a stream, which
+            // retransmits what the network loses; so does a frame too
+            // large for a datagram.
+            let result = if transmit.reliable {
+                on_stream().await
+            } else {
+                let sent = tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    transport.send_datagram(transmit.to, transmit.addr, payload.clone()),
+                )
+                .await;
+                match sent {
+                    Ok(Err(TransportError::DatagramTooLarge { .. })) => on_stream().await,
+                    other => other.map(|r| r.map(|_| ())),
                 }
-                other => other.map(|r| r.map(|_| ())),
             };
             if !matches!(result, Ok(Ok(()))) {
                 errors.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@
 //! | `gossip_incarnation` | gauge | this node's incarnation |
 //! | `gossip_probes_total` | counter | probes sent |
 //! | `gossip_indirect_probes_total` | counter | probes that fell back to asking others |
+//! | `gossip_fallback_probes_total` | counter | probes that also pinged their target over a stream (a reliable channel) once the direct ack was overdue |
 //! | `gossip_suspicions_total` | counter | members this node suspected after a failed probe |
 //! | `gossip_probes_inconclusive_total` | counter | failed probes that raised no suspicion because no helper answered, not even with a nack (this node is likely the slow one) |
 //! | `gossip_deaths_declared_total` | counter | members this node declared dead |
@@ -174,6 +175,12 @@ impl Metrics {
                 "Probes that fell back to indirect probing.",
                 Counter,
                 s.indirect_probes,
+            ),
+            one(
+                "gossip_fallback_probes_total",
+                "Probes that also pinged their target over a stream.",
+                Counter,
+                s.fallback_probes,
             ),
             one(
                 "gossip_suspicions_total",

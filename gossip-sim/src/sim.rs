@@ -531,6 +531,16 @@ impl Sim {
                 self.traffic.dropped += 1;
                 continue;
             };
+            if transmit.reliable {
+                // A stream: every loss costs a retransmission timeout
+                // instead of the message.
+                let mut late = Duration::ZERO;
+                while self.rng.random::<f64>() < self.net.loss {
+                    late += self.retransmit_timeout();
+                }
+                self.send_after(i, to, Payload::Datagram(transmit.payload), late);
+                continue;
+            }
             if self.rng.random::<f64>() < self.net.loss {
                 self.traffic.dropped += 1;
                 continue;
@@ -587,6 +597,13 @@ impl Sim {
         }
     }
 
+    /// How long a reliable channel takes to resend what was lost: QUIC's
+    /// probe timeout, about a round trip and its variation plus the peer's
+    /// 25 ms of allowed acknowledgement delay.
+    fn retransmit_timeout(&self) -> Duration {
+        self.net.latency_max * 3 + Duration::from_millis(25)
+    }
+
     /// The node `from` reaches at `addr`, unless there is none or the link is cut.
     fn link(&self, from: usize, addr: &SocketAddr) -> Option<usize> {
         index_of(addr)
@@ -597,11 +614,16 @@ impl Sim {
     /// Puts `payload` on the wire from `from` to `to`, with a latency drawn
     /// from the network's spread (so messages reorder).
     fn send(&mut self, from: usize, to: usize, payload: Payload) {
+        self.send_after(from, to, payload, Duration::ZERO);
+    }
+
+    /// As [`send`](Sim::send), `late` later.
+    fn send_after(&mut self, from: usize, to: usize, payload: Payload, late: Duration) {
         let spread = self.net.latency_max.saturating_sub(self.net.latency_min);
         let latency = self.net.latency_min + spread.mul_f64(self.rng.random::<f64>());
         self.next_flight += 1;
         self.in_flight.push(Reverse(Flight {
-            at: self.now + latency,
+            at: self.now + latency + late,
             order: self.next_flight,
             to,
             from,

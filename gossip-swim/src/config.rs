@@ -53,6 +53,12 @@ pub struct Config {
     /// Lifeguard's buddy system: a probe of a suspect carries the suspicion,
     /// so the suspect can refute at once. Default on.
     pub buddy_system: bool,
+    /// When a direct probe's ack is overdue, also ping the target once over
+    /// a reliable channel ([`Transmit::reliable`](crate::Transmit::reliable),
+    /// which the driver sends on a stream), besides asking others to probe
+    /// it. A lost datagram alone then does not make a live member suspect.
+    /// Default on (memberlist's TCP fallback ping, on by default there too).
+    pub fallback_probe: bool,
     /// Retransmit multiplier: each rumor is sent `retransmit_mult *
     /// ceil(log10(n + 1))` times. Default 4 (memberlist `RetransmitMult`).
     pub retransmit_mult: u32,
@@ -115,6 +121,7 @@ impl Config {
             suspicion_confirmations: 2,
             awareness_max: 8,
             buddy_system: true,
+            fallback_probe: true,
             retransmit_mult: 4,
             gossip_fanout: 3,
             push_interval: Duration::from_millis(50),

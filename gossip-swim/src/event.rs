@@ -19,6 +19,10 @@ pub struct Transmit {
     /// charges for a new peer (a handshake) may send it to a member it
     /// already talks to instead.
     pub push: bool,
+    /// Send it over a reliable channel (a stream that retransmits what is
+    /// lost), not as a datagram: the fallback probe and its answer (see
+    /// [`Config::fallback_probe`](crate::Config::fallback_probe)).
+    pub reliable: bool,
 }
 
 /// Why a member is believed failed, so an operator can answer "why was X

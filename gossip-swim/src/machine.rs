@@ -459,7 +459,7 @@ impl Swim {
                 return Err(Error::Decode { from, source });
             }
         };
-        if let Message::Ping { target, .. } = &frame.body
+        if let Message::Ping { target, .. } | Message::ReliablePing { target, .. } = &frame.body
             && *target != TargetTag::of(&self.local_id())
         {
             self.stats.misdirected += 1;
@@ -559,6 +559,18 @@ impl Swim {
 
     /// Encodes and queues one datagram, filling the room left with rumors.
     fn send(&mut self, to: Option<NodeId>, addr: SocketAddr, message: Message, with_rumors: bool) {
+        self.send_on(to, addr, message, with_rumors, false);
+    }
+
+    /// As [`send`](Swim::send), over a reliable channel if `reliable`.
+    fn send_on(
+        &mut self,
+        to: Option<NodeId>,
+        addr: SocketAddr,
+        message: Message,
+        with_rumors: bool,
+        reliable: bool,
+    ) {
         let rumors = if with_rumors {
             let room = self
                 .max_datagram
@@ -587,6 +599,7 @@ impl Swim {
                 addr,
                 payload,
                 push,
+                reliable,
             });
         }
     }
@@ -1000,6 +1013,11 @@ impl Swim {
                 self.compare_digest(from, from_addr, state_digest);
                 self.send(Some(from), from_addr, Message::Ack { seq }, true);
             }
+            Message::ReliablePing { seq, .. } => {
+                // Answered the way it came, so that the answer survives the
+                // loss the ping was sent to get past.
+                self.send_on(Some(from), from_addr, Message::Ack { seq }, true, true);
+            }
             Message::Ack { seq } => self.handle_ack(from, seq),
             Message::PingReq {
                 seq,
@@ -1073,7 +1091,10 @@ impl Swim {
 
     fn fire(&mut self, timer: Timer) {
         match timer {
-            Timer::ProbeTimeout { seq } => self.probe_indirectly(seq),
+            Timer::ProbeTimeout { seq } => {
+                self.probe_indirectly(seq);
+                self.probe_reliably(seq);
+            }
             Timer::ProbeEnd { seq } => {
                 if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
                     self.conclude_probe();
@@ -1178,6 +1199,25 @@ impl Swim {
                 self.send(Some(helper), addr, request, true);
             }
         }
+    }
+
+    /// The fallback probe: once the direct ack is overdue, one ping over a
+    /// reliable channel, whose ack counts as the direct one would.
+    fn probe_reliably(&mut self, seq: u32) {
+        let Some(probe) = &self.probe else { return };
+        if !self.config.fallback_probe || probe.seq != seq || probe.acked {
+            return;
+        }
+        let target = probe.target;
+        let Some(addr) = self.address_of(&target) else {
+            return;
+        };
+        self.stats.fallback_probes += 1;
+        let ping = Message::ReliablePing {
+            seq,
+            target: TargetTag::of(&target),
+        };
+        self.send_on(Some(target), addr, ping, true, true);
     }
 
     /// The probe's period is over: adjust local health, and suspect the

@@ -59,6 +59,17 @@ pub enum Message {
         /// target can tell whether a sync is due without asking.
         state_digest: Option<StateDigest>,
     },
+    /// The fallback probe: a ping sent over a reliable channel (the driver
+    /// sends it on a stream, which retransmits what is lost) when a direct
+    /// ack is overdue, answered with an [`Ack`](Message::Ack) over the same
+    /// kind of channel. Loss alone then does not make a live member suspect.
+    /// memberlist's TCP fallback ping.
+    ReliablePing {
+        /// Matches the ack to the probe.
+        seq: u32,
+        /// Who the probe is for, as on a [`Ping`](Message::Ping).
+        target: TargetTag,
+    },
     /// The answer to a ping; for an indirect probe, relayed by the helper.
     Ack {
         /// The probe's sequence number.
@@ -100,6 +111,7 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Ping { .. } => "ping",
+            Message::ReliablePing { .. } => "reliable-ping",
             Message::Ack { .. } => "ack",
             Message::PingReq { .. } => "ping-req",
             Message::Nack { .. } => "nack",

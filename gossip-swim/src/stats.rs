@@ -29,6 +29,9 @@ pub struct Stats {
     pub probes: u64,
     /// Probes that fell back to indirect probing.
     pub indirect_probes: u64,
+    /// Fallback probes sent over a reliable channel after a direct ack was
+    /// overdue.
+    pub fallback_probes: u64,
     /// Nacks received for our indirect probes.
     pub nacks_received: u64,
     /// Nacks sent for others' indirect probes.

@@ -502,3 +502,40 @@ fn a_node_that_hears_no_one_raises_no_suspicion_until_its_health_bottoms_out() {
     assert!(raised >= 1, "plain SWIM suspects on every failed probe");
     assert_eq!(inconclusive, 0);
 }
+
+/// Node 2's links lose every datagram both ways, but reliable frames get
+/// through: the fallback probe keeps it from suspicion; without it, it is
+/// suspected.
+fn suspicions_of_a_member_behind_lossy_links(fallback_probe: bool) -> (usize, u64) {
+    let mut config = gossip_swim::Config::lan(cluster_id(), 3);
+    config.fallback_probe = fallback_probe;
+    let mut net = Net::new(3, config, seed(41));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    for other in [0, 1] {
+        net.lossy.insert((other, 2));
+        net.lossy.insert((2, other));
+    }
+    net.run_for(60 * SECOND);
+    let suspicions = (0..3)
+        .flat_map(|i| net.events[i].iter())
+        .filter(|(_, e)| matches!(e, Event::Suspected { .. }))
+        .count();
+    let fallbacks = (0..3).map(|i| net.get(i).stats().fallback_probes).sum();
+    (suspicions, fallbacks)
+}
+
+#[test]
+fn the_fallback_probe_over_a_reliable_channel_keeps_a_member_behind_lossy_links_alive() {
+    let (suspicions, fallbacks) = suspicions_of_a_member_behind_lossy_links(true);
+    assert!(fallbacks > 0, "no fallback probe was sent");
+    assert_eq!(
+        suspicions, 0,
+        "suspected although its reliable acks came back"
+    );
+    let (suspicions, fallbacks) = suspicions_of_a_member_behind_lossy_links(false);
+    assert_eq!(fallbacks, 0);
+    assert!(
+        suspicions > 0,
+        "without the fallback, lost datagrams should mean suspicion"
+    );
+}

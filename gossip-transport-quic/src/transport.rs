@@ -1,8 +1,8 @@
 //! The endpoint: mutual-TLS QUIC connections, cached per peer, carrying
 //! datagrams and framed streams tagged with the authenticated sender.
 
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -73,7 +73,8 @@ impl Drop for SeedGuard {
     }
 }
 
-type InFlight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>)>;
+/// (arrival, order, to, from, frame, sent over a reliable channel)
+type InFlight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>, bool)>;
 
 pub(crate) struct Net {
     pub(crate) nodes: Vec<Option<Swim>>,
@@ -81,6 +82,9 @@ pub(crate) struct Net {
     pub(crate) latency: Duration,
     /// Directed links (from, to) whose datagrams are dropped.
     pub(crate) blocked: BTreeSet<(usize, usize)>,
+    /// Links that lose every datagram but pass reliable frames (a stream
+    /// retransmits until through).
+    pub(crate) lossy: BTreeSet<(usize, usize)>,
     /// Every event, by node: (when, event).
     pub(crate) events: Vec<Vec<(Timestamp, Event)>>,
     /// Datagrams each node's machine refused, with the error text.
@@ -101,6 +105,7 @@ impl Net {
             now: Timestamp::ZERO,
             latency: Duration::from_millis(1),
             blocked: BTreeSet::new(),
+            lossy: BTreeSet::new(),
             events: vec![Vec::new(); n],
             refused: vec![Vec::new(); n],
             seed,
@@ -158,8 +163,14 @@ impl Net {
         while let Some(t) = node.poll_transmit() {
             let to = usize::from(t.addr.port() - BASE_PORT);
             self.sent += 1;
-            self.in_flight
-                .push(Reverse((now + latency, self.sent, to, i, t.payload)));
+            self.in_flight.push(Reverse((
+                now + latency,
+                self.sent,
+                to,
+                i,
+                t.payload,
+                t.reliable,
+            )));
         }
         while let Some(event) = node.poll_event() {
             self.events[i].push((now, event));
@@ -202,10 +213,13 @@ impl Net {
             if *at > self.now {
                 break;
             }
-            let Some(Reverse((_, _, to, from, payload))) = self.in_flight.pop() else {
+            let Some(Reverse((_, _, to, from, payload, reliable))) = self.in_flight.pop() else {
                 break;
             };
-            if self.blocked.contains(&(from, to)) || self.nodes[to].is_none() {
+            if self.blocked.contains(&(from, to))
+                || (!reliable && self.lossy.contains(&(from, to)))
+                || self.nodes[to].is_none()
+            {
                 continue;
             }
             let now = self.now;
