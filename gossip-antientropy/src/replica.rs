@@ -83,6 +83,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -629,8 +630,14 @@ impl Replica {
             | Event::Failed { member, .. }
             | Event::Left(member) => {
                 // A record the limits refuse stays out of the replicated
-                // state; SWIM still has it.
-                let _ = self.state.merge_member(member.clone());
+                // state; SWIM still has it. SWIM's own allocation is shared
+                // when the event's record is still the one in its table.
+                let _ = match self.swim.members().get_shared(&member.id) {
+                    Some(shared) if **shared == *member => {
+                        self.state.merge_shared_member(Arc::clone(shared))
+                    }
+                    _ => self.state.merge_member(member.clone()),
+                };
                 if member.status == MemberStatus::Alive
                     && member.state_version > self.known_version(&member.id)
                 {

@@ -1,6 +1,7 @@
 //! The replicated state a sync reconciles, with its Merkle tree kept current.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,12 +40,14 @@ pub struct SyncState {
 /// A member record and its hash.
 #[derive(Debug, Clone)]
 struct HashedMember {
-    member: Member,
+    /// Shared with SWIM's table where the replica can (see
+    /// [`SyncState::merge_shared_member`]).
+    member: Arc<Member>,
     hash: u64,
 }
 
 impl HashedMember {
-    fn new(member: Member) -> Self {
+    fn new(member: Arc<Member>) -> Self {
         let hash = member_hash(&member);
         HashedMember { member, hash }
     }
@@ -89,7 +92,9 @@ impl SyncState {
         };
         for member in members {
             // The last record of an id wins, as in a map.
-            state.members.replace(ById(HashedMember::new(member)));
+            state
+                .members
+                .replace(ById(HashedMember::new(Arc::new(member))));
         }
         let owners: Vec<NodeId> = state
             .members
@@ -115,12 +120,12 @@ impl SyncState {
 
     /// The member records, in id order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.iter().map(|record| &record.0.member)
+        self.members.iter().map(|record| &*record.0.member)
     }
 
     /// One member's record.
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
-        self.members.get(id).map(|record| &record.0.member)
+        self.members.get(id).map(|record| &*record.0.member)
     }
 
     /// The Merkle tree.
@@ -218,15 +223,49 @@ impl SyncState {
     /// [`CoreError::LimitExceeded`] for oversized metadata or a full table;
     /// nothing changes then.
     pub fn merge_member(&mut self, record: Member) -> Result<bool, CoreError> {
+        self.merge(Arc::new(record), false)
+    }
+
+    /// As [`merge_member`](SyncState::merge_member), keeping `record`'s
+    /// allocation when it is the merged record: a replica passes the
+    /// records of SWIM's table, so that every member's record is held once
+    /// per node, not twice.
+    ///
+    /// # Errors
+    ///
+    /// As [`merge_member`](SyncState::merge_member).
+    pub fn merge_shared_member(&mut self, record: Arc<Member>) -> Result<bool, CoreError> {
+        self.merge(record, true)
+    }
+
+    /// Merges `record`; if `share` and it equals the record held, holds
+    /// `record`'s allocation instead.
+    fn merge(&mut self, record: Arc<Member>, share: bool) -> Result<bool, CoreError> {
         record.validate(&self.limits)?;
         let id = record.id;
-        let merged = match self.member(&id) {
-            Some(current) => {
+        let current = self
+            .members
+            .get(&id)
+            .map(|held| (Arc::clone(&held.0.member), held.0.hash));
+        let merged = match current {
+            Some((current, hash)) => {
                 let merged = current.join(&record);
                 if merged == *current {
+                    if share && *record == *current && !Arc::ptr_eq(&record, &current) {
+                        // The same record, come by another way (a sync)
+                        // before SWIM's table had it: hold SWIM's copy.
+                        self.members.replace(ById(HashedMember {
+                            member: record,
+                            hash,
+                        }));
+                    }
                     return Ok(false);
                 }
-                merged
+                if merged == *record {
+                    record
+                } else {
+                    Arc::new(merged)
+                }
             }
             None => {
                 if self.members.len() >= self.limits.max_members {

@@ -2,6 +2,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use crate::id::NodeId;
 use crate::member::Member;
@@ -15,6 +16,12 @@ pub trait HasId {
 impl HasId for Member {
     fn id(&self) -> &NodeId {
         &self.id
+    }
+}
+
+impl<T: HasId> HasId for Arc<T> {
+    fn id(&self) -> &NodeId {
+        (**self).id()
     }
 }
 

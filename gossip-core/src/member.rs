@@ -341,8 +341,9 @@ pub enum MembershipEvent {
 pub struct Membership {
     local: Member,
     /// Keyed by id without storing the id twice: every node holds one of
-    /// these per member.
-    others: BTreeSet<ById<Member>>,
+    /// these per member. Shared, so that a replicated copy of the table
+    /// (the anti-entropy state's) can hold the same records.
+    others: BTreeSet<ById<Arc<Member>>>,
     /// Records of other members by status, kept so counts cost O(1).
     counts: [usize; 4],
     /// Departed members and when they departed, so collecting and choosing
@@ -392,13 +393,20 @@ impl Membership {
         if *id == self.local.id {
             Some(&self.local)
         } else {
-            self.others.get(id).map(|record| &record.0)
+            self.others.get(id).map(|record| &*record.0)
         }
+    }
+
+    /// The shared record of `id`, for a copy of the table that should hold
+    /// the same allocation rather than its own (the local node's is not
+    /// shared).
+    pub fn get_shared(&self, id: &NodeId) -> Option<&Arc<Member>> {
+        self.others.get(id).map(|record| &record.0)
     }
 
     /// Every record other than the local one, in id order.
     pub fn others(&self) -> impl Iterator<Item = &Member> {
-        self.others.iter().map(|record| &record.0)
+        self.others.iter().map(|record| &*record.0)
     }
 
     /// Every record, the local one first.
@@ -474,7 +482,7 @@ impl Membership {
             return Ok(None);
         }
 
-        let current = self.others.get(&subject).map(|record| &record.0);
+        let current = self.others.get(&subject).map(|record| &*record.0);
         if let Some(current) = current {
             current.incarnation.check_jump(
                 subject,
@@ -507,8 +515,8 @@ impl Membership {
         };
         let before = self
             .others
-            .replace(ById(merged.clone()))
-            .map(|record| record.0);
+            .replace(ById(Arc::new(merged.clone())))
+            .map(|record| Arc::unwrap_or_clone(record.0));
         if let Some(before) = &before {
             self.counts[status_index(before.status)] -= 1;
         }
@@ -615,7 +623,7 @@ impl Membership {
     pub fn departed(&self) -> impl Iterator<Item = &Member> {
         self.departed
             .keys()
-            .filter_map(|id| self.others.get(id).map(|record| &record.0))
+            .filter_map(|id| self.others.get(id).map(|record| &*record.0))
     }
 }
 
