@@ -147,6 +147,10 @@ impl Ord for Flight {
     }
 }
 
+/// A watermark for a member not seen: above every incarnation
+/// ([`Incarnation::MAX`] is half the range).
+const NO_WATERMARK: u64 = u64::MAX;
+
 /// A cluster of SWIM machines on a virtual clock and a seeded network. The
 /// same seed gives the same run, bit for bit: [`Sim::trace_hash`] digests
 /// every delivery and event.
@@ -172,7 +176,9 @@ pub struct Sim {
     /// invariant that incarnations never go back.
     /// The highest incarnation each node has seen of each other, by
     /// observer and subject index: dense, since a converged cluster fills it.
-    watermarks: Vec<Vec<Option<Incarnation>>>,
+    /// Incarnations are stored bare, [`NO_WATERMARK`] for none: half the
+    /// size of an `Option`, and the simulation keeps one per member view.
+    watermarks: Vec<Vec<u64>>,
     /// Keys whose owner's last write deleted them, by owner index.
     deleted: BTreeSet<(usize, String)>,
     /// (observer, owner, key) for every deletion an observer has seen of
@@ -651,11 +657,11 @@ impl Sim {
         }
     }
 
-    fn watermark(&mut self, observer: usize, subject: &NodeId) -> Option<&mut Option<Incarnation>> {
+    fn watermark(&mut self, observer: usize, subject: &NodeId) -> Option<&mut u64> {
         let subject = *self.ids.get(subject)?;
         let row = self.watermarks.get_mut(observer)?;
         if row.len() <= subject {
-            row.resize(self.ids.len(), None);
+            row.resize(self.ids.len(), NO_WATERMARK);
         }
         row.get_mut(subject)
     }
@@ -671,7 +677,7 @@ impl Sim {
             Event::Suspected { member, .. } | Event::Failed { member, .. } => member,
             Event::Removed(id) => {
                 if let Some(mark) = self.watermark(observer, id) {
-                    *mark = None;
+                    *mark = NO_WATERMARK;
                 }
                 return;
             }
@@ -680,13 +686,14 @@ impl Sim {
         let Some(mark) = self.watermark(observer, &member.id) else {
             return;
         };
-        let previous = mark.replace(member.incarnation);
-        if let Some(previous) = previous
-            && member.incarnation < previous
-        {
+        let previous = std::mem::replace(mark, member.incarnation.get());
+        if previous != NO_WATERMARK && member.incarnation.get() < previous {
             self.violations.push(format!(
-                "at {:?} node {observer} saw {} go back from incarnation {previous} to {}",
-                self.now, member.id, member.incarnation
+                "at {:?} node {observer} saw {} go back from incarnation {} to {}",
+                self.now,
+                member.id,
+                Incarnation::new(previous),
+                member.incarnation
             ));
         }
     }

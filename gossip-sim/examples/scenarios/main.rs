@@ -10,6 +10,7 @@
 //! cargo xtask sim sweep --first-seed 238 --seeds 1   (one seed of it again)
 //! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! cargo xtask sim memory --nodes 1000,10000   (resident memory of a converged cluster, per member per view)
+//! cargo xtask sim memory --nodes 1000 --join --periods 60   (the same, 60 s after all joined through one seed)
 //! ```
 
 #![allow(
@@ -40,7 +41,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -49,6 +50,7 @@ fn main() {
     let mut confirmations = None;
     let mut first_seed = None;
     let mut plot_to: Option<String> = None;
+    let mut join = false;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -62,6 +64,7 @@ fn main() {
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
+            "--join" => join = true,
             "--suspicion-mult" => suspicion_mult = Some(value().parse().unwrap()),
             "--confirmations" => confirmations = Some(value().parse().unwrap()),
             other => panic!("unknown flag {other}"),
@@ -237,8 +240,18 @@ fn main() {
                     NetConfig::default(),
                     params.first_seed,
                 );
-                sim.converge_instantly();
-                sim.run_for(Duration::from_secs(u64::from(periods.min(10))));
+                if join {
+                    // As a cluster really forms: every node's records are
+                    // its own decoded copies, and the rumors of the join
+                    // are still being passed on.
+                    sim.join_through(0);
+                    sim.run_for(Duration::from_secs(u64::from(periods)));
+                } else {
+                    // The records are shared by every node, as restored
+                    // from one snapshot: what the tables themselves cost.
+                    sim.converge_instantly();
+                    sim.run_for(Duration::from_secs(u64::from(periods.min(10))));
+                }
                 // The event log is the caller's to drain; scenarios do.
                 drop(sim.take_events());
                 let after = resident_bytes();
@@ -246,6 +259,7 @@ fn main() {
                 let grown = after.saturating_sub(before) as f64;
                 drop(sim);
                 serde_json::json!({
+                    "start": if join { "join" } else { "converged" },
                     "resident_mib": after as f64 / f64::from(1 << 20),
                     "simulation_mib": grown / f64::from(1 << 20),
                     "bytes_per_member_per_view": grown / views,
