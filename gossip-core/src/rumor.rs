@@ -152,14 +152,43 @@ impl PackedRumors {
         varint_len(self.count) + self.bytes.len()
     }
 
-    fn push(&mut self, encoded: &[u8]) {
+    /// Appends `rumor`'s encoding; `false` (and nothing appended) if it
+    /// does not encode, which a rumor that encoded when queued does not.
+    fn push(&mut self, rumor: &Rumor) -> bool {
+        let start = self.bytes.len();
+        let appended = postcard::serialize_with_flavor(rumor, AppendTo(&mut self.bytes));
+        if appended.is_err() {
+            self.bytes.truncate(start);
+            return false;
+        }
         self.count += 1;
-        self.bytes.extend_from_slice(encoded);
+        true
     }
-
     /// Bytes needed to add a rumor of `encoded` bytes.
     fn cost_of(&self, encoded: usize) -> usize {
         encoded + varint_len(self.count + 1) - varint_len(self.count)
+    }
+}
+
+/// A postcard output that appends to a buffer it borrows, so that packing
+/// encodes each rumor in place.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -180,7 +209,10 @@ pub enum Pushed {
 #[derive(Debug, Clone)]
 struct Queued {
     rumor: Rumor,
-    encoded: Vec<u8>,
+    /// Its encoding's length. The encoding itself is made again when the
+    /// rumor is packed: kept, it was a third of what a queued rumor costs,
+    /// and after a join every node queues a rumor of every member.
+    encoded_len: usize,
     transmits: u32,
 }
 
@@ -280,10 +312,10 @@ impl RumorQueue {
     /// larger than [`Limits::max_rumor_bytes`]; nothing is queued.
     pub fn push(&mut self, rumor: Rumor) -> Result<Pushed, Error> {
         rumor.validate(&self.limits)?;
-        let encoded = postcard::to_allocvec(&rumor)?;
+        let encoded_len = postcard::to_allocvec(&rumor)?.len();
         Error::check(
             Limited::RumorBytes,
-            encoded.len(),
+            encoded_len,
             self.limits.max_rumor_bytes,
         )?;
         let subject = rumor.subject();
@@ -311,7 +343,7 @@ impl RumorQueue {
             seq,
             Queued {
                 rumor,
-                encoded,
+                encoded_len,
                 transmits: 0,
             },
         );
@@ -362,12 +394,13 @@ impl RumorQueue {
                 let Some(queued) = self.queued.get(&seq) else {
                     continue;
                 };
-                if packed.encoded_len() + packed.cost_of(queued.encoded.len()) > budget {
+                if packed.encoded_len() + packed.cost_of(queued.encoded_len) > budget {
                     misses += 1;
                     continue;
                 }
-                packed.push(&queued.encoded);
-                taken.push(seq);
+                if packed.push(&queued.rumor) {
+                    taken.push(seq);
+                }
             }
         }
 
@@ -457,7 +490,7 @@ mod tests {
     fn fewest_sent_first() {
         let mut q = RumorQueue::new(10, Limits::default());
         q.push(member_rumor(1, 0, MemberStatus::Alive)).unwrap();
-        let one = q.queued.values().next().unwrap().encoded.len();
+        let one = q.queued.values().next().unwrap().encoded_len;
         // Budget for exactly one rumor.
         let budget = 1 + one;
         assert_eq!(
