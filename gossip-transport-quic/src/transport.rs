@@ -921,9 +921,8 @@ impl Link {
         self.sent(len, sent)
     }
 
-    /// Dials the peer again after a loss. Boxed and kept out of line: the
-    /// send futures stay small, which on the path taken millions of times
-    /// a second (connected) is measurable.
+    /// Dials the peer again after a loss. Boxed and kept out of line, so
+    /// that the futures of connected sends, the common case, stay small.
     #[cold]
     fn redial(&mut self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
         Box::pin(async move {
@@ -939,23 +938,21 @@ impl Link {
         len: usize,
         sent: Result<(), quinn::SendDatagramError>,
     ) -> Result<(), Error> {
-        if sent.is_ok() {
-            bump(&self.transport.inner.counters.datagrams_sent);
-            return Ok(());
+        match sent {
+            Ok(()) => {
+                bump(&self.transport.inner.counters.datagrams_sent);
+                Ok(())
+            }
+            Err(err) => self.not_sent(len, err),
         }
-        self.not_sent(len, sent)
     }
 
     #[cold]
-    fn not_sent(
-        &mut self,
-        len: usize,
-        sent: Result<(), quinn::SendDatagramError>,
-    ) -> Result<(), Error> {
+    fn not_sent(&mut self, len: usize, err: quinn::SendDatagramError) -> Result<(), Error> {
         let Some(conn) = &self.conn else {
             return Err(Error::Closed);
         };
-        let result = datagram_sent(&self.transport.inner, self.peer, conn, len, sent);
+        let result = datagram_sent(&self.transport.inner, self.peer, conn, len, Err(err));
         if matches!(result, Err(Error::ConnectionLost { .. })) {
             self.conn = None;
         }
