@@ -393,8 +393,13 @@ impl Membership {
         if *id == self.local.id {
             Some(&self.local)
         } else {
-            self.others.get(id).map(|record| &*record.0)
+            self.other(id)
         }
+    }
+
+    /// The record of `id` among the others.
+    fn other(&self, id: &NodeId) -> Option<&Member> {
+        self.get_shared(id).map(|record| &**record)
     }
 
     /// The shared record of `id`, for a copy of the table that should hold
@@ -482,7 +487,7 @@ impl Membership {
             return Ok(None);
         }
 
-        let current = self.others.get(&subject).map(|record| &*record.0);
+        let current = self.other(&subject);
         if let Some(current) = current {
             current.incarnation.check_jump(
                 subject,
@@ -621,9 +626,7 @@ impl Membership {
 
     /// Departed (dead or left) members still remembered, in id order. O(departed).
     pub fn departed(&self) -> impl Iterator<Item = &Member> {
-        self.departed
-            .keys()
-            .filter_map(|id| self.others.get(id).map(|record| &*record.0))
+        self.departed.keys().filter_map(|id| self.other(id))
     }
 }
 

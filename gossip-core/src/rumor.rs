@@ -312,7 +312,7 @@ impl RumorQueue {
     /// larger than [`Limits::max_rumor_bytes`]; nothing is queued.
     pub fn push(&mut self, rumor: Rumor) -> Result<Pushed, Error> {
         rumor.validate(&self.limits)?;
-        let encoded_len = postcard::to_allocvec(&rumor)?.len();
+        let encoded_len = crate::wire::try_encoded_len(&rumor)?;
         Error::check(
             Limited::RumorBytes,
             encoded_len,

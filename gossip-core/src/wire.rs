@@ -40,8 +40,12 @@ pub struct Frame<B> {
 
 /// The exact number of bytes postcard encodes `value` into.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    try_encoded_len(value).unwrap_or(usize::MAX)
+}
+
+/// As [`encoded_len`], with the error of a value that does not encode.
+pub(crate) fn try_encoded_len<T: Serialize + ?Sized>(value: &T) -> postcard::Result<usize> {
     postcard::serialize_with_flavor::<T, _, usize>(value, postcard::ser_flavors::Size::default())
-        .unwrap_or(usize::MAX)
 }
 
 /// Bytes that postcard's varint encoding of `n` takes.
