@@ -1,5 +1,6 @@
 //! Member records, their merge, and the membership table.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -464,6 +465,33 @@ impl Membership {
         claim: Member,
         origin: NodeId,
     ) -> Result<Option<MembershipEvent>, Error> {
+        self.apply_claim(now, claim, origin)
+    }
+
+    /// As [`apply`](Membership::apply), holding `claim`'s allocation when the
+    /// claim is what the table ends up with: many tables restored from one
+    /// set of records (a simulation of a converged cluster) then hold one
+    /// copy of each record between them.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Membership::apply).
+    pub fn apply_shared(
+        &mut self,
+        now: Timestamp,
+        claim: Arc<Member>,
+        origin: NodeId,
+    ) -> Result<Option<MembershipEvent>, Error> {
+        self.apply_claim(now, claim, origin)
+    }
+
+    fn apply_claim<C: Borrow<Member> + Into<Arc<Member>>>(
+        &mut self,
+        now: Timestamp,
+        shared_claim: C,
+        origin: NodeId,
+    ) -> Result<Option<MembershipEvent>, Error> {
+        let claim = shared_claim.borrow();
         claim.validate(&self.limits)?;
         let subject = claim.id;
         let owner_only = |what: &'static str| Error::NotOwner {
@@ -482,7 +510,10 @@ impl Membership {
                 return Err(owner_only("a leave"));
             }
             if origin != subject && claim.overrides(&self.local) {
-                return Ok(Some(MembershipEvent::AccusedSelf { claim, origin }));
+                return Ok(Some(MembershipEvent::AccusedSelf {
+                    claim: claim.clone(),
+                    origin,
+                }));
             }
             return Ok(None);
         }
@@ -507,7 +538,7 @@ impl Membership {
 
         let merged = match current {
             Some(current) => {
-                let merged = current.join(&claim);
+                let merged = current.join(claim);
                 if merged == *current {
                     return Ok(None);
                 }
@@ -515,12 +546,17 @@ impl Membership {
             }
             None => {
                 Error::check(Limited::Members, self.len() + 1, self.limits.max_members)?;
-                claim
+                claim.clone()
             }
+        };
+        let record = if merged == *claim {
+            shared_claim.into()
+        } else {
+            Arc::new(merged.clone())
         };
         let before = self
             .others
-            .replace(ById(Arc::new(merged.clone())))
+            .replace(ById(record))
             .map(|record| Arc::unwrap_or_clone(record.0));
         if let Some(before) = &before {
             self.counts[status_index(before.status)] -= 1;

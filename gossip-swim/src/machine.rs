@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gossip_core::{
@@ -409,15 +410,23 @@ impl Swim {
     /// records are not news to anyone. Emits a [`Event::Joined`] for each new
     /// member. Records about the local node and records refused by the
     /// table's rules are skipped.
-    pub fn restore_members(&mut self, now: Timestamp, records: impl IntoIterator<Item = Member>) {
+    ///
+    /// Records passed as `Arc<Member>` are held, not copied, so tables
+    /// restored from one set of records share them.
+    pub fn restore_members(
+        &mut self,
+        now: Timestamp,
+        records: impl IntoIterator<Item = impl Into<Arc<Member>>>,
+    ) {
         self.advance(now);
         for record in records {
+            let record: Arc<Member> = record.into();
             if record.id == self.local_id() {
                 continue;
             }
             let origin = record.id;
             if let Ok(Some(MembershipEvent::Changed(change))) =
-                self.members.apply(self.now, record, origin)
+                self.members.apply_shared(self.now, record, origin)
             {
                 self.update_rotation(change.before.as_ref(), &change.after);
                 self.events.push(Event::Joined(change.after));
