@@ -5,16 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::tree::Prefix;
 
-/// A digest cut to 16 bytes for the wire: 2^-128 odds of hiding a difference
-/// between honest replicas, half the bytes of the full sum.
+/// A [`Digest`]'s 16 bytes on the wire: 2^-128 odds of hiding a difference
+/// between honest replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShortDigest(pub [u8; 16]);
 
 impl From<Digest> for ShortDigest {
     fn from(digest: Digest) -> Self {
-        let mut short = [0u8; 16];
-        short.copy_from_slice(&digest.to_bytes()[..16]);
-        ShortDigest(short)
+        ShortDigest(digest.to_bytes())
     }
 }
 

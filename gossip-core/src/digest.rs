@@ -6,11 +6,15 @@ use std::ops::{Add, AddAssign, Sub, SubAssign};
 
 use serde::{Deserialize, Serialize};
 
-/// The digest of a set of items: the lane-wise wrapping sum of their 256-bit
-/// blake3 hashes (an additive set hash in the manner of Bellare and
-/// Micciancio's AdHash).
+/// The digest of a set of items: the lane-wise wrapping sum of the first 128
+/// bits of their blake3 hashes (an additive set hash in the manner of Bellare
+/// and Micciancio's AdHash).
 ///
-/// Adding or removing one item costs one hash and four additions, whatever
+/// 128 bits, because that is all a replica compares with a peer's (the
+/// anti-entropy protocol sends 16 bytes of a digest), and every node keeps a
+/// digest per member: a wider one would cost memory and buy nothing.
+///
+/// Adding or removing one item costs one hash and two additions, whatever
 /// the size of the set, and the digest of a union of disjoint sets is the sum
 /// of their digests, so a tree of sums stays current under updates in
 /// O(depth) without rehashing siblings. Equal sets have equal digests;
@@ -26,21 +30,22 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(Digest::ZERO + a, a);
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Digest([u64; 4]);
+pub struct Digest([u64; 2]);
 
 impl Digest {
     /// The digest of the empty set.
-    pub const ZERO: Digest = Digest([0; 4]);
+    pub const ZERO: Digest = Digest([0; 2]);
 
     /// The digest of the one-item set `{bytes}`.
     pub fn of(bytes: &[u8]) -> Digest {
         Self::from_hash(blake3::hash(bytes))
     }
 
-    /// The digest of the one-item set whose blake3 hash is `hash`.
+    /// The digest of the one-item set whose blake3 hash is `hash` (its
+    /// first 16 bytes).
     pub fn from_hash(hash: blake3::Hash) -> Digest {
         let bytes = hash.as_bytes();
-        let mut lanes = [0u64; 4];
+        let mut lanes = [0u64; 2];
         for (lane, chunk) in lanes.iter_mut().zip(bytes.chunks_exact(8)) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
@@ -49,9 +54,9 @@ impl Digest {
         Digest(lanes)
     }
 
-    /// The digest as 32 little-endian bytes.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        let mut bytes = [0u8; 32];
+    /// The digest as 16 little-endian bytes.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
         for (chunk, lane) in bytes.chunks_exact_mut(8).zip(self.0) {
             chunk.copy_from_slice(&lane.to_le_bytes());
         }
