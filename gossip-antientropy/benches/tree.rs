@@ -21,20 +21,25 @@ fn bench_tree(c: &mut Criterion) {
     let ids: Vec<NodeId> = (0..OWNERS).map(id).collect();
     let digests: Vec<Digest> = (0..1024u32).map(|n| Digest::of(&n.to_le_bytes())).collect();
     let mut tree = LeafTree::default();
+    let mut held: Vec<Digest> = Vec::with_capacity(ids.len());
     for (n, owner) in ids.iter().enumerate() {
-        tree.set(*owner, digests[n % digests.len()]);
+        let digest = digests[n % digests.len()];
+        tree.update(owner, None, Some(digest));
+        held.push(digest);
     }
     let mut group = c.benchmark_group("merkle");
     group.throughput(Throughput::Elements(1));
     let mut step = 0usize;
     group.bench_function("leaf_update_100000_owners", |b| {
         b.iter(|| {
-            // A pseudo-random walk over owners, so the paths are not cached.
+            // A pseudo-random walk over owners, as sync traffic touches them.
             step = step
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            let owner = ids[(step >> 33) % ids.len()];
-            tree.set(owner, black_box(digests[step % digests.len()]));
+            let at = (step >> 33) % ids.len();
+            let new = black_box(digests[step % digests.len()]);
+            let old = std::mem::replace(&mut held[at], new);
+            tree.update(&ids[at], Some(old), Some(new));
             black_box(tree.root())
         })
     });

@@ -7,8 +7,9 @@
 //! * [`SyncState`] holds a replica's member records and key/value state
 //!   ([`gossip_core::KvStore`]) with its [`LeafTree`] kept current: one leaf
 //!   per owner, whose digest covers the owner's member record, its versions
-//!   and every one of its writes, tombstones included. Updates cost
-//!   O(log16 n); the root is always current.
+//!   and every one of its writes, tombstones included. A leaf is kept with
+//!   its owner's record; the tree keeps sums of its top levels only, so an
+//!   update costs three additions and the root is always current.
 //! * [`Session`] runs one reconciliation as a sans-IO state machine.
 //! * `Replica` (feature `swim`) composes a [`SyncState`] and its sessions
 //!   with a `gossip_swim::Swim` machine: one member of a cluster, sans-IO,
@@ -40,7 +41,7 @@ pub use error::Error;
 pub use message::{LeafSummary, NodeSummary, NodeView, Part, RootDigest, ShortDigest, SyncMessage};
 pub use session::{Session, SessionStats, SyncConfig};
 pub use state::SyncState;
-pub use tree::{FANOUT, LeafTree, MAX_DEPTH, Prefix, View};
+pub use tree::{FANOUT, LeafTree, Leaves, MAX_DEPTH, Prefix, SUMMED_DEPTH, View};
 
 #[cfg(feature = "swim")]
 pub use replica::{

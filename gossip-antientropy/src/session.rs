@@ -11,7 +11,7 @@ use gossip_core::{
 use crate::error::Error;
 use crate::message::{LeafSummary, NodeSummary, NodeView, Part, ShortDigest, SyncMessage};
 use crate::state::SyncState;
-use crate::tree::{FANOUT, Prefix, View};
+use crate::tree::{FANOUT, Leaves, Prefix, View};
 
 /// Parameters of a sync session.
 #[derive(Debug, Clone, PartialEq)]
@@ -423,7 +423,7 @@ impl Session {
 
     /// This replica's summary of the node at `prefix`.
     fn summary_at(&self, state: &SyncState, prefix: Prefix) -> NodeSummary {
-        let view = match state.tree().view(&prefix, self.config.leaf_threshold) {
+        let view = match state.view(&prefix, self.config.leaf_threshold) {
             None => NodeView::Leaves(Vec::new()),
             Some(View::Children(children)) => NodeView::Children(
                 children
@@ -476,7 +476,6 @@ impl Session {
                     return Err(Error::Protocol("leaf outside its prefix"));
                 }
                 let ours: Vec<LeafSummary> = state
-                    .tree()
                     .leaves_under(&prefix)
                     .iter()
                     .map(|(owner, _)| state.summary(owner))

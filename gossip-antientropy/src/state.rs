@@ -1,6 +1,6 @@
 //! The replicated state a sync reconciles, with its Merkle tree kept current.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use gossip_core::{
 };
 
 use crate::message::{LeafSummary, RootDigest, ShortDigest};
-use crate::tree::LeafTree;
+use crate::tree::{LeafTree, Leaves, Prefix, View};
 
 /// A replica's view of the cluster state: member records and every node's
 /// key/value writes, with the [`LeafTree`] over them kept current on every
-/// change (one leaf per owner, O(log16 n) per update).
+/// change (one leaf per owner, kept with the owner's member record).
 ///
 /// All changes go through this type so the tree cannot fall out of step.
 ///
@@ -31,26 +31,27 @@ use crate::tree::LeafTree;
 #[derive(Debug, Clone)]
 pub struct SyncState {
     kv: KvStore,
-    /// Member records with their hashes, computed once per change.
+    /// Member records with their hashes and leaves, computed once per
+    /// change.
     members: BTreeSet<ById<HashedMember>>,
+    /// The leaves of owners whose writes are held but whose member record
+    /// is not (rare: a record forgotten, or not yet received).
+    orphan_leaves: BTreeMap<NodeId, Digest>,
+    /// Sums over the leaves.
     tree: LeafTree,
     limits: Limits,
 }
 
-/// A member record and its hash.
+/// A member record, its hash, and its owner's leaf.
 #[derive(Debug, Clone)]
 struct HashedMember {
     /// Shared with SWIM's table where the replica can (see
     /// [`SyncState::merge_shared_member`]).
     member: Arc<Member>,
     hash: u64,
-}
-
-impl HashedMember {
-    fn new(member: Arc<Member>) -> Self {
-        let hash = member_hash(&member);
-        HashedMember { member, hash }
-    }
+    /// The owner's leaf digest: here rather than in the tree, so that the
+    /// owner's id is not held twice.
+    leaf: Digest,
 }
 
 impl HasId for HashedMember {
@@ -87,21 +88,15 @@ impl SyncState {
         let mut state = SyncState {
             kv,
             members: BTreeSet::new(),
+            orphan_leaves: BTreeMap::new(),
             tree: LeafTree::default(),
             limits,
         };
         for member in members {
             // The last record of an id wins, as in a map.
-            state
-                .members
-                .replace(ById(HashedMember::new(Arc::new(member))));
+            state.hold_member(Arc::new(member));
         }
-        let owners: Vec<NodeId> = state
-            .members
-            .iter()
-            .map(|record| record.0.member.id)
-            .chain(state.kv.owners().map(|(id, _)| *id))
-            .collect();
+        let owners: Vec<NodeId> = state.kv.owners().map(|(id, _)| *id).collect();
         for owner in owners {
             state.refresh(owner);
         }
@@ -128,9 +123,29 @@ impl SyncState {
         self.members.get(id).map(|record| &*record.0.member)
     }
 
-    /// The Merkle tree.
+    /// The Merkle tree's sums; the leaves are this state's (see
+    /// [`Leaves`]).
     pub fn tree(&self) -> &LeafTree {
         &self.tree
+    }
+
+    /// The view of the tree's node at `prefix`, as [`LeafTree::view`].
+    pub fn view(&self, prefix: &Prefix, leaf_threshold: usize) -> Option<View> {
+        self.tree.view(prefix, leaf_threshold, self)
+    }
+
+    /// The owners whose leaves differ between this state and `other`, in id
+    /// order, as [`LeafTree::diff`].
+    pub fn diff(&self, other: &SyncState) -> Vec<NodeId> {
+        self.tree.diff(self, &other.tree, other)
+    }
+
+    /// `owner`'s leaf digest, if it has one.
+    pub fn leaf(&self, owner: &NodeId) -> Option<Digest> {
+        match self.members.get(owner) {
+            Some(record) => Some(record.0.leaf),
+            None => self.orphan_leaves.get(owner).copied(),
+        }
     }
 
     /// The limits in force.
@@ -164,18 +179,47 @@ impl SyncState {
         }
     }
 
-    /// Recomputes `owner`'s leaf after a change.
+    /// Recomputes `owner`'s leaf after a change to its writes.
     fn refresh(&mut self, owner: NodeId) {
-        let member = self.members.get(&owner);
-        let node = self.kv.node(&owner);
-        if member.is_none()
-            && node.is_none_or(|n| n.max_version() == 0 && n.is_empty())
-            && owner != self.local_id()
-        {
-            self.tree.remove(&owner);
-            return;
+        let old = self.leaf(&owner);
+        self.refresh_from(owner, old);
+    }
+
+    /// Recomputes `owner`'s leaf, which was `old` (in the tree's sums)
+    /// before the change, and keeps it with the owner's record.
+    fn refresh_from(&mut self, owner: NodeId, old: Option<Digest>) {
+        let new = self.leaf_digest(&owner);
+        self.tree.update(&owner, old, new);
+        match (self.members.get(&owner), new) {
+            (Some(record), Some(leaf)) => {
+                let record = HashedMember {
+                    leaf,
+                    ..record.0.clone()
+                };
+                self.members.replace(ById(record));
+                self.orphan_leaves.remove(&owner);
+            }
+            (None, Some(leaf)) => {
+                self.orphan_leaves.insert(owner, leaf);
+            }
+            // A held record always has a leaf (`leaf_digest`), so this is
+            // an owner with nothing left.
+            (_, None) => {
+                self.orphan_leaves.remove(&owner);
+            }
         }
-        let summary = self.summary(&owner);
+    }
+
+    /// What `owner`'s leaf should be now: `None` if nothing of it is held.
+    fn leaf_digest(&self, owner: &NodeId) -> Option<Digest> {
+        let node = self.kv.node(owner);
+        if !self.members.contains(owner)
+            && node.is_none_or(|n| n.max_version() == 0 && n.is_empty())
+            && *owner != self.local_id()
+        {
+            return None;
+        }
+        let summary = self.summary(owner);
         let content = node.map_or(Digest::ZERO, |n| n.content_digest());
         let mut hasher = blake3::Hasher::new();
         hasher.update(owner.as_bytes());
@@ -183,7 +227,22 @@ impl SyncState {
         hasher.update(&summary.max_version.to_le_bytes());
         hasher.update(&summary.floor.to_le_bytes());
         hasher.update(&content.to_bytes());
-        self.tree.set(owner, Digest::from_hash(hasher.finalize()));
+        Some(Digest::from_hash(hasher.finalize()))
+    }
+
+    /// Holds `member` in place of any record of its id, with its leaf
+    /// brought up to date.
+    fn hold_member(&mut self, member: Arc<Member>) {
+        let id = member.id;
+        let old = self.leaf(&id);
+        let hash = member_hash(&member);
+        self.members.replace(ById(HashedMember {
+            member,
+            hash,
+            // Replaced at once by `refresh_from`; the sums still hold `old`.
+            leaf: Digest::ZERO,
+        }));
+        self.refresh_from(id, old);
     }
 
     /// Sets one of the local node's keys.
@@ -246,9 +305,9 @@ impl SyncState {
         let current = self
             .members
             .get(&id)
-            .map(|held| (Arc::clone(&held.0.member), held.0.hash));
+            .map(|held| (Arc::clone(&held.0.member), held.0.hash, held.0.leaf));
         let merged = match current {
-            Some((current, hash)) => {
+            Some((current, hash, leaf)) => {
                 let merged = current.join(&record);
                 if merged == *current {
                     if share && *record == *current && !Arc::ptr_eq(&record, &current) {
@@ -257,6 +316,7 @@ impl SyncState {
                         self.members.replace(ById(HashedMember {
                             member: record,
                             hash,
+                            leaf,
                         }));
                     }
                     return Ok(false);
@@ -278,8 +338,7 @@ impl SyncState {
                 record
             }
         };
-        self.members.replace(ById(HashedMember::new(merged)));
-        self.refresh(id);
+        self.hold_member(merged);
         Ok(true)
     }
 
@@ -299,8 +358,91 @@ impl SyncState {
 
     /// Forgets an owner entirely (a member removed from the cluster).
     pub fn forget(&mut self, owner: &NodeId) {
+        let old = self.leaf(owner);
         self.members.take(owner);
         self.kv.forget(owner);
-        self.refresh(*owner);
+        self.refresh_from(*owner, old);
+    }
+}
+
+impl Leaves for SyncState {
+    fn leaves_under(&self, prefix: &Prefix) -> Vec<(NodeId, Digest)> {
+        let mut leaves: Vec<(NodeId, Digest)> = self
+            .members
+            .range::<NodeId, _>(prefix.ids())
+            .map(|record| (record.0.member.id, record.0.leaf))
+            .collect();
+        if !self.orphan_leaves.is_empty() {
+            leaves.extend(self.orphan_leaves.leaves_under(prefix));
+            leaves.sort_unstable_by_key(|(id, _)| *id);
+        }
+        leaves
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gossip_core::MemberMeta;
+
+    use super::*;
+
+    fn id(n: u32) -> NodeId {
+        NodeId::from_public_key(&n.to_le_bytes())
+    }
+
+    /// The sums kept step by step match the leaves held, and a state built
+    /// afresh from the same records and writes.
+    fn assert_consistent(state: &SyncState, step: &str) {
+        let leaves = state.leaves_under(&Prefix::ROOT);
+        let sum = leaves.iter().fold(Digest::ZERO, |acc, (_, d)| acc + *d);
+        assert_eq!(state.tree().root(), sum, "{step}: root");
+        assert_eq!(state.tree().len(), leaves.len(), "{step}: leaf count");
+        let rebuilt = SyncState::from_parts(
+            state.kv().clone(),
+            state.members().cloned(),
+            state.limits().clone(),
+        );
+        assert_eq!(rebuilt.root(), state.root(), "{step}: rebuilt");
+        assert!(rebuilt.diff(state).is_empty(), "{step}: rebuilt diff");
+    }
+
+    #[test]
+    fn leaves_follow_records_writes_and_forgetting() {
+        let limits = Limits::default();
+        let mut state = SyncState::new(Member::new(id(0), MemberMeta::default()), limits.clone());
+        for n in 1..200 {
+            state
+                .merge_member(Member::new(id(n), MemberMeta::new(format!("n{n}"), [])))
+                .unwrap();
+        }
+        assert_consistent(&state, "members merged");
+
+        // Writes of owners with no record here: leaves of their own.
+        for n in [500, 501, 7] {
+            let mut peer =
+                SyncState::new(Member::new(id(n), MemberMeta::default()), limits.clone());
+            peer.set("k", &b"v"[..]).unwrap();
+            state
+                .apply_delta(peer.kv().delta_for(&[], usize::MAX))
+                .unwrap();
+        }
+        assert_eq!(state.tree().len(), 202);
+        assert_consistent(&state, "writes applied");
+
+        // A record arriving for an owner whose writes are held.
+        state
+            .merge_member(Member::new(id(500), MemberMeta::default()))
+            .unwrap();
+        let mut suspect = Member::new(id(3), MemberMeta::new("n3", []));
+        suspect.status = gossip_core::MemberStatus::Suspect;
+        state.merge_member(suspect).unwrap();
+        state.set("own", &b"key"[..]).unwrap();
+        assert_consistent(&state, "records changed");
+
+        for n in [7, 500, 501, 42] {
+            state.forget(&id(n));
+        }
+        assert_eq!(state.tree().len(), 198);
+        assert_consistent(&state, "owners forgotten");
     }
 }

@@ -1,5 +1,8 @@
-//! The Merkle tree: an adaptive 16-ary trie over owner ids whose nodes carry
-//! the set hash of the leaves beneath them.
+//! The Merkle tree: a 16-ary trie over owner ids whose nodes carry the set
+//! hash of the leaves beneath them.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 
 use gossip_core::{Digest, NodeId};
 use serde::{Deserialize, Serialize};
@@ -8,9 +11,6 @@ use crate::error::Error;
 
 /// Children per inner node: one per hex digit of an owner id.
 pub const FANOUT: usize = 16;
-
-/// Leaves a bucket holds before it splits into 16 children.
-const BUCKET_MAX: usize = 16;
 
 /// Nibbles in an owner id: the deepest a prefix can go.
 pub const MAX_DEPTH: u8 = 64;
@@ -69,6 +69,18 @@ impl Prefix {
     fn nibble(&self, depth: u8) -> u8 {
         nibble_at(&self.bytes, depth)
     }
+
+    /// The ids that start with this prefix: a range in id order.
+    pub fn ids(&self) -> RangeInclusive<NodeId> {
+        let mut last = self.bytes;
+        for depth in self.len..MAX_DEPTH {
+            let shift = if depth.is_multiple_of(2) { 4 } else { 0 };
+            if let Some(byte) = last.get_mut(usize::from(depth / 2)) {
+                *byte |= 0x0f << shift;
+            }
+        }
+        NodeId::from_bytes(self.bytes)..=NodeId::from_bytes(last)
+    }
 }
 
 /// The `depth`-th nibble of `bytes` (0 is the high nibble of the first byte).
@@ -120,234 +132,208 @@ pub enum View {
     Leaves(Vec<(NodeId, Digest)>),
 }
 
-#[derive(Debug, Clone)]
-enum Kind {
-    Bucket(Vec<(NodeId, Digest)>),
-    Inner(Box<[Node; FANOUT]>),
+/// Where a [`LeafTree`]'s leaves are kept. The tree keeps only sums, so a
+/// store that already holds a record per owner (as [`SyncState`] does) adds
+/// a digest to each record instead of keeping every owner's id twice: every
+/// node holds a leaf per member.
+///
+/// [`SyncState`]: crate::SyncState
+pub trait Leaves {
+    /// Every leaf whose owner's id starts with `prefix`, in id order.
+    fn leaves_under(&self, prefix: &Prefix) -> Vec<(NodeId, Digest)>;
 }
 
-#[derive(Debug, Clone)]
-struct Node {
-    digest: Digest,
-    count: usize,
-    kind: Kind,
-}
-
-impl Default for Node {
-    fn default() -> Self {
-        Node {
-            digest: Digest::ZERO,
-            count: 0,
-            kind: Kind::Bucket(Vec::new()),
-        }
+/// A plain map of leaves, for a tree used on its own.
+impl Leaves for BTreeMap<NodeId, Digest> {
+    fn leaves_under(&self, prefix: &Prefix) -> Vec<(NodeId, Digest)> {
+        self.range(prefix.ids())
+            .map(|(id, digest)| (*id, *digest))
+            .collect()
     }
 }
 
-impl Node {
-    /// Sets `id`'s leaf digest, returning the previous one.
-    fn set(&mut self, id: NodeId, digest: Digest, depth: u8) -> Option<Digest> {
-        let old = match &mut self.kind {
-            Kind::Bucket(leaves) => match leaves.binary_search_by(|(leaf, _)| leaf.cmp(&id)) {
-                Ok(at) => leaves
-                    .get_mut(at)
-                    .map(|slot| std::mem::replace(&mut slot.1, digest)),
-                Err(at) => {
-                    // Buckets hold a few leaves each and every node holds a
-                    // leaf per member: no room to spare, one more at a time.
-                    leaves.reserve_exact(1);
-                    leaves.insert(at, (id, digest));
-                    None
-                }
-            },
-            Kind::Inner(children) => children
-                .get_mut(usize::from(nibble(&id, depth)))
-                .and_then(|child| child.set(id, digest, depth + 1)),
-        };
-        self.digest += digest;
-        match old {
-            Some(old) => self.digest -= old,
-            None => self.count += 1,
-        }
-        self.split_if_full(depth);
-        old
-    }
+/// The deepest level whose sums the tree keeps: the root, its 16 children
+/// and their 256. Below that, sums come from the leaves themselves: at
+/// 10,000 owners a node at this depth covers about 40.
+pub const SUMMED_DEPTH: u8 = 2;
 
-    fn remove(&mut self, id: &NodeId, depth: u8) -> Option<Digest> {
-        let old = match &mut self.kind {
-            Kind::Bucket(leaves) => {
-                let at = leaves.binary_search_by(|(leaf, _)| leaf.cmp(id)).ok()?;
-                Some(leaves.remove(at).1)
-            }
-            Kind::Inner(children) => children
-                .get_mut(usize::from(nibble(id, depth)))
-                .and_then(|child| child.remove(id, depth + 1)),
-        }?;
-        self.digest -= old;
-        self.count -= 1;
-        if self.count <= BUCKET_MAX / 2 && matches!(self.kind, Kind::Inner(_)) {
-            let mut leaves = Vec::with_capacity(self.count);
-            self.collect(&mut leaves);
-            leaves.sort_by_key(|leaf| leaf.0);
-            self.kind = Kind::Bucket(leaves);
-        }
-        Some(old)
-    }
+/// Nodes in the summed levels: 1 + 16 + 256.
+const SUMMED_NODES: usize = 1 + FANOUT + FANOUT * FANOUT;
 
-    fn split_if_full(&mut self, depth: u8) {
-        let Kind::Bucket(leaves) = &mut self.kind else {
-            return;
-        };
-        if leaves.len() <= BUCKET_MAX || depth >= MAX_DEPTH {
-            return;
-        }
-        let mut children: Box<[Node; FANOUT]> = Box::default();
-        for (id, digest) in leaves.drain(..) {
-            if let Some(child) = children.get_mut(usize::from(nibble(&id, depth))) {
-                child.set(id, digest, depth + 1);
-            }
-        }
-        self.kind = Kind::Inner(children);
-    }
-
-    fn get(&self, id: &NodeId, depth: u8) -> Option<Digest> {
-        match &self.kind {
-            Kind::Bucket(leaves) => leaves
-                .binary_search_by(|(leaf, _)| leaf.cmp(id))
-                .ok()
-                .and_then(|at| leaves.get(at))
-                .map(|(_, d)| *d),
-            Kind::Inner(children) => children
-                .get(usize::from(nibble(id, depth)))?
-                .get(id, depth + 1),
-        }
-    }
-
-    fn collect(&self, out: &mut Vec<(NodeId, Digest)>) {
-        match &self.kind {
-            Kind::Bucket(leaves) => out.extend_from_slice(leaves),
-            Kind::Inner(children) => children.iter().for_each(|c| c.collect(out)),
-        }
-    }
-}
+/// Leaves at most in a view that [`LeafTree::diff`] compares leaf by leaf.
+const DIFF_LEAVES: usize = 16;
 
 /// The Merkle tree over owners: one leaf per owner, whose digest summarizes
 /// everything known of it (member record, key/value writes, version).
 ///
 /// Every node's digest is the [`Digest`] sum of the leaves beneath it, so a
-/// leaf update adjusts the digests on its path with two additions per level:
-/// O(log16 n) and no rehashing. The shape adapts to the leaves (a node splits
-/// into 16 children past 16 leaves), but digests do not depend on the shape,
-/// so two replicas can compare any prefix whatever their shapes.
+/// leaf update adjusts the sums on its path with one addition per level and
+/// no rehashing. The tree keeps the sums of its nodes down to depth
+/// [`SUMMED_DEPTH`] (6.4 KiB whatever the size) and takes the leaves from a
+/// [`Leaves`] store for anything deeper; digests do not depend on how a tree
+/// is kept, so two replicas can compare any prefix.
+///
+/// The store and the tree must change together: [`update`](LeafTree::update)
+/// is told each leaf's old and new digest.
 ///
 /// ```
-/// use gossip_antientropy::{LeafTree, Prefix};
+/// use std::collections::BTreeMap;
+/// use gossip_antientropy::LeafTree;
 /// use gossip_core::{Digest, NodeId};
-/// let mut a = LeafTree::default();
-/// let mut b = LeafTree::default();
+/// let (mut a, mut a_leaves) = (LeafTree::default(), BTreeMap::new());
 /// for n in 0..100u8 {
-///     a.set(NodeId::from_bytes([n; 32]), Digest::of(&[n]));
-///     b.set(NodeId::from_bytes([n; 32]), Digest::of(&[n]));
+///     let (id, digest) = (NodeId::from_bytes([n; 32]), Digest::of(&[n]));
+///     a.update(&id, None, Some(digest));
+///     a_leaves.insert(id, digest);
 /// }
+/// let (mut b, mut b_leaves) = (a.clone(), a_leaves.clone());
 /// assert_eq!(a.root(), b.root());
-/// b.set(NodeId::from_bytes([7; 32]), Digest::of(b"changed"));
-/// assert_eq!(a.diff(&b), vec![NodeId::from_bytes([7; 32])]);
+/// let changed = NodeId::from_bytes([7; 32]);
+/// let old = b_leaves.insert(changed, Digest::of(b"changed"));
+/// b.update(&changed, old, Some(Digest::of(b"changed")));
+/// assert_eq!(a.diff(&a_leaves, &b, &b_leaves), vec![changed]);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LeafTree {
-    root: Node,
+    /// Digest and leaf count of each summed node, level by level: the root,
+    /// then its children by nibble, then theirs.
+    sums: Box<[(Digest, usize)]>,
+}
+
+impl Default for LeafTree {
+    fn default() -> Self {
+        LeafTree {
+            sums: vec![(Digest::ZERO, 0); SUMMED_NODES].into_boxed_slice(),
+        }
+    }
+}
+
+/// Where the summed node at `prefix` (at most [`SUMMED_DEPTH`] long) is kept.
+fn summed_index(prefix: &Prefix) -> usize {
+    match prefix.len() {
+        0 => 0,
+        1 => 1 + usize::from(prefix.nibble(0)),
+        _ => 1 + FANOUT + usize::from(prefix.nibble(0)) * FANOUT + usize::from(prefix.nibble(1)),
+    }
 }
 
 impl LeafTree {
     /// The root digest: the sum of every leaf.
     pub fn root(&self) -> Digest {
-        self.root.digest
+        self.summed(&Prefix::ROOT).0
     }
 
     /// Number of leaves.
     pub fn len(&self) -> usize {
-        self.root.count
+        self.summed(&Prefix::ROOT).1
     }
 
     /// `true` with no leaves.
     pub fn is_empty(&self) -> bool {
-        self.root.count == 0
+        self.len() == 0
     }
 
-    /// Sets `id`'s leaf, returning its previous digest.
-    pub fn set(&mut self, id: NodeId, digest: Digest) -> Option<Digest> {
-        self.root.set(id, digest, 0)
+    fn summed(&self, prefix: &Prefix) -> (Digest, usize) {
+        self.sums
+            .get(summed_index(prefix))
+            .copied()
+            .unwrap_or((Digest::ZERO, 0))
     }
 
-    /// Removes `id`'s leaf, returning its digest.
-    pub fn remove(&mut self, id: &NodeId) -> Option<Digest> {
-        self.root.remove(id, 0)
-    }
-
-    /// `id`'s leaf digest.
-    pub fn get(&self, id: &NodeId) -> Option<Digest> {
-        self.root.get(id, 0)
+    /// Records that `id`'s leaf went from `old` to `new` (`None`: no leaf).
+    pub fn update(&mut self, id: &NodeId, old: Option<Digest>, new: Option<Digest>) {
+        let mut prefix = Prefix::ROOT;
+        for depth in 0..=SUMMED_DEPTH {
+            if let Some((digest, count)) = self.sums.get_mut(summed_index(&prefix)) {
+                if let Some(old) = old {
+                    *digest -= old;
+                    *count -= 1;
+                }
+                if let Some(new) = new {
+                    *digest += new;
+                    *count += 1;
+                }
+            }
+            if let Ok(child) = prefix.child(nibble(id, depth)) {
+                prefix = child;
+            }
+        }
     }
 
     /// The view of the node at `prefix`: its children's digests, or, when it
-    /// holds at most `leaf_threshold` leaves (or is a bucket), the leaves
-    /// themselves. `None` if nothing lives under `prefix`.
-    pub fn view(&self, prefix: &Prefix, leaf_threshold: usize) -> Option<View> {
-        let mut node = &self.root;
-        for depth in 0..prefix.len() {
-            match &node.kind {
-                Kind::Inner(children) => node = children.get(usize::from(prefix.nibble(depth)))?,
-                Kind::Bucket(leaves) => {
-                    let under: Vec<_> = leaves
-                        .iter()
-                        .filter(|(id, _)| prefix.covers(id))
-                        .copied()
-                        .collect();
-                    return (!under.is_empty()).then_some(View::Leaves(under));
-                }
+    /// holds at most `leaf_threshold` leaves, the leaves themselves (taken
+    /// from `leaves`, the store this tree sums). `None` if nothing lives under
+    /// `prefix`.
+    pub fn view(
+        &self,
+        prefix: &Prefix,
+        leaf_threshold: usize,
+        leaves: &impl Leaves,
+    ) -> Option<View> {
+        if prefix.len() <= SUMMED_DEPTH {
+            let (_, count) = self.summed(prefix);
+            if count == 0 {
+                return None;
+            }
+            if count > leaf_threshold && prefix.len() < SUMMED_DEPTH {
+                let children = (0..FANOUT as u8)
+                    .filter_map(|nibble| {
+                        let (digest, count) = self.summed(&prefix.child(nibble).ok()?);
+                        (count > 0).then_some((nibble, digest))
+                    })
+                    .collect();
+                return Some(View::Children(children));
             }
         }
-        if node.count == 0 {
+        let under = leaves.leaves_under(prefix);
+        if under.is_empty() {
             return None;
         }
-        match &node.kind {
-            Kind::Inner(children) if node.count > leaf_threshold => Some(View::Children(
-                children
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, child)| child.count > 0)
-                    .map(|(nibble, child)| (nibble as u8, child.digest))
-                    .collect(),
-            )),
-            _ => {
-                let mut leaves = Vec::with_capacity(node.count);
-                node.collect(&mut leaves);
-                leaves.sort_by_key(|leaf| leaf.0);
-                Some(View::Leaves(leaves))
+        if under.len() <= leaf_threshold || prefix.len() >= MAX_DEPTH {
+            return Some(View::Leaves(under));
+        }
+        let mut children = [(Digest::ZERO, 0usize); FANOUT];
+        for (id, digest) in &under {
+            if let Some((sum, count)) = children.get_mut(usize::from(nibble(id, prefix.len()))) {
+                *sum += *digest;
+                *count += 1;
             }
         }
+        Some(View::Children(
+            (0u8..)
+                .zip(children)
+                .filter(|(_, (_, count))| *count > 0)
+                .map(|(nibble, (digest, _))| (nibble, digest))
+                .collect(),
+        ))
     }
 
     /// The digest of everything under `prefix` (zero if nothing).
-    pub fn digest_at(&self, prefix: &Prefix) -> Digest {
-        match self.view(prefix, 0) {
-            None => Digest::ZERO,
-            Some(View::Children(children)) => {
-                children.iter().fold(Digest::ZERO, |acc, (_, d)| acc + *d)
-            }
-            Some(View::Leaves(leaves)) => leaves.iter().fold(Digest::ZERO, |acc, (_, d)| acc + *d),
+    pub fn digest_at(&self, prefix: &Prefix, leaves: &impl Leaves) -> Digest {
+        if prefix.len() <= SUMMED_DEPTH {
+            return self.summed(prefix).0;
         }
+        leaves
+            .leaves_under(prefix)
+            .iter()
+            .fold(Digest::ZERO, |acc, (_, digest)| acc + *digest)
     }
 
-    /// The owners whose leaves differ between the two trees (present in one
-    /// only, or with different digests), in id order. Walks only the
-    /// differing subtrees.
-    pub fn diff(&self, other: &LeafTree) -> Vec<NodeId> {
+    /// The owners whose leaves differ between this tree (over `leaves`) and
+    /// `other` (over `other_leaves`): present in one only, or with different
+    /// digests, in id order. Walks only the differing subtrees.
+    pub fn diff(
+        &self,
+        leaves: &impl Leaves,
+        other: &LeafTree,
+        other_leaves: &impl Leaves,
+    ) -> Vec<NodeId> {
         let mut out = Vec::new();
         let mut pending = vec![Prefix::ROOT];
         while let Some(prefix) = pending.pop() {
             let (mine, theirs) = (
-                self.view(&prefix, BUCKET_MAX),
-                other.view(&prefix, BUCKET_MAX),
+                self.view(&prefix, DIFF_LEAVES, leaves),
+                other.view(&prefix, DIFF_LEAVES, other_leaves),
             );
             match (mine, theirs) {
                 (Some(View::Children(a)), Some(View::Children(b))) => {
@@ -362,26 +348,21 @@ impl LeafTree {
                     }
                 }
                 (mine, theirs) => {
-                    let leaves = |view: Option<View>, tree: &LeafTree| match view {
-                        Some(View::Children(_)) => tree.leaves_under(&prefix),
-                        Some(View::Leaves(leaves)) => leaves,
-                        None => Vec::new(),
+                    let all = |view: Option<View>, store: &dyn Fn() -> Vec<(NodeId, Digest)>| {
+                        match view {
+                            Some(View::Children(_)) => store(),
+                            Some(View::Leaves(under)) => under,
+                            None => Vec::new(),
+                        }
                     };
-                    let (a, b) = (leaves(mine, self), leaves(theirs, other));
+                    let a = all(mine, &|| leaves.leaves_under(&prefix));
+                    let b = all(theirs, &|| other_leaves.leaves_under(&prefix));
                     diff_sorted(&a, &b, &mut out);
                 }
             }
         }
         out.sort();
         out
-    }
-
-    /// Every leaf under `prefix`, in id order.
-    pub fn leaves_under(&self, prefix: &Prefix) -> Vec<(NodeId, Digest)> {
-        match self.view(prefix, usize::MAX) {
-            Some(View::Leaves(leaves)) => leaves,
-            _ => Vec::new(),
-        }
     }
 }
 
@@ -427,10 +408,33 @@ mod tests {
         NodeId::from_public_key(&n.to_le_bytes())
     }
 
+    /// A tree with its leaves, changed together as `SyncState` changes them.
+    #[derive(Clone, Default)]
+    struct Owned {
+        tree: LeafTree,
+        leaves: BTreeMap<NodeId, Digest>,
+    }
+
+    impl Owned {
+        fn set(&mut self, id: NodeId, digest: Digest) {
+            let old = self.leaves.insert(id, digest);
+            self.tree.update(&id, old, Some(digest));
+        }
+
+        fn remove(&mut self, id: &NodeId) {
+            let old = self.leaves.remove(id);
+            self.tree.update(id, old, None);
+        }
+
+        fn diff(&self, other: &Owned) -> Vec<NodeId> {
+            self.tree.diff(&self.leaves, &other.tree, &other.leaves)
+        }
+    }
+
     #[test]
-    fn root_is_the_sum_of_leaves_whatever_the_order_and_shape() {
-        let mut a = LeafTree::default();
-        let mut b = LeafTree::default();
+    fn root_is_the_sum_of_leaves_whatever_the_order() {
+        let mut a = Owned::default();
+        let mut b = Owned::default();
         for n in 0..1000 {
             a.set(id(n), Digest::of(&n.to_le_bytes()));
         }
@@ -438,23 +442,56 @@ mod tests {
             b.set(id(n), Digest::of(&n.to_le_bytes()));
         }
         let sum = (0..1000u32).fold(Digest::ZERO, |acc, n| acc + Digest::of(&n.to_le_bytes()));
-        assert_eq!(a.root(), sum);
-        assert_eq!(b.root(), sum);
-        assert_eq!(a.len(), 1000);
+        assert_eq!(a.tree.root(), sum);
+        assert_eq!(b.tree.root(), sum);
+        assert_eq!(a.tree.len(), 1000);
         for n in 0..992 {
             a.remove(&id(n));
         }
         let rest = (992..1000u32).fold(Digest::ZERO, |acc, n| acc + Digest::of(&n.to_le_bytes()));
-        assert_eq!(a.root(), rest);
+        assert_eq!(a.tree.root(), rest);
         assert!(
-            matches!(a.view(&Prefix::ROOT, 0), Some(View::Leaves(l)) if l.len() == 8),
-            "merged back into a bucket"
+            matches!(a.tree.view(&Prefix::ROOT, 16, &a.leaves), Some(View::Leaves(l)) if l.len() == 8),
+            "few enough leaves to list"
         );
     }
 
     #[test]
+    fn every_prefix_sums_its_leaves_above_and_below_the_summed_levels() {
+        let mut a = Owned::default();
+        for n in 0..5000 {
+            a.set(id(n), Digest::of(&n.to_le_bytes()));
+        }
+        let mut prefix = Prefix::ROOT;
+        for depth in 0..6u8 {
+            let first = a.leaves.keys().next().copied().unwrap();
+            let expected = a
+                .leaves
+                .iter()
+                .filter(|(leaf, _)| prefix.covers(leaf))
+                .fold(Digest::ZERO, |acc, (_, d)| acc + *d);
+            assert_eq!(
+                a.tree.digest_at(&prefix, &a.leaves),
+                expected,
+                "depth {depth}"
+            );
+            match a.tree.view(&prefix, 4, &a.leaves) {
+                Some(View::Children(children)) => {
+                    let sum = children.iter().fold(Digest::ZERO, |acc, (_, d)| acc + *d);
+                    assert_eq!(sum, expected, "children at depth {depth}");
+                }
+                Some(View::Leaves(under)) => {
+                    assert!(under.len() <= 4 && under.iter().all(|(l, _)| prefix.covers(l)));
+                }
+                None => assert!(expected.is_zero()),
+            }
+            prefix = prefix.child(nibble(&first, depth)).unwrap();
+        }
+    }
+
+    #[test]
     fn diff_finds_exactly_the_changed_leaves() {
-        let mut a = LeafTree::default();
+        let mut a = Owned::default();
         for n in 0..5000 {
             a.set(id(n), Digest::of(&n.to_le_bytes()));
         }
@@ -467,6 +504,23 @@ mod tests {
         expected.sort();
         assert_eq!(a.diff(&b), expected);
         assert_eq!(b.diff(&a), expected);
+    }
+
+    #[test]
+    fn a_prefix_covers_exactly_its_id_range() {
+        let p = Prefix::ROOT
+            .child(0xa)
+            .unwrap()
+            .child(0x3)
+            .unwrap()
+            .child(0xf)
+            .unwrap();
+        let range = p.ids();
+        assert_eq!(range.start().as_bytes()[..2], [0xa3, 0xf0]);
+        assert_eq!(range.end().as_bytes()[..2], [0xa3, 0xff]);
+        assert!(range.end().as_bytes()[2..].iter().all(|b| *b == 0xff));
+        assert!(p.covers(range.start()) && p.covers(range.end()));
+        assert_eq!(Prefix::ROOT.ids().end().as_bytes(), &[0xff; 32]);
     }
 
     #[test]
