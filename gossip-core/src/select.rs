@@ -73,6 +73,13 @@ impl ProbeOrder {
         self.order.swap(at, last);
     }
 
+    /// Makes room for `additional` more members, and no more (a node
+    /// restoring a table of thousands knows how many are coming, and holds
+    /// the rotation for as long as it runs).
+    pub fn reserve_exact(&mut self, additional: usize) {
+        self.order.reserve_exact(additional);
+    }
+
     /// Removes a member from the rotation, if there. O(n), for the rare
     /// departure.
     pub fn remove(&mut self, id: &NodeId) {
@@ -130,6 +137,11 @@ impl ProbeOrder {
             return None;
         }
         if self.position >= self.order.len() {
+            // Room left over from growth (up to half of it) goes back once
+            // a round: every node holds a rotation of every member.
+            if self.order.capacity() - self.order.len() > self.order.len() / 8 {
+                self.order.shrink_to_fit();
+            }
             self.order.shuffle(rng);
             self.position = 0;
         }

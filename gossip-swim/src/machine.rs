@@ -419,6 +419,8 @@ impl Swim {
         records: impl IntoIterator<Item = impl Into<Arc<Member>>>,
     ) {
         self.advance(now);
+        let records = records.into_iter();
+        self.order.reserve_exact(records.size_hint().0);
         for record in records {
             let record: Arc<Member> = record.into();
             if record.id == self.local_id() {
