@@ -31,8 +31,7 @@ use crate::tree::{LeafTree, Leaves, Prefix, View};
 #[derive(Debug, Clone)]
 pub struct SyncState {
     kv: KvStore,
-    /// Member records with their hashes and leaves, computed once per
-    /// change.
+    /// Member records with their owners' leaves, computed once per change.
     members: BTreeSet<ById<HashedMember>>,
     /// The leaves of owners whose writes are held but whose member record
     /// is not (rare: a record forgotten, or not yet received).
@@ -42,13 +41,14 @@ pub struct SyncState {
     limits: Limits,
 }
 
-/// A member record, its hash, and its owner's leaf.
+/// A member record and its owner's leaf. The record's hash is not kept: it
+/// is needed only when the leaf changes or a sync compares leaves, and every
+/// node holds one of these per member.
 #[derive(Debug, Clone)]
 struct HashedMember {
     /// Shared with SWIM's table where the replica can (see
     /// [`SyncState::merge_shared_member`]).
     member: Arc<Member>,
-    hash: u64,
     /// The owner's leaf digest: here rather than in the tree, so that the
     /// owner's id is not held twice.
     leaf: Digest,
@@ -60,16 +60,13 @@ impl HasId for HashedMember {
     }
 }
 
-/// The first 8 bytes of a hash, as a number.
-fn short_hash(bytes: &[u8]) -> u64 {
-    let hash = blake3::hash(bytes);
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&hash.as_bytes()[..8]);
-    u64::from_le_bytes(word)
-}
-
+/// The first 8 bytes of the blake3 hash of the record's encoding, hashed as
+/// it is encoded.
 fn member_hash(member: &Member) -> u64 {
-    short_hash(&postcard::to_allocvec(member).unwrap_or_default())
+    let hasher = postcard::to_io(member, blake3::Hasher::new()).unwrap_or_default();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(word)
 }
 
 impl SyncState {
@@ -163,7 +160,10 @@ impl SyncState {
 
     /// One owner's leaf, in parts.
     pub fn summary(&self, owner: &NodeId) -> LeafSummary {
-        let member = self.members.get(owner).map_or(0, |record| record.0.hash);
+        let member = self
+            .members
+            .get(owner)
+            .map_or(0, |record| member_hash(&record.0.member));
         let (max_version, floor, content) =
             self.kv.node(owner).map_or((0, 0, Digest::ZERO), |node| {
                 (node.max_version(), node.floor(), node.content_digest())
@@ -235,10 +235,8 @@ impl SyncState {
     fn hold_member(&mut self, member: Arc<Member>) {
         let id = member.id;
         let old = self.leaf(&id);
-        let hash = member_hash(&member);
         self.members.replace(ById(HashedMember {
             member,
-            hash,
             // Replaced at once by `refresh_from`; the sums still hold `old`.
             leaf: Digest::ZERO,
         }));
@@ -305,9 +303,9 @@ impl SyncState {
         let current = self
             .members
             .get(&id)
-            .map(|held| (Arc::clone(&held.0.member), held.0.hash, held.0.leaf));
+            .map(|held| (Arc::clone(&held.0.member), held.0.leaf));
         let merged = match current {
-            Some((current, hash, leaf)) => {
+            Some((current, leaf)) => {
                 let merged = current.join(&record);
                 if merged == *current {
                     if share && *record == *current && !Arc::ptr_eq(&record, &current) {
@@ -315,7 +313,6 @@ impl SyncState {
                         // before SWIM's table had it: hold SWIM's copy.
                         self.members.replace(ById(HashedMember {
                             member: record,
-                            hash,
                             leaf,
                         }));
                     }
