@@ -27,6 +27,13 @@ use std::time::{Duration, Instant};
 use gossip_sim::scenarios::{self, Params};
 use gossip_sim::{NetConfig, Sim};
 
+/// mimalloc rather than the system allocator: a simulation of thousands of
+/// nodes is millions of small table nodes, for which glibc's malloc held
+/// more than a third more resident memory (153 against 112 bytes per member
+/// per view at 4,000 nodes).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// This process's resident memory (Linux), in bytes; 0 where unknown.
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
