@@ -506,15 +506,16 @@ mod tests {
         assert_eq!(b.diff(&a), expected);
     }
 
+    /// The prefix `a3f`: three nibbles, ending half-way through a byte.
+    fn prefix_a3f() -> Prefix {
+        [0xa, 0x3, 0xf]
+            .into_iter()
+            .fold(Prefix::ROOT, |prefix, nibble| prefix.child(nibble).unwrap())
+    }
+
     #[test]
     fn a_prefix_covers_exactly_its_id_range() {
-        let p = Prefix::ROOT
-            .child(0xa)
-            .unwrap()
-            .child(0x3)
-            .unwrap()
-            .child(0xf)
-            .unwrap();
+        let p = prefix_a3f();
         let range = p.ids();
         assert_eq!(range.start().as_bytes()[..2], [0xa3, 0xf0]);
         assert_eq!(range.end().as_bytes()[..2], [0xa3, 0xff]);
@@ -525,13 +526,7 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip_and_reject_junk() {
-        let p = Prefix::ROOT
-            .child(0xa)
-            .unwrap()
-            .child(0x3)
-            .unwrap()
-            .child(0xf)
-            .unwrap();
+        let p = prefix_a3f();
         let bytes = postcard::to_allocvec(&p).unwrap();
         assert_eq!(postcard::from_bytes::<Prefix>(&bytes).unwrap(), p);
         let too_deep = postcard::to_allocvec(&(65u8, &[0u8; 33][..])).unwrap();
