@@ -536,23 +536,24 @@ impl Membership {
             }
         }
 
-        let merged = match current {
+        let (record, merged): (Arc<Member>, Member) = match current {
             Some(current) => {
                 let merged = current.join(claim);
                 if merged == *current {
                     return Ok(None);
                 }
-                merged
+                if merged == *claim {
+                    (shared_claim.into(), merged)
+                } else {
+                    (Arc::new(merged.clone()), merged)
+                }
             }
             None => {
                 Error::check(Limited::Members, self.len() + 1, self.limits.max_members)?;
-                claim.clone()
+                let record = shared_claim.into();
+                let merged = Member::clone(&record);
+                (record, merged)
             }
-        };
-        let record = if merged == *claim {
-            shared_claim.into()
-        } else {
-            Arc::new(merged.clone())
         };
         let before = self
             .others

@@ -137,8 +137,8 @@ impl ProbeOrder {
             return None;
         }
         if self.position >= self.order.len() {
-            // Room left over from growth (up to half of it) goes back once
-            // a round: every node holds a rotation of every member.
+            // Room left over from growth goes back once a round: every node
+            // holds a rotation of every member.
             if self.order.capacity() - self.order.len() > self.order.len() / 8 {
                 self.order.shrink_to_fit();
             }
