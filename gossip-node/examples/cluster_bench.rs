@@ -13,6 +13,9 @@
 //!   `first_dead_ms`, `all_dead_ms` (every survivor), and `false_deaths`
 //!   (any other member declared dead, which should be 0).
 //!
+//! `--suspicion-mult M` replaces the preset's suspicion multiplier (4), to
+//! see what a faster, less patient detector gives.
+//!
 //! Run with `--features fault-injection` (the crash needs it), in release.
 
 #![allow(
@@ -33,6 +36,7 @@ struct Args {
     json: bool,
     window: u64,
     warmup: Option<u64>,
+    suspicion_mult: Option<u32>,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +45,7 @@ fn parse_args() -> Args {
         json: false,
         window: 10,
         warmup: None,
+        suspicion_mult: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,9 +58,12 @@ fn parse_args() -> Args {
             "--nodes" => args.nodes = number("--nodes") as usize,
             "--window" => args.window = number("--window"),
             "--warmup" => args.warmup = Some(number("--warmup")),
+            "--suspicion-mult" => {
+                args.suspicion_mult = Some(number("--suspicion-mult") as u32);
+            }
             "--json" => args.json = true,
             other => panic!(
-                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --json"
+                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --json"
             ),
         }
     }
@@ -208,6 +216,7 @@ async fn run(args: Args) {
     let start = Instant::now();
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     let mut seed_addr = None;
+    let mut suspicion_mult = 0;
     for (i, credentials) in credentials.into_iter().enumerate() {
         let mut config = NodeConfig::new(
             "bench",
@@ -220,6 +229,8 @@ async fn run(args: Args) {
         config.credentials = Some(credentials);
         config.seeds = seed_addr.into_iter().collect();
         config.rng_seed = Some(i as u64 + 1);
+        config.suspicion_mult = args.suspicion_mult;
+        suspicion_mult = config.swim_config().suspicion_mult;
         // Subscribed from the first event: a subscription made after the
         // start may miss the first members found.
         let (node, events) = Node::start_subscribed(config).await.expect("node starts");
@@ -347,7 +358,7 @@ async fn run(args: Args) {
 
     if args.json {
         println!(
-            "{{\"nodes\":{n},\"join_all_ms\":{},\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{:.1},\"packets_per_node_s\":{:.2},\"cpu_ms_per_node_s\":{:.2},\"handshakes_per_node_s\":{:.3},\"syncs_per_node_s\":{:.3},\"swim_bytes_per_node_s\":{:.1},\"window_s\":{},\"warmup_s\":{}}}",
+            "{{\"nodes\":{n},\"join_all_ms\":{},\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{:.1},\"packets_per_node_s\":{:.2},\"cpu_ms_per_node_s\":{:.2},\"handshakes_per_node_s\":{:.3},\"syncs_per_node_s\":{:.3},\"swim_bytes_per_node_s\":{:.1},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
             ms(join_all),
             opt(first_suspect),
             opt(first_dead),
@@ -362,6 +373,7 @@ async fn run(args: Args) {
             swim_bytes,
             args.window,
             warmup,
+            suspicion_mult,
         );
     } else {
         println!("nodes                 {n}");
@@ -377,5 +389,6 @@ async fn run(args: Args) {
         println!("handshakes_per_node_s {handshakes:.3}");
         println!("syncs_per_node_s      {syncs:.3}");
         println!("swim_bytes_per_node_s {swim_bytes:.1}");
+        println!("suspicion_mult        {suspicion_mult}");
     }
 }

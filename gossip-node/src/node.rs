@@ -103,6 +103,11 @@ impl Node {
                 "`name` is empty; give the node a name".into(),
             ));
         }
+        if config.suspicion_mult == Some(0) {
+            return Err(Error::Config(
+                "`suspicion_mult` is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 or 4)".into(),
+            ));
+        }
         let data_dir = config.data_dir.clone().map(DataDir::open).transpose()?;
         let credentials = match &data_dir {
             Some(dir) => dir.credentials(config.credentials.clone())?,

@@ -269,6 +269,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
     node_config.credentials = credentials;
     node_config.preset = config.preset;
     node_config.expected_members = config.expected_members;
+    node_config.suspicion_mult = config.suspicion_mult;
     node_config.data_dir = config.data_dir.clone();
     let node = Node::start(node_config).await.map_err(|err| match err {
         gossip_node::Error::Transport(gossip_transport_quic::Error::Bind { addr, source }) => {
