@@ -736,8 +736,9 @@ impl Transport {
             return Ok(peer);
         }
         for attempt in 0..2 {
-            // The hot path, a cached connection, stays synchronous; the dial
-            // is boxed so it does not bloat every send's future.
+            // Past the hot path (`send_to_cached`): failures, waiting for
+            // room, and dials. The dial is boxed so it does not bloat every
+            // send's future.
             let cached = peer.and_then(|p| self.cached(&p).map(|c| (p, c)));
             let (id, conn) = match cached {
                 Some(found) => found,
@@ -763,8 +764,8 @@ impl Transport {
     /// The hot path of a send by peer id: the cached connection takes the
     /// datagram while the cache is locked, with no clone of the connection
     /// (a clone and its drop are four atomic operations on lines the
-    /// connection's driver also writes, about a third of a small datagram's
-    /// cost). `true` if it was sent; `false` leaves everything, failures
+    /// connection's driver also writes: a fifth or more of the throughput of
+    /// 100-byte datagrams in the transport bench). `true` if it was sent; `false` leaves everything, failures
     /// included, to the general path. With `wait`, a full send buffer is a
     /// `false` too (the general path waits for room).
     fn send_to_cached(&self, peer: &NodeId, bytes: &Bytes, wait: bool) -> bool {
