@@ -376,10 +376,26 @@ struct Inner {
 /// Connections are dialled on demand, cached per peer, reused for datagrams
 /// and streams, and resumed with TLS session tickets when re-dialled.
 ///
-/// Cheap to clone; clones share the endpoint.
+/// Cheap to clone; clones share the endpoint. When the last clone (and
+/// the last [`Link`]) is dropped, the endpoint closes as
+/// [`close`](Transport::close) closes it, without waiting for the peers to
+/// be told; the [`Inbox`] then ends once it has handed out what arrived.
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
+    /// Held by the application's handles only: the transport's own tasks
+    /// hold `inner`, so without this a dropped transport would keep its
+    /// socket, connections and tasks until the process ends.
+    _open: Arc<CloseOnDrop>,
+}
+
+/// Closes the endpoint when dropped.
+struct CloseOnDrop(Endpoint);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(VarInt::from_u32(0), b"closing");
+    }
 }
 
 impl std::fmt::Debug for Transport {
@@ -480,7 +496,8 @@ impl Transport {
             incoming: tx,
         });
         tokio::spawn(accept_loop(inner.clone()));
-        Ok((Transport { inner }, rx))
+        let open = Arc::new(CloseOnDrop(inner.endpoint.clone()));
+        Ok((Transport { inner, _open: open }, rx))
     }
 
     /// This node's id.

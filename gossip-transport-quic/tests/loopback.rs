@@ -218,9 +218,11 @@ fn a_restarted_peer_is_reached_again() {
         a.link(b_creds.node_id(), b_addr).await.unwrap()
     });
     b_runtime.block_on(async { assert_eq!(next(&mut b_inbox).await.bytes, "before") });
+    // The runtime goes first: dropping the last handle would close the
+    // endpoint and tell A, where a crash tells nobody.
+    b_runtime.shutdown_timeout(Duration::from_secs(2));
     drop(b);
     drop(b_inbox);
-    b_runtime.shutdown_timeout(Duration::from_secs(2));
 
     let b_runtime = tokio::runtime::Runtime::new().unwrap();
     let mut config = TransportConfig::new(b_addr);
@@ -273,6 +275,41 @@ fn a_restarted_peer_is_reached_again() {
         "only the first send finds the old connection lost"
     );
     assert_eq!(link.peer(), b_creds.node_id());
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_transport_and_tells_the_peer() {
+    let ca = ClusterCa::generate("drop").unwrap();
+    let a_creds = ca.issue("a", day()).unwrap();
+    let b_creds = ca.issue("b", day()).unwrap();
+    let (a, mut a_inbox, _) = bind(&ca, &a_creds);
+    let (b, mut b_inbox, b_addr) = bind(&ca, &b_creds);
+    let mut link = a.link(b_creds.node_id(), b_addr).await.unwrap();
+    a.send_message(Some(b_creds.node_id()), b_addr, b"hello")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut b_inbox).await.bytes, "hello");
+    assert_eq!(b.connected_peers(), [a_creds.node_id()]);
+
+    // A link is a handle too: the transport stays open while one lives.
+    drop(a);
+    link.send_datagram("still open".into()).await.unwrap();
+    assert_eq!(next(&mut b_inbox).await.bytes, "still open");
+    drop(link);
+
+    // A's inbox ends: nothing of A's outlives its handles.
+    let ended = timeout(WAIT, a_inbox.recv())
+        .await
+        .expect("A's inbox never ended");
+    assert!(ended.is_none(), "A's inbox handed out {ended:?}");
+    // B hears the close at once (no idle timeout), and forgets A.
+    timeout(WAIT, async {
+        while !b.connected_peers().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("B still holds A's connection: {:?}", b.stats()));
 }
 
 #[tokio::test]
