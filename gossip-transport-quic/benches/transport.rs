@@ -3,7 +3,11 @@
 //! per second, single-stream throughput, and memory per idle connection.
 //!
 //! `cargo bench -p gossip-transport-quic --bench transport [-- WORD]`
-//! prints a table (only the rows whose name holds WORD, if given).
+//! prints a table (only the rows whose name holds WORD, if given). Each
+//! measure runs in rounds that pair one run of each side, in alternating
+//! order; the table gives each side's median, the median of the rounds'
+//! ratios, and the middle half of those ratios, which shows how far the
+//! machine's noise moves them.
 //! The plain-quinn baseline uses the same TLS configuration
 //! ([`quinn_configs`]) without this crate's layer: no connection cache, no
 //! identity tagging, no inbox. Our datagrams go through a `Link`, which
@@ -30,7 +34,7 @@ use gossip_transport_quic::{
 const WINDOW: Duration = Duration::from_secs(1);
 
 /// Rounds of each measurement, alternating plain quinn and ours.
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 15;
 
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -88,8 +92,26 @@ async fn plain_pair(
     (server, client, conn, server_conn)
 }
 
+/// Closes plain endpoints and waits for them to go quiet, so that a round's
+/// teardown does not run into the next round's measurement.
+async fn close_plain(endpoints: [&quinn::Endpoint; 2]) {
+    for endpoint in endpoints {
+        endpoint.close(0u32.into(), b"");
+    }
+    for endpoint in endpoints {
+        endpoint.wait_idle().await;
+    }
+}
+
+/// As [`close_plain`], for ours.
+async fn close_ours(transports: [&Transport; 2]) {
+    for transport in transports {
+        transport.close().await;
+    }
+}
+
 async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
-    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
+    let (server, client, conn, server_conn) = plain_pair(pki).await;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let reader = tokio::spawn(async move {
@@ -107,6 +129,7 @@ async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
     reader.abort();
+    close_plain([&server, &client]).await;
     rate
 }
 
@@ -139,21 +162,31 @@ async fn our_datagrams(pki: &Pki, size: usize, path: SendPath) -> f64 {
     tokio::time::sleep(Duration::from_millis(10)).await;
     received.store(0, Ordering::Relaxed);
     let start = Instant::now();
-    while start.elapsed() < WINDOW {
-        for _ in 0..64 {
-            // Paced like the baseline: wait for room in the send buffer.
-            let _ = match path {
-                SendPath::Link => link.send_datagram_wait(payload.clone()).await,
-                SendPath::PeerId => a
-                    .send_datagram_wait(Some(peer), b_addr, payload.clone())
-                    .await
-                    .map(drop),
-            };
+    // Paced like the baseline: wait for room in the send buffer. One loop
+    // per path, so ours carries no per-datagram branch the baseline lacks.
+    match path {
+        SendPath::Link => {
+            while start.elapsed() < WINDOW {
+                for _ in 0..64 {
+                    let _ = link.send_datagram_wait(payload.clone()).await;
+                }
+            }
+        }
+        SendPath::PeerId => {
+            while start.elapsed() < WINDOW {
+                for _ in 0..64 {
+                    let _ = a
+                        .send_datagram_wait(Some(peer), b_addr, payload.clone())
+                        .await;
+                }
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
     reader.abort();
+    drop(link);
+    close_ours([&a, &b]).await;
     rate
 }
 
@@ -161,13 +194,16 @@ async fn plain_handshakes(pki: &Pki, count: u32) -> f64 {
     let (server, client, conn, _) = plain_pair(pki).await;
     conn.close(0u32.into(), b"");
     let addr = server.local_addr().unwrap();
-    let acceptor = tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            tokio::spawn(async move {
-                if let Ok(conn) = incoming.await {
-                    conn.closed().await;
-                }
-            });
+    let acceptor = tokio::spawn({
+        let server = server.clone();
+        async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        conn.closed().await;
+                    }
+                });
+            }
         }
     });
     let start = Instant::now();
@@ -177,6 +213,7 @@ async fn plain_handshakes(pki: &Pki, count: u32) -> f64 {
     }
     let rate = f64::from(count) / start.elapsed().as_secs_f64();
     acceptor.abort();
+    close_plain([&server, &client]).await;
     rate
 }
 
@@ -191,11 +228,13 @@ async fn our_handshakes(pki: &Pki, count: u32) -> (f64, u64) {
         a.disconnect(&pki.b.node_id());
     }
     let rate = f64::from(count) / start.elapsed().as_secs_f64();
-    (rate, a.stats().resumptions)
+    let resumptions = a.stats().resumptions;
+    close_ours([&a, &b]).await;
+    (rate, resumptions)
 }
 
 async fn plain_stream(pki: &Pki, bytes: usize) -> f64 {
-    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
+    let (server, client, conn, server_conn) = plain_pair(pki).await;
     let reader = tokio::spawn(async move {
         let mut stream = server_conn.accept_uni().await.unwrap();
         let mut total = 0usize;
@@ -213,7 +252,9 @@ async fn plain_stream(pki: &Pki, bytes: usize) -> f64 {
     stream.finish().unwrap();
     let total = reader.await.unwrap();
     assert_eq!(total, bytes);
-    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
+    let rate = total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20);
+    close_plain([&server, &client]).await;
+    rate
 }
 
 async fn our_stream(pki: &Pki, bytes: usize) -> f64 {
@@ -239,7 +280,9 @@ async fn our_stream(pki: &Pki, bytes: usize) -> f64 {
     }
     sender.await.unwrap();
     assert_eq!(total, bytes);
-    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
+    let rate = total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20);
+    close_ours([&a, &b]).await;
+    rate
 }
 
 /// Resident memory of this process, in KiB (Linux).
@@ -273,6 +316,55 @@ async fn idle_connection_memory(pki: &Pki, count: usize) -> Option<f64> {
     Some((after.saturating_sub(before)) as f64 / count as f64)
 }
 
+/// One measure's rounds: plain quinn's and ours, paired round by round.
+struct Rounds {
+    plain: Vec<f64>,
+    ours: Vec<f64>,
+}
+
+/// Runs `ROUNDS` rounds of each side. Who goes first alternates, so that
+/// neither side always runs on the other's leftovers, and each round's
+/// pair ran within seconds of each other, so their ratio is little moved
+/// by the machine's load drifting over the run.
+async fn rounds(mut plain: impl AsyncFnMut() -> f64, mut ours: impl AsyncFnMut() -> f64) -> Rounds {
+    let mut rounds = Rounds {
+        plain: Vec::with_capacity(ROUNDS),
+        ours: Vec::with_capacity(ROUNDS),
+    };
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            rounds.plain.push(plain().await);
+            rounds.ours.push(ours().await);
+        } else {
+            rounds.ours.push(ours().await);
+            rounds.plain.push(plain().await);
+        }
+    }
+    rounds
+}
+
+impl Rounds {
+    /// A table row: the medians of each side, then the median of the
+    /// rounds' ratios and the middle half of them, the figure to judge the
+    /// overhead by.
+    fn print(mut self, name: &str) {
+        let mut ratios: Vec<f64> = (self.plain.iter().zip(&self.ours))
+            .map(|(plain, ours)| ours / plain * 100.0)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let quarter = ratios.len() / 4;
+        let (low, high) = (ratios[quarter], ratios[ratios.len() - 1 - quarter]);
+        println!(
+            "{name:<34} {:>14.0} {:>14.0} {:>8.1}% {:>6.1}-{:.1}%",
+            median(&mut self.plain),
+            median(&mut self.ours),
+            median(&mut ratios),
+            low,
+            high
+        );
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -288,56 +380,51 @@ fn main() {
     runtime.block_on(async {
         let pki = pki();
         println!(
-            "{:<34} {:>14} {:>14} {:>9}",
-            "measure", "plain quinn", "gossip", "ours/plain"
+            "{:<34} {:>14} {:>14} {:>9} {:>12}",
+            "measure (medians of rounds)", "plain quinn", "gossip", "ours/plain", "middle half"
         );
-        let row = |name: &str, plain: &mut [f64], ours: &mut [f64]| {
-            let (plain, ours) = (median(plain), median(ours));
-            println!(
-                "{name:<34} {plain:>14.0} {ours:>14.0} {:>8.1}%",
-                ours / plain * 100.0
-            );
-        };
-        // The machines are shared and noisy: rounds alternate between the
-        // two sides and the table shows medians.
         let datagram_rows = [
             (100usize, SendPath::Link, "100-byte datagrams/s one way"),
             (1000, SendPath::Link, "1000-byte datagrams/s one way"),
             (100, SendPath::PeerId, "100-byte datagrams/s, by peer id"),
         ];
         for (size, path, name) in datagram_rows {
-            if !wanted(name) {
-                continue;
+            if wanted(name) {
+                rounds(
+                    async || plain_datagrams(&pki, size).await,
+                    async || our_datagrams(&pki, size, path).await,
+                )
+                .await
+                .print(name);
             }
-            let (mut plain, mut ours) = (Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                plain.push(plain_datagrams(&pki, size).await);
-                ours.push(our_datagrams(&pki, size, path).await);
-            }
-            row(name, &mut plain, &mut ours);
         }
-        if wanted("mutual-TLS handshakes/s") {
-            let (mut plain, mut ours, mut resumed) = (Vec::new(), Vec::new(), 0);
-            for _ in 0..ROUNDS {
-                plain.push(plain_handshakes(&pki, 200).await);
-                let (rate, resumptions) = our_handshakes(&pki, 200).await;
-                ours.push(rate);
-                resumed += resumptions;
-            }
-            row("mutual-TLS handshakes/s", &mut plain, &mut ours);
+        let name = "mutual-TLS handshakes/s";
+        if wanted(name) {
+            let mut resumed = 0;
+            rounds(
+                async || plain_handshakes(&pki, 200).await,
+                async || {
+                    let (rate, resumptions) = our_handshakes(&pki, 200).await;
+                    resumed += resumptions;
+                    rate
+                },
+            )
+            .await
+            .print(name);
             println!(
                 "  (of our {} handshakes, {resumed} resumed a TLS session)",
                 200 * ROUNDS
             );
         }
-        if wanted("single-stream MiB/s") {
+        let name = "single-stream MiB/s";
+        if wanted(name) {
             let size = 256 << 20;
-            let (mut plain, mut ours) = (Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                plain.push(plain_stream(&pki, size).await);
-                ours.push(our_stream(&pki, size).await);
-            }
-            row("single-stream MiB/s", &mut plain, &mut ours);
+            rounds(
+                async || plain_stream(&pki, size).await,
+                async || our_stream(&pki, size).await,
+            )
+            .await
+            .print(name);
         }
         if wanted("memory per idle connection")
             && let Some(kib) = idle_connection_memory(&pki, 1000).await
