@@ -4,10 +4,12 @@
 //!
 //! `cargo bench -p gossip-transport-quic --bench transport [-- WORD]`
 //! prints a table (only the rows whose name holds WORD, if given). Each
-//! measure runs in rounds that pair one run of each side, in alternating
-//! order; the table gives each side's median, the median of the rounds'
-//! ratios, and the middle half of those ratios, which shows how far the
-//! machine's noise moves them.
+//! measure runs in rounds that pair one run of each side, each run in a
+//! fresh process of this binary, in alternating order; the table gives each
+//! side's median, the median of the rounds' ratios, and the middle half of
+//! those ratios, which shows how far the machine's noise moves them. The
+//! memory per idle connection is measured in a fresh process too, where no
+//! memory freed by earlier measures can hide the connections' own.
 //! The plain-quinn baseline uses the same TLS configuration
 //! ([`quinn_configs`]) without this crate's layer: no connection cache, no
 //! identity tagging, no inbox. Our datagrams go through a `Link`, which
@@ -316,28 +318,124 @@ async fn idle_connection_memory(pki: &Pki, count: usize) -> Option<f64> {
     Some((after.saturating_sub(before)) as f64 / count as f64)
 }
 
+/// The measures, under the names their rows print.
+const MEASURES: [(&str, Measure); 5] = [
+    (
+        "100-byte datagrams/s one way",
+        Measure::Datagrams {
+            size: 100,
+            path: SendPath::Link,
+        },
+    ),
+    (
+        "1000-byte datagrams/s one way",
+        Measure::Datagrams {
+            size: 1000,
+            path: SendPath::Link,
+        },
+    ),
+    (
+        "100-byte datagrams/s, by peer id",
+        Measure::Datagrams {
+            size: 100,
+            path: SendPath::PeerId,
+        },
+    ),
+    ("mutual-TLS handshakes/s", Measure::Handshakes),
+    ("single-stream MiB/s", Measure::Stream),
+];
+
+#[derive(Clone, Copy)]
+enum Measure {
+    Datagrams { size: usize, path: SendPath },
+    Handshakes,
+    Stream,
+}
+
+/// Handshakes per round.
+const HANDSHAKES: u32 = 200;
+
+/// Bytes sent on the stream per round.
+const STREAM_BYTES: usize = 256 << 20;
+
+/// Set in a child process: the side it measures (`plain` or `ours`) and the
+/// index of its measure in [`MEASURES`].
+const SIDE_VAR: &str = "TRANSPORT_BENCH_SIDE";
+const MEASURE_VAR: &str = "TRANSPORT_BENCH_MEASURE";
+
+/// In a child process: runs one round of one measure on one side and
+/// prints its figure, then the TLS sessions it resumed.
+fn run_child(side: &str, measure: Measure) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (figure, resumed) = runtime.block_on(async {
+        let pki = pki();
+        match (side, measure) {
+            ("plain", Measure::Datagrams { size, .. }) => (plain_datagrams(&pki, size).await, 0),
+            ("plain", Measure::Handshakes) => (plain_handshakes(&pki, HANDSHAKES).await, 0),
+            ("plain", Measure::Stream) => (plain_stream(&pki, STREAM_BYTES).await, 0),
+            (_, Measure::Datagrams { size, path }) => (our_datagrams(&pki, size, path).await, 0),
+            (_, Measure::Handshakes) => our_handshakes(&pki, HANDSHAKES).await,
+            (_, Measure::Stream) => (our_stream(&pki, STREAM_BYTES).await, 0),
+        }
+    });
+    println!("{figure} {resumed}");
+}
+
+/// One round of measure `index` on `side`, in a process of its own: a side
+/// measured in a process where the other had run came out lower than in
+/// one of its own, and fresh processes also vary the memory layout each
+/// side gets, where a single process would fix one for the whole run.
+fn round_in_child(side: &str, index: usize) -> (f64, u64) {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(SIDE_VAR, side)
+        .env(MEASURE_VAR, index.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the {side} side's round failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut words = stdout.split_whitespace();
+    let mut next = || words.next().unwrap();
+    (next().parse().unwrap(), next().parse().unwrap())
+}
+
 /// One measure's rounds: plain quinn's and ours, paired round by round.
 struct Rounds {
     plain: Vec<f64>,
     ours: Vec<f64>,
+    /// TLS sessions our side resumed, over all rounds.
+    resumed: u64,
 }
 
-/// Runs `ROUNDS` rounds of each side. Who goes first alternates, so that
-/// neither side always runs on the other's leftovers, and each round's
-/// pair ran within seconds of each other, so their ratio is little moved
-/// by the machine's load drifting over the run.
-async fn rounds(mut plain: impl AsyncFnMut() -> f64, mut ours: impl AsyncFnMut() -> f64) -> Rounds {
+/// Runs `ROUNDS` rounds of measure `index`, each side in a process of its
+/// own. Who goes first alternates, so that neither side always runs on
+/// the other's leftovers, and each round's pair ran within seconds of each
+/// other, so their ratio is little moved by the machine's load drifting
+/// over the run.
+fn rounds(index: usize) -> Rounds {
     let mut rounds = Rounds {
         plain: Vec::with_capacity(ROUNDS),
         ours: Vec::with_capacity(ROUNDS),
+        resumed: 0,
+    };
+    let ours = |rounds: &mut Rounds| {
+        let (figure, resumed) = round_in_child("ours", index);
+        rounds.ours.push(figure);
+        rounds.resumed += resumed;
     };
     for round in 0..ROUNDS {
         if round % 2 == 0 {
-            rounds.plain.push(plain().await);
-            rounds.ours.push(ours().await);
+            rounds.plain.push(round_in_child("plain", index).0);
+            ours(&mut rounds);
         } else {
-            rounds.ours.push(ours().await);
-            rounds.plain.push(plain().await);
+            ours(&mut rounds);
+            rounds.plain.push(round_in_child("plain", index).0);
         }
     }
     rounds
@@ -366,10 +464,11 @@ impl Rounds {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    if let (Ok(side), Ok(index)) = (std::env::var(SIDE_VAR), std::env::var(MEASURE_VAR)) {
+        let index: usize = index.parse().unwrap();
+        run_child(&side, MEASURES[index].1);
+        return;
+    }
     // `cargo bench --bench transport -- WORD` runs the measures whose name
     // holds WORD (cargo passes `--bench` too, which is not a word).
     let only: Vec<String> = std::env::args()
@@ -377,59 +476,31 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|w| name.contains(w.as_str()));
-    runtime.block_on(async {
-        let pki = pki();
-        println!(
-            "{:<34} {:>14} {:>14} {:>9} {:>12}",
-            "measure (medians of rounds)", "plain quinn", "gossip", "ours/plain", "middle half"
-        );
-        let datagram_rows = [
-            (100usize, SendPath::Link, "100-byte datagrams/s one way"),
-            (1000, SendPath::Link, "1000-byte datagrams/s one way"),
-            (100, SendPath::PeerId, "100-byte datagrams/s, by peer id"),
-        ];
-        for (size, path, name) in datagram_rows {
-            if wanted(name) {
-                rounds(
-                    async || plain_datagrams(&pki, size).await,
-                    async || our_datagrams(&pki, size, path).await,
-                )
-                .await
-                .print(name);
-            }
+    println!(
+        "{:<34} {:>14} {:>14} {:>9} {:>12}",
+        "measure (medians of rounds)", "plain quinn", "gossip", "ours/plain", "middle half"
+    );
+    for (index, (name, measure)) in MEASURES.iter().enumerate() {
+        if !wanted(name) {
+            continue;
         }
-        let name = "mutual-TLS handshakes/s";
-        if wanted(name) {
-            let mut resumed = 0;
-            rounds(
-                async || plain_handshakes(&pki, 200).await,
-                async || {
-                    let (rate, resumptions) = our_handshakes(&pki, 200).await;
-                    resumed += resumptions;
-                    rate
-                },
-            )
-            .await
-            .print(name);
+        let rounds = rounds(index);
+        let resumed = rounds.resumed;
+        rounds.print(name);
+        if matches!(measure, Measure::Handshakes) {
             println!(
                 "  (of our {} handshakes, {resumed} resumed a TLS session)",
-                200 * ROUNDS
+                HANDSHAKES as usize * ROUNDS
             );
         }
-        let name = "single-stream MiB/s";
-        if wanted(name) {
-            let size = 256 << 20;
-            rounds(
-                async || plain_stream(&pki, size).await,
-                async || our_stream(&pki, size).await,
-            )
-            .await
-            .print(name);
-        }
-        if wanted("memory per idle connection")
-            && let Some(kib) = idle_connection_memory(&pki, 1000).await
-        {
+    }
+    if wanted("memory per idle connection") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        if let Some(kib) = runtime.block_on(async { idle_connection_memory(&pki(), 1000).await }) {
             println!("memory per idle connection (both ends): {kib:.1} KiB");
         }
-    });
+    }
 }
