@@ -376,9 +376,12 @@ fn run_child(side: &str, measure: Measure) {
             ("plain", Measure::Datagrams { size, .. }) => (plain_datagrams(&pki, size).await, 0),
             ("plain", Measure::Handshakes) => (plain_handshakes(&pki, HANDSHAKES).await, 0),
             ("plain", Measure::Stream) => (plain_stream(&pki, STREAM_BYTES).await, 0),
-            (_, Measure::Datagrams { size, path }) => (our_datagrams(&pki, size, path).await, 0),
-            (_, Measure::Handshakes) => our_handshakes(&pki, HANDSHAKES).await,
-            (_, Measure::Stream) => (our_stream(&pki, STREAM_BYTES).await, 0),
+            ("ours", Measure::Datagrams { size, path }) => {
+                (our_datagrams(&pki, size, path).await, 0)
+            }
+            ("ours", Measure::Handshakes) => our_handshakes(&pki, HANDSHAKES).await,
+            ("ours", Measure::Stream) => (our_stream(&pki, STREAM_BYTES).await, 0),
+            (side, _) => panic!("{SIDE_VAR} is {side:?}, neither plain nor ours"),
         }
     });
     println!("{figure} {resumed}");

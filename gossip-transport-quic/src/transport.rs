@@ -394,8 +394,14 @@ struct CloseOnDrop(Endpoint);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close(VarInt::from_u32(0), b"closing");
+        close_endpoint(&self.0);
     }
+}
+
+/// Closes every connection with the code and reason peers see on a close
+/// of ours, and stops accepting.
+fn close_endpoint(endpoint: &Endpoint) {
+    endpoint.close(VarInt::from_u32(0), b"closing");
 }
 
 impl std::fmt::Debug for Transport {
@@ -870,7 +876,7 @@ impl Transport {
     ///
     /// Cancel safe: the endpoint is closed before the first await.
     pub async fn close(&self) {
-        self.inner.endpoint.close(VarInt::from_u32(0), b"closing");
+        close_endpoint(&self.inner.endpoint);
         self.inner.endpoint.wait_idle().await;
     }
 }
