@@ -94,26 +94,8 @@ async fn plain_pair(
     (server, client, conn, server_conn)
 }
 
-/// Closes plain endpoints and waits for them to go quiet, so that a round's
-/// teardown does not run into the next round's measurement.
-async fn close_plain(endpoints: [&quinn::Endpoint; 2]) {
-    for endpoint in endpoints {
-        endpoint.close(0u32.into(), b"");
-    }
-    for endpoint in endpoints {
-        endpoint.wait_idle().await;
-    }
-}
-
-/// As [`close_plain`], for ours.
-async fn close_ours(transports: [&Transport; 2]) {
-    for transport in transports {
-        transport.close().await;
-    }
-}
-
 async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
-    let (server, client, conn, server_conn) = plain_pair(pki).await;
+    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let reader = tokio::spawn(async move {
@@ -131,7 +113,6 @@ async fn plain_datagrams(pki: &Pki, size: usize) -> f64 {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
     reader.abort();
-    close_plain([&server, &client]).await;
     rate
 }
 
@@ -187,8 +168,6 @@ async fn our_datagrams(pki: &Pki, size: usize, path: SendPath) -> f64 {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rate = received.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64();
     reader.abort();
-    drop(link);
-    close_ours([&a, &b]).await;
     rate
 }
 
@@ -196,16 +175,13 @@ async fn plain_handshakes(pki: &Pki, count: u32) -> f64 {
     let (server, client, conn, _) = plain_pair(pki).await;
     conn.close(0u32.into(), b"");
     let addr = server.local_addr().unwrap();
-    let acceptor = tokio::spawn({
-        let server = server.clone();
-        async move {
-            while let Some(incoming) = server.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        conn.closed().await;
-                    }
-                });
-            }
+    let acceptor = tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    conn.closed().await;
+                }
+            });
         }
     });
     let start = Instant::now();
@@ -215,7 +191,6 @@ async fn plain_handshakes(pki: &Pki, count: u32) -> f64 {
     }
     let rate = f64::from(count) / start.elapsed().as_secs_f64();
     acceptor.abort();
-    close_plain([&server, &client]).await;
     rate
 }
 
@@ -230,13 +205,11 @@ async fn our_handshakes(pki: &Pki, count: u32) -> (f64, u64) {
         a.disconnect(&pki.b.node_id());
     }
     let rate = f64::from(count) / start.elapsed().as_secs_f64();
-    let resumptions = a.stats().resumptions;
-    close_ours([&a, &b]).await;
-    (rate, resumptions)
+    (rate, a.stats().resumptions)
 }
 
 async fn plain_stream(pki: &Pki, bytes: usize) -> f64 {
-    let (server, client, conn, server_conn) = plain_pair(pki).await;
+    let (_s, _c, conn, server_conn) = plain_pair(pki).await;
     let reader = tokio::spawn(async move {
         let mut stream = server_conn.accept_uni().await.unwrap();
         let mut total = 0usize;
@@ -254,9 +227,7 @@ async fn plain_stream(pki: &Pki, bytes: usize) -> f64 {
     stream.finish().unwrap();
     let total = reader.await.unwrap();
     assert_eq!(total, bytes);
-    let rate = total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20);
-    close_plain([&server, &client]).await;
-    rate
+    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
 }
 
 async fn our_stream(pki: &Pki, bytes: usize) -> f64 {
@@ -282,9 +253,7 @@ async fn our_stream(pki: &Pki, bytes: usize) -> f64 {
     }
     sender.await.unwrap();
     assert_eq!(total, bytes);
-    let rate = total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20);
-    close_ours([&a, &b]).await;
-    rate
+    total as f64 / start.elapsed().as_secs_f64() / f64::from(1 << 20)
 }
 
 /// Resident memory of this process, in KiB (Linux).
@@ -417,10 +386,10 @@ struct Rounds {
 }
 
 /// Runs `ROUNDS` rounds of measure `index`, each side in a process of its
-/// own. Who goes first alternates, so that neither side always runs on
-/// the other's leftovers, and each round's pair ran within seconds of each
-/// other, so their ratio is little moved by the machine's load drifting
-/// over the run.
+/// own. Who goes first alternates, so that neither side always goes
+/// second, and each round's pair ran within seconds of each other, so
+/// their ratio is little moved by the machine's load drifting over the
+/// run.
 fn rounds(index: usize) -> Rounds {
     let mut rounds = Rounds {
         plain: Vec::with_capacity(ROUNDS),
