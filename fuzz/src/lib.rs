@@ -25,7 +25,7 @@ pub fn node_addr(n: u8) -> SocketAddr {
 /// SWIM's configuration for node `n` of a small cluster.
 pub fn swim_config(seed: u64) -> gossip_swim::Config {
     let mut config = gossip_swim::Config::lan(cluster(), 8);
-    config.seed = seed;
+    config.rng_seed = seed;
     config
 }
 

@@ -11,9 +11,8 @@
 //!   its owner's record; the tree keeps sums of its top levels only, so an
 //!   update costs three additions and the root is always current.
 //! * [`Session`] runs one reconciliation as a sans-IO state machine.
-//! * `Replica` (feature `swim`) composes a [`SyncState`] and its sessions
-//!   with a `gossip_swim::Swim` machine: one member of a cluster, sans-IO,
-//!   as both the reference node and the simulator run it.
+//! * The crate knows nothing of failure detection: `gossip-member` composes
+//!   a [`SyncState`] and its sessions with a SWIM machine.
 //! * [`RootDigest`] (24 bytes) is small enough to ride on every SWIM probe, so
 //!   a driver syncs only when roots differ.
 //!
@@ -31,8 +30,6 @@
 
 mod error;
 mod message;
-#[cfg(feature = "swim")]
-pub mod replica;
 mod session;
 mod state;
 mod tree;
@@ -42,8 +39,3 @@ pub use message::{LeafSummary, NodeSummary, NodeView, Part, RootDigest, ShortDig
 pub use session::{Session, SessionStats, SyncConfig};
 pub use state::SyncState;
 pub use tree::{FANOUT, LeafTree, Leaves, MAX_DEPTH, Prefix, SUMMED_DEPTH, View};
-
-#[cfg(feature = "swim")]
-pub use replica::{
-    Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys, SyncStats, SyncTransmit,
-};

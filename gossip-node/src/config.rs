@@ -131,8 +131,8 @@ impl NodeConfig {
 
     /// The settings of the node's replica: its sync fields, sessions idle
     /// for 5 s failing (a LAN peer that says nothing that long is gone).
-    pub fn replica_config(&self) -> gossip_antientropy::ReplicaConfig {
-        let mut config = gossip_antientropy::ReplicaConfig::new(self.cluster_id());
+    pub fn replica_config(&self) -> gossip_member::ReplicaConfig {
+        let mut config = gossip_member::ReplicaConfig::new(self.cluster_id());
         config.sync.idle_timeout = Duration::from_secs(5);
         config.sync_interval = self.sync_interval;
         config.sync_cooldown = self.sync_cooldown;

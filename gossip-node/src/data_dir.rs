@@ -2,7 +2,7 @@
 //! keys, written so that a crash at any moment leaves either the old file or
 //! the new one.
 
-pub use gossip_antientropy::StoredKeys;
+pub use gossip_member::StoredKeys;
 use std::fs;
 use std::path::{Path, PathBuf};
 

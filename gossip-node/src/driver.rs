@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_antientropy::{Replica, ReplicaEvent, Role, SyncTransmit};
 use gossip_core::{GossipRng, Key, Member, MemberStatus, NodeId, Timestamp};
+use gossip_member::{Replica, ReplicaEvent, Role, SyncTransmit};
 use gossip_swim::{Event, Transmit};
 use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, Transport};
 use rand::Rng;

@@ -1,7 +1,7 @@
 //! A member of a gossip cluster on tokio: SWIM failure detection with
-//! Lifeguard ([`gossip_swim`]), Merkle anti-entropy of every node's
-//! key/value state ([`gossip_antientropy`]) and mutual-TLS QUIC
-//! ([`gossip_transport_quic`]), composed into one [`Node`].
+//! Lifeguard and Merkle anti-entropy of every node's key/value state, as
+//! composed by the sans-IO [`gossip_member::Replica`], driven over
+//! mutual-TLS QUIC ([`gossip_transport_quic`]) as one [`Node`].
 //!
 //! A node answers "who is alive, and what do they say about themselves":
 //! [`Node::members`] is the membership as this node sees it,
@@ -11,10 +11,10 @@
 //!
 //! How it runs: one driver task per node owns the state machines. It
 //! selects over transport input, the earliest deadline and handle commands,
-//! feeds one input, then drains every output. SWIM rides QUIC datagrams; the
-//! root of the node's Merkle tree over all replicated state rides every
-//! probe, and a sync over a stream starts only when roots differ (plus one
-//! with a random member every `sync_interval` as a backstop). The sender a
+//! feeds one input, then drains every output. SWIM rides QUIC datagrams; an
+//! 8-byte digest of the node's Merkle root over all replicated state rides
+//! every probe, and a sync over a stream starts only when digests differ
+//! (plus one with a random member every `sync_interval` as a backstop). The sender a
 //! machine is told of is always the [`NodeId`] the
 //! transport authenticated, never a claimed one.
 //!

@@ -35,7 +35,7 @@
 
 use std::fmt::Write;
 
-pub use gossip_antientropy::SyncStats;
+pub use gossip_member::SyncStats;
 use gossip_swim::Stats as SwimStats;
 use gossip_transport_quic::TransportStats;
 

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_antientropy::{Replica, StoredKeys};
 use gossip_core::{GossipRng, Incarnation, Key, Member, MemberMeta, NodeId, Timestamp};
+use gossip_member::{Replica, StoredKeys};
 use gossip_swim::Swim;
 use gossip_transport_quic::{Transport, TransportConfig};
 use rand::SeedableRng;
@@ -165,7 +165,7 @@ impl Node {
             u64::from_le_bytes(word) ^ wall_clock_nanos()
         });
         let mut swim_config = config.swim_config();
-        swim_config.seed = seed;
+        swim_config.rng_seed = seed;
         let meta = MemberMeta::new(&config.name, [advertise]);
         let mut swim = Swim::new(swim_config, id, meta, incarnation, now);
         swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
@@ -183,7 +183,7 @@ impl Node {
             None => StoredKeys::default(),
         };
         let mut replica_config = config.replica_config();
-        replica_config.seed = seed.rotate_left(17);
+        replica_config.rng_seed = seed.rotate_left(17);
         let replica = Replica::new(replica_config, swim, stored, now)?;
 
         let (commands_tx, commands) = mpsc::channel(256);

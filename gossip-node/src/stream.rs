@@ -8,7 +8,7 @@
 //!   as a 4-byte big-endian length and the bytes. One stream message carries
 //!   a whole turn, so its parts arrive in order.
 
-pub use gossip_antientropy::Role;
+pub use gossip_member::Role;
 use thiserror::Error;
 
 const TAG_SWIM: u8 = 0;

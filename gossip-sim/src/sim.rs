@@ -7,10 +7,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gossip_antientropy::{Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys};
 use gossip_core::{
     Bytes, GossipRng, Incarnation, Key, Member, MemberMeta, MemberStatus, NodeId, Timestamp,
 };
+use gossip_member::{Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys};
 use gossip_swim::{Config, Event, Swim};
 use rand::{Rng, SeedableRng};
 
@@ -242,9 +242,9 @@ impl Sim {
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(i as u64);
-        config.seed = seed;
+        config.rng_seed = seed;
         let mut replica_config = self.replica_config.clone();
-        replica_config.seed = seed.rotate_left(17);
+        replica_config.rng_seed = seed.rotate_left(17);
         let meta = MemberMeta::new(format!("n{i}"), [addr_of(i)]);
         let swim = Swim::new(config, id_of(i), meta, incarnation, self.now);
         // The keys were accepted once under the same limits.

@@ -99,7 +99,7 @@ pub struct Config {
     pub leave_timeout: Duration,
     /// Seed of the machine's PRNG. Give every node its own; a simulation
     /// derives them from one master seed.
-    pub seed: u64,
+    pub rng_seed: u64,
     /// Caps on input and state.
     pub limits: Limits,
 }
@@ -132,7 +132,7 @@ impl Config {
             sync_interval: Some(Duration::from_secs(30)),
             departed_horizon: Duration::from_secs(3600),
             leave_timeout: Duration::from_secs(5),
-            seed: 0,
+            rng_seed: 0,
             limits,
         }
     }

@@ -24,7 +24,7 @@
 //!
 //! The machine never reads a clock, opens a socket, spawns or locks. Time is
 //! passed in as [`Timestamp`](gossip_core::Timestamp) and randomness comes
-//! from [`Config::seed`]. After any input
+//! from [`Config::rng_seed`]. After any input
 //! ([`handle_datagram`](Swim::handle_datagram),
 //! [`handle_timeout`](Swim::handle_timeout) or a command), the driver drains
 //! [`poll_transmit`](Swim::poll_transmit) and

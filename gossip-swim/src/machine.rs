@@ -104,7 +104,7 @@ struct Leaving {
 ///     let id = NodeId::from_public_key(&[n]);
 ///     let meta = MemberMeta::new(format!("n{n}"), [addr(7000 + u16::from(n))]);
 ///     let mut config = config.clone();
-///     config.seed = u64::from(n);
+///     config.rng_seed = u64::from(n);
 ///     Swim::new(config, id, meta, Incarnation::ZERO, Timestamp::ZERO)
 /// }).collect();
 ///
@@ -176,7 +176,7 @@ impl Swim {
     ) -> Self {
         let mut record = Member::new(local, meta);
         record.incarnation = incarnation;
-        let mut rng = GossipRng::seed_from_u64(config.seed);
+        let mut rng = GossipRng::seed_from_u64(config.rng_seed);
         let interval_nanos = u64::try_from(config.probe_interval.as_nanos()).unwrap_or(u64::MAX);
         let first_probe = now + Duration::from_nanos(rng.random_range(0..interval_nanos.max(1)));
         Swim {

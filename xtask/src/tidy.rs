@@ -14,6 +14,7 @@ const SANS_IO_CRATES: &[&str] = &[
     "gossip-core",
     "gossip-swim",
     "gossip-antientropy",
+    "gossip-member",
     "gossip-sim",
 ];
 

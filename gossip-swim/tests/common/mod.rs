@@ -132,7 +132,7 @@ impl Net {
 
     fn make_node(&self, i: usize, incarnation: Incarnation) -> Swim {
         let mut config = self.config.clone();
-        config.seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+        config.rng_seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let meta = MemberMeta::new(format!("node-{i}"), [addr(i)]);
         Swim::new(config, node_id(i), meta, incarnation, self.now)
     }

@@ -1,85 +1,4 @@
-//! [`Replica`]: one member of a cluster as the two sans-IO machines working
-//! together (feature `swim`).
-//!
-//! SWIM finds out who is alive and spreads fresh news on its probes; the
-//! Merkle sync repairs whatever those rumors missed. The glue between them is
-//! protocol, not IO, so it lives here, once: the reference node drives a
-//! `Replica` on tokio and the simulator drives the same type on a virtual
-//! clock, so what the simulator measures is what nodes run.
-//!
-//! The replica
-//! * keeps the sync state's member records equal to SWIM's table;
-//! * puts the first 8 bytes of its Merkle root on every probe, and syncs with
-//!   a peer whose probe showed a different one (at most once per cooldown);
-//! * syncs with a member that announces a newer state version or a rumor of
-//!   a write it lacks, and with a random live member every `sync_interval`
-//!   (the backstop);
-//! * after joining, syncs again with the member that let it in until a few
-//!   syncs in a row bring nothing new (a join storm keeps changing the table
-//!   after the first one);
-//! * hands SWIM the member records a sync brought, as claims relayed by the
-//!   peer, so the table learns what the sync learned.
-//!
-//! Like the machines it holds, it never reads a clock and never touches a
-//! socket: the driver passes `now` into every call, sends what
-//! [`Replica::poll_transmit`] (SWIM datagrams) and [`Replica::poll_sync`]
-//! (sync turns, for a reliable stream) return, and calls
-//! [`Replica::handle_timeout`] at [`Replica::poll_timeout`].
-//!
-//! # Example
-//!
-//! Two replicas on a perfect network, stepped 10 ms at a time: one joins
-//! through the other, which writes a key; the key reaches the joiner.
-//!
-//! ```
-//! use std::net::SocketAddr;
-//! use std::time::Duration;
-//!
-//! use gossip_antientropy::{Replica, ReplicaConfig, StoredKeys};
-//! use gossip_core::{ClusterId, Incarnation, MemberMeta, NodeId, Timestamp};
-//! use gossip_swim::{Config, Swim};
-//!
-//! # fn main() -> Result<(), gossip_core::Error> {
-//! let cluster = ClusterId::from_name("example");
-//! let addrs = [
-//!     SocketAddr::from(([10, 0, 0, 1], 7946)),
-//!     SocketAddr::from(([10, 0, 0, 2], 7946)),
-//! ];
-//! let ids = [NodeId::from_public_key(b"one"), NodeId::from_public_key(b"two")];
-//! let mut nodes = Vec::new();
-//! for (i, (id, addr)) in ids.iter().zip(addrs).enumerate() {
-//!     let meta = MemberMeta::new(format!("n{i}"), [addr]);
-//!     let swim = Swim::new(Config::lan(cluster, 2), *id, meta, Incarnation::ZERO, Timestamp::ZERO);
-//!     nodes.push(Replica::new(ReplicaConfig::new(cluster), swim, StoredKeys::default(), Timestamp::ZERO)?);
-//! }
-//! nodes[1].join(Timestamp::ZERO, vec![addrs[0]]);
-//! nodes[0].set(Timestamp::ZERO, "role", "leader")?;
-//!
-//! let mut now = Timestamp::ZERO;
-//! for _ in 0..200 {
-//!     for (from, to) in [(0, 1), (1, 0)] {
-//!         // What one sends, the other receives, from the authenticated sender.
-//!         while let Some(datagram) = nodes[from].poll_transmit() {
-//!             let _ = nodes[to].handle_datagram(now, ids[from], addrs[from], &datagram.payload);
-//!         }
-//!         while let Some(turn) = nodes[from].poll_sync() {
-//!             let parts = turn.parts.iter().map(Vec::as_slice);
-//!             nodes[to].handle_sync(now, ids[from], addrs[from], turn.role, turn.id, parts);
-//!         }
-//!         while nodes[from].poll_event().is_some() {}
-//!     }
-//!     now = now + Duration::from_millis(10);
-//!     for node in &mut nodes {
-//!         if node.poll_timeout() <= now {
-//!             node.handle_timeout(now);
-//!         }
-//!     }
-//! }
-//! let role = nodes[1].state().kv().get(&ids[0], "role");
-//! assert_eq!(role.map(|v| &v[..]), Some(&b"leader"[..]));
-//! assert_eq!(nodes[0].state().root(), nodes[1].state().root());
-//! # Ok(()) }
-//! ```
+//! The composition itself: [`Replica`] and the types it speaks in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -95,7 +14,7 @@ use gossip_swim::{Event, StateDigest, Swim, Transmit};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Session, SessionStats, SyncConfig, SyncState};
+use gossip_antientropy::{Error, Session, SessionStats, SyncConfig, SyncState};
 
 /// How often deleted keys past their grace period are collected.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
@@ -129,7 +48,7 @@ pub struct ReplicaConfig {
     /// from without the key coming back.
     pub tombstone_grace: Duration,
     /// Seed of the replica's own choices (session ids, backstop peers).
-    pub seed: u64,
+    pub rng_seed: u64,
 }
 
 impl ReplicaConfig {
@@ -141,7 +60,7 @@ impl ReplicaConfig {
             sync_cooldown: Duration::from_secs(1),
             max_concurrent_syncs: 4,
             tombstone_grace: Duration::from_secs(3600),
-            seed: 0,
+            rng_seed: 0,
         }
     }
 }
@@ -306,7 +225,7 @@ impl Replica {
         let mut replica = Replica {
             swim,
             state,
-            rng: GossipRng::seed_from_u64(config.seed),
+            rng: GossipRng::seed_from_u64(config.rng_seed),
             initiated: BTreeMap::new(),
             responding: BTreeMap::new(),
             wanted: BTreeSet::new(),
