@@ -151,7 +151,7 @@ impl NodeConfig {
             Preset::Wan => gossip_swim::Config::wan(cluster, self.expected_members),
             Preset::Local => gossip_swim::Config::local(cluster, self.expected_members),
         };
-        config.sync_interval = None;
+        config.push_pull_interval = None;
         if let Some(mult) = self.suspicion_mult {
             config.suspicion_mult = mult;
         }
@@ -179,7 +179,7 @@ mod tests {
         let mut config = config();
         let preset = config.swim_config();
         assert_eq!(preset.suspicion_mult, 4);
-        assert_eq!(preset.sync_interval, None);
+        assert_eq!(preset.push_pull_interval, None);
         config.suspicion_mult = Some(2);
         let mut tuned = config.swim_config();
         assert_eq!(tuned.suspicion_mult, 2);

@@ -35,7 +35,7 @@ impl Params {
     /// a kilobyte per member per period.
     pub fn new(nodes: usize, seeds: u64) -> Self {
         let mut swim = Config::lan(ClusterId::from_name("sim"), nodes);
-        swim.sync_interval = None;
+        swim.push_pull_interval = None;
         Params {
             nodes,
             seeds,

@@ -189,7 +189,7 @@ fn a_key_written_in_a_quiet_cluster_reaches_all_sixteen_nodes_within_100_ms() {
         let _guard = SeedGuard(s, "a_key_written");
         let n = 16;
         let mut swim = config(n);
-        swim.sync_interval = None;
+        swim.push_pull_interval = None;
         let mut sim = Sim::new(n, swim, NetConfig::default(), s);
         sim.converge_instantly();
         sim.run_for(Duration::from_secs(30));

@@ -31,7 +31,7 @@ fn member(n: u32) -> Member {
 
 fn config() -> Config {
     let mut config = Config::lan(ClusterId::from_name("bench"), 10_000);
-    config.sync_interval = None;
+    config.push_pull_interval = None;
     config
 }
 
@@ -65,7 +65,7 @@ fn machine_with(n: u32) -> Swim {
             let sender = members[0].id;
             let first = u32::try_from(m as usize + 1 - members.len()).unwrap();
             let bytes = frame(
-                Message::Sync {
+                Message::PushPull {
                     reply: true,
                     members,
                 },

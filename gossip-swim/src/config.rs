@@ -90,7 +90,7 @@ pub struct Config {
     /// repairing whatever rumors missed. Default 30 s (memberlist
     /// `PushPullInterval`). `None` turns it off, for a driver that runs its
     /// own anti-entropy. Each exchange costs about 60 bytes per member.
-    pub sync_interval: Option<Duration>,
+    pub push_pull_interval: Option<Duration>,
     /// How long dead and departed members are remembered (to heal partitions
     /// and to stop stale rumors resurrecting them). Default 1 hour.
     pub departed_horizon: Duration,
@@ -129,7 +129,7 @@ impl Config {
             join_retry_initial: Duration::from_secs(1),
             join_retry_max: Duration::from_secs(30),
             reconnect_interval: Duration::from_secs(10),
-            sync_interval: Some(Duration::from_secs(30)),
+            push_pull_interval: Some(Duration::from_secs(30)),
             departed_horizon: Duration::from_secs(3600),
             leave_timeout: Duration::from_secs(5),
             rng_seed: 0,
@@ -147,7 +147,7 @@ impl Config {
             gossip_fanout: 4,
             push_interval: Duration::from_millis(250),
             reconnect_interval: Duration::from_secs(30),
-            sync_interval: Some(Duration::from_secs(60)),
+            push_pull_interval: Some(Duration::from_secs(60)),
             leave_timeout: Duration::from_secs(15),
             ..Self::lan(cluster, expected_members)
         }

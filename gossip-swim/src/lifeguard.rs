@@ -1,9 +1,6 @@
 //! Lifeguard's local health multiplier and dynamic suspicion timeout.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
-
-use gossip_core::{Incarnation, NodeId, Timestamp};
 
 /// Lifeguard's local health multiplier (LHM): a score that rises when this
 /// node misses acks and nacks it should have received (a sign that it, not
@@ -73,28 +70,6 @@ pub(crate) fn suspicion_timeout(
     let fraction = (f64::from(confirmations) + 1.0).ln() / (f64::from(k) + 1.0).ln();
     let shrink = (max - min).mul_f64(fraction.min(1.0));
     (max - shrink).max(min)
-}
-
-/// One member under suspicion, as tracked locally.
-#[derive(Debug, Clone)]
-pub(crate) struct Suspicion {
-    pub(crate) incarnation: Incarnation,
-    pub(crate) started: Timestamp,
-    pub(crate) accuser: NodeId,
-    pub(crate) confirmers: BTreeSet<NodeId>,
-    pub(crate) min: Duration,
-    pub(crate) max: Duration,
-    /// Distinguishes this suspicion's live timer from stale ones.
-    pub(crate) token: u64,
-    /// When the suspect, heard from directly, was last shown this suspicion.
-    pub(crate) reminded: Option<Timestamp>,
-}
-
-impl Suspicion {
-    pub(crate) fn deadline(&self, k: u32) -> Timestamp {
-        let confirmations = u32::try_from(self.confirmers.len()).unwrap_or(u32::MAX);
-        self.started + suspicion_timeout(self.min, self.max, confirmations, k)
-    }
 }
 
 #[cfg(test)]

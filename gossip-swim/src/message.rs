@@ -98,7 +98,7 @@ pub enum Message {
     },
     /// Push-pull of membership: the sender's records (its own first). A
     /// request is answered with the receiver's records.
-    Sync {
+    PushPull {
         /// `true` for the answer to a request.
         reply: bool,
         /// Member records; one table may span several messages.
@@ -116,7 +116,7 @@ impl Message {
             Message::PingReq { .. } => "ping-req",
             Message::Nack { .. } => "nack",
             Message::Gossip { .. } => "gossip",
-            Message::Sync { .. } => "sync",
+            Message::PushPull { .. } => "push-pull",
         }
     }
 }

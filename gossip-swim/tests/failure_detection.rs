@@ -252,7 +252,7 @@ fn the_same_seed_gives_the_same_run() {
 #[test]
 fn at_steady_state_the_only_packets_are_probes_and_acks() {
     let mut config = gossip_swim::Config::lan(common::cluster_id(), 8);
-    config.sync_interval = None;
+    config.push_pull_interval = None;
     let mut net = Net::new(8, config, seed(8));
     assert!(net.run_until(15 * SECOND, Net::converged).is_some());
     net.run_for(30 * SECOND); // let the join news run out

@@ -286,7 +286,7 @@ fn main() {
             "first_seed": params.first_seed,
             "loss": loss,
             "probe_interval_ms": params.swim.probe_interval.as_millis() as u64,
-            "swim_push_pull": params.swim.sync_interval.is_some(),
+            "swim_push_pull": params.swim.push_pull_interval.is_some(),
             "wall_seconds": started.elapsed().as_secs_f64(),
         });
         if let (Some(out), Some(fields)) = (object.as_object_mut(), result.as_object()) {

@@ -1,0 +1,145 @@
+//! A member's life in the cluster: joining through seeds, push-pull of
+//! whole tables (to join, to heal partitions, and as an optional backstop),
+//! forgetting long-departed members, and leaving.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gossip_core::{
+    HEADER_LEN, Member, MemberStatus, NodeId, Rumor, Timestamp, choose_random, encoded_len,
+};
+
+use super::Swim;
+use super::timer::Timer;
+use crate::event::Event;
+use crate::message::Message;
+
+/// A join under way: the seeds are asked again after `delay`, which doubles
+/// up to `join_retry_max`.
+#[derive(Debug, Clone)]
+pub(super) struct Joining {
+    pub(super) delay: Duration,
+}
+
+/// A graceful leave under way.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Leaving {
+    pub(super) deadline: Timestamp,
+    pub(super) completed: bool,
+}
+
+impl Swim {
+    /// A leave is complete once its announcement is out, or at its deadline.
+    pub(super) fn finish_leave(&mut self) {
+        if let Some(leaving) = &mut self.leaving
+            && !leaving.completed
+        {
+            let local = self.members.local_id();
+            let announcing = self
+                .rumors
+                .iter()
+                .any(|r| matches!(r, Rumor::Member { member, .. } if member.id == local));
+            if !announcing || self.now >= leaving.deadline {
+                leaving.completed = true;
+                self.timers.cancel(Timer::Leave);
+                self.events.push(Event::LeaveCompleted);
+            }
+        }
+    }
+
+    /// Sends this node's whole table, its own record first, in as many
+    /// datagrams as it takes.
+    pub(super) fn send_table(&mut self, to: Option<NodeId>, addr: SocketAddr, reply: bool) {
+        let records: Vec<Member> = self.members.iter().cloned().collect();
+        let empty = Message::PushPull {
+            reply,
+            members: Vec::new(),
+        };
+        // Two bytes of slack for the record count and one for the empty
+        // rumor section.
+        let room = self
+            .max_datagram
+            .saturating_sub(HEADER_LEN + encoded_len(&empty) + 3);
+        let mut chunk = Vec::new();
+        let mut used = 0;
+        for record in records {
+            let len = encoded_len(&record);
+            if !chunk.is_empty() && used + len > room {
+                let members = std::mem::take(&mut chunk);
+                self.send(to, addr, Message::PushPull { reply, members }, false);
+                used = 0;
+            }
+            used += len;
+            chunk.push(record);
+        }
+        self.send(
+            to,
+            addr,
+            Message::PushPull {
+                reply,
+                members: chunk,
+            },
+            false,
+        );
+    }
+
+    pub(super) fn attempt_join(&mut self) {
+        let Some(joining) = &mut self.joining else {
+            return;
+        };
+        let next_attempt = self.now + joining.delay;
+        joining.delay = (joining.delay * 2).min(self.config.join_retry_max);
+        self.timers.set(next_attempt, Timer::JoinRetry);
+        for seed in self.seeds.clone() {
+            self.send_table(None, seed, false);
+        }
+    }
+
+    /// The slow schedule that heals partitions: re-contact one random
+    /// recently dead member, and the seeds if no one else is left.
+    pub(super) fn reconnect(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let dead: Vec<NodeId> = self
+            .members
+            .departed()
+            .filter(|m| m.status == MemberStatus::Dead)
+            .map(|m| m.id)
+            .collect();
+        if let Some(&target) = choose_random(&dead, 1, &[], &mut self.rng).first()
+            && let Some(addr) = self.address_of(&target)
+        {
+            self.send_table(Some(target), addr, false);
+        }
+        if self.members.live_count() <= 1 && self.joining.is_none() {
+            for seed in self.seeds.clone() {
+                self.send_table(None, seed, false);
+            }
+        }
+    }
+
+    /// The backstop push-pull: exchange whole tables with one random live
+    /// member, so whatever rumors missed is repaired.
+    pub(super) fn push_pull_with_random_member(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
+        if let Some(&peer) = self.order.choose_random(1, &[], &mut self.rng).first()
+            && let Some(addr) = self.address_of(&peer)
+        {
+            self.send_table(Some(peer), addr, false);
+        }
+    }
+
+    pub(super) fn collect_departed(&mut self) {
+        for id in self
+            .members
+            .collect_departed(self.now, self.config.departed_horizon)
+        {
+            // Departed members left the rotation when they departed.
+            self.suspicions.remove(&id);
+            self.events.push(Event::Removed(id));
+        }
+    }
+}

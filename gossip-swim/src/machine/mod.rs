@@ -1,0 +1,535 @@
+//! The SWIM state machine: [`Swim`], its inputs and outputs, and the
+//! dispatch of its one timer table. The protocol's parts live in the
+//! submodules, each an `impl Swim` block beside the state it owns.
+
+mod dissemination;
+mod lifecycle;
+mod probe;
+mod suspicion;
+mod timer;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossip_core::{
+    Entry, GossipRng, Incarnation, Member, MemberMeta, Membership, MembershipEvent, NodeId,
+    OutputQueue, ProbeOrder, Rumor, RumorQueue, Timestamp, decode_frame,
+};
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{Event, Transmit};
+use crate::lifeguard::Awareness;
+use crate::message::{Message, StateDigest, TargetTag};
+use crate::stats::Stats;
+use lifecycle::{Joining, Leaving};
+use probe::{Forward, Probe};
+use suspicion::Suspicions;
+use timer::{Timer, Timers};
+
+/// SWIM failure detection with the Lifeguard extensions, as a sans-IO state
+/// machine.
+///
+/// The machine never reads a clock, opens a socket or spawns a task. Its
+/// driver feeds it inputs, each with the current time, and after every input
+/// drains its outputs:
+///
+/// * inputs: [`handle_datagram`](Swim::handle_datagram) (bytes from an
+///   authenticated peer), [`handle_timeout`](Swim::handle_timeout), and the
+///   commands [`join`](Swim::join), [`leave`](Swim::leave),
+///   [`update_meta`](Swim::update_meta),
+///   [`set_state_version`](Swim::set_state_version),
+///   [`broadcast_state`](Swim::broadcast_state);
+/// * outputs: [`poll_transmit`](Swim::poll_transmit),
+///   [`poll_event`](Swim::poll_event), [`poll_timeout`](Swim::poll_timeout).
+///
+/// # Example
+///
+/// A driver loop for two machines wired together in memory:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use gossip_core::{ClusterId, Incarnation, MemberMeta, MemberStatus, NodeId, Timestamp};
+/// use gossip_swim::{Config, Swim};
+///
+/// let config = Config::lan(ClusterId::from_name("doc"), 2);
+/// let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+/// let mut nodes: Vec<Swim> = [1u8, 2].iter().map(|&n| {
+///     let id = NodeId::from_public_key(&[n]);
+///     let meta = MemberMeta::new(format!("n{n}"), [addr(7000 + u16::from(n))]);
+///     let mut config = config.clone();
+///     config.rng_seed = u64::from(n);
+///     Swim::new(config, id, meta, Incarnation::ZERO, Timestamp::ZERO)
+/// }).collect();
+///
+/// let mut now = Timestamp::ZERO;
+/// nodes[1].join(now, vec![addr(7001)]);
+/// for _ in 0..50 {
+///     // Deliver every datagram, then move time to the earliest deadline.
+///     for i in 0..2 {
+///         while let Some(t) = nodes[i].poll_transmit() {
+///             let to = usize::from(t.addr.port() - 7001);
+///             let (from, from_addr) = (nodes[i].local_id(), addr(7001 + i as u16));
+///             nodes[to].handle_datagram(now, from, from_addr, &t.payload).unwrap();
+///         }
+///         while nodes[i].poll_event().is_some() {}
+///     }
+///     now = nodes.iter().filter_map(|n| n.poll_timeout()).min().unwrap();
+///     for node in &mut nodes { node.handle_timeout(now); }
+/// }
+/// assert_eq!(nodes[0].members().count(MemberStatus::Alive), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Swim {
+    config: Config,
+    rng: GossipRng,
+    now: Timestamp,
+    members: Membership,
+    rumors: RumorQueue,
+    order: ProbeOrder,
+    awareness: Awareness,
+    next_seq: u32,
+    probe: Option<Probe>,
+    forwards: BTreeMap<u32, Forward>,
+    suspicions: Suspicions,
+    timers: Timers,
+    seeds: Vec<SocketAddr>,
+    joining: Option<Joining>,
+    leaving: Option<Leaving>,
+    fresh_news: bool,
+    /// Whether the fresh news includes a suspicion, death, departure or
+    /// refutation.
+    urgent_news: bool,
+    /// When news was last pushed.
+    last_push: Option<Timestamp>,
+    /// Whether news waits for a `Timer::Push`.
+    push_waiting: bool,
+    state_digest: Option<StateDigest>,
+    max_datagram: usize,
+    transmits: OutputQueue<Transmit>,
+    events: OutputQueue<Event>,
+    stats: Stats,
+}
+
+impl Swim {
+    /// A machine for the node `local`, alive at `incarnation` (0 for a new
+    /// node; one more than the last persisted value for a restarted one).
+    /// Probing starts after a random part of the first probe interval, so
+    /// nodes started together do not probe in lockstep.
+    pub fn new(
+        config: Config,
+        local: NodeId,
+        meta: MemberMeta,
+        incarnation: Incarnation,
+        now: Timestamp,
+    ) -> Self {
+        let mut record = Member::new(local, meta);
+        record.incarnation = incarnation;
+        let mut rng = GossipRng::seed_from_u64(config.rng_seed);
+        let interval_nanos = u64::try_from(config.probe_interval.as_nanos()).unwrap_or(u64::MAX);
+        let first_probe = now + Duration::from_nanos(rng.random_range(0..interval_nanos.max(1)));
+        let mut timers = Timers::default();
+        timers.set(first_probe, Timer::Probe);
+        timers.set(now + config.reconnect_interval, Timer::Reconnect);
+        if let Some(every) = config.push_pull_interval {
+            timers.set(now + every, Timer::PushPull);
+        }
+        timers.set(now + config.reconnect_interval, Timer::Collect);
+        Swim {
+            rng,
+            now,
+            members: Membership::new(record, config.limits.clone()),
+            rumors: RumorQueue::new(config.retransmit_mult, config.limits.clone()),
+            order: ProbeOrder::default(),
+            awareness: Awareness::new(config.awareness_max),
+            next_seq: 0,
+            probe: None,
+            forwards: BTreeMap::new(),
+            suspicions: Suspicions::default(),
+            timers,
+            seeds: Vec::new(),
+            joining: None,
+            leaving: None,
+            fresh_news: false,
+            urgent_news: false,
+            last_push: None,
+            push_waiting: false,
+            state_digest: None,
+            max_datagram: config.max_datagram_bytes,
+            transmits: OutputQueue::default(),
+            events: OutputQueue::default(),
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    /// The local node's id.
+    pub fn local_id(&self) -> NodeId {
+        self.members.local_id()
+    }
+
+    /// The membership table as this node sees it.
+    pub fn members(&self) -> &Membership {
+        &self.members
+    }
+
+    /// The local health score (Lifeguard): 0 is healthy, up to
+    /// `awareness_max - 1`.
+    pub fn local_health(&self) -> u32 {
+        self.awareness.score()
+    }
+
+    /// The probe interval in force: the configured one scaled by local health.
+    pub fn probe_interval(&self) -> Duration {
+        self.awareness.scale(self.config.probe_interval)
+    }
+
+    /// Counters, for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Rumors waiting to be piggybacked.
+    pub fn queued_rumors(&self) -> usize {
+        self.rumors.len()
+    }
+
+    /// Tells the machine how large a datagram the path takes now (for QUIC,
+    /// the connection's current maximum datagram size).
+    pub fn set_max_datagram_bytes(&mut self, bytes: usize) {
+        self.max_datagram = bytes;
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// When [`handle_timeout`](Swim::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.next_deadline()
+    }
+
+    /// Joins a cluster through `seeds`: asks each for its membership, and
+    /// keeps asking, with backoff from `join_retry_initial` to
+    /// `join_retry_max`, until one answers. The seeds are also re-contacted
+    /// whenever this node finds itself alone.
+    pub fn join(&mut self, now: Timestamp, seeds: Vec<SocketAddr>) {
+        self.advance(now);
+        self.seeds = seeds;
+        self.joining = Some(Joining {
+            delay: self.config.join_retry_initial,
+        });
+        self.attempt_join();
+        self.flush();
+    }
+
+    /// Leaves the cluster gracefully: announces `Left`, stops probing, and
+    /// keeps answering until the announcement has been sent its retransmit
+    /// budget or `leave_timeout` passes; then emits
+    /// [`Event::LeaveCompleted`].
+    pub fn leave(&mut self, now: Timestamp) {
+        self.advance(now);
+        if self.leaving.is_some() {
+            return;
+        }
+        let record = self.members.leave().clone();
+        let origin = record.id;
+        self.queue_rumor(Rumor::Member {
+            member: record,
+            origin,
+        });
+        self.timers.cancel(Timer::Probe);
+        self.probe = None;
+        let deadline = self.now + self.config.leave_timeout;
+        self.leaving = Some(Leaving {
+            deadline,
+            completed: false,
+        });
+        self.timers.set(deadline, Timer::Leave);
+        self.flush();
+    }
+
+    /// Replaces the local name and addresses, raising the incarnation so the
+    /// change wins everywhere.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Core`] for metadata over a cap or an exhausted incarnation;
+    /// nothing changes then.
+    pub fn update_meta(&mut self, now: Timestamp, meta: MemberMeta) -> Result<(), Error> {
+        self.advance(now);
+        let record = self.members.set_local_meta(meta)?.clone();
+        self.queue_rumor(Rumor::Member {
+            member: record,
+            origin: self.local_id(),
+        });
+        self.flush();
+        Ok(())
+    }
+
+    /// Announces that the local key/value state reached `version`.
+    pub fn set_state_version(&mut self, now: Timestamp, version: u64) {
+        self.advance(now);
+        if version <= self.members.local().state_version {
+            return;
+        }
+        self.members.set_local_state_version(version);
+        let record = self.members.local().clone();
+        self.queue_rumor(Rumor::Member {
+            member: record,
+            origin: self.local_id(),
+        });
+        self.flush();
+    }
+
+    /// Spreads a key/value write (the local node's, or news heard from a
+    /// peer) by piggybacking, in the data lane.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Core`] if the write is over a cap.
+    pub fn broadcast_state(
+        &mut self,
+        now: Timestamp,
+        owner: NodeId,
+        entry: Entry,
+    ) -> Result<(), Error> {
+        self.advance(now);
+        self.rumors.push(Rumor::State { owner, entry })?;
+        self.fresh_news = true;
+        self.flush();
+        Ok(())
+    }
+
+    /// Sets the digest of the driver's replicated state that rides every ping
+    /// from now on (`None`, the default, sends none). A node that receives a
+    /// ping whose digest differs from its own emits
+    /// [`Event::StateDigestDiffers`], so the two can reconcile only when
+    /// their states differ.
+    pub fn set_state_digest(&mut self, digest: Option<StateDigest>) {
+        self.state_digest = digest;
+    }
+
+    /// Merges member records that the authenticated peer `from` passed on by
+    /// another path (for example an anti-entropy sync), under the same rules
+    /// as its push-pull table: `from` speaks for itself, alive and left
+    /// records of others are relayed self-claims, accusations are its own.
+    /// Changes are events and rumors as if gossiped.
+    pub fn merge_records(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        records: impl IntoIterator<Item = Member>,
+    ) {
+        self.advance(now);
+        self.apply_records(from, records);
+        self.flush_excluding(&[from]);
+    }
+
+    /// Fills the table with `records` (for example from a snapshot, or a
+    /// simulation that starts from a converged cluster), as if each member
+    /// had announced itself, without queueing rumors or pushing gossip: the
+    /// records are not news to anyone. Emits a [`Event::Joined`] for each new
+    /// member. Records about the local node and records refused by the
+    /// table's rules are skipped.
+    ///
+    /// Records passed as `Arc<Member>` are held, not copied, so tables
+    /// restored from one set of records share them.
+    pub fn restore_members(
+        &mut self,
+        now: Timestamp,
+        records: impl IntoIterator<Item = impl Into<Arc<Member>>>,
+    ) {
+        self.advance(now);
+        let records = records.into_iter();
+        self.order.reserve_exact(records.size_hint().0);
+        for record in records {
+            let record: Arc<Member> = record.into();
+            if record.id == self.local_id() {
+                continue;
+            }
+            let origin = record.id;
+            if let Ok(Some(MembershipEvent::Changed(change))) =
+                self.members.apply_shared(self.now, record, origin)
+            {
+                self.update_rotation(change.before.as_ref(), &change.after);
+                self.events.push(Event::Joined(change.after));
+            }
+        }
+    }
+
+    /// Feeds a datagram that the transport received from the authenticated
+    /// peer `from` at `from_addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`], [`Error::Misdirected`]:
+    /// the datagram is dropped, counted, and nothing else changes. Rumors in
+    /// an accepted frame that break a rule are refused one by one and counted
+    /// in [`Stats::rejected_claims`]; the rest of the frame still counts.
+    pub fn handle_datagram(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        from_addr: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        self.advance(now);
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let frame = match decode_frame::<Message>(bytes, self.config.cluster, &self.config.limits) {
+            Ok(frame) => frame,
+            Err(source) => {
+                self.stats.decode_errors += 1;
+                match source {
+                    gossip_core::Error::ForeignCluster { .. } => self.stats.foreign_cluster += 1,
+                    gossip_core::Error::UnsupportedVersion { .. } => self.stats.bad_version += 1,
+                    gossip_core::Error::FrameTooLarge { .. } => self.stats.oversized += 1,
+                    _ => {}
+                }
+                return Err(Error::Decode { from, source });
+            }
+        };
+        if let Message::Ping { target, .. } | Message::ReliablePing { target, .. } = &frame.body
+            && *target != TargetTag::of(&self.local_id())
+        {
+            self.stats.misdirected += 1;
+            return Err(Error::Misdirected {
+                from,
+                target: *target,
+            });
+        }
+        for rumor in frame.rumors {
+            self.handle_rumor(from, rumor);
+        }
+        // A member that talks to us but that we have never heard of (its
+        // announcement ran out of retransmits before reaching us): ask for
+        // its table, which starts with its own record.
+        let stranger =
+            self.members.get(&from).is_none() && !matches!(frame.body, Message::PushPull { .. });
+        self.handle_message(from, from_addr, frame.body);
+        if stranger && self.leaving.is_none() {
+            self.send_table(Some(from), from_addr, false);
+        }
+        self.remind_suspect(from, Some(from_addr));
+        // Whatever news this datagram brought, its sender already has.
+        self.flush_excluding(&[from]);
+        Ok(())
+    }
+
+    /// Runs every timer due at `now`. Calling it early, late or twice is
+    /// harmless: timers that are not due, or whose probe or suspicion has
+    /// moved on, do nothing.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.advance(now);
+        while let Some(timer) = self.timers.pop_due(self.now) {
+            self.fire(timer);
+        }
+        self.flush();
+    }
+
+    /// Clamps time so it never goes back.
+    pub(super) fn advance(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+    }
+
+    pub(super) fn next_seq(&mut self) -> u32 {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq
+    }
+
+    pub(super) fn address_of(&self, id: &NodeId) -> Option<SocketAddr> {
+        self.members.get(id)?.meta.addrs().first().copied()
+    }
+
+    fn handle_message(&mut self, from: NodeId, from_addr: SocketAddr, message: Message) {
+        match message {
+            Message::Ping {
+                seq,
+                suspicion,
+                state_digest,
+                ..
+            } => {
+                if let Some(claim) = suspicion {
+                    // The buddy system: the prober suspects us; refute now.
+                    self.apply_claim(claim, from);
+                }
+                self.compare_digest(from, from_addr, state_digest);
+                self.send(Some(from), from_addr, Message::Ack { seq }, true);
+            }
+            Message::ReliablePing { seq, .. } => {
+                // Answered the way it came, so that the answer survives the
+                // loss the ping was sent to get past.
+                self.send_on(Some(from), from_addr, Message::Ack { seq }, true, true);
+            }
+            Message::Ack { seq } => self.handle_ack(from, seq),
+            Message::PingReq {
+                seq,
+                target,
+                target_addr,
+            } => self.forward_probe(from, from_addr, seq, target, target_addr),
+            Message::Nack { seq } => self.handle_nack(from, seq),
+            Message::Gossip { state_digest } => self.compare_digest(from, from_addr, state_digest),
+            Message::PushPull { reply, members } => {
+                self.apply_records(from, members);
+                if !reply {
+                    self.send_table(Some(from), from_addr, true);
+                } else if self.joining.take().is_some() {
+                    self.timers.cancel(Timer::JoinRetry);
+                    self.events.push(Event::JoinCompleted { via: from });
+                }
+            }
+        }
+    }
+
+    /// Runs one timer that is due.
+    fn fire(&mut self, timer: Timer) {
+        match timer {
+            Timer::ProbeTimeout { seq } => self.probe_overdue(seq),
+            Timer::ProbeEnd { seq } => self.probe_ended(seq),
+            Timer::Forward { seq } => self.forward_timed_out(seq),
+            Timer::Suspicion { subject, token } => self.suspicion_expired(subject, token),
+            Timer::LastCall { subject, token } => self.last_call(subject, token),
+            Timer::Push => {
+                self.push_waiting = false;
+                if self.fresh_news {
+                    self.push_news(&[]);
+                }
+            }
+            Timer::Probe => self.probe_tick(),
+            Timer::JoinRetry => self.attempt_join(),
+            Timer::Reconnect => {
+                self.timers
+                    .set(self.now + self.config.reconnect_interval, Timer::Reconnect);
+                self.reconnect();
+            }
+            Timer::PushPull => {
+                if let Some(every) = self.config.push_pull_interval {
+                    self.timers.set(self.now + every, Timer::PushPull);
+                }
+                self.push_pull_with_random_member();
+            }
+            Timer::Collect => {
+                self.timers
+                    .set(self.now + self.config.reconnect_interval, Timer::Collect);
+                self.collect_departed();
+            }
+            // Checked by `flush` after every input.
+            Timer::Leave => {}
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The probe: a direct ping, then indirect pings through helpers and a
+//! fallback ping over a reliable channel, then the verdict at the end of the
+//! period. Also the probes this node makes on others' behalf.
+
+use std::net::SocketAddr;
+
+use gossip_core::{MemberStatus, MembershipEvent, NodeId};
+
+use super::Swim;
+use super::timer::Timer;
+use crate::lifeguard::Awareness;
+use crate::message::{Message, TargetTag};
+
+/// A helper nacks after this fraction of the probe timeout without an ack
+/// from the target, so that the nack is back before the requester's probe
+/// ends (it asked one probe timeout into the period).
+const NACK_AFTER: f64 = 0.8;
+
+/// The probe in flight: it records what came back and, at the end of its
+/// period, gives its verdict.
+#[derive(Debug, Clone)]
+pub(super) struct Probe {
+    seq: u32,
+    target: NodeId,
+    acked: bool,
+    /// Helpers asked to probe indirectly, and whether each nacked.
+    helpers: Vec<(NodeId, bool)>,
+}
+
+/// What a probe found, once its period is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The target, or a helper on its behalf, acked.
+    Acked,
+    /// Not one helper answered, not even to say the target is silent: this
+    /// node is likely the slow one, and its probe tells nothing of the target.
+    Inconclusive,
+    /// Nobody vouched for the target.
+    Failed(NodeId),
+}
+
+impl Probe {
+    fn new(seq: u32, target: NodeId) -> Self {
+        Probe {
+            seq,
+            target,
+            acked: false,
+            helpers: Vec::new(),
+        }
+    }
+
+    /// The member being probed.
+    pub(super) fn target(&self) -> NodeId {
+        self.target
+    }
+
+    /// Whether probe `seq` is this one and still waits for an ack.
+    fn unanswered(&self, seq: u32) -> bool {
+        self.seq == seq && !self.acked
+    }
+
+    /// An ack of probe `seq` from `from`: the target itself, or a helper
+    /// relaying the target's.
+    fn ack(&mut self, from: NodeId, seq: u32) {
+        if self.seq == seq
+            && (self.target == from || self.helpers.iter().any(|(id, _)| *id == from))
+        {
+            self.acked = true;
+        }
+    }
+
+    /// A helper's nack of probe `seq`; `true` if it counts (the first from
+    /// a helper this probe asked).
+    fn nack(&mut self, from: NodeId, seq: u32) -> bool {
+        if self.seq != seq {
+            return false;
+        }
+        match self.helpers.iter_mut().find(|(id, _)| *id == from) {
+            Some(helper) if !helper.1 => {
+                helper.1 = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The verdict, with Lifeguard's health adjusted on the way: an ack
+    /// lowers the score; helpers that did not even nack suggest the problem
+    /// is ours and raise it (with no helpers, any failed probe does). A
+    /// probe no helper answered accuses no one until the score is at the top
+    /// of its scale: a node that stays cut off gets there within a few
+    /// probes and suspects again.
+    fn conclude(self, awareness: &mut Awareness, health_on: bool) -> Verdict {
+        if self.acked {
+            awareness.apply(-1);
+            return Verdict::Acked;
+        }
+        let missing_nacks = self.helpers.iter().filter(|(_, nacked)| !nacked).count();
+        let delta = if self.helpers.is_empty() {
+            1
+        } else {
+            missing_nacks
+        };
+        awareness.apply(i64::try_from(delta).unwrap_or(i64::MAX));
+        if health_on
+            && !self.helpers.is_empty()
+            && missing_nacks == self.helpers.len()
+            && !awareness.is_at_max()
+        {
+            return Verdict::Inconclusive;
+        }
+        Verdict::Failed(self.target)
+    }
+}
+
+/// A probe this node makes on someone else's behalf.
+#[derive(Debug, Clone)]
+pub(super) struct Forward {
+    requester: NodeId,
+    requester_addr: SocketAddr,
+    requester_seq: u32,
+    target: NodeId,
+}
+
+impl Swim {
+    /// The probe tick: concludes the probe still running, then pings the
+    /// next member of the rotation.
+    pub(super) fn probe_tick(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
+        if self.probe.is_some() {
+            self.conclude_probe();
+        }
+        let interval = self.probe_interval();
+        self.timers.set(self.now + interval, Timer::Probe);
+        let Some(target) = self.order.next(&mut self.rng) else {
+            return;
+        };
+        let Some(record) = self.members.get(&target) else {
+            return;
+        };
+        let suspicion = (self.config.buddy_system && record.status == MemberStatus::Suspect)
+            .then(|| record.clone());
+        let Some(addr) = record.meta.addrs().first().copied() else {
+            return;
+        };
+        let seq = self.next_seq();
+        self.probe = Some(Probe::new(seq, target));
+        self.stats.probes += 1;
+        let timeout = self.awareness.scale(self.config.probe_timeout);
+        self.timers
+            .set(self.now + timeout, Timer::ProbeTimeout { seq });
+        self.timers
+            .set(self.now + interval, Timer::ProbeEnd { seq });
+        self.send(
+            Some(target),
+            addr,
+            Message::Ping {
+                seq,
+                target: TargetTag::of(&target),
+                suspicion,
+                state_digest: self.state_digest,
+            },
+            true,
+        );
+    }
+
+    /// The direct ack of probe `seq` is overdue: ask helpers, and try the
+    /// reliable channel.
+    pub(super) fn probe_overdue(&mut self, seq: u32) {
+        self.probe_indirectly(seq);
+        self.probe_reliably(seq);
+    }
+
+    fn probe_indirectly(&mut self, seq: u32) {
+        let Some(probe) = &self.probe else { return };
+        if !probe.unanswered(seq) {
+            return;
+        }
+        let target = probe.target;
+        let Some(target_addr) = self.address_of(&target) else {
+            return;
+        };
+        let helpers =
+            self.order
+                .choose_random(self.config.indirect_probes, &[target], &mut self.rng);
+        if let Some(probe) = &mut self.probe {
+            probe.helpers = helpers.iter().map(|id| (*id, false)).collect();
+        }
+        self.stats.indirect_probes += 1;
+        for helper in helpers {
+            if let Some(addr) = self.address_of(&helper) {
+                let request = Message::PingReq {
+                    seq,
+                    target,
+                    target_addr,
+                };
+                self.send(Some(helper), addr, request, true);
+            }
+        }
+    }
+
+    /// The fallback probe: once the direct ack is overdue, one ping over a
+    /// reliable channel, whose ack counts as the direct one would.
+    fn probe_reliably(&mut self, seq: u32) {
+        let Some(probe) = &self.probe else { return };
+        if !self.config.fallback_probe || !probe.unanswered(seq) {
+            return;
+        }
+        let target = probe.target;
+        let Some(addr) = self.address_of(&target) else {
+            return;
+        };
+        self.stats.fallback_probes += 1;
+        let ping = Message::ReliablePing {
+            seq,
+            target: TargetTag::of(&target),
+        };
+        self.send_on(Some(target), addr, ping, true, true);
+    }
+
+    /// Probe `seq`'s period is over.
+    pub(super) fn probe_ended(&mut self, seq: u32) {
+        if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
+            self.conclude_probe();
+        }
+    }
+
+    /// Concludes the probe in flight: suspect the target if nobody vouched
+    /// for it, or confirm the suspicion if it is already suspect.
+    fn conclude_probe(&mut self) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        let health_on = self.config.awareness_max > 1;
+        let target = match probe.conclude(&mut self.awareness, health_on) {
+            Verdict::Acked => return,
+            Verdict::Inconclusive => {
+                self.stats.inconclusive_probes += 1;
+                return;
+            }
+            Verdict::Failed(target) => target,
+        };
+        let Some(record) = self.members.get(&target) else {
+            return;
+        };
+        match record.status {
+            MemberStatus::Alive => {
+                self.stats.suspicions_raised += 1;
+                if let Ok(Some(MembershipEvent::Changed(change))) =
+                    self.members.accuse(self.now, target, MemberStatus::Suspect)
+                {
+                    self.on_change(change);
+                }
+            }
+            // Our own failed probe of a suspect confirms the suspicion.
+            MemberStatus::Suspect => {
+                let claim = record.clone();
+                let local = self.local_id();
+                self.note_confirmation(&claim, local);
+            }
+            _ => {}
+        }
+    }
+
+    /// An ack: of a probe we forward (relay it to the requester), or of our
+    /// own probe.
+    pub(super) fn handle_ack(&mut self, from: NodeId, seq: u32) {
+        if self.forwards.get(&seq).is_some_and(|f| f.target == from)
+            && let Some(forward) = self.forwards.remove(&seq)
+        {
+            let ack = Message::Ack {
+                seq: forward.requester_seq,
+            };
+            self.send(Some(forward.requester), forward.requester_addr, ack, true);
+            return;
+        }
+        if let Some(probe) = &mut self.probe {
+            probe.ack(from, seq);
+        }
+    }
+
+    /// A helper's nack of our probe `seq`.
+    pub(super) fn handle_nack(&mut self, from: NodeId, seq: u32) {
+        if let Some(probe) = &mut self.probe
+            && probe.nack(from, seq)
+        {
+            self.stats.nacks_received += 1;
+        }
+    }
+
+    /// `requester` asks this node to probe `target` for it.
+    pub(super) fn forward_probe(
+        &mut self,
+        requester: NodeId,
+        requester_addr: SocketAddr,
+        requester_seq: u32,
+        target: NodeId,
+        target_addr: SocketAddr,
+    ) {
+        let our_seq = self.next_seq();
+        self.forwards.insert(
+            our_seq,
+            Forward {
+                requester,
+                requester_addr,
+                requester_seq,
+                target,
+            },
+        );
+        // The nack must reach the requester before its probe ends: it asked
+        // us one probe timeout into a period of two.
+        let at = self.now + self.config.probe_timeout.mul_f64(NACK_AFTER);
+        self.timers.set(at, Timer::Forward { seq: our_seq });
+        let ping = Message::Ping {
+            seq: our_seq,
+            target: TargetTag::of(&target),
+            suspicion: None,
+            state_digest: self.state_digest,
+        };
+        self.send(Some(target), target_addr, ping, true);
+    }
+
+    /// The target of forwarded probe `seq` did not answer in time: tell the
+    /// requester.
+    pub(super) fn forward_timed_out(&mut self, seq: u32) {
+        if let Some(forward) = self.forwards.remove(&seq) {
+            self.stats.nacks_sent += 1;
+            let nack = Message::Nack {
+                seq: forward.requester_seq,
+            };
+            self.send(Some(forward.requester), forward.requester_addr, nack, true);
+        }
+    }
+}

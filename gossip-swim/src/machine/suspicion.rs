@@ -1,0 +1,301 @@
+//! Suspicions: who is suspected, by whom, confirmed by whom, and when each
+//! suspicion runs out (Lifeguard's dynamic timeout). The table hands out
+//! the deadlines; the machine schedules them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gossip_core::{Incarnation, Member, MemberStatus, MembershipEvent, NodeId, Rumor, Timestamp};
+
+use super::Swim;
+use super::timer::Timer;
+use crate::lifeguard::{suspicion_bounds, suspicion_timeout};
+use crate::message::{Message, TargetTag};
+
+/// One member under suspicion, as tracked locally.
+#[derive(Debug, Clone)]
+pub(super) struct Suspicion {
+    incarnation: Incarnation,
+    started: Timestamp,
+    accuser: NodeId,
+    confirmers: BTreeSet<NodeId>,
+    min: Duration,
+    max: Duration,
+    /// Distinguishes this suspicion's live timer from stale ones.
+    token: u64,
+    /// When the suspect, heard from directly, was last shown this suspicion.
+    reminded: Option<Timestamp>,
+}
+
+impl Suspicion {
+    fn deadline(&self, k: u32) -> Timestamp {
+        self.started + suspicion_timeout(self.min, self.max, self.confirmations(), k)
+    }
+
+    /// Who raised the suspicion.
+    pub(super) fn accuser(&self) -> NodeId {
+        self.accuser
+    }
+
+    /// Independent confirmations counted so far.
+    pub(super) fn confirmations(&self) -> u32 {
+        u32::try_from(self.confirmers.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// The suspicions this node holds, one per suspect.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Suspicions {
+    by_subject: BTreeMap<NodeId, Suspicion>,
+    next_token: u64,
+}
+
+impl Suspicions {
+    fn next_token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Starts suspecting `subject` at `incarnation`, with timeout bounds
+    /// `min` and `max`; returns the deadline and its token.
+    fn start(
+        &mut self,
+        subject: NodeId,
+        incarnation: Incarnation,
+        accuser: NodeId,
+        now: Timestamp,
+        (min, max): (Duration, Duration),
+        k: u32,
+    ) -> (Timestamp, u64) {
+        let suspicion = Suspicion {
+            incarnation,
+            started: now,
+            accuser,
+            confirmers: BTreeSet::new(),
+            min,
+            max,
+            token: self.next_token(),
+            reminded: None,
+        };
+        let deadline = (suspicion.deadline(k), suspicion.token);
+        self.by_subject.insert(subject, suspicion);
+        deadline
+    }
+
+    /// Counts `origin`'s suspicion of `subject` at `incarnation` as an
+    /// independent confirmation, if it is one and fewer than `k` are
+    /// counted; returns the new, earlier deadline and its token.
+    fn confirm(
+        &mut self,
+        subject: &NodeId,
+        incarnation: Incarnation,
+        origin: NodeId,
+        k: u32,
+    ) -> Option<(Timestamp, u64)> {
+        let token = self.next_token + 1;
+        let suspicion = self.by_subject.get_mut(subject)?;
+        if suspicion.incarnation != incarnation
+            || suspicion.accuser == origin
+            || suspicion.confirmations() >= k
+            || !suspicion.confirmers.insert(origin)
+        {
+            return None;
+        }
+        self.next_token = token;
+        suspicion.token = token;
+        Some((suspicion.deadline(k), token))
+    }
+
+    /// Whether a suspicion of `subject` at `incarnation` is held.
+    fn holds(&self, subject: &NodeId, incarnation: Incarnation) -> bool {
+        self.by_subject
+            .get(subject)
+            .is_some_and(|s| s.incarnation == incarnation)
+    }
+
+    /// Whether the timer with `token` is `subject`'s live one.
+    fn is_current(&self, subject: &NodeId, token: u64) -> bool {
+        self.by_subject
+            .get(subject)
+            .is_some_and(|s| s.token == token)
+    }
+
+    /// Whether the suspicion of `subject` began less than half its minimum
+    /// timeout before `now`.
+    fn is_young(&self, subject: &NodeId, now: Timestamp) -> bool {
+        self.by_subject
+            .get(subject)
+            .is_some_and(|s| now.saturating_duration_since(s.started) < s.min / 2)
+    }
+
+    /// Ends the suspicion of `subject`, returning it.
+    pub(super) fn remove(&mut self, subject: &NodeId) -> Option<Suspicion> {
+        self.by_subject.remove(subject)
+    }
+}
+
+impl Swim {
+    /// A death claimed of a member that this node has not suspected for
+    /// long (it holds the member alive at the same incarnation, or its
+    /// suspicion began less than half the minimum suspicion timeout ago)
+    /// counts here as a suspicion: the accused has not yet had its chance to
+    /// refute where this node can see it. That happens when a partition
+    /// heals: each side declared the other dead, and those claims reach
+    /// members that were in touch with the accused all along. The accused
+    /// refutes in time if it is alive; if it is not, this node's own
+    /// suspicion ends in its death. After a real crash the suspicion arrives
+    /// well before the death, and the death is taken at once.
+    pub(super) fn unseen_suspicion(&self, claim: Member) -> Member {
+        if claim.status != MemberStatus::Dead {
+            return claim;
+        }
+        let Some(current) = self.members.get(&claim.id) else {
+            return claim;
+        };
+        let fresh = match current.status {
+            MemberStatus::Alive => true,
+            MemberStatus::Suspect => self.suspicions.is_young(&claim.id, self.now),
+            _ => false,
+        };
+        if fresh && current.incarnation == claim.incarnation {
+            claim.with_status(MemberStatus::Suspect)
+        } else {
+            claim
+        }
+    }
+
+    /// A suspicion already held, heard again from another accuser (or
+    /// confirmed by a failed probe of our own), counts as an independent
+    /// confirmation: the deadline comes closer, and the confirmation is passed
+    /// on so others can count it too. At most `suspicion_confirmations` are
+    /// counted and relayed, which bounds the traffic.
+    pub(super) fn note_confirmation(&mut self, claim: &Member, origin: NodeId) {
+        if claim.status != MemberStatus::Suspect {
+            return;
+        }
+        let k = self.config.suspicion_confirmations;
+        let Some((deadline, token)) =
+            self.suspicions
+                .confirm(&claim.id, claim.incarnation, origin, k)
+        else {
+            return;
+        };
+        self.schedule_suspicion(claim.id, deadline.max(self.now), token);
+        if let Some(record) = self.members.get(&claim.id) {
+            let member = record.clone();
+            self.queue_rumor(Rumor::Member { member, origin });
+        }
+    }
+
+    /// Starts suspecting `id` at `incarnation` unless that suspicion is
+    /// already held.
+    pub(super) fn suspect(&mut self, id: NodeId, incarnation: Incarnation, accuser: NodeId) {
+        if self.suspicions.holds(&id, incarnation) {
+            return;
+        }
+        let bounds = suspicion_bounds(
+            self.members.live_count(),
+            self.config.suspicion_mult,
+            self.config.suspicion_max_mult,
+            self.config.probe_interval,
+        );
+        let k = self.config.suspicion_confirmations;
+        let (deadline, token) =
+            self.suspicions
+                .start(id, incarnation, accuser, self.now, bounds, k);
+        self.schedule_suspicion(id, deadline, token);
+    }
+
+    /// Sets a suspicion's deadline, and its last call one probe timeout
+    /// before: a suspect that is alive but whose refutation this node
+    /// missed (lost, or out of retransmits before it came here) answers the
+    /// last call's ping with its refutation on the ack, in time. A dead one
+    /// does not, and dies on time.
+    fn schedule_suspicion(&mut self, subject: NodeId, deadline: Timestamp, token: u64) {
+        self.timers
+            .set(deadline, Timer::Suspicion { subject, token });
+        if self.config.buddy_system {
+            let ahead = self.awareness.scale(self.config.probe_timeout);
+            let last_call = self.now.max(deadline.saturating_sub(ahead));
+            self.timers
+                .set(last_call, Timer::LastCall { subject, token });
+        }
+    }
+
+    /// The last call of suspicion `token` of `subject` is due.
+    pub(super) fn last_call(&mut self, subject: NodeId, token: u64) {
+        if self.suspicions.is_current(&subject, token) {
+            self.remind_suspect(subject, None);
+        }
+    }
+
+    /// Lifeguard's buddy system between probes: pings the suspect `subject`
+    /// out of turn with the suspicion, so that its ack brings back its
+    /// refutation, if it made one that this node missed. The ack's sequence
+    /// number matches no probe and is ignored.
+    ///
+    /// With `heard_at`, the suspect has just spoken to this node from that
+    /// address, so it is up: waiting for the next scheduled probe of it can
+    /// take longer than the suspicion lasts (a slow node probes each member
+    /// once per `members x stretched interval`). Those pings go at most once
+    /// per probe interval per suspect. Without it, this is the last call
+    /// before the suspicion runs out.
+    pub(super) fn remind_suspect(&mut self, subject: NodeId, heard_at: Option<SocketAddr>) {
+        if !self.config.buddy_system || self.leaving.is_some() {
+            return;
+        }
+        let Some(record) = self
+            .members
+            .get(&subject)
+            .filter(|r| r.status == MemberStatus::Suspect)
+            .cloned()
+        else {
+            return;
+        };
+        let Some(addr) = heard_at.or_else(|| record.meta.addrs().first().copied()) else {
+            return;
+        };
+        let (now, interval) = (self.now, self.config.probe_interval);
+        let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
+            return;
+        };
+        if heard_at.is_some()
+            && suspicion
+                .reminded
+                .is_some_and(|at| now.saturating_duration_since(at) < interval)
+        {
+            return;
+        }
+        suspicion.reminded = Some(now);
+        self.stats.suspect_reminders += 1;
+        let ping = Message::Ping {
+            seq: self.next_seq(),
+            target: TargetTag::of(&subject),
+            suspicion: Some(record),
+            state_digest: self.state_digest,
+        };
+        self.send(Some(subject), addr, ping, true);
+    }
+
+    /// Suspicion `token` of `subject` ran out: declare it dead, unless it
+    /// refuted or moved on meanwhile.
+    pub(super) fn suspicion_expired(&mut self, subject: NodeId, token: u64) {
+        if !self.suspicions.is_current(&subject, token) {
+            return;
+        }
+        let still_suspect = self.members.get(&subject).is_some_and(|m| {
+            m.status == MemberStatus::Suspect && self.suspicions.holds(&subject, m.incarnation)
+        });
+        if !still_suspect {
+            self.suspicions.remove(&subject);
+            return;
+        }
+        self.stats.deaths_declared += 1;
+        if let Ok(Some(MembershipEvent::Changed(change))) =
+            self.members.accuse(self.now, subject, MemberStatus::Dead)
+        {
+            self.on_change(change);
+        }
+    }
+}
