@@ -85,6 +85,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// No async runtime to run the endpoint on: [`Transport::bind`](crate::Transport::bind)
+    /// was called outside a tokio runtime. Nothing was bound.
+    #[error("no async runtime: bind the transport from within a tokio runtime")]
+    NoRuntime,
     /// The transport has been closed.
     #[error("the transport is closed")]
     Closed,

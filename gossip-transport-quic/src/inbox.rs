@@ -19,7 +19,8 @@ use gossip_core::NodeId;
 use quinn::Connection;
 use tokio::sync::mpsc;
 
-use crate::transport::{Channel, Counters, Received};
+use crate::counters::Counters;
+use crate::received::{Channel, Received};
 
 /// Most datagrams taken from one connection before the others get a turn.
 pub(crate) const MAX_BATCH: usize = 64;

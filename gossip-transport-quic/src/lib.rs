@@ -44,25 +44,36 @@
 
 #![forbid(unsafe_code)]
 
+mod cache;
 mod certs;
+mod config;
+mod counters;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod framing;
 mod inbox;
+mod link;
+mod received;
 mod screen;
+mod shared;
+mod tasks;
+mod tls;
 mod transport;
 
 pub use certs::{
     ClusterCa, NodeCredentials, SERVER_NAME, TrustBundle, Validity, node_id_of, server_name_of,
     write_private,
 };
+pub use config::{ALPN, TransportConfig};
+pub use counters::TransportStats;
 pub use error::Error;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
 pub use framing::{FRAME_HEADER_LEN, FrameDecoder, frame_header};
 pub use inbox::Inbox;
+pub use link::Link;
+pub use received::{Channel, Received};
 pub use screen::RejectedDatagram;
-pub use transport::{
-    ALPN, Channel, Link, Received, Transport, TransportConfig, TransportStats, quinn_configs,
-};
+pub use tls::quinn_configs;
+pub use transport::Transport;

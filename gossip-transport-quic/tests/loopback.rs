@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use gossip_core::NodeId;
 use gossip_transport_quic::{
-    Channel, ClusterCa, Error, FaultConfig, FaultySocket, Inbox, NodeCredentials, Received,
-    Transport, TransportConfig, Validity,
+    Channel, ClusterCa, Error, Inbox, NodeCredentials, Received, Transport, TransportConfig,
+    Validity,
 };
+#[cfg(feature = "fault-injection")]
+use gossip_transport_quic::{FaultConfig, FaultySocket};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -313,6 +315,43 @@ async fn dropping_every_handle_closes_the_transport_and_tells_the_peer() {
 }
 
 #[tokio::test]
+async fn udp_totals_only_grow_when_connections_close_and_are_replaced() {
+    let ca = ClusterCa::generate("totals").unwrap();
+    let b_creds = ca.issue("b", day()).unwrap();
+    let (a, _, _) = bind(&ca, &ca.issue("a", day()).unwrap());
+    let (_b, mut inbox, b_addr) = bind(&ca, &b_creds);
+    let mut last = a.stats();
+    for round in 0..3 {
+        a.send_datagram(
+            Some(b_creds.node_id()),
+            b_addr,
+            format!("round {round}").into(),
+        )
+        .await
+        .unwrap();
+        next(&mut inbox).await;
+        let sent = a.stats();
+        assert!(
+            sent.udp_bytes_sent > last.udp_bytes_sent
+                && sent.udp_datagrams_sent > last.udp_datagrams_sent
+                && sent.udp_bytes_received > last.udp_bytes_received,
+            "round {round}: a new connection's traffic adds to the totals: {last:?} -> {sent:?}"
+        );
+        // Closed by us: its traffic stays counted.
+        a.disconnect(&b_creds.node_id());
+        let closed = a.stats();
+        assert!(
+            closed.udp_bytes_sent >= sent.udp_bytes_sent
+                && closed.udp_datagrams_sent >= sent.udp_datagrams_sent
+                && closed.udp_bytes_received >= sent.udp_bytes_received
+                && closed.udp_datagrams_received >= sent.udp_datagrams_received,
+            "round {round}: a closed connection's traffic stays in the totals: {sent:?} -> {closed:?}"
+        );
+        last = closed;
+    }
+}
+
+#[tokio::test]
 async fn redialling_a_peer_resumes_the_tls_session() {
     let ca = ClusterCa::generate("resume").unwrap();
     let b_creds = ca.issue("b", day()).unwrap();
@@ -337,6 +376,7 @@ async fn redialling_a_peer_resumes_the_tls_session() {
     assert!(stats.resumptions >= 1, "{stats:?}");
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_stream_transfer_completes_under_twenty_percent_loss() {
     let ca = ClusterCa::generate("lossy").unwrap();

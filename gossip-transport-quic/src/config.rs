@@ -1,0 +1,52 @@
+//! The transport's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The ALPN protocol id: our protocol and its version.
+pub const ALPN: &[u8] = b"gossip/1";
+
+/// Settings of a [`Transport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// A connection with no traffic for this long is closed (no keep-alive
+    /// packets are sent while idle). Default 10 minutes: longer than SWIM
+    /// takes to come back to any member of a few hundred.
+    pub idle_timeout: Duration,
+    /// Most live connections. Default 1,024; past it, new peers are refused.
+    pub max_connections: usize,
+    /// Most concurrent incoming streams per peer. Default 32.
+    pub max_streams_per_peer: u32,
+    /// Largest message on a stream. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Datagrams buffered per connection before the oldest are dropped.
+    /// Default 1 MiB.
+    pub datagram_buffer_bytes: usize,
+    /// Received messages queued for the application. Default 8,192.
+    pub receive_queue: usize,
+    /// The UDP socket's kernel receive buffer, in bytes. Default 4 MiB: a
+    /// seed that a hundred nodes dial at once receives their handshakes in
+    /// one burst, and the kernel's usual 208 KiB overflows (each lost
+    /// handshake packet then costs a 1 s retransmission timeout, then 2 s).
+    /// The kernel caps it at `net.core.rmem_max`.
+    pub socket_receive_buffer: usize,
+}
+
+impl TransportConfig {
+    /// Defaults, listening on `bind`.
+    pub fn new(bind: SocketAddr) -> Self {
+        TransportConfig {
+            bind,
+            idle_timeout: Duration::from_secs(600),
+            max_connections: 1024,
+            max_streams_per_peer: 32,
+            max_frame_bytes: 16 << 20,
+            datagram_buffer_bytes: 1 << 20,
+            receive_queue: 8192,
+            socket_receive_buffer: 4 << 20,
+        }
+    }
+}
