@@ -231,9 +231,9 @@ async fn run(args: Args) {
         config.rng_seed = Some(i as u64 + 1);
         config.suspicion_mult = args.suspicion_mult;
         suspicion_mult = config.swim_config().suspicion_mult;
-        // Subscribed from the first event: a subscription made after the
-        // start may miss the first members found.
-        let (node, events) = Node::start_subscribed(config).await.expect("node starts");
+        // The events from the first: a subscription made after the start
+        // may miss the first members found.
+        let (node, events) = Node::start(config).await.expect("node starts");
         seed_addr.get_or_insert(node.addr());
         watch(i, n, events, seen.clone(), start);
         nodes.push(node);
@@ -251,7 +251,7 @@ async fn run(args: Args) {
             alive.enumerate().filter(|(_, a)| a + 1 < n).collect()
         };
         for (i, by_events) in incomplete {
-            let members = nodes[i].members().await.unwrap_or_default();
+            let members = nodes[i].members();
             let statuses: Vec<String> = members
                 .iter()
                 .map(|m| {

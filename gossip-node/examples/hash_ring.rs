@@ -38,7 +38,7 @@ fn tokens_of(id: NodeId) -> String {
 /// The ring as `node` sees it: token -> owner, over alive members only.
 async fn ring(node: &Node) -> Result<BTreeMap<u64, String>, gossip_node::Error> {
     let mut ring = BTreeMap::new();
-    for member in node.members().await? {
+    for member in node.members().iter() {
         if member.status != MemberStatus::Alive {
             continue;
         }
@@ -84,11 +84,14 @@ async fn start(
 ) -> Result<Node, Box<dyn std::error::Error>> {
     let name = format!("node-{i}");
     let mut config = NodeConfig::new("ring", &name, "127.0.0.1:0".parse()?, ca.trust());
-    config.credentials = Some(ca.issue(&name, Validity::for_duration(Duration::from_secs(3600)))?);
+    let credentials = ca.issue(&name, Validity::for_duration(Duration::from_secs(3600)))?;
+    // Published with the node's first announcement: no member sees the node
+    // without its tokens.
+    config.initial_keys = vec![("tokens".into(), tokens_of(credentials.node_id()).into())];
+    config.credentials = Some(credentials);
     config.preset = Preset::Local;
     config.seeds = seed.map(|s| vec![s.addr()]).unwrap_or_default();
-    let node = Node::start(config).await?;
-    node.set("tokens", tokens_of(node.id())).await?;
+    let (node, _events) = Node::start(config).await?;
     Ok(node)
 }
 
@@ -96,7 +99,7 @@ async fn start(
 async fn settle(node: &Node, alive: usize) -> Result<(), gossip_node::Error> {
     let mut events = node.subscribe();
     loop {
-        let members = node.members().await?;
+        let members = node.members();
         let mut with_tokens = 0;
         for m in members.iter().filter(|m| m.status == MemberStatus::Alive) {
             if node.get(m.id, "tokens").await?.is_some() {

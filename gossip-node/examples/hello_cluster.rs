@@ -24,19 +24,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.preset = Preset::Local;
         // Everyone but the first joins through the first.
         config.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
-        nodes.push(Node::start(config).await?);
+        let (node, _events) = Node::start(config).await?;
+        node.joined().await?;
+        nodes.push(node);
     }
 
     // Wait until the last node sees all three alive.
     loop {
-        let members = nodes[2].members().await?;
+        let members = nodes[2].members();
         if members
             .iter()
             .filter(|m| m.status == MemberStatus::Alive)
             .count()
             == 3
         {
-            for m in &members {
+            for m in members.iter() {
                 println!("{:<8} {:<16} {}", m.meta.name(), m.id, m.status.as_str());
             }
             break;
@@ -59,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     nodes[1].leave(Duration::from_secs(5)).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for m in nodes[0].members().await? {
+    for m in nodes[0].members().iter() {
         println!("{:<8} {}", m.meta.name(), m.status.as_str());
     }
     for node in &nodes {

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gossip_core::ClusterId;
+use bytes::Bytes;
+use gossip_core::{ClusterId, Key};
 use gossip_transport_quic::{NodeCredentials, TrustBundle};
 
 /// The protocol timings to start from: memberlist's three profiles.
@@ -59,11 +60,13 @@ pub struct NodeConfig {
     pub trust: TrustBundle,
     /// Protocol timings. Default [`Preset::Lan`].
     pub preset: Preset,
-    /// The cluster size to plan for (sizes the caps and the suspicion
-    /// timeout). Default 64.
+    /// The cluster size to plan for: the member table holds at most four
+    /// times as many members (at least 1,024), departed members included
+    /// until they are forgotten. The suspicion timeout does not depend on
+    /// it: it follows the number of live members. Default 64.
     pub expected_members: usize,
-    /// Replaces the preset's suspicion multiplier (4 in every preset but
-    /// `Local`'s 3): a suspect is declared dead no sooner than
+    /// Replaces the preset's suspicion multiplier (4 for `Lan`, 6 for `Wan`,
+    /// 3 for `Local`): a suspect is declared dead no sooner than
     /// `mult * log10(members) * probe interval` after the suspicion, so at
     /// 64 members and the LAN preset, 4 gives 7.2 s and 2 gives 3.6 s.
     /// Lower declares crashed members dead sooner, and also members that
@@ -72,9 +75,10 @@ pub struct NodeConfig {
     pub suspicion_mult: Option<u32>,
     /// Where the node keeps its identity, last incarnation and its own keys
     /// across restarts. `None` keeps nothing: a restarted node then starts
-    /// again at incarnation 0 with no keys, and peers that still hold its
-    /// earlier life at a higher incarnation ignore it until that record is
-    /// forgotten.
+    /// again at incarnation 0 with no keys. Peers that hold its earlier life
+    /// alive at a higher incarnation take none of the new life's claims below
+    /// it (its metadata, a graceful leave) until it refutes a suspicion of
+    /// itself past that incarnation or the earlier record is forgotten.
     pub data_dir: Option<PathBuf>,
     /// How often the node reconciles its state with one random member even
     /// when no probe has shown a difference (the backstop). Default 30 s.
@@ -93,6 +97,10 @@ pub struct NodeConfig {
     /// Events buffered for slow subscribers before they start missing some.
     /// Default 4,096.
     pub event_buffer: usize,
+    /// Keys this node publishes from the start: they ride its first
+    /// announcement, so no member ever sees it without them. They replace
+    /// keys of the same name kept in `data_dir`. Default none.
+    pub initial_keys: Vec<(Key, Bytes)>,
 }
 
 impl NodeConfig {
@@ -121,6 +129,7 @@ impl NodeConfig {
             tombstone_grace: Duration::from_secs(3600),
             rng_seed: None,
             event_buffer: 4096,
+            initial_keys: Vec::new(),
         }
     }
 

@@ -3,8 +3,8 @@
 //! then drains every output.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use gossip_member::{Replica, ReplicaEvent, Role, SyncTransmit};
 use gossip_swim::{Event, Transmit};
 use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, Transport};
 use rand::Rng;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, debug_span, info, trace, warn};
 
@@ -48,7 +48,10 @@ impl Drop for InFlight {
 
 /// What a handle asks of the driver.
 pub(crate) enum Command {
-    Members(oneshot::Sender<Vec<Member>>),
+    Join {
+        seeds: Vec<SocketAddr>,
+        reply: oneshot::Sender<()>,
+    },
     Set {
         key: Key,
         value: Bytes,
@@ -85,6 +88,11 @@ pub(crate) struct Driver {
     inbox: Inbox,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<NodeEvent>,
+    /// The membership the handles read, and whether it changed since it was
+    /// last published.
+    members: Arc<RwLock<Arc<[Member]>>>,
+    members_changed: bool,
+    joined: watch::Sender<bool>,
     epoch: Instant,
     /// The driver's own choices (where a push goes instead).
     rng: GossipRng,
@@ -109,6 +117,8 @@ pub(crate) struct Parts {
     pub(crate) inbox: Inbox,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) members: Arc<RwLock<Arc<[Member]>>>,
+    pub(crate) joined: watch::Sender<bool>,
     pub(crate) epoch: Instant,
     pub(crate) rng: GossipRng,
     pub(crate) data_dir: Option<DataDir>,
@@ -124,6 +134,9 @@ impl Driver {
             inbox: parts.inbox,
             commands: parts.commands,
             events: parts.events,
+            members: parts.members,
+            members_changed: false,
+            joined: parts.joined,
             epoch: parts.epoch,
             rng: parts.rng,
             data_dir: parts.data_dir,
@@ -193,13 +206,15 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Members(reply) => {
-                let _ = reply.send(self.replica.swim().members().iter().cloned().collect());
+            Command::Join { seeds, reply } => {
+                self.replica.join(now, seeds);
+                let _ = reply.send(());
             }
             Command::Set { key, value, reply } => {
                 let result = self.replica.set(now, key, value).map_err(Error::from);
                 if result.is_ok() {
                     self.store_keys();
+                    self.members_changed = true;
                 }
                 let _ = reply.send(result);
             }
@@ -207,6 +222,7 @@ impl Driver {
                 let result = self.replica.delete(now, &key).map_err(Error::from);
                 if matches!(result, Ok(Some(_))) {
                     self.store_keys();
+                    self.members_changed = true;
                 }
                 let _ = reply.send(result);
             }
@@ -289,6 +305,11 @@ impl Driver {
             self.handle_event(event);
         }
         self.keep_incarnation();
+        if self.members_changed {
+            self.members_changed = false;
+            let snapshot = crate::node::snapshot(&self.replica);
+            *self.members.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        }
     }
 
     fn handle_event(&mut self, event: ReplicaEvent) {
@@ -319,8 +340,16 @@ impl Driver {
     }
 
     fn handle_swim_event(&mut self, event: &Event) {
+        // Every event but these changes a member's record.
+        self.members_changed |= !matches!(
+            event,
+            Event::StateRumor { .. } | Event::StateDigestDiffers { .. } | Event::LeaveCompleted
+        );
         match event {
-            Event::JoinCompleted { via } => info!(%via, "joined the cluster"),
+            Event::JoinCompleted { via } => {
+                info!(%via, "joined the cluster");
+                self.joined.send_replace(true);
+            }
             Event::Refuted {
                 incarnation,
                 accused_by,

@@ -38,6 +38,16 @@ pub enum Error {
         /// The id of the configured credentials.
         configured: NodeId,
     },
+    /// What the data directory kept cannot be taken up: its incarnation is
+    /// exhausted, or a stored key is over the configured limits.
+    #[error("data directory {path}: the stored state cannot be used: {source}")]
+    StoredState {
+        /// The data directory.
+        path: PathBuf,
+        /// What the state refused.
+        #[source]
+        source: gossip_core::Error,
+    },
     /// No credentials were configured and the data directory holds none.
     #[error(
         "no certificate: configure `credentials`, or a `data_dir` that holds node.crt and node.key"

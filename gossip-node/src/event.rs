@@ -4,10 +4,20 @@ use bytes::Bytes;
 use gossip_core::{Key, Member, NodeId};
 use gossip_swim::Provenance;
 
+/// A node's stream of events, as [`Node::start`](crate::Node::start) and
+/// [`Node::subscribe`](crate::Node::subscribe) return it.
+pub type NodeEvents = tokio::sync::broadcast::Receiver<NodeEvent>;
+
 /// A change in the cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeEvent {
+    /// This node's join completed: `via` answered with its membership.
+    /// [`Node::joined`](crate::Node::joined) waits for it.
+    JoinCompleted {
+        /// The member that let this node in.
+        via: NodeId,
+    },
     /// A member was heard of for the first time.
     Joined(Member),
     /// A member's incarnation, name, addresses or state version changed.
@@ -72,6 +82,7 @@ impl NodeEvent {
             Event::Left(member) => NodeEvent::Left(member.clone()),
             Event::Rejoined(member) => NodeEvent::Rejoined(member.clone()),
             Event::Removed(id) => NodeEvent::Removed(*id),
+            Event::JoinCompleted { via } => NodeEvent::JoinCompleted { via: *via },
             _ => return None,
         })
     }

@@ -4,10 +4,11 @@
 //! mutual-TLS QUIC ([`gossip_transport_quic`]) as one [`Node`].
 //!
 //! A node answers "who is alive, and what do they say about themselves":
-//! [`Node::members`] is the membership as this node sees it,
-//! [`Node::subscribe`] streams the changes ([`NodeEvent`]), [`Node::set`]
-//! publishes one of this node's own keys, and [`Node::get`] reads any
-//! node's.
+//! [`Node::start`] returns the node and the stream of its changes
+//! ([`NodeEvent`]) from the first, [`Node::joined`] waits for the join,
+//! [`Node::members`] reads the membership as this node sees it (a shared
+//! snapshot, without waiting on the node), [`Node::set`] publishes one of
+//! this node's own keys, and [`Node::get`] reads any node's.
 //!
 //! How it runs: one driver task per node owns the state machines. It
 //! selects over transport input, the earliest deadline and handle commands,
@@ -29,9 +30,11 @@
 //! let mut config = NodeConfig::new("demo", "node-1", "127.0.0.1:7946".parse()?, ca.trust());
 //! config.credentials = Some(ca.issue("node-1", validity)?);
 //! config.data_dir = Some("/var/lib/gossip".into());
-//! let node = Node::start(config).await?;
-//! node.set("tokens", "0,85,170").await?;
-//! for member in node.members().await? {
+//! // Published with the node's first announcement.
+//! config.initial_keys = vec![("tokens".into(), "0,85,170".into())];
+//! let (node, _events) = Node::start(config).await?;
+//! node.joined().await?;
+//! for member in node.members().iter() {
 //!     println!("{} {} {}", member.meta.name(), member.id, member.status.as_str());
 //! }
 //! node.leave(Duration::from_secs(10)).await?;
@@ -52,7 +55,7 @@ pub mod stream;
 pub use config::{NodeConfig, Preset};
 pub use data_dir::{DataDir, StoredKeys};
 pub use error::Error;
-pub use event::NodeEvent;
+pub use event::{NodeEvent, NodeEvents};
 pub use metrics::Metrics;
 pub use node::Node;
 

@@ -1,15 +1,16 @@
 //! The handle users hold.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_core::{GossipRng, Incarnation, Key, Member, MemberMeta, NodeId, Timestamp};
 use gossip_member::{Replica, StoredKeys};
 use gossip_swim::Swim;
-use gossip_transport_quic::{Transport, TransportConfig};
+use gossip_transport_quic::{NodeCredentials, Transport, TransportConfig};
 use rand::SeedableRng;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
 use crate::driver::{Command, Driver, Parts};
 use crate::error::Error;
-use crate::event::NodeEvent;
+use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
 
 /// Largest SWIM frame sent as a datagram. QUIC's datagrams on a path that
@@ -38,9 +39,9 @@ const SWIM_DATAGRAM_BYTES: usize = 1100;
 /// let mut config = NodeConfig::new("demo", "node-1", "127.0.0.1:7946".parse()?, ca.trust());
 /// config.credentials = Some(ca.issue("node-1", Validity::for_duration(std::time::Duration::from_secs(86_400)))?);
 /// config.seeds = vec!["127.0.0.1:7947".parse()?];
-/// let node = Node::start(config).await?;
+/// let (node, mut events) = Node::start(config).await?;
 /// node.set("role", "cache").await?;
-/// let mut events = node.subscribe();
+/// node.joined().await?;
 /// while let Ok(event) = events.recv().await {
 ///     if let NodeEvent::Failed { member, provenance } = event {
 ///         println!("{} failed, declared by {}", member.meta.name(), provenance.declared_by);
@@ -54,19 +55,24 @@ pub struct Node {
     addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NodeEvent>,
+    /// The membership, as the driver last published it.
+    members: Arc<RwLock<Arc<[Member]>>>,
+    /// Whether the node's latest join has completed.
+    joined: watch::Sender<bool>,
     #[cfg(feature = "fault-injection")]
     transport: Transport,
-    task: std::sync::Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     #[cfg(feature = "fault-injection")]
     faults: gossip_transport_quic::FaultHandle,
 }
 
 impl Node {
-    /// Starts a node: binds the transport, restores identity and
-    /// incarnation from the data directory, and joins through the seeds
-    /// (retrying with backoff until one answers). Returns once the node is
-    /// listening; joining goes on in the background ([`NodeEvent::Joined`]
-    /// reports each member found).
+    /// Starts a node: checks the configuration, restores identity,
+    /// incarnation and keys from the data directory, binds the transport,
+    /// and joins through the seeds (retrying with backoff until one
+    /// answers). Returns the node and its event stream, subscribed before
+    /// the node ran, so it holds every event from the first. Returns once
+    /// the node is listening; [`joined`](Node::joined) waits for the join.
     ///
     /// Must be called within a tokio runtime.
     ///
@@ -74,130 +80,47 @@ impl Node {
     ///
     /// [`Error::UnspecifiedAdvertise`], [`Error::Config`],
     /// [`Error::NoCredentials`], [`Error::IdentityMismatch`],
-    /// [`Error::DataDir`], and [`Error::Transport`] (for example the port is
-    /// in use).
+    /// [`Error::DataDir`], [`Error::StoredState`], [`Error::Refused`] (an
+    /// initial key over a cap), and [`Error::Transport`] (for example the
+    /// port is in use).
     ///
     /// # Cancel safety
     ///
     /// Cancelling before it returns leaves nothing running.
-    pub async fn start(config: NodeConfig) -> Result<Node, Error> {
-        Self::start_subscribed(config).await.map(|(node, _)| node)
-    }
-
-    /// As [`start`](Node::start), with a subscription made before the node
-    /// runs, so it sees every event from the first: a subscription made
-    /// after `start` returns may miss the first members found.
-    ///
-    /// # Errors
-    ///
-    /// As [`start`](Node::start).
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`start`](Node::start).
-    pub async fn start_subscribed(
-        config: NodeConfig,
-    ) -> Result<(Node, broadcast::Receiver<NodeEvent>), Error> {
-        if config.name.is_empty() {
-            return Err(Error::Config(
-                "`name` is empty; give the node a name".into(),
-            ));
-        }
-        if config.suspicion_mult == Some(0) {
-            return Err(Error::Config(
-                "`suspicion_mult` is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 or 4)".into(),
-            ));
-        }
+    pub async fn start(config: NodeConfig) -> Result<(Node, NodeEvents), Error> {
+        check(&config)?;
         let data_dir = config.data_dir.clone().map(DataDir::open).transpose()?;
-        let credentials = match &data_dir {
-            Some(dir) => dir.credentials(config.credentials.clone())?,
-            None => config.credentials.clone().ok_or(Error::NoCredentials)?,
-        };
-        let incarnation = match &data_dir {
-            Some(dir) => match dir.last_incarnation()? {
-                // One more than the earlier life reached, so this life's
-                // record wins over anything peers remember of it.
-                Some(last) => last.next()?,
-                None => Incarnation::ZERO,
-            },
-            None => Incarnation::ZERO,
-        };
-        if let Some(dir) = &data_dir {
-            dir.store_incarnation(incarnation)?;
-        }
-
-        let transport_config = TransportConfig::new(config.bind);
-        #[cfg(feature = "fault-injection")]
-        let (transport, inbox, faults) = {
-            let (socket, faults) = gossip_transport_quic::FaultySocket::bind(
-                config.bind,
-                gossip_transport_quic::FaultConfig::new(0),
-            )
-            .map_err(|source| gossip_transport_quic::Error::Bind {
-                addr: config.bind,
-                source,
-            })?;
-            let (transport, inbox) =
-                Transport::bind_with_socket(transport_config, &credentials, &config.trust, socket)?;
-            (transport, inbox, faults)
-        };
-        #[cfg(not(feature = "fault-injection"))]
-        let (transport, inbox) = Transport::bind(transport_config, &credentials, &config.trust)?;
-
-        let bound =
-            transport
-                .local_addr()
-                .map_err(|source| gossip_transport_quic::Error::Bind {
-                    addr: config.bind,
-                    source,
-                })?;
-        let advertise = config.advertise.unwrap_or(bound);
+        let identity = Identity::restore(&config, data_dir.as_ref())?;
+        let bound = bind_transport(&config, &identity.credentials)?;
+        let advertise = config.advertise.unwrap_or(bound.addr);
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
             return Err(Error::UnspecifiedAdvertise(advertise));
         }
-
-        let id = credentials.node_id();
-        let epoch = Instant::now();
+        let id = identity.credentials.node_id();
+        let seed = config.rng_seed.unwrap_or_else(|| default_rng_seed(&id));
         let now = Timestamp::ZERO;
-        let seed = config.rng_seed.unwrap_or_else(|| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&id.as_bytes()[..8]);
-            u64::from_le_bytes(word) ^ wall_clock_nanos()
-        });
-        let mut swim_config = config.swim_config();
-        swim_config.rng_seed = seed;
-        let meta = MemberMeta::new(&config.name, [advertise]);
-        let mut swim = Swim::new(swim_config, id, meta, incarnation, now);
-        swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
-        let seeds: Vec<SocketAddr> = config
-            .seeds
-            .iter()
-            .copied()
-            .filter(|seed| *seed != advertise && *seed != bound)
-            .collect();
+        let mut replica = build_replica(&config, &identity, advertise, seed, now)?;
+        let seeds = seeds_other_than(&config.seeds, advertise, bound.addr);
+        let joined = watch::Sender::new(seeds.is_empty());
         if !seeds.is_empty() {
-            swim.join(now, seeds);
+            replica.join(now, seeds);
         }
-        let stored = match &data_dir {
-            Some(dir) => dir.last_keys()?.unwrap_or_default(),
-            None => StoredKeys::default(),
-        };
-        let mut replica_config = config.replica_config();
-        replica_config.rng_seed = seed.rotate_left(17);
-        let replica = Replica::new(replica_config, swim, stored, now)?;
+        let members = Arc::new(RwLock::new(snapshot(&replica)));
 
         let (commands_tx, commands) = mpsc::channel(256);
         let (events, first_subscriber) = broadcast::channel(config.event_buffer.max(16));
         let driver = Driver::new(Parts {
             replica,
-            transport: transport.clone(),
-            inbox,
+            transport: bound.transport.clone(),
+            inbox: bound.inbox,
             commands,
             events: events.clone(),
-            epoch,
+            members: members.clone(),
+            joined: joined.clone(),
+            epoch: Instant::now(),
             rng: GossipRng::seed_from_u64(seed.rotate_left(29)),
             data_dir,
-            persisted_incarnation: incarnation.get(),
+            persisted_incarnation: identity.incarnation.get(),
         });
         let span = tracing::info_span!("node", id = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
@@ -206,11 +129,13 @@ impl Node {
             addr: advertise,
             commands: commands_tx,
             events,
+            members,
+            joined,
             #[cfg(feature = "fault-injection")]
-            transport,
-            task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
+            transport: bound.transport,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
             #[cfg(feature = "fault-injection")]
-            faults,
+            faults: bound.faults,
         };
         Ok((node, first_subscriber))
     }
@@ -225,8 +150,8 @@ impl Node {
         self.addr
     }
 
-    /// A stream of cluster events from now on (to see them from the very
-    /// start, use [`start_subscribed`](Node::start_subscribed)). A subscriber that falls more
+    /// A stream of cluster events from now on (the stream [`start`](Node::start)
+    /// returns holds them from the very start). A subscriber that falls more
     /// than `event_buffer` events behind misses the oldest and is told how
     /// many (`RecvError::Lagged`); [`members`](Node::members) then gives the
     /// current picture.
@@ -243,17 +168,56 @@ impl Node {
         answer.await.map_err(|_| Error::Stopped)
     }
 
-    /// Every member this node knows of, itself included, with its status.
+    /// Every member this node knows of, itself included, with its status:
+    /// a snapshot the node republishes after every change, read without
+    /// waiting on the node (cheap enough to call on every lookup). After
+    /// the node stops, the last snapshot.
+    pub fn members(&self) -> Arc<[Member]> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Joins the cluster through `seeds` (more of them, or again after
+    /// being cut off): asks each for its membership and keeps asking, with
+    /// backoff, until one answers. Returns once the join has begun;
+    /// [`joined`](Node::joined) waits for it to complete.
     ///
     /// # Errors
     ///
-    /// [`Error::Stopped`] once the node has stopped.
+    /// [`Error::Config`] if `seeds` names no address but this node's own;
+    /// [`Error::Stopped`].
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: it only reads.
-    pub async fn members(&self) -> Result<Vec<Member>, Error> {
-        self.ask(Command::Members).await
+    /// Cancel safe: a cancelled call has started the join or not.
+    pub async fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), Error> {
+        let seeds = seeds_other_than(&seeds, self.addr, self.addr);
+        if seeds.is_empty() {
+            return Err(Error::Config(
+                "no seed to join through: give the address of another member".into(),
+            ));
+        }
+        self.joined.send_replace(false);
+        self.ask(|reply| Command::Join { seeds, reply }).await
+    }
+
+    /// Waits until the node's latest join has completed: a seed answered
+    /// with its membership ([`NodeEvent::JoinCompleted`]). A node started
+    /// without seeds founds its cluster and counts as joined at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] if the node stops first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    pub async fn joined(&self) -> Result<(), Error> {
+        let mut joined = self.joined.subscribe();
+        let done = joined.wait_for(|joined| *joined).await.is_ok();
+        if done { Ok(()) } else { Err(Error::Stopped) }
     }
 
     /// Sets one of this node's own keys; it reaches every member by gossip
@@ -391,6 +355,157 @@ impl Node {
         let transport = self.transport.clone();
         tokio::spawn(async move { transport.close().await });
     }
+}
+
+/// Refuses a configuration that cannot work, naming the fix.
+fn check(config: &NodeConfig) -> Result<(), Error> {
+    if config.name.is_empty() {
+        return Err(Error::Config(
+            "`name` is empty; give the node a name".into(),
+        ));
+    }
+    if config.suspicion_mult == Some(0) {
+        return Err(Error::Config(
+            "`suspicion_mult` is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 to 6)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Who the node is and where its earlier life left off.
+struct Identity {
+    credentials: NodeCredentials,
+    incarnation: Incarnation,
+    stored: StoredKeys,
+}
+
+impl Identity {
+    /// The credentials (configured, or kept in the data directory), the
+    /// incarnation to start at (one past the earlier life's, which is stored
+    /// at once) and the keys the earlier life kept.
+    fn restore(config: &NodeConfig, data_dir: Option<&DataDir>) -> Result<Identity, Error> {
+        let Some(dir) = data_dir else {
+            return Ok(Identity {
+                credentials: config.credentials.clone().ok_or(Error::NoCredentials)?,
+                incarnation: Incarnation::ZERO,
+                stored: StoredKeys::default(),
+            });
+        };
+        let credentials = dir.credentials(config.credentials.clone())?;
+        // One more than the earlier life reached, so this life's record
+        // wins over anything peers remember of it.
+        let incarnation = match dir.last_incarnation()? {
+            Some(last) => last.next().map_err(|source| Error::StoredState {
+                path: dir.path().to_path_buf(),
+                source,
+            })?,
+            None => Incarnation::ZERO,
+        };
+        dir.store_incarnation(incarnation)?;
+        let stored = dir.last_keys()?.unwrap_or_default();
+        Ok(Identity {
+            credentials,
+            incarnation,
+            stored,
+        })
+    }
+}
+
+/// The bound transport, and the address it listens on.
+struct Bound {
+    transport: Transport,
+    inbox: gossip_transport_quic::Inbox,
+    addr: SocketAddr,
+    #[cfg(feature = "fault-injection")]
+    faults: gossip_transport_quic::FaultHandle,
+}
+
+/// Binds the transport at `config.bind` (over the fault-injecting socket
+/// with the `fault-injection` feature, so tests can silence the node).
+fn bind_transport(config: &NodeConfig, credentials: &NodeCredentials) -> Result<Bound, Error> {
+    let transport_config = TransportConfig::new(config.bind);
+    let bind_error = |source| gossip_transport_quic::Error::Bind {
+        addr: config.bind,
+        source,
+    };
+    #[cfg(feature = "fault-injection")]
+    let (transport, inbox, faults) = {
+        let (socket, faults) = gossip_transport_quic::FaultySocket::bind(
+            config.bind,
+            gossip_transport_quic::FaultConfig::new(0),
+        )
+        .map_err(bind_error)?;
+        let (transport, inbox) =
+            Transport::bind_with_socket(transport_config, credentials, &config.trust, socket)?;
+        (transport, inbox, faults)
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    let (transport, inbox) = Transport::bind(transport_config, credentials, &config.trust)?;
+    let addr = transport.local_addr().map_err(bind_error)?;
+    Ok(Bound {
+        transport,
+        inbox,
+        addr,
+        #[cfg(feature = "fault-injection")]
+        faults,
+    })
+}
+
+/// The node's sans-IO member: SWIM and the sync, with the keys kept from
+/// the earlier life and then the configured initial keys, so that the
+/// first announcement carries them all.
+fn build_replica(
+    config: &NodeConfig,
+    identity: &Identity,
+    advertise: SocketAddr,
+    seed: u64,
+    now: Timestamp,
+) -> Result<Replica, Error> {
+    let id = identity.credentials.node_id();
+    let mut swim_config = config.swim_config();
+    swim_config.rng_seed = seed;
+    let meta = MemberMeta::new(&config.name, [advertise]);
+    let mut swim = Swim::new(swim_config, id, meta, identity.incarnation, now);
+    swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
+    let mut replica_config = config.replica_config();
+    replica_config.rng_seed = seed.rotate_left(17);
+    let path = || config.data_dir.clone().unwrap_or_default();
+    let mut replica =
+        Replica::new(replica_config, swim, identity.stored.clone(), now).map_err(|source| {
+            Error::StoredState {
+                path: path(),
+                source,
+            }
+        })?;
+    for (key, value) in &config.initial_keys {
+        replica.set(now, key.clone(), value.clone())?;
+    }
+    Ok(replica)
+}
+
+/// The seeds, less this node's own addresses.
+fn seeds_other_than(
+    seeds: &[SocketAddr],
+    advertise: SocketAddr,
+    bound: SocketAddr,
+) -> Vec<SocketAddr> {
+    seeds
+        .iter()
+        .copied()
+        .filter(|seed| *seed != advertise && *seed != bound)
+        .collect()
+}
+
+/// The membership as the replica holds it, for the handles to read.
+pub(crate) fn snapshot(replica: &Replica) -> Arc<[Member]> {
+    replica.swim().members().iter().cloned().collect()
+}
+
+/// A PRNG seed that differs between nodes and between runs.
+fn default_rng_seed(id: &NodeId) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&id.as_bytes()[..8]);
+    u64::from_le_bytes(word) ^ wall_clock_nanos()
 }
 
 /// Nanoseconds of the wall clock, to vary the default PRNG seed between runs.

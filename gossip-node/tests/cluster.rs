@@ -96,7 +96,7 @@ async fn a_graceful_leave_is_seen_as_left_not_failed() {
         .await
         .expect("leave completes");
     assert!(
-        cluster.nodes[4].members().await.is_err(),
+        cluster.nodes[4].metrics().await.is_err(),
         "the node stopped"
     );
     for node in &cluster.nodes[..4] {
@@ -128,17 +128,16 @@ async fn a_restarted_node_rejoins_with_the_same_id_a_higher_incarnation_and_no_g
     // Restart from the data directory alone, on another port.
     let mut restarted = config(&cluster.ca, "node-4", vec![cluster.nodes[0].addr()]);
     restarted.data_dir = Some(data.path().join("node-4"));
-    let node = Node::start(restarted).await.expect("restart");
+    let (node, _events) = Node::start(restarted).await.expect("restart");
     assert_eq!(node.id(), ids[4], "same identity");
     cluster.nodes[4] = node;
     for node in &cluster.nodes {
         eventually(LIMIT, "every node sees the same five alive", || async {
             sees_alive(node, &ids).await
-                && node.members().await.is_ok_and(|members| {
-                    members
-                        .iter()
-                        .any(|m| m.id == ids[4] && m.incarnation.get() >= 1)
-                })
+                && node
+                    .members()
+                    .iter()
+                    .any(|m| m.id == ids[4] && m.incarnation.get() >= 1)
         })
         .await;
     }
@@ -161,7 +160,7 @@ async fn a_crashed_node_restarts_with_its_keys_and_every_peer_keeps_them() {
     cluster.nodes[3].crash();
     let mut restarted = config(&cluster.ca, "node-3", vec![cluster.nodes[0].addr()]);
     restarted.data_dir = Some(data.path().join("node-3"));
-    let node = Node::start(restarted).await.expect("restart");
+    let (node, _events) = Node::start(restarted).await.expect("restart");
     assert_eq!(node.id(), owner, "same identity");
     assert_eq!(
         node.get(owner, "role").await.expect("get").as_deref(),
@@ -199,12 +198,12 @@ async fn a_node_with_a_foreign_ca_cannot_join_and_the_cluster_is_unchanged() {
     let foreign_ca = ClusterCa::generate(common::CLUSTER).expect("CA");
     let mut intruder = config(&foreign_ca, "intruder", vec![cluster.nodes[0].addr()]);
     intruder.credentials = Some(foreign_ca.issue("intruder", validity()).expect("issue"));
-    let intruder = Node::start(intruder).await.expect("starts alone");
+    let (intruder, _events) = Node::start(intruder).await.expect("starts alone");
     tokio::time::sleep(Duration::from_secs(5)).await;
     for node in &cluster.nodes {
         assert!(sees_alive(node, &ids).await, "the cluster changed");
     }
-    let alone = intruder.members().await.expect("members");
+    let alone = intruder.members();
     assert_eq!(alone.len(), 1, "the intruder saw {alone:?}");
     let refused = cluster.nodes[0]
         .metrics()
@@ -213,4 +212,90 @@ async fn a_node_with_a_foreign_ca_cannot_join_and_the_cluster_is_unchanged() {
         .transport
         .refused;
     assert!(refused > 0, "node 0 never refused a handshake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_completes_with_an_event_and_the_initial_keys_ride_the_first_announcement() {
+    let (cluster, _) = Cluster::converged(2, None).await;
+    let seed = &cluster.nodes[0];
+    let mut seed_events = seed.subscribe();
+    let mut joiner = config(&cluster.ca, "joiner", vec![seed.addr()]);
+    let credentials = cluster.ca.issue("joiner", validity()).expect("issue");
+    let joiner_id = credentials.node_id();
+    joiner.credentials = Some(credentials);
+    joiner.initial_keys = vec![("role".into(), "cache".into())];
+    let (joiner, mut events) = Node::start(joiner).await.expect("starts");
+    tokio::time::timeout(LIMIT, joiner.joined())
+        .await
+        .expect("joined in time")
+        .expect("the node runs");
+    // The stream returned by start holds the join from the first event.
+    let via = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(NodeEvent::JoinCompleted { via }) = events.recv().await {
+                return via;
+            }
+        }
+    })
+    .await
+    .expect("a JoinCompleted event");
+    assert_eq!(via, seed.id());
+    // The first record the seed hears of the joiner already announces its
+    // keys (a state version past 0), and the keys follow.
+    let first = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(NodeEvent::Joined(member)) = seed_events.recv().await
+                && member.id == joiner_id
+            {
+                return member;
+            }
+        }
+    })
+    .await
+    .expect("the seed hears of the joiner");
+    assert!(
+        first.state_version >= 1,
+        "the first announcement carries no keys: {first:?}"
+    );
+    eventually(LIMIT, "the initial key reaches the seed", || async {
+        seed.get(joiner_id, "role").await.ok().flatten().as_deref() == Some(&b"cache"[..])
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_alone_joins_at_run_time() {
+    let (cluster, mut ids) = Cluster::converged(3, None).await;
+    let mut loner = config(&cluster.ca, "loner", Vec::new());
+    let credentials = cluster.ca.issue("loner", validity()).expect("issue");
+    ids.push(credentials.node_id());
+    loner.credentials = Some(credentials);
+    let (loner, _events) = Node::start(loner).await.expect("starts");
+    // Without seeds it founds its own cluster, joined at once.
+    tokio::time::timeout(Duration::from_secs(1), loner.joined())
+        .await
+        .expect("a founder counts as joined")
+        .expect("the node runs");
+    assert_eq!(loner.members().len(), 1);
+    assert!(
+        matches!(
+            loner.join(vec![loner.addr()]).await,
+            Err(gossip_node::Error::Config(_))
+        ),
+        "joining through itself alone is refused"
+    );
+    loner
+        .join(vec![cluster.nodes[1].addr()])
+        .await
+        .expect("the join starts");
+    tokio::time::timeout(LIMIT, loner.joined())
+        .await
+        .expect("joined in time")
+        .expect("the node runs");
+    for node in cluster.nodes.iter().chain([&loner]) {
+        eventually(LIMIT, "every node sees all four alive", || async {
+            sees_alive(node, &ids).await
+        })
+        .await;
+    }
 }

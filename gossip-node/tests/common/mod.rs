@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gossip_node::{Member, MemberStatus, Node, NodeConfig, NodeId, Preset};
+use gossip_node::{MemberStatus, Node, NodeConfig, NodeId, Preset};
 use gossip_transport_quic::{ClusterCa, NodeCredentials, Validity};
 
 pub(crate) const CLUSTER: &str = "node-tests";
@@ -62,7 +62,7 @@ impl Cluster {
             config.data_dir = data_root
                 .as_ref()
                 .map(|root| root.join(format!("node-{i}")));
-            let node = Node::start(config).await.expect("node starts");
+            let (node, _events) = Node::start(config).await.expect("node starts");
             cluster.nodes.push(node);
             cluster.credentials.push(credentials);
         }
@@ -109,15 +109,13 @@ where
 
 /// How `node` sees `subject`.
 pub(crate) async fn status_of(node: &Node, subject: NodeId) -> Option<MemberStatus> {
-    let members: Vec<Member> = node.members().await.ok()?;
+    let members = node.members();
     members.iter().find(|m| m.id == subject).map(|m| m.status)
 }
 
 /// Whether `node` sees exactly `expected` alive, and nothing else.
 pub(crate) async fn sees_alive(node: &Node, expected: &[NodeId]) -> bool {
-    let Ok(members) = node.members().await else {
-        return false;
-    };
+    let members = node.members();
     members.len() == expected.len()
         && expected.iter().all(|id| {
             members

@@ -72,10 +72,10 @@ pub(super) struct Timers {
 impl Timers {
     /// Schedules `timer` at `at`; a periodic timer already pending moves.
     pub(super) fn set(&mut self, at: Timestamp, timer: Timer) {
-        if let Some(slot) = timer.slot() {
-            if let Some(old) = self.periodic[slot].replace(at) {
-                self.queue.remove(&(old, timer));
-            }
+        if let Some(slot) = timer.slot()
+            && let Some(old) = self.periodic[slot].replace(at)
+        {
+            self.queue.remove(&(old, timer));
         }
         self.queue.insert((at, timer));
     }

@@ -103,21 +103,15 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
 }
 
 async fn members(State(admin): State<Arc<Admin>>) -> Response {
-    match admin.node.members().await {
-        Ok(members) => {
-            Json(members.iter().map(MemberJson::from).collect::<Vec<_>>()).into_response()
-        }
-        Err(_) => stopped(),
-    }
+    let members = admin.node.members();
+    Json(members.iter().map(MemberJson::from).collect::<Vec<_>>()).into_response()
 }
 
 async fn status(State(admin): State<Arc<Admin>>) -> Response {
     let Ok(metrics) = admin.node.metrics().await else {
         return stopped();
     };
-    let Ok(members) = admin.node.members().await else {
-        return stopped();
-    };
+    let members = admin.node.members();
     let name = members
         .iter()
         .find(|m| m.id == admin.node.id())
@@ -148,7 +142,7 @@ async fn health(State(admin): State<Arc<Admin>>) -> Response {
 
 /// A member named by its name, its full id, or a prefix of its id.
 async fn resolve(admin: &Admin, who: &str) -> Result<NodeId, Response> {
-    let members = admin.node.members().await.map_err(|_| stopped())?;
+    let members = admin.node.members();
     // A name wins over an id prefix (a name may look like hex).
     let mut found: Vec<&Member> = members.iter().filter(|m| m.meta.name() == who).collect();
     if found.is_empty() {

@@ -66,44 +66,49 @@ impl FileConfig {
 /// wins over its variable).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub(crate) struct Overrides {
-    /// The cluster's name [env: GOSSIP_CLUSTER].
-    #[arg(long, env = "GOSSIP_CLUSTER")]
+    /// The cluster's name.
+    #[arg(long, env = "GOSSIP_CLUSTER", hide_env_values = true)]
     pub(crate) cluster: Option<String>,
-    /// This node's name [env: GOSSIP_NAME].
-    #[arg(long, env = "GOSSIP_NAME")]
+    /// This node's name.
+    #[arg(long, env = "GOSSIP_NAME", hide_env_values = true)]
     pub(crate) name: Option<String>,
-    /// UDP address to gossip on [env: GOSSIP_BIND].
-    #[arg(long, env = "GOSSIP_BIND")]
+    /// UDP address to gossip on.
+    #[arg(long, env = "GOSSIP_BIND", hide_env_values = true)]
     pub(crate) bind: Option<SocketAddr>,
-    /// Address peers use to reach this node [env: GOSSIP_ADVERTISE].
-    #[arg(long, env = "GOSSIP_ADVERTISE")]
+    /// Address peers use to reach this node.
+    #[arg(long, env = "GOSSIP_ADVERTISE", hide_env_values = true)]
     pub(crate) advertise: Option<SocketAddr>,
-    /// Members to join through, comma-separated [env: GOSSIP_SEEDS].
-    #[arg(long = "seed", env = "GOSSIP_SEEDS", value_delimiter = ',')]
+    /// Members to join through, comma-separated.
+    #[arg(
+        long = "seed",
+        env = "GOSSIP_SEEDS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub(crate) seeds: Vec<SocketAddr>,
-    /// Protocol timings: lan, wan or local [env: GOSSIP_PRESET].
-    #[arg(long, env = "GOSSIP_PRESET")]
+    /// Protocol timings: lan, wan or local.
+    #[arg(long, env = "GOSSIP_PRESET", hide_env_values = true)]
     pub(crate) preset: Option<String>,
-    /// Where identity and incarnation persist [env: GOSSIP_DATA_DIR].
-    #[arg(long, env = "GOSSIP_DATA_DIR")]
+    /// Where identity and incarnation persist.
+    #[arg(long, env = "GOSSIP_DATA_DIR", hide_env_values = true)]
     pub(crate) data_dir: Option<PathBuf>,
-    /// The cluster CA certificate (PEM) [env: GOSSIP_TLS_CA].
-    #[arg(long, env = "GOSSIP_TLS_CA")]
+    /// The cluster CA certificate (PEM).
+    #[arg(long, env = "GOSSIP_TLS_CA", hide_env_values = true)]
     pub(crate) tls_ca: Option<PathBuf>,
-    /// This node's certificate (PEM) [env: GOSSIP_TLS_CERT].
-    #[arg(long, env = "GOSSIP_TLS_CERT")]
+    /// This node's certificate (PEM).
+    #[arg(long, env = "GOSSIP_TLS_CERT", hide_env_values = true)]
     pub(crate) tls_cert: Option<PathBuf>,
-    /// This node's private key (PEM) [env: GOSSIP_TLS_KEY].
-    #[arg(long, env = "GOSSIP_TLS_KEY")]
+    /// This node's private key (PEM).
+    #[arg(long, env = "GOSSIP_TLS_KEY", hide_env_values = true)]
     pub(crate) tls_key: Option<PathBuf>,
-    /// Address of the HTTP admin API [env: GOSSIP_ADMIN].
-    #[arg(long, env = "GOSSIP_ADMIN")]
+    /// Address of the HTTP admin API.
+    #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true)]
     pub(crate) admin: Option<SocketAddr>,
-    /// Log format: human or json [env: GOSSIP_LOG_FORMAT].
-    #[arg(long, env = "GOSSIP_LOG_FORMAT")]
+    /// Log format: human or json.
+    #[arg(long, env = "GOSSIP_LOG_FORMAT", hide_env_values = true)]
     pub(crate) log_format: Option<String>,
-    /// Log level or filter, e.g. info or gossip_node=debug [env: GOSSIP_LOG].
-    #[arg(long, env = "GOSSIP_LOG")]
+    /// Log level or filter, e.g. info or gossip_node=debug.
+    #[arg(long, env = "GOSSIP_LOG", hide_env_values = true)]
     pub(crate) log_level: Option<String>,
 }
 

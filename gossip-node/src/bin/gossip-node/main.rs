@@ -51,7 +51,7 @@ enum Command {
     /// Runs a node. SIGINT or SIGTERM makes it leave the cluster, then exit.
     Agent {
         /// The TOML configuration file (see examples/agent.toml).
-        #[arg(long, short, env = "GOSSIP_CONFIG")]
+        #[arg(long, short, env = "GOSSIP_CONFIG", hide_env_values = true)]
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Box<Overrides>,
@@ -93,8 +93,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// The agent's admin API address [env: GOSSIP_ADMIN].
-    #[arg(long, env = "GOSSIP_ADMIN", default_value = DEFAULT_ADMIN, global = true)]
+    /// The agent's admin API address.
+    #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true, default_value = DEFAULT_ADMIN, global = true)]
     admin: SocketAddr,
 }
 
@@ -271,7 +271,12 @@ async fn agent(config: AgentConfig) -> Result<()> {
     node_config.expected_members = config.expected_members;
     node_config.suspicion_mult = config.suspicion_mult;
     node_config.data_dir = config.data_dir.clone();
-    let node = Node::start(node_config).await.map_err(|err| match err {
+    node_config.initial_keys = config
+        .keys
+        .iter()
+        .map(|(key, value)| (key.as_str().into(), value.clone().into()))
+        .collect();
+    let (node, _events) = Node::start(node_config).await.map_err(|err| match err {
         gossip_node::Error::Transport(gossip_transport_quic::Error::Bind { addr, source }) => {
             anyhow::anyhow!(
                 "cannot listen on {addr}: {source}; is another agent running there? choose another `bind` (or GOSSIP_BIND)"
@@ -280,9 +285,6 @@ async fn agent(config: AgentConfig) -> Result<()> {
         other => anyhow::Error::new(other),
     })?;
     info!(id = %node.id(), addr = %node.addr(), cluster = %config.cluster, "node started");
-    for (key, value) in &config.keys {
-        node.set(key.as_str(), value.clone()).await?;
-    }
 
     let leave = Arc::new(Notify::new());
     let admin = Arc::new(admin::Admin {
@@ -342,5 +344,37 @@ async fn watch_seeds(node: Node, seeds: Vec<SocketAddr>) {
             seeds = %seeds.join(","),
             "no seed has answered in 10 s: check that an agent runs at each seed address, that UDP is open between the hosts, and that its certificate comes from the same CA; still trying"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn agent_help_names_each_environment_variable_once() {
+        let mut cli = Cli::command();
+        let agent = cli.find_subcommand_mut("agent").expect("an agent command");
+        let help = agent.render_help().to_string();
+        let named: Vec<&str> = help
+            .split("[env: ")
+            .skip(1)
+            .filter_map(|rest| rest.split(']').next())
+            .collect();
+        assert!(named.len() >= 10, "{help}");
+        for var in &named {
+            assert!(
+                var.starts_with("GOSSIP_") && !var.contains('='),
+                "{var} in {help}"
+            );
+            let mention = format!("{var}]");
+            assert_eq!(
+                help.matches(&mention).count(),
+                1,
+                "{var} named twice in {help}"
+            );
+        }
     }
 }
