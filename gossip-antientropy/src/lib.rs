@@ -13,8 +13,10 @@
 //! * [`Session`] runs one reconciliation as a sans-IO state machine.
 //! * The crate knows nothing of failure detection: `gossip-member` composes
 //!   a [`SyncState`] and its sessions with a SWIM machine.
-//! * [`RootDigest`] (24 bytes) is small enough to ride on every SWIM probe, so
-//!   a driver syncs only when roots differ.
+//! * [`RootDigest`] (the root's 16 bytes and its leaf count) opens every
+//!   session, and replicas that agree exchange nothing more. A driver can
+//!   put a few bytes of [`SyncState::root`] on its probes and start a
+//!   session only when they differ (as `gossip-member` does).
 //!
 //! Within an owner, versions already say exactly what a peer lacks (every
 //! write after the version it has reached), so the tree stops at owners and

@@ -16,8 +16,8 @@ impl From<Digest> for ShortDigest {
     }
 }
 
-/// The summary of a replica's whole state, small enough to ride on every
-/// SWIM probe: two replicas with equal roots hold the same state.
+/// The summary of a replica's whole state, which opens every session: two
+/// replicas with equal roots hold the same state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootDigest {
     /// The tree's root, cut to 16 bytes.

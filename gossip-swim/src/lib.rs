@@ -34,11 +34,12 @@
 //! # Identity
 //!
 //! `from`, given with each datagram, is the sender the transport
-//! authenticated, never a claimed id. A frame claiming another sender is
-//! dropped and counted; claims only a member may make about itself (a higher
-//! incarnation, a leave) are accepted only from that member or as rumors it
-//! started; accusations record their accuser, and [`Event::Failed`] carries
-//! the [`Provenance`] of a death.
+//! authenticated: frames name no sender, so there is none to forge. Claims
+//! only a member may make about itself (a higher incarnation, a leave) are
+//! accepted from that member, or as rumors and push-pull records that name
+//! it as their origin: a relay is trusted to report the origin it heard.
+//! Accusations record their accuser, and [`Event::Failed`] carries the
+//! [`Provenance`] of a death.
 
 #![forbid(unsafe_code)]
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The ALPN protocol id: our protocol and its version.
 pub const ALPN: &[u8] = b"gossip/1";
 
-/// Settings of a [`Transport`].
+/// Settings of a [`Transport`](crate::Transport).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TransportConfig {

@@ -172,7 +172,7 @@ pub(crate) fn build_tls(
     Ok(Tls { server, client })
 }
 
-/// The quinn server and client configurations a [`Transport`] uses (mutual
+/// The quinn server and client configurations a [`Transport`](crate::Transport) uses (mutual
 /// TLS 1.3 against `trust`, ALPN [`ALPN`], 0-RTT off, no keep-alive), for
 /// callers that drive quinn themselves, and for measuring this crate
 /// against plain quinn.

@@ -31,7 +31,7 @@ use crate::tls::{CountingSessions, build_tls, endpoint_config};
 /// and streams, and resumed with TLS session tickets when re-dialled.
 ///
 /// Cheap to clone; clones share the endpoint. When the last clone (and
-/// the last [`Link`]) is dropped, the endpoint closes as
+/// the last [`Link`](crate::Link)) is dropped, the endpoint closes as
 /// [`close`](Transport::close) closes it, without waiting for the peers to
 /// be told; the [`Inbox`] then ends once it has handed out what arrived.
 #[derive(Clone)]
@@ -371,9 +371,8 @@ impl Transport {
     /// The hot path of a send by peer id: the cached connection takes the
     /// datagram while the cache is locked, with no clone of the connection
     /// (a clone and its drop are four atomic operations on lines the
-    /// connection's driver also writes: a fifth or more of the throughput of
-    /// 100-byte datagrams in the transport bench). `true` if it was sent; `false` leaves everything, failures
-    /// included, to the general path. With `wait`, a full send buffer is a
+    /// connection's driver also writes). `true` if it was sent; `false`
+    /// leaves everything, failures included, to the general path. With `wait`, a full send buffer is a
     /// `false` too (the general path waits for room).
     fn send_to_cached(&self, peer: &NodeId, bytes: &Bytes, wait: bool) -> bool {
         let connections = self.inner.connections.lock();

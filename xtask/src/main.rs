@@ -137,10 +137,30 @@ fn ci() -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     tidy::run(&project_root())?;
+    each_crate_alone(&project_root())?;
     // Every fuzz target builds and runs briefly: long runs are
     // `cargo xtask fuzz --seconds 600`.
     fuzz::run(&project_root(), None, CI_FUZZ_SECONDS)?;
     eprintln!("cargo xtask ci: all checks passed");
+    Ok(())
+}
+
+/// Every crate as a user who takes only that crate runs its tests: `cargo
+/// test -p NAME` with default features, so no test depends on a feature
+/// that only another crate of the workspace turns on. Every crate's tests
+/// are built that way; those of a crate with features of its own, whose
+/// default test set differs from the all-features run above, are run too.
+fn each_crate_alone(root: &Path) -> Result<()> {
+    for krate in tidy::workspace_members(root)? {
+        let manifest = std::fs::read_to_string(root.join(&krate).join("Cargo.toml"))
+            .with_context(|| format!("reading {krate}/Cargo.toml"))?;
+        let has_features = manifest.lines().any(|line| line.trim() == "[features]");
+        let mut args = vec!["test", "-p", krate.as_str(), "--locked"];
+        if !has_features {
+            args.push("--no-run");
+        }
+        run("cargo", &args, &[])?;
+    }
     Ok(())
 }
 

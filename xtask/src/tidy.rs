@@ -65,7 +65,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 }
 
 /// The `members` of the root manifest.
-fn workspace_members(root: &Path) -> Result<BTreeSet<String>> {
+pub(crate) fn workspace_members(root: &Path) -> Result<BTreeSet<String>> {
     let manifest = fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
     let start = manifest
         .find("members = [")

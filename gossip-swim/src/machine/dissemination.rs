@@ -1,6 +1,6 @@
 //! Dissemination: claims heard are merged into the table, every change is
-//! queued as a rumor, and rumors ride on every datagram or, when fresh, are
-//! pushed to a few members at once.
+//! queued as a rumor, and rumors ride on probes, acks and pushes or, when
+//! fresh, are pushed to a few members at once.
 
 use std::net::SocketAddr;
 
