@@ -75,6 +75,11 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// The membership as the replica holds it, for the handles to read.
+pub(crate) fn snapshot(replica: &Replica) -> Arc<[Member]> {
+    replica.swim().members().iter().cloned().collect()
+}
+
 /// A send of a sync message that failed, reported back by its task.
 struct SendFailed {
     peer: NodeId,
@@ -307,7 +312,7 @@ impl Driver {
         self.keep_incarnation();
         if self.members_changed {
             self.members_changed = false;
-            let snapshot = crate::node::snapshot(&self.replica);
+            let snapshot = snapshot(&self.replica);
             *self.members.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
         }
     }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
-use crate::driver::{Command, Driver, Parts};
+use crate::driver::{Command, Driver, Parts, snapshot};
 use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
@@ -97,9 +97,9 @@ impl Node {
             return Err(Error::UnspecifiedAdvertise(advertise));
         }
         let id = identity.credentials.node_id();
-        let seed = config.rng_seed.unwrap_or_else(|| default_rng_seed(&id));
+        let rng_seed = config.rng_seed.unwrap_or_else(|| default_rng_seed(&id));
         let now = Timestamp::ZERO;
-        let mut replica = build_replica(&config, &identity, advertise, seed, now)?;
+        let mut replica = build_replica(&config, &identity, advertise, rng_seed, now)?;
         let seeds = seeds_other_than(&config.seeds, advertise, bound.addr);
         let joined = watch::Sender::new(seeds.is_empty());
         if !seeds.is_empty() {
@@ -118,7 +118,7 @@ impl Node {
             members: members.clone(),
             joined: joined.clone(),
             epoch: Instant::now(),
-            rng: GossipRng::seed_from_u64(seed.rotate_left(29)),
+            rng: GossipRng::seed_from_u64(rng_seed.rotate_left(29)),
             data_dir,
             persisted_incarnation: identity.incarnation.get(),
         });
@@ -458,17 +458,17 @@ fn build_replica(
     config: &NodeConfig,
     identity: &Identity,
     advertise: SocketAddr,
-    seed: u64,
+    rng_seed: u64,
     now: Timestamp,
 ) -> Result<Replica, Error> {
     let id = identity.credentials.node_id();
     let mut swim_config = config.swim_config();
-    swim_config.rng_seed = seed;
+    swim_config.rng_seed = rng_seed;
     let meta = MemberMeta::new(&config.name, [advertise]);
     let mut swim = Swim::new(swim_config, id, meta, identity.incarnation, now);
     swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
     let mut replica_config = config.replica_config();
-    replica_config.rng_seed = seed.rotate_left(17);
+    replica_config.rng_seed = rng_seed.rotate_left(17);
     let path = || config.data_dir.clone().unwrap_or_default();
     let mut replica =
         Replica::new(replica_config, swim, identity.stored.clone(), now).map_err(|source| {
@@ -494,11 +494,6 @@ fn seeds_other_than(
         .copied()
         .filter(|seed| *seed != advertise && *seed != bound)
         .collect()
-}
-
-/// The membership as the replica holds it, for the handles to read.
-pub(crate) fn snapshot(replica: &Replica) -> Arc<[Member]> {
-    replica.swim().members().iter().cloned().collect()
 }
 
 /// A PRNG seed that differs between nodes and between runs.

@@ -16,10 +16,10 @@ use crate::sim::{NetConfig, Sim, id_of};
 pub struct Params {
     /// Cluster size.
     pub nodes: usize,
-    /// Seeds to run: `first_seed .. first_seed + seeds`.
-    pub seeds: u64,
-    /// The first seed.
-    pub first_seed: u64,
+    /// How many RNG seeds to run: `first_rng_seed .. first_rng_seed + rng_seeds`.
+    pub rng_seeds: u64,
+    /// The first RNG seed.
+    pub first_rng_seed: u64,
     /// Probability that a datagram is lost.
     pub loss: f64,
     /// The SWIM configuration (LAN preset for `nodes` by default).
@@ -27,19 +27,19 @@ pub struct Params {
 }
 
 impl Params {
-    /// `nodes` nodes on the LAN preset, `seeds` seeds from 1, no loss.
+    /// `nodes` nodes on the LAN preset, `rng_seeds` RNG seeds from 1, no loss.
     ///
     /// SWIM's own push-pull backstop is off, as in a node that runs Merkle
     /// anti-entropy instead: the backstop ships whole tables (about 80 bytes
     /// a member) every 30 s, which at 100 members alone adds one datagram and
     /// a kilobyte per member per period.
-    pub fn new(nodes: usize, seeds: u64) -> Self {
+    pub fn new(nodes: usize, rng_seeds: u64) -> Self {
         let mut swim = Config::lan(ClusterId::from_name("sim"), nodes);
         swim.push_pull_interval = None;
         Params {
             nodes,
-            seeds,
-            first_seed: 1,
+            rng_seeds,
+            first_rng_seed: 1,
             loss: 0.0,
             swim,
         }
@@ -56,8 +56,8 @@ impl Params {
         self.swim.probe_interval.as_secs_f64()
     }
 
-    fn seeds(&self) -> impl Iterator<Item = u64> {
-        self.first_seed..self.first_seed + self.seeds
+    fn rng_seeds(&self) -> impl Iterator<Item = u64> {
+        self.first_rng_seed..self.first_rng_seed + self.rng_seeds
     }
 }
 
@@ -113,7 +113,7 @@ pub fn detect(params: &Params) -> Detect {
     let (mut first, mut all, mut worst) = (Vec::new(), Vec::new(), 0f64);
     let mut rounds = Vec::new();
     let (mut false_deaths, mut undetected, mut violations) = (0, 0, 0);
-    for seed in params.seeds() {
+    for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
         // Let the first probe ticks spread out over the period.
@@ -217,7 +217,7 @@ pub fn disseminate(params: &Params) -> Disseminate {
     let mut times = Vec::new();
     let mut curves = Vec::new();
     let mut incomplete = 0;
-    for seed in params.seeds() {
+    for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
         sim.run_for(params.swim.probe_interval * 3);
@@ -310,7 +310,7 @@ pub struct Load {
 /// `periods` probe periods (after the start-up has settled).
 pub fn load(params: &Params, periods: u32) -> Load {
     let (mut messages, mut syncs, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
-    for seed in params.seeds() {
+    for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
         sim.run_for(params.swim.probe_interval * 5);
@@ -366,7 +366,7 @@ pub struct Bootstrap {
 fn over_seeds(params: &Params, mut trial: impl FnMut(u64) -> Option<Duration>) -> (f64, f64, u64) {
     let mut times = Vec::new();
     let mut incomplete = 0;
-    for seed in params.seeds() {
+    for seed in params.rng_seeds() {
         match trial(seed) {
             Some(took) => times.push(took.as_secs_f64()),
             None => incomplete += 1,
@@ -467,7 +467,7 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     let is_slow = |i: usize| i.is_multiple_of(10);
     let run = |swim: gossip_swim::Config| -> (f64, f64, u64) {
         let (mut healthy, mut stalled, mut deaths) = (0u64, 0u64, 0u64);
-        for seed in params.seeds() {
+        for seed in params.rng_seeds() {
             let mut sim = Sim::new(params.nodes, swim.clone(), params.net(), seed);
             sim.converge_instantly();
             sim.run_for(swim.probe_interval * 3);
@@ -509,7 +509,7 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
                 }
             }
         }
-        let node_hours = params.nodes as f64 * f64::from(minutes) / 60.0 * params.seeds as f64;
+        let node_hours = params.nodes as f64 * f64::from(minutes) / 60.0 * params.rng_seeds as f64;
         (
             healthy as f64 / node_hours,
             stalled as f64 / node_hours,

@@ -162,7 +162,7 @@ pub struct Sim {
     ids: HashMap<NodeId, usize>,
     config: Config,
     replica_config: ReplicaConfig,
-    seed: u64,
+    rng_seed: u64,
     net: NetConfig,
     now: Timestamp,
     rng: GossipRng,
@@ -198,19 +198,19 @@ impl std::fmt::Debug for Sim {
 }
 
 impl Sim {
-    /// `n` nodes running `config` (each with its own seed derived from
-    /// `seed`), not yet knowing each other.
-    pub fn new(n: usize, config: Config, net: NetConfig, seed: u64) -> Self {
+    /// `n` nodes running `config` (each with its own RNG seed derived from
+    /// `rng_seed`), not yet knowing each other.
+    pub fn new(n: usize, config: Config, net: NetConfig, rng_seed: u64) -> Self {
         let mut sim = Sim {
             nodes: Vec::with_capacity(n),
             id_list: (0..n).map(id_of).collect(),
             ids: (0..n).map(|i| (id_of(i), i)).collect(),
             replica_config: ReplicaConfig::new(config.cluster),
             config,
-            seed,
+            rng_seed,
             net,
             now: Timestamp::ZERO,
-            rng: GossipRng::seed_from_u64(seed),
+            rng: GossipRng::seed_from_u64(rng_seed),
             in_flight: BinaryHeap::new(),
             timers: BinaryHeap::new(),
             blocked: BTreeSet::new(),
@@ -238,13 +238,13 @@ impl Sim {
 
     fn make_node(&self, i: usize, incarnation: Incarnation, keys: StoredKeys) -> Replica {
         let mut config = self.config.clone();
-        let seed = self
-            .seed
+        let rng_seed = self
+            .rng_seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(i as u64);
-        config.rng_seed = seed;
+        config.rng_seed = rng_seed;
         let mut replica_config = self.replica_config.clone();
-        replica_config.rng_seed = seed.rotate_left(17);
+        replica_config.rng_seed = rng_seed.rotate_left(17);
         let meta = MemberMeta::new(format!("n{i}"), [addr_of(i)]);
         let swim = Swim::new(config, id_of(i), meta, incarnation, self.now);
         // The keys were accepted once under the same limits.
@@ -281,15 +281,15 @@ impl Sim {
         }
     }
 
-    /// Every node but `seed` joins through node `seed`.
-    pub fn join_through(&mut self, seed: usize) {
+    /// Every node but `seed_node` joins through node `seed_node`.
+    pub fn join_through(&mut self, seed_node: usize) {
         for i in 0..self.nodes.len() {
-            if i == seed {
+            if i == seed_node {
                 continue;
             }
             let now = self.now;
             if let Some(replica) = self.nodes[i].replica.as_mut() {
-                replica.join(now, vec![addr_of(seed)]);
+                replica.join(now, vec![addr_of(seed_node)]);
             }
             self.after_input(i);
         }

@@ -79,14 +79,14 @@ fn a_cluster_joining_through_one_seed_converges() {
 /// declared dead while the faults are within bounds, and everything
 /// converges after the heal. Four such tests make the CI tier of 256 seeds,
 /// split so the test runner can spread them over the cores;
-/// `cargo xtask sim sweep --seeds 10000` runs many more.
+/// `cargo xtask sim sweep --rng-seeds 10000` runs many more.
 fn fault_seeds(offset: u64) {
     let first = seed(0) + offset;
     for s in first..first + 64 {
         let _guard = SeedGuard(s, "fault_seeds");
         if let Err(failure) = gossip_sim::scenarios::faults(s) {
             panic!(
-                "seed {s}: {failure}\n(this seed alone: cargo xtask sim sweep --first-seed {s} --seeds 1)"
+                "seed {s}: {failure}\n(this seed alone: cargo xtask sim sweep --first-rng-seed {s} --rng-seeds 1)"
             );
         }
     }
@@ -122,7 +122,7 @@ fn fault_seeds_that_once_failed_keep_the_invariants() {
     for s in [238, 271] {
         if let Err(failure) = gossip_sim::scenarios::faults(s) {
             panic!(
-                "seed {s}: {failure}\n(this seed alone: cargo xtask sim sweep --first-seed {s} --seeds 1)"
+                "seed {s}: {failure}\n(this seed alone: cargo xtask sim sweep --first-rng-seed {s} --rng-seeds 1)"
             );
         }
     }
@@ -168,15 +168,15 @@ fn first_detection_counts_whole_periods_near_the_swim_model() {
         (run.first_detection_rounds - model).abs() < 0.25 * model,
         "{} rounds against the model's {model}, seeds {} to {}",
         run.first_detection_rounds,
-        params.first_seed,
-        params.first_seed + params.seeds - 1
+        params.first_rng_seed,
+        params.first_rng_seed + params.rng_seeds - 1
     );
     let wait = run.first_detection_periods - run.first_detection_rounds;
     assert!(
         (0.0..1.0).contains(&wait),
         "{wait} periods before the first probe, seeds {} to {}",
-        params.first_seed,
-        params.first_seed + params.seeds - 1
+        params.first_rng_seed,
+        params.first_rng_seed + params.rng_seeds - 1
     );
 }
 

@@ -314,6 +314,20 @@ async fn dropping_every_handle_closes_the_transport_and_tells_the_peer() {
     .unwrap_or_else(|_| panic!("B still holds A's connection: {:?}", b.stats()));
 }
 
+/// Sends one datagram from `a` to `b` (dialling if need be) and waits for it.
+async fn round_trip(
+    a: &Transport,
+    b: &NodeCredentials,
+    b_addr: SocketAddr,
+    b_inbox: &mut Inbox,
+    round: u32,
+) {
+    a.send_datagram(Some(b.node_id()), b_addr, format!("round {round}").into())
+        .await
+        .unwrap();
+    next(b_inbox).await;
+}
+
 #[tokio::test]
 async fn udp_totals_only_grow_when_connections_close_and_are_replaced() {
     let ca = ClusterCa::generate("totals").unwrap();
@@ -322,14 +336,7 @@ async fn udp_totals_only_grow_when_connections_close_and_are_replaced() {
     let (_b, mut inbox, b_addr) = bind(&ca, &b_creds);
     let mut last = a.stats();
     for round in 0..3 {
-        a.send_datagram(
-            Some(b_creds.node_id()),
-            b_addr,
-            format!("round {round}").into(),
-        )
-        .await
-        .unwrap();
-        next(&mut inbox).await;
+        round_trip(&a, &b_creds, b_addr, &mut inbox, round).await;
         let sent = a.stats();
         assert!(
             sent.udp_bytes_sent > last.udp_bytes_sent
@@ -358,14 +365,7 @@ async fn redialling_a_peer_resumes_the_tls_session() {
     let (a, _, _) = bind(&ca, &ca.issue("a", day()).unwrap());
     let (_b, mut inbox, b_addr) = bind(&ca, &b_creds);
     for round in 0..3 {
-        a.send_datagram(
-            Some(b_creds.node_id()),
-            b_addr,
-            format!("round {round}").into(),
-        )
-        .await
-        .unwrap();
-        next(&mut inbox).await;
+        round_trip(&a, &b_creds, b_addr, &mut inbox, round).await;
         // Session tickets follow the handshake; a real connection lives
         // long enough to receive them.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,14 +1,14 @@
 //! Runs a simulation scenario and prints its figures.
 //!
 //! ```text
-//! cargo xtask sim detect --nodes 1000 --seeds 20 [--loss 0.01] [--json] [--plot detection.svg]
-//! cargo xtask sim disseminate --nodes 1000 --seeds 20 [--plot informed.svg]
-//! cargo xtask sim load --nodes 100,2000 --seeds 3
-//! cargo xtask sim bootstrap --nodes 500 --seeds 3
-//! cargo xtask sim partition --nodes 100 --seeds 3 --periods 90   (split for 90 s)
-//! cargo xtask sim sweep --seeds 10000   (the fault tier over many seeds; --nodes is ignored)
-//! cargo xtask sim sweep --first-seed 238 --seeds 1   (one seed of it again)
-//! cargo xtask sim falsepos --nodes 100 --seeds 2 --loss 0.05 --periods 600   (10 minutes)
+//! cargo xtask sim detect --nodes 1000 --rng-seeds 20 [--loss 0.01] [--json] [--plot detection.svg]
+//! cargo xtask sim disseminate --nodes 1000 --rng-seeds 20 [--plot informed.svg]
+//! cargo xtask sim load --nodes 100,2000 --rng-seeds 3
+//! cargo xtask sim bootstrap --nodes 500 --rng-seeds 3
+//! cargo xtask sim partition --nodes 100 --rng-seeds 3 --periods 90   (split for 90 s)
+//! cargo xtask sim sweep --rng-seeds 10000   (the fault tier over many seeds; --nodes is ignored)
+//! cargo xtask sim sweep --first-rng-seed 238 --rng-seeds 1   (one seed of it again)
+//! cargo xtask sim falsepos --nodes 100 --rng-seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! cargo xtask sim memory --nodes 1000,10000   (resident memory of a converged cluster, per member per view)
 //! cargo xtask sim memory --nodes 1000 --join --periods 60   (the same, 60 s after all joined through one seed)
 //! ```
@@ -48,7 +48,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--seeds S] [--first-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -65,8 +65,8 @@ fn main() {
         };
         match flag.as_str() {
             "--nodes" => nodes = value().split(',').map(|v| v.parse().unwrap()).collect(),
-            "--seeds" => seeds = value().parse().unwrap(),
-            "--first-seed" => first_seed = Some(value().parse().unwrap()),
+            "--rng-seeds" | "--seeds" => seeds = value().parse().unwrap(),
+            "--first-rng-seed" | "--first-seed" => first_seed = Some(value().parse().unwrap()),
             "--plot" => plot_to = Some(value()),
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
@@ -86,7 +86,7 @@ fn main() {
         let mut params = Params::new(n, seeds);
         params.loss = loss;
         if let Some(first) = first_seed {
-            params.first_seed = first;
+            params.first_rng_seed = first;
         }
         if let Some(mult) = suspicion_mult {
             params.swim.suspicion_mult = mult;
@@ -189,7 +189,7 @@ fn main() {
                 })
             }
             "sweep" => {
-                let failures: Vec<String> = (params.first_seed..params.first_seed + seeds)
+                let failures: Vec<String> = (params.first_rng_seed..params.first_rng_seed + seeds)
                     .filter_map(|seed| {
                         scenarios::faults(seed)
                             .err()
@@ -245,7 +245,7 @@ fn main() {
                     n,
                     params.swim.clone(),
                     NetConfig::default(),
-                    params.first_seed,
+                    params.first_rng_seed,
                 );
                 if join {
                     // As a cluster really forms: every node's records are
@@ -282,8 +282,8 @@ fn main() {
         let mut object = serde_json::json!({
             "scenario": scenario,
             "nodes": n,
-            "seeds": seeds,
-            "first_seed": params.first_seed,
+            "rng_seeds": seeds,
+            "first_rng_seed": params.first_rng_seed,
             "loss": loss,
             "probe_interval_ms": params.swim.probe_interval.as_millis() as u64,
             "swim_push_pull": params.swim.push_pull_interval.is_some(),
