@@ -45,7 +45,17 @@ pub(super) enum Timer {
 }
 
 impl Timer {
-    /// The periodic timers' slots in [`Timers::periodic`]; `None` for the
+    /// The periodic timers, which exist at most once each, in their order.
+    const PERIODIC: [Timer; 6] = [
+        Timer::Probe,
+        Timer::JoinRetry,
+        Timer::Reconnect,
+        Timer::PushPull,
+        Timer::Collect,
+        Timer::Leave,
+    ];
+
+    /// A periodic timer's slot in [`Timers::periodic`]; `None` for the
     /// timers that may be pending many at a time.
     fn slot(self) -> Option<usize> {
         match self {
@@ -60,49 +70,70 @@ impl Timer {
     }
 }
 
-/// The machine's deadlines, ordered by time.
+/// The machine's deadlines. The timers that may be pending many at a time
+/// (those of probes, forwards and suspicions, and pushes) are ordered in a
+/// set; each periodic one has a slot of its own, so moving it, which every
+/// period does, costs no reordering.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Timers {
     queue: BTreeSet<(Timestamp, Timer)>,
-    /// When each periodic timer is due, so that setting it again or
-    /// cancelling it finds its entry in `queue`.
     periodic: [Option<Timestamp>; 6],
 }
 
 impl Timers {
     /// Schedules `timer` at `at`; a periodic timer already pending moves.
     pub(super) fn set(&mut self, at: Timestamp, timer: Timer) {
-        if let Some(slot) = timer.slot()
-            && let Some(old) = self.periodic[slot].replace(at)
-        {
-            self.queue.remove(&(old, timer));
+        match timer.slot() {
+            Some(slot) => self.periodic[slot] = Some(at),
+            None => {
+                self.queue.insert((at, timer));
+            }
         }
-        self.queue.insert((at, timer));
     }
 
     /// Cancels a periodic timer, if pending.
     pub(super) fn cancel(&mut self, timer: Timer) {
-        if let Some(slot) = timer.slot()
-            && let Some(old) = self.periodic[slot].take()
-        {
-            self.queue.remove(&(old, timer));
+        if let Some(slot) = timer.slot() {
+            self.periodic[slot] = None;
+        }
+    }
+
+    /// The earliest timer: the first of the set or of the slots, in the
+    /// order `(deadline, timer)`.
+    fn first(&self) -> Option<(Timestamp, Timer)> {
+        // The slots are in the variants' order, so the first earliest one
+        // is the least `(deadline, timer)`.
+        let mut periodic: Option<(Timestamp, usize)> = None;
+        for (slot, at) in self.periodic.iter().enumerate() {
+            if let Some(at) = *at
+                && periodic.is_none_or(|(best, _)| at < best)
+            {
+                periodic = Some((at, slot));
+            }
+        }
+        let periodic = periodic.map(|(at, slot)| (at, Timer::PERIODIC[slot]));
+        match (self.queue.first().copied(), periodic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// The earliest deadline.
     pub(super) fn next_deadline(&self) -> Option<Timestamp> {
-        self.queue.first().map(|(at, _)| *at)
+        self.first().map(|(at, _)| at)
     }
 
     /// Takes the earliest timer due at `now`, if any.
     pub(super) fn pop_due(&mut self, now: Timestamp) -> Option<Timer> {
-        let &(at, timer) = self.queue.first()?;
+        let (at, timer) = self.first()?;
         if at > now {
             return None;
         }
-        self.queue.pop_first();
-        if let Some(slot) = timer.slot() {
-            self.periodic[slot] = None;
+        match timer.slot() {
+            Some(slot) => self.periodic[slot] = None,
+            None => {
+                self.queue.pop_first();
+            }
         }
         Some(timer)
     }
