@@ -25,6 +25,7 @@ pub(crate) const TARGETS: &[(&str, usize)] = &[
     ("node_stream", 70_000),
     ("swim_machine", 8192),
     ("sync_session", 8192),
+    ("member_replica", 8192),
 ];
 
 /// What one run of a target printed at its end.
