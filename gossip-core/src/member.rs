@@ -509,7 +509,15 @@ impl Membership {
             if claim.status == MemberStatus::Left && origin != subject {
                 return Err(owner_only("a leave"));
             }
-            if origin != subject && claim.overrides(&self.local) {
+            // An accusation, or a record of this node that this life did not
+            // make at this node's own address: an earlier life here (a
+            // restart that kept no incarnation), which peers still hold.
+            // Either way the node refutes above it. A record of it at
+            // another address is left alone: it may be a second live
+            // instance, which refuting would only fight.
+            let earlier_life_here =
+                origin == subject && claim.meta.addrs().first() == self.local.meta.addrs().first();
+            if (origin != subject || earlier_life_here) && claim.overrides(&self.local) {
                 return Ok(Some(MembershipEvent::AccusedSelf {
                     claim: claim.clone(),
                     origin,
@@ -869,5 +877,36 @@ mod tests {
             vec![id(1)]
         );
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn an_earlier_life_at_this_address_is_refuted_and_one_elsewhere_is_left_alone() {
+        let mut t = table();
+        // Peers still hold this node's earlier life: alive at 2, here.
+        let earlier = rec(0, 2, Alive);
+        let ev = t.apply(T, earlier.clone(), id(0)).unwrap();
+        assert!(
+            matches!(ev, Some(MembershipEvent::AccusedSelf { ref claim, .. }) if *claim == earlier),
+            "{ev:?}"
+        );
+        // ... or its leave.
+        let left = rec(0, 2, Left);
+        let ev = t.apply(T, left, id(0)).unwrap();
+        assert!(
+            matches!(ev, Some(MembershipEvent::AccusedSelf { .. })),
+            "{ev:?}"
+        );
+        assert_eq!(t.local().incarnation, Incarnation::ZERO, "nothing applied");
+        // The same record at another address may be a second live
+        // instance: not refuted.
+        let mut elsewhere = rec(0, 2, Alive);
+        elsewhere.meta = Arc::new(MemberMeta::new(
+            "n0",
+            [SocketAddr::from(([10, 9, 9, 9], 1))],
+        ));
+        assert_eq!(t.apply(T, elsewhere, id(0)).unwrap(), None);
+        // This life's own record, relayed back: nothing to do.
+        let own = t.local().clone();
+        assert_eq!(t.apply(T, own, id(0)).unwrap(), None);
     }
 }

@@ -338,7 +338,7 @@ async fn run(args: Args) {
     let victim = n / 2;
     seen.lock().expect("lock").victim = Some(nodes[victim].id());
     let crash_at = start.elapsed();
-    nodes[victim].crash();
+    nodes[victim].crash().await;
     let detected = wait_for(&seen, Duration::from_secs(120), |s| {
         s.dead_at
             .iter()

@@ -60,10 +60,12 @@ pub struct NodeConfig {
     pub trust: TrustBundle,
     /// Protocol timings. Default [`Preset::Lan`].
     pub preset: Preset,
-    /// The cluster size to plan for: the member table holds at most four
-    /// times as many members (at least 1,024), departed members included
-    /// until they are forgotten. The suspicion timeout does not depend on
-    /// it: it follows the number of live members. Default 64.
+    /// The cluster size to plan for. The member table holds up to four times
+    /// as many members and never fewer than 100,000, departed ones included
+    /// until they are forgotten; a joiner past that is refused and told why
+    /// ([`NodeEvent::JoinRefused`](crate::NodeEvent::JoinRefused) on its
+    /// side, a warning on the refusing side). The suspicion timeout does not
+    /// depend on it: it follows the number of live members. Default 64.
     pub expected_members: usize,
     /// Replaces the preset's suspicion multiplier (4 for `Lan`, 6 for `Wan`,
     /// 3 for `Local`): a suspect is declared dead no sooner than

@@ -5,6 +5,7 @@
 pub use gossip_member::StoredKeys;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gossip_core::Incarnation;
 use gossip_transport_quic::NodeCredentials;
@@ -15,22 +16,32 @@ const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
 const INCARNATION_FILE: &str = "incarnation";
 const KEYS_FILE: &str = "keys";
+/// Locked while a node runs on the directory.
+const LOCK_FILE: &str = "lock";
 /// A keys file larger than this is refused rather than read: it is far above
 /// what the key/value limits allow one node to hold.
 const MAX_KEYS_FILE_BYTES: u64 = 256 << 20;
 
-/// A node's data directory.
+/// A node's data directory, locked while it is open: two processes never
+/// run on one directory (two live instances of one identity would take
+/// turns overwriting its incarnation and keys, and fight over its address).
 #[derive(Debug, Clone)]
 pub struct DataDir {
     path: PathBuf,
+    /// The locked file; the lock lasts as long as any clone holds it, and
+    /// the operating system releases it when the process ends, however.
+    _lock: Arc<fs::File>,
 }
 
 impl DataDir {
-    /// Opens `path`, creating it (readable by the owner only) if needed.
+    /// Opens `path`, creating it (readable by the owner only) if needed,
+    /// and locks it until the last clone of the returned value is dropped.
     ///
     /// # Errors
     ///
-    /// [`Error::DataDir`] if it cannot be created.
+    /// [`Error::DataDirLocked`] if another process (or another `DataDir` of
+    /// this one) holds it; [`Error::DataDir`] if it cannot be created or
+    /// locked.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, Error> {
         let path = path.into();
         fs::create_dir_all(&path).map_err(|source| io_error(&path, source))?;
@@ -40,7 +51,22 @@ impl DataDir {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
                 .map_err(|source| io_error(&path, source))?;
         }
-        Ok(DataDir { path })
+        let lock_path = path.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| io_error(&lock_path, source))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::DataDirLocked { path }),
+            Err(fs::TryLockError::Error(source)) => return Err(io_error(&lock_path, source)),
+        }
+        Ok(DataDir {
+            path,
+            _lock: Arc::new(lock),
+        })
     }
 
     /// The directory.
@@ -222,6 +248,7 @@ mod tests {
         let id = data.credentials(Some(me.clone())).expect("store").node_id();
         data.store_incarnation(Incarnation::new(7)).expect("store");
 
+        drop(data);
         let reopened = DataDir::open(dir.path().join("node")).expect("reopen");
         assert_eq!(reopened.credentials(None).expect("load").node_id(), id);
         assert_eq!(
@@ -239,5 +266,27 @@ mod tests {
             reopened.last_incarnation(),
             Err(Error::DataDir { .. })
         ));
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_until_it_is_released() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let first = DataDir::open(dir.path().join("node")).expect("open");
+        let clone = first.clone();
+        let second = DataDir::open(dir.path().join("node"));
+        assert!(
+            matches!(&second, Err(Error::DataDirLocked { path }) if path == first.path()),
+            "{second:?}"
+        );
+        drop(first);
+        assert!(
+            matches!(
+                DataDir::open(dir.path().join("node")),
+                Err(Error::DataDirLocked { .. })
+            ),
+            "a clone still holds the lock"
+        );
+        drop(clone);
+        DataDir::open(dir.path().join("node")).expect("released with the last clone");
     }
 }

@@ -15,7 +15,7 @@ use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, T
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, debug_span, info, trace, warn};
+use tracing::{debug, debug_span, error, info, trace, warn};
 
 use crate::data_dir::DataDir;
 use crate::error::Error;
@@ -354,6 +354,16 @@ impl Driver {
             Event::JoinCompleted { via } => {
                 info!(%via, "joined the cluster");
                 self.joined.send_replace(true);
+            }
+            Event::JoinRefused { by, reason } => {
+                error!(%by, %reason, "a seed refused this node's join; retrying with backoff (raise the cluster's member cap, or wait for departed members to be forgotten)");
+            }
+            Event::JoinerRefused {
+                member,
+                addr,
+                reason,
+            } => {
+                warn!(%member, %addr, %reason, "refused a joiner, and told it why");
             }
             Event::Refuted {
                 incarnation,

@@ -26,6 +26,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process runs a node on the data directory (a second live
+    /// instance of one identity is never what anyone wants).
+    #[error(
+        "data directory {path} is in use by another running node; stop it first, or give this node its own data directory"
+    )]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The data directory holds another node's identity.
     #[error(
         "data directory {path} belongs to node {stored}, but the configured certificate is node {configured}'s; use that node's certificate or another data directory"

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use gossip_core::{Key, Member, NodeId};
-use gossip_swim::Provenance;
+use gossip_swim::{JoinRefusal, Provenance};
 
 /// A node's stream of events, as [`Node::start`](crate::Node::start) and
 /// [`Node::subscribe`](crate::Node::subscribe) return it.
@@ -17,6 +17,14 @@ pub enum NodeEvent {
     JoinCompleted {
         /// The member that let this node in.
         via: NodeId,
+    },
+    /// A seed refused this node's join and said why; the join goes on
+    /// retrying with backoff.
+    JoinRefused {
+        /// Who refused.
+        by: NodeId,
+        /// Why.
+        reason: JoinRefusal,
     },
     /// A member was heard of for the first time.
     Joined(Member),
@@ -83,6 +91,10 @@ impl NodeEvent {
             Event::Rejoined(member) => NodeEvent::Rejoined(member.clone()),
             Event::Removed(id) => NodeEvent::Removed(*id),
             Event::JoinCompleted { via } => NodeEvent::JoinCompleted { via: *via },
+            Event::JoinRefused { by, reason } => NodeEvent::JoinRefused {
+                by: *by,
+                reason: *reason,
+            },
             _ => return None,
         })
     }

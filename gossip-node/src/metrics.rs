@@ -20,6 +20,7 @@
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
 //! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
+//! | `gossip_join_refusals_total` | counter | joins refused because a member table was full, by `side`: `by_this_node` (a joiner this node turned away, and told why) and `of_this_node` (this node's join attempts a seed turned away) |
 //! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once) |
 //! | `gossip_sync_bytes_total` | counter | anti-entropy bytes, by `direction` |
 //! | `gossip_sync_entries_received_total` | counter | key/value writes received by anti-entropy |
@@ -29,8 +30,8 @@
 //! | `gossip_quic_handshakes_total` | counter | QUIC handshakes completed, both directions |
 //! | `gossip_quic_dial_failures_total` | counter | outgoing dials that failed |
 //! | `gossip_quic_connections` | gauge | open QUIC connections |
-//! | `gossip_quic_udp_datagrams_total` | counter-like gauge | UDP datagrams on the open connections, by `direction` (QUIC's own packets included; a closed connection's count leaves the sum) |
-//! | `gossip_quic_udp_bytes_total` | counter-like gauge | UDP bytes on the open connections, by `direction` |
+//! | `gossip_quic_udp_datagrams_total` | counter | UDP datagrams of this node's QUIC connections, closed ones included, by `direction` (QUIC's own packets included) |
+//! | `gossip_quic_udp_bytes_total` | counter | UDP bytes of this node's QUIC connections, closed ones included, by `direction` |
 //! | `gossip_send_errors_total` | counter | sends that failed (peer unreachable, connection lost) |
 
 use std::fmt::Write;
@@ -257,6 +258,16 @@ impl Metrics {
                     ("udp_unknown_connection", t.datagrams_unknown_connection_id),
                 ],
             ),
+            by(
+                "gossip_join_refusals_total",
+                "Joins refused because a member table was full, by side.",
+                Counter,
+                "side",
+                &[
+                    ("by_this_node", s.joiners_refused),
+                    ("of_this_node", s.joins_refused),
+                ],
+            ),
             Family {
                 name: "gossip_syncs_total",
                 help: "Anti-entropy sessions by role and outcome.",
@@ -317,15 +328,15 @@ impl Metrics {
             ),
             by(
                 "gossip_quic_udp_datagrams_total",
-                "UDP datagrams on the open connections, by direction.",
-                Gauge,
+                "UDP datagrams of this node's QUIC connections, closed ones included, by direction.",
+                Counter,
                 "direction",
                 &in_out(t.udp_datagrams_received, t.udp_datagrams_sent),
             ),
             by(
                 "gossip_quic_udp_bytes_total",
-                "UDP bytes on the open connections, by direction.",
-                Gauge,
+                "UDP bytes of this node's QUIC connections, closed ones included, by direction.",
+                Counter,
                 "direction",
                 &in_out(t.udp_bytes_received, t.udp_bytes_sent),
             ),

@@ -343,13 +343,17 @@ impl Node {
 
     /// Crashes the node, for tests and benchmarks: from this moment it
     /// sends nothing at all (no goodbye, not even QUIC's), and it stops.
+    /// Returns once the node's task is gone, so its data directory is free
+    /// for a restart, as a killed process leaves it.
     #[cfg(feature = "fault-injection")]
-    pub fn crash(&self) {
+    pub async fn crash(&self) {
         let mut silent = gossip_transport_quic::FaultConfig::new(0);
         silent.loss = 1.0;
         self.faults.set(silent);
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
             task.abort();
+            let _ = task.await;
         }
         // Release the port; the close frames are dropped like everything else.
         let transport = self.transport.clone();

@@ -63,7 +63,7 @@ async fn a_crashed_node_is_declared_dead_by_every_survivor_and_no_one_else_dies(
     let (cluster, ids) = Cluster::converged(5, None).await;
     let mut watchers: Vec<_> = cluster.nodes[..4].iter().map(Node::subscribe).collect();
     let victim = ids[4];
-    cluster.nodes[4].crash();
+    cluster.nodes[4].crash().await;
     for node in &cluster.nodes[..4] {
         eventually(
             LIMIT,
@@ -157,7 +157,7 @@ async fn a_crashed_node_restarts_with_its_keys_and_every_peer_keeps_them() {
         })
         .await;
     }
-    cluster.nodes[3].crash();
+    cluster.nodes[3].crash().await;
     let mut restarted = config(&cluster.ca, "node-3", vec![cluster.nodes[0].addr()]);
     restarted.data_dir = Some(data.path().join("node-3"));
     let (node, _events) = Node::start(restarted).await.expect("restart");

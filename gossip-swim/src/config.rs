@@ -106,11 +106,12 @@ pub struct Config {
 
 impl Config {
     /// memberlist's `DefaultLANConfig`: a local network, round trips well
-    /// under 100 ms. `expected_members` sizes the caps (room for four times as
-    /// many members, at least 1,024).
+    /// under 100 ms. The member table holds up to four times
+    /// `expected_members`, and never fewer than [`Limits`]' default (100,000):
+    /// a cluster larger than planned is never turned away silently.
     pub fn lan(cluster: ClusterId, expected_members: usize) -> Self {
         let mut limits = Limits::default();
-        limits.max_members = expected_members.saturating_mul(4).max(1024);
+        limits.max_members = expected_members.saturating_mul(4).max(limits.max_members);
         Config {
             cluster,
             probe_interval: Duration::from_secs(1),

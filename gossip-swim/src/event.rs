@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use gossip_core::{Entry, Incarnation, Member, NodeId};
 
+use crate::message::JoinRefusal;
+
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -79,6 +81,23 @@ pub enum Event {
         incarnation: Incarnation,
         /// The accuser.
         accused_by: NodeId,
+    },
+    /// A seed refused this node's join and said why; the join goes on
+    /// retrying with backoff.
+    JoinRefused {
+        /// Who refused.
+        by: NodeId,
+        /// Why.
+        reason: JoinRefusal,
+    },
+    /// This node refused to take `member` into its table, and told it why.
+    JoinerRefused {
+        /// The member refused.
+        member: NodeId,
+        /// Where it asked from.
+        addr: SocketAddr,
+        /// Why.
+        reason: JoinRefusal,
     },
     /// A seed or reconnect target answered: this node is part of a cluster.
     JoinCompleted {

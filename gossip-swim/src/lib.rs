@@ -55,5 +55,5 @@ pub use config::Config;
 pub use error::Error;
 pub use event::{Event, Provenance, Transmit};
 pub use machine::Swim;
-pub use message::{Message, StateDigest, TargetTag};
+pub use message::{JoinRefusal, Message, StateDigest, TargetTag};
 pub use stats::Stats;

@@ -104,6 +104,35 @@ pub enum Message {
         /// Member records; one table may span several messages.
         members: Vec<Member>,
     },
+    /// The answer to a push-pull whose sender could not be taken into the
+    /// table: the sender is told why instead of being left to wonder.
+    JoinRefused {
+        /// Why.
+        reason: JoinRefusal,
+    },
+}
+
+/// Why a member refused to take a joiner into its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JoinRefusal {
+    /// The refusing member's table holds as many members as its limits
+    /// allow (departed ones count until they are forgotten).
+    TableFull {
+        /// The refusing member's cap.
+        max_members: u64,
+    },
+}
+
+impl std::fmt::Display for JoinRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinRefusal::TableFull { max_members } => write!(
+                f,
+                "its member table is full ({max_members} members, departed ones included until forgotten)"
+            ),
+        }
+    }
 }
 
 impl Message {
@@ -117,6 +146,7 @@ impl Message {
             Message::Nack { .. } => "nack",
             Message::Gossip { .. } => "gossip",
             Message::PushPull { .. } => "push-pull",
+            Message::JoinRefused { .. } => "join-refused",
         }
     }
 }

@@ -53,4 +53,8 @@ pub struct Stats {
     pub gossip_pushes: u64,
     /// Pings whose state digest differed from the local one.
     pub state_digest_mismatches: u64,
+    /// Joins this node refused (its table full), each answered with the reason.
+    pub joiners_refused: u64,
+    /// Join attempts of this node that a seed refused.
+    pub joins_refused: u64,
 }

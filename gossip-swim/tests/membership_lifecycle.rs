@@ -249,3 +249,101 @@ fn news_right_after_a_push_waits_for_the_push_interval_and_goes_out_in_one_round
     assert_eq!(pushes(&mut net), fanout);
     assert_eq!(net.get(1).stats().gossip_pushes, before + 2 * fanout);
 }
+
+/// A node restarted without its incarnation (no data directory) learns what
+/// its peers hold of its earlier life at its address, alive at a higher
+/// incarnation or left, and refutes above it within a couple of periods;
+/// its next graceful leave is then honoured as a leave.
+#[test]
+fn a_restart_that_kept_no_incarnation_refutes_its_earlier_life() {
+    for earlier_left in [false, true] {
+        let mut net = Net::lan(4, seed(24));
+        assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+        // The earlier life refutes twice (two metadata updates do the same).
+        let meta = net.get(3).members().local().meta.as_ref().clone();
+        for _ in 0..2 {
+            let now = net.now;
+            net.node(3).update_meta(now, meta.clone()).expect("meta");
+            net.drain(3);
+        }
+        let at_two = |net: &Net| {
+            (0..3).all(|i| {
+                net.get(i)
+                    .members()
+                    .get(&node_id(3))
+                    .is_some_and(|m| m.incarnation == Incarnation::new(2))
+            })
+        };
+        net.run_until(10 * SECOND, at_two)
+            .expect("the earlier life's incarnation 2 spread");
+        if earlier_left {
+            let now = net.now;
+            net.node(3).leave(now);
+            net.drain(3);
+            net.run_until(10 * SECOND, |net| {
+                (0..3).all(|i| net.view(i, 3) == Some(MemberStatus::Left))
+            })
+            .expect("the earlier life's leave spread");
+        }
+        // A new life at incarnation 0, at the same address, joins at once.
+        net.restart(3, Incarnation::ZERO, 1);
+        let refuted = |net: &Net| {
+            (0..3).all(|i| {
+                net.get(i).members().get(&node_id(3)).is_some_and(|m| {
+                    m.status == MemberStatus::Alive && m.incarnation > Incarnation::new(2)
+                })
+            })
+        };
+        net.run_until(3 * SECOND, refuted).unwrap_or_else(|| {
+            panic!("earlier_left={earlier_left}: the new life did not refute within 3 s")
+        });
+        assert!(net.get(3).members().local().incarnation > Incarnation::new(2));
+        // Its graceful leave now counts.
+        let now = net.now;
+        net.node(3).leave(now);
+        net.drain(3);
+        net.run_until(10 * SECOND, |net| {
+            (0..3).all(|i| net.view(i, 3) == Some(MemberStatus::Left))
+        })
+        .unwrap_or_else(|| panic!("earlier_left={earlier_left}: the new life's leave was lost"));
+    }
+}
+
+/// A joiner that a full table cannot take is told why, on its side and on
+/// the refusing one, and keeps retrying; nothing is refused silently.
+#[test]
+fn a_joiner_past_the_member_cap_is_refused_and_told_why() {
+    use gossip_core::ClusterId;
+    use gossip_swim::{Config, JoinRefusal};
+    let mut config = Config::lan(ClusterId::from_name("cap"), 4);
+    config.limits.max_members = 3;
+    let mut net = Net::new(4, config, seed(25));
+    net.run_for(10 * SECOND);
+    let refused_here: Vec<(usize, u32)> = net.events[0]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::JoinerRefused { member, reason, .. } => {
+                let joiner = (1..4).find(|&j| node_id(j) == *member)?;
+                Some((
+                    joiner,
+                    u32::from(matches!(reason, JoinRefusal::TableFull { max_members: 3 })),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!refused_here.is_empty(), "the seed never refused a joiner");
+    assert!(
+        refused_here.iter().all(|(_, full)| *full == 1),
+        "{refused_here:?}"
+    );
+    let joiner = refused_here[0].0;
+    let told = net.events[joiner].iter().any(|(_, e)| {
+        matches!(e, Event::JoinRefused { by, reason: JoinRefusal::TableFull { max_members: 3 } } if *by == node_id(0))
+    });
+    assert!(told, "node {joiner} was never told why");
+    assert!(net.get(0).stats().joiners_refused >= 1);
+    assert!(net.get(joiner).stats().joins_refused >= 1);
+    // The seed's table stays within its cap.
+    assert_eq!(net.get(0).members().len(), 3);
+}

@@ -12,7 +12,7 @@ use gossip_core::{
 use super::Swim;
 use super::timer::Timer;
 use crate::event::Event;
-use crate::message::Message;
+use crate::message::{JoinRefusal, Message};
 
 /// A join under way: the seeds are asked again after `delay`, which doubles
 /// up to `join_retry_max`.
@@ -141,5 +141,27 @@ impl Swim {
             self.suspicions.remove(&id);
             self.events.push(Event::Removed(id));
         }
+    }
+
+    /// Why `from`, which sent its table (with its own record if
+    /// `sender_included`), is not in this node's table after it, if the
+    /// table's cap is the reason.
+    pub(super) fn refusal_of(&self, from: NodeId, sender_included: bool) -> Option<JoinRefusal> {
+        let max_members = self.config.limits.max_members;
+        (sender_included && self.members.get(&from).is_none() && self.members.len() >= max_members)
+            .then_some(JoinRefusal::TableFull {
+                max_members: max_members as u64,
+            })
+    }
+
+    /// Tells `joiner` why it was not taken in, instead of the table.
+    pub(super) fn refuse_joiner(&mut self, joiner: NodeId, addr: SocketAddr, reason: JoinRefusal) {
+        self.stats.joiners_refused += 1;
+        self.events.push(Event::JoinerRefused {
+            member: joiner,
+            addr,
+            reason,
+        });
+        self.send(Some(joiner), addr, Message::JoinRefused { reason }, false);
     }
 }

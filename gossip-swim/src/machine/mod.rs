@@ -419,8 +419,11 @@ impl Swim {
         // A member that talks to us but that we have never heard of (its
         // announcement ran out of retransmits before reaching us): ask for
         // its table, which starts with its own record.
-        let stranger =
-            self.members.get(&from).is_none() && !matches!(frame.body, Message::PushPull { .. });
+        let stranger = self.members.get(&from).is_none()
+            && !matches!(
+                frame.body,
+                Message::PushPull { .. } | Message::JoinRefused { .. }
+            );
         self.handle_message(from, from_addr, frame.body);
         if stranger && self.leaving.is_none() {
             self.send_table(Some(from), from_addr, false);
@@ -483,11 +486,21 @@ impl Swim {
                 target_addr,
             } => self.forward_probe(from, from_addr, seq, target, target_addr),
             Message::Nack { seq } => self.handle_nack(from, seq),
+            Message::JoinRefused { reason } => {
+                if self.joining.is_some() {
+                    self.stats.joins_refused += 1;
+                    self.events.push(Event::JoinRefused { by: from, reason });
+                }
+            }
             Message::Gossip { state_digest } => self.compare_digest(from, from_addr, state_digest),
             Message::PushPull { reply, members } => {
+                let sender_included = members.iter().any(|m| m.id == from);
                 self.apply_records(from, members);
                 if !reply {
-                    self.send_table(Some(from), from_addr, true);
+                    match self.refusal_of(from, sender_included) {
+                        Some(reason) => self.refuse_joiner(from, from_addr, reason),
+                        None => self.send_table(Some(from), from_addr, true),
+                    }
                 } else if self.joining.take().is_some() {
                     self.timers.cancel(Timer::JoinRetry);
                     self.events.push(Event::JoinCompleted { via: from });
