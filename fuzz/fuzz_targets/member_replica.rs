@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use gossip_core::{Incarnation, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{cluster, node_addr, node_id, swim_config};
+use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, push_bounded, swim_config};
 use gossip_member::{Replica, ReplicaConfig, Role, StoredKeys, SyncTransmit};
 use gossip_swim::{Message, Swim, Transmit};
 use libfuzzer_sys::fuzz_target;
@@ -109,10 +109,10 @@ impl World {
                 let limits = &node.swim().config().limits;
                 decode_frame::<Message>(&transmit.payload, cluster(), limits)
                     .expect("a replica's own datagram decodes");
-                push_bounded(&mut self.datagrams[n], transmit);
+                push_bounded(&mut self.datagrams[n], transmit, IN_FLIGHT);
             }
             while let Some(turn) = node.poll_sync() {
-                push_bounded(&mut self.turns[n], turn);
+                push_bounded(&mut self.turns[n], turn, IN_FLIGHT);
             }
             while node.poll_event().is_some() {}
         }
@@ -197,20 +197,12 @@ impl World {
             Op::Turn { from } => self.turn(from, |_| {}),
             Op::CorruptTurn { from, at, xor } => self.turn(from, |parts| {
                 if let Some(part) = parts.iter_mut().find(|p| !p.is_empty()) {
-                    let at = usize::from(at) % part.len();
-                    part[at] ^= xor;
+                    flip_byte(part, at, xor);
                 }
             }),
-            Op::CorruptDatagram { from, at, xor } => self.datagram(
-                from,
-                |bytes| {
-                    if !bytes.is_empty() {
-                        let at = usize::from(at) % bytes.len();
-                        bytes[at] ^= xor;
-                    }
-                },
-                1,
-            ),
+            Op::CorruptDatagram { from, at, xor } => {
+                self.datagram(from, |bytes| flip_byte(bytes, at, xor), 1);
+            }
             Op::Lose { from } => {
                 let from = usize::from(from % NODES);
                 self.datagrams[from].pop_front();
@@ -266,7 +258,10 @@ impl World {
             Op::Set { node, key, value } => {
                 let n = usize::from(node % NODES);
                 let key = format!("k{}", key % 8);
-                if self.nodes[n].set(self.now, key.as_str(), value.clone()).is_ok() {
+                if self.nodes[n]
+                    .set(self.now, key.as_str(), value.clone())
+                    .is_ok()
+                {
                     self.keys[n].insert(key, value);
                 }
             }
@@ -284,14 +279,6 @@ impl World {
             }
         }
     }
-}
-
-/// Queues `item`, losing the oldest past `IN_FLIGHT`.
-fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
-    if queue.len() == IN_FLIGHT {
-        queue.pop_front();
-    }
-    queue.push_back(item);
 }
 
 fuzz_target!(|input: Input| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use gossip_core::{Incarnation, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{cluster, node_addr, node_id, swim_config};
+use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, push_bounded, swim_config};
 use gossip_swim::{Message, Swim, Transmit};
 use libfuzzer_sys::fuzz_target;
 
@@ -86,11 +86,7 @@ impl World {
             while let Some(transmit) = node.poll_transmit() {
                 decode_frame::<Message>(&transmit.payload, cluster(), &node.config().limits)
                     .expect("a machine's own datagram decodes");
-                let queue = &mut self.outbox[n];
-                if queue.len() == IN_FLIGHT {
-                    queue.pop_front();
-                }
-                queue.push_back(transmit);
+                push_bounded(&mut self.outbox[n], transmit, IN_FLIGHT);
             }
             while node.poll_event().is_some() {}
         }
@@ -151,16 +147,9 @@ impl World {
             Op::Deliver { from, duplicate } => {
                 self.deliver(from, |_| {}, if duplicate { 2 } else { 1 });
             }
-            Op::Corrupt { from, at, xor } => self.deliver(
-                from,
-                |bytes| {
-                    if !bytes.is_empty() {
-                        let at = usize::from(at) % bytes.len();
-                        bytes[at] ^= xor;
-                    }
-                },
-                1,
-            ),
+            Op::Corrupt { from, at, xor } => {
+                self.deliver(from, |bytes| flip_byte(bytes, at, xor), 1)
+            }
             Op::Truncate { from, keep } => {
                 self.deliver(from, |bytes| bytes.truncate(usize::from(keep)), 1);
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use gossip_antientropy::{Session, SyncMessage, SyncState};
 use gossip_core::{Incarnation, Limits, Member, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{node_id, snapshot, sync_config};
+use gossip_fuzz::{flip_byte, node_id, snapshot, sync_config};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_OPS: usize = 300;
@@ -173,16 +173,7 @@ impl World {
             }
             Op::Corrupt { side: s, at, xor } => {
                 self.disturbed = true;
-                self.deliver(
-                    side(s),
-                    |bytes| {
-                        if !bytes.is_empty() {
-                            let at = usize::from(at) % bytes.len();
-                            bytes[at] ^= xor;
-                        }
-                    },
-                    1,
-                );
+                self.deliver(side(s), |bytes| flip_byte(bytes, at, xor), 1);
             }
             Op::Truncate { side: s, keep } => {
                 self.disturbed = true;

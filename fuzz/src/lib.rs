@@ -2,6 +2,7 @@
 //! configurations the targets decode with, and a snapshot of replicated state
 //! to compare before and after refused input.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use gossip_antientropy::{SyncConfig, SyncState};
@@ -54,4 +55,22 @@ pub fn snapshot(state: &SyncState) -> Snapshot {
         })
         .collect();
     (members, kv)
+}
+
+/// Changes the byte at `at` (wrapped to the length) by `xor`, as a corrupted
+/// message arrives; an empty message stays empty.
+pub fn flip_byte(bytes: &mut [u8], at: u16, xor: u8) {
+    if !bytes.is_empty() {
+        let at = usize::from(at) % bytes.len();
+        bytes[at] ^= xor;
+    }
+}
+
+/// Queues `item` on a queue of messages in flight that holds at most `cap`:
+/// past it, the oldest is lost.
+pub fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, cap: usize) {
+    if queue.len() == cap {
+        queue.pop_front();
+    }
+    queue.push_back(item);
 }
