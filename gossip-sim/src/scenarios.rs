@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gossip_core::{ClusterId, GossipRng, MemberMeta, MemberStatus, Timestamp};
+use gossip_core::{ClusterId, GossipRng, Incarnation, MemberMeta, MemberStatus, Timestamp};
 use gossip_swim::{Config, Event};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -675,5 +675,135 @@ fn mean(values: &[f64]) -> f64 {
         f64::NAN
     } else {
         values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// How long each wave of a rolling restart stays down: past the suspicion
+/// timeout of a 1,000-node cluster, so the others hold it dead when it
+/// returns (memberlist's issue 311 is a node returning at a low
+/// incarnation while others hold it dead at a higher one).
+pub const ROLLING_DOWNTIME: Duration = Duration::from_secs(90);
+
+/// How the nodes of a cluster restart, in [`restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartKind {
+    /// Every node crashes at once; a second later all come back together.
+    AllAtOnce,
+    /// A tenth of the nodes at a time, each wave down for
+    /// [`ROLLING_DOWNTIME`] (long enough for the others to declare it dead),
+    /// the next wave going down five probe intervals after the last came
+    /// back.
+    Rolling,
+}
+
+/// The outcome of one case of [`restart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restart {
+    /// Members that some member held dead, suspect or left when the case
+    /// ended, though every member was running: summed over seeds.
+    pub wrongly_dead: u64,
+    /// The worst seed's simulated seconds from the last node's return until
+    /// every member held every other alive; `None` if a seed never got
+    /// there within `limit`.
+    pub all_alive_seconds: Option<f64>,
+    /// The mean over the seeds that got there.
+    pub all_alive_seconds_mean: f64,
+}
+
+/// Restarts every node of a converged cluster, `kind`, each coming back
+/// with its incarnation and keys (a data directory) or without (incarnation
+/// 0, no keys), joining through another node (all at once: the next one;
+/// rolling: one of another wave, which is up). Then runs until every member
+/// holds every other alive, at most `limit`; members still held otherwise
+/// by anyone then are the case's wrongly dead.
+pub fn restart(params: &Params, kind: RestartKind, data_dir: bool, limit: Duration) -> Restart {
+    let n = params.nodes;
+    let mut wrongly_dead = 0;
+    let mut times = Vec::new();
+    let mut incomplete = false;
+    for seed in params.rng_seeds() {
+        let mut sim = Sim::new(n, params.swim.clone(), params.net(), seed);
+        sim.converge_instantly();
+        sim.run_for(params.swim.probe_interval * 3);
+        match kind {
+            RestartKind::AllAtOnce => {
+                let incarnations: Vec<Incarnation> = (0..n)
+                    .map(|i| {
+                        sim.node(i)
+                            .map_or(Incarnation::ZERO, |s| s.members().local().incarnation)
+                    })
+                    .collect();
+                for i in 0..n {
+                    sim.crash(i);
+                }
+                sim.run_for(Duration::from_secs(1));
+                for (i, last) in incarnations.into_iter().enumerate() {
+                    let via = (i + 1) % n;
+                    if data_dir {
+                        sim.restart(i, last.next().unwrap_or(last), via);
+                    } else {
+                        sim.restart_without_data_dir(i, via);
+                    }
+                }
+            }
+            RestartKind::Rolling => {
+                // A tenth of the nodes at a time, each wave down long enough
+                // for the others to declare it dead, as a slow redeploy
+                // leaves it: the next wave goes down once the last is back.
+                let wave = n.div_ceil(10);
+                for first in (0..n).step_by(wave) {
+                    let members: Vec<usize> = (first..(first + wave).min(n)).collect();
+                    let incarnations: Vec<Incarnation> = members
+                        .iter()
+                        .map(|&i| {
+                            sim.node(i)
+                                .map_or(Incarnation::ZERO, |s| s.members().local().incarnation)
+                        })
+                        .collect();
+                    for &i in &members {
+                        sim.crash(i);
+                    }
+                    sim.run_for(ROLLING_DOWNTIME);
+                    for (&i, last) in members.iter().zip(incarnations) {
+                        // Through a member of another wave, which is up.
+                        let via = (first + wave + i) % n;
+                        let via = if members.contains(&via) {
+                            (i + n - 1) % n
+                        } else {
+                            via
+                        };
+                        if data_dir {
+                            sim.restart(i, last.next().unwrap_or(last), via);
+                        } else {
+                            sim.restart_without_data_dir(i, via);
+                        }
+                    }
+                    if first + wave < n {
+                        sim.run_for(params.swim.probe_interval * 5);
+                    }
+                }
+            }
+        }
+        let took = sim.run_while(limit, converged);
+        drop(sim.take_events());
+        match took {
+            Some(took) => times.push(took.as_secs_f64()),
+            None => incomplete = true,
+        }
+        wrongly_dead += (0..n)
+            .filter(|&subject| {
+                (0..n).any(|observer| {
+                    observer != subject
+                        && sim
+                            .view(observer, subject)
+                            .is_some_and(|status| status != MemberStatus::Alive)
+                })
+            })
+            .count() as u64;
+    }
+    Restart {
+        wrongly_dead,
+        all_alive_seconds: (!incomplete).then(|| times.iter().copied().fold(0.0, f64::max)),
+        all_alive_seconds_mean: mean(&times),
     }
 }

@@ -384,6 +384,15 @@ impl Sim {
         self.after_input(i);
     }
 
+    /// Restarts node `i` as a node without a data directory does: at
+    /// incarnation 0 and with no keys, joining through `via`.
+    pub fn restart_without_data_dir(&mut self, i: usize, via: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.stored = StoredKeys::default();
+        }
+        self.restart(i, Incarnation::ZERO, via);
+    }
+
     /// Node `i` sets one of its own keys (nothing if it is not running or
     /// the limits refuse the write).
     pub fn set(&mut self, i: usize, key: &str, value: &[u8]) {

@@ -209,3 +209,32 @@ fn a_key_written_in_a_quiet_cluster_reaches_all_sixteen_nodes_within_100_ms() {
         );
     }
 }
+
+/// Every node of a cluster restarts, all at once and in waves held dead by
+/// the others, with and without data directories: no member is left held
+/// dead anywhere, and all are alive everywhere within twice the
+/// anti-entropy backstop.
+#[test]
+fn every_kind_of_mass_restart_converges_with_no_member_left_dead() {
+    use gossip_sim::scenarios::{Params, RestartKind, restart};
+    let mut params = Params::new(30, 1);
+    params.first_rng_seed = seed(1);
+    let backstop = gossip_member::ReplicaConfig::new(params.swim.cluster).sync_interval;
+    for kind in [RestartKind::AllAtOnce, RestartKind::Rolling] {
+        for data_dir in [true, false] {
+            let r = restart(&params, kind, data_dir, Duration::from_secs(600));
+            let case = format!(
+                "{kind:?}, data_dir={data_dir}, rng seed {}",
+                params.first_rng_seed
+            );
+            assert_eq!(r.wrongly_dead, 0, "{case}: {r:?}");
+            let took = r
+                .all_alive_seconds
+                .unwrap_or_else(|| panic!("{case}: never all alive: {r:?}"));
+            assert!(
+                took <= 2.0 * backstop.as_secs_f64(),
+                "{case}: all alive after {took} s"
+            );
+        }
+    }
+}

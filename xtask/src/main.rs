@@ -168,10 +168,10 @@ fn each_crate_alone(root: &Path) -> Result<()> {
 fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
-        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "memory"
-        | "sweep" => ("gossip-sim", "scenarios"),
+        "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "restart"
+        | "memory" | "sweep" => ("gossip-sim", "scenarios"),
         other => bail!(
-            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, memory, sweep"
+            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, restart, memory, sweep"
         ),
     };
     let mut all = vec![

@@ -11,6 +11,7 @@
 //! cargo xtask sim falsepos --nodes 100 --rng-seeds 2 --loss 0.05 --periods 600   (10 minutes)
 //! cargo xtask sim memory --nodes 1000,10000   (resident memory of a converged cluster, per member per view)
 //! cargo xtask sim memory --nodes 1000 --join --periods 60   (the same, 60 s after all joined through one seed)
+//! cargo xtask sim restart --nodes 1000 --rng-seeds 1 --periods 600 --json   (every node restarted, all at once and rolling, with and without data directories; all alive within --periods s)
 //! ```
 
 #![allow(
@@ -48,7 +49,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -237,6 +238,53 @@ fn main() {
                     "all_know_dead_slowdown": r.detect_lifeguard.all_know_dead_periods / r.detect_plain.all_know_dead_periods,
                 })
             }
+            "restart" => {
+                // The anti-entropy backstop of every simulated node.
+                let backstop = gossip_member::ReplicaConfig::new(params.swim.cluster).sync_interval;
+                let limit = Duration::from_secs(u64::from(periods));
+                let mut cases = serde_json::Map::new();
+                for (name, kind, data_dir) in [
+                    (
+                        "all_at_once_with_data_dir",
+                        scenarios::RestartKind::AllAtOnce,
+                        true,
+                    ),
+                    (
+                        "all_at_once_without_data_dir",
+                        scenarios::RestartKind::AllAtOnce,
+                        false,
+                    ),
+                    (
+                        "rolling_with_data_dir",
+                        scenarios::RestartKind::Rolling,
+                        true,
+                    ),
+                    (
+                        "rolling_without_data_dir",
+                        scenarios::RestartKind::Rolling,
+                        false,
+                    ),
+                ] {
+                    let r = scenarios::restart(&params, kind, data_dir, limit);
+                    let within = r
+                        .all_alive_seconds
+                        .is_some_and(|s| s <= 2.0 * backstop.as_secs_f64());
+                    cases.insert(
+                        name.to_string(),
+                        serde_json::json!({
+                            "wrongly_dead": r.wrongly_dead,
+                            "all_alive_s": r.all_alive_seconds,
+                            "all_alive_s_mean": r.all_alive_seconds_mean,
+                            "within_twice_the_backstop": within,
+                        }),
+                    );
+                }
+                serde_json::json!({
+                    "backstop_s": backstop.as_secs_f64(),
+                    "limit_s": periods,
+                    "cases": cases,
+                })
+            }
             "memory" => {
                 // Resident memory, not allocations: what a deployment pays,
                 // allocator slack included.
@@ -274,7 +322,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos, memory, sweep"
+                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos, restart, memory, sweep"
                 );
                 std::process::exit(2);
             }
