@@ -684,6 +684,35 @@ fn mean(values: &[f64]) -> f64 {
 /// incarnation while others hold it dead at a higher one).
 pub const ROLLING_DOWNTIME: Duration = Duration::from_secs(90);
 
+/// Crashes `nodes`, runs `downtime`, and restarts each through `via(i)`:
+/// one incarnation up with its keys (`data_dir`), or at 0 without them.
+fn down_and_back(
+    sim: &mut Sim,
+    nodes: &[usize],
+    downtime: Duration,
+    data_dir: bool,
+    via: impl Fn(usize) -> usize,
+) {
+    let incarnations: Vec<Incarnation> = nodes
+        .iter()
+        .map(|&i| {
+            sim.node(i)
+                .map_or(Incarnation::ZERO, |s| s.members().local().incarnation)
+        })
+        .collect();
+    for &i in nodes {
+        sim.crash(i);
+    }
+    sim.run_for(downtime);
+    for (&i, last) in nodes.iter().zip(incarnations) {
+        if data_dir {
+            sim.restart(i, last.next().unwrap_or(last), via(i));
+        } else {
+            sim.restart_without_data_dir(i, via(i));
+        }
+    }
+}
+
 /// How the nodes of a cluster restart, in [`restart`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartKind {
@@ -727,24 +756,10 @@ pub fn restart(params: &Params, kind: RestartKind, data_dir: bool, limit: Durati
         sim.run_for(params.swim.probe_interval * 3);
         match kind {
             RestartKind::AllAtOnce => {
-                let incarnations: Vec<Incarnation> = (0..n)
-                    .map(|i| {
-                        sim.node(i)
-                            .map_or(Incarnation::ZERO, |s| s.members().local().incarnation)
-                    })
-                    .collect();
-                for i in 0..n {
-                    sim.crash(i);
-                }
-                sim.run_for(Duration::from_secs(1));
-                for (i, last) in incarnations.into_iter().enumerate() {
-                    let via = (i + 1) % n;
-                    if data_dir {
-                        sim.restart(i, last.next().unwrap_or(last), via);
-                    } else {
-                        sim.restart_without_data_dir(i, via);
-                    }
-                }
+                let everyone: Vec<usize> = (0..n).collect();
+                down_and_back(&mut sim, &everyone, Duration::from_secs(1), data_dir, |i| {
+                    (i + 1) % n
+                });
             }
             RestartKind::Rolling => {
                 // A tenth of the nodes at a time, each wave down long enough
@@ -753,31 +768,16 @@ pub fn restart(params: &Params, kind: RestartKind, data_dir: bool, limit: Durati
                 let wave = n.div_ceil(10);
                 for first in (0..n).step_by(wave) {
                     let members: Vec<usize> = (first..(first + wave).min(n)).collect();
-                    let incarnations: Vec<Incarnation> = members
-                        .iter()
-                        .map(|&i| {
-                            sim.node(i)
-                                .map_or(Incarnation::ZERO, |s| s.members().local().incarnation)
-                        })
-                        .collect();
-                    for &i in &members {
-                        sim.crash(i);
-                    }
-                    sim.run_for(ROLLING_DOWNTIME);
-                    for (&i, last) in members.iter().zip(incarnations) {
-                        // Through a member of another wave, which is up.
+                    // Through a member of another wave, which is up.
+                    let via = |i: usize| {
                         let via = (first + wave + i) % n;
-                        let via = if members.contains(&via) {
+                        if members.contains(&via) {
                             (i + n - 1) % n
                         } else {
                             via
-                        };
-                        if data_dir {
-                            sim.restart(i, last.next().unwrap_or(last), via);
-                        } else {
-                            sim.restart_without_data_dir(i, via);
                         }
-                    }
+                    };
+                    down_and_back(&mut sim, &members, ROLLING_DOWNTIME, data_dir, via);
                     if first + wave < n {
                         sim.run_for(params.swim.probe_interval * 5);
                     }
