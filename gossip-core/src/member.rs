@@ -133,6 +133,12 @@ impl MemberMeta {
         &self.addrs.0
     }
 
+    /// The preferred address: where the member is contacted, and what tells
+    /// one live instance of an identity from another.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addrs.0.first().copied()
+    }
+
     /// Checks the metadata against `limits`.
     ///
     /// # Errors
@@ -309,6 +315,26 @@ pub enum MembershipEvent {
     /// local record is unchanged: the caller should [refute](Membership::refute).
     AccusedSelf {
         /// The claim.
+        claim: Member,
+        /// Who made it.
+        origin: NodeId,
+    },
+    /// A live record of the local node at another address than its own: an
+    /// earlier life that peers still hold, or a second process holding this
+    /// node's key. Nothing is applied; the caller finds out which (the
+    /// address answers as this node, or does not).
+    ClaimedElsewhere {
+        /// The claim.
+        claim: Member,
+    },
+    /// A claim that would move a live member to another address. Refused: a
+    /// member's address changes only through a new life after the old one
+    /// is known to be dead or gone, so a second process holding a member's
+    /// key cannot take over its place while it runs.
+    AddressConflict {
+        /// The record held, unchanged.
+        held: Member,
+        /// The refused claim.
         claim: Member,
         /// Who made it.
         origin: NodeId,
@@ -509,15 +535,17 @@ impl Membership {
             if claim.status == MemberStatus::Left && origin != subject {
                 return Err(owner_only("a leave"));
             }
+            let here = claim.meta.addr() == self.local.meta.addr();
+            if origin == subject && !here && !claim.status.is_departed() {
+                return Ok(Some(MembershipEvent::ClaimedElsewhere {
+                    claim: claim.clone(),
+                }));
+            }
             // An accusation, or a record of this node that this life did not
-            // make at this node's own address: an earlier life here (a
-            // restart that kept no incarnation), which peers still hold.
-            // Either way the node refutes above it. A record of it at
-            // another address is left alone: it may be a second live
-            // instance, which refuting would only fight.
-            let earlier_life_here =
-                origin == subject && claim.meta.addrs().first() == self.local.meta.addrs().first();
-            if (origin != subject || earlier_life_here) && claim.overrides(&self.local) {
+            // make: an earlier life here (a restart that kept no
+            // incarnation) that peers still hold, or a leave made elsewhere.
+            // Either way the node refutes above it.
+            if claim.overrides(&self.local) {
                 return Ok(Some(MembershipEvent::AccusedSelf {
                     claim: claim.clone(),
                     origin,
@@ -542,6 +570,20 @@ impl Membership {
             if claim.status == MemberStatus::Alive && raises {
                 return Err(owner_only("a new incarnation"));
             }
+        }
+        if let Some(current) = current
+            && !current.status.is_departed()
+            && claim.meta.addr() != current.meta.addr()
+        {
+            // Stale news of an earlier address changes nothing; only a claim
+            // that would win the merge is a conflict.
+            return Ok(claim
+                .overrides(current)
+                .then(|| MembershipEvent::AddressConflict {
+                    held: current.clone(),
+                    claim: claim.clone(),
+                    origin,
+                }));
         }
 
         let (record, merged): (Arc<Member>, Member) = match current {
@@ -880,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn an_earlier_life_at_this_address_is_refuted_and_one_elsewhere_is_left_alone() {
+    fn an_earlier_life_at_this_address_is_refuted_and_one_elsewhere_is_reported() {
         let mut t = table();
         // Peers still hold this node's earlier life: alive at 2, here.
         let earlier = rec(0, 2, Alive);
@@ -897,16 +939,68 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(t.local().incarnation, Incarnation::ZERO, "nothing applied");
-        // The same record at another address may be a second live
-        // instance: not refuted.
-        let mut elsewhere = rec(0, 2, Alive);
-        elsewhere.meta = Arc::new(MemberMeta::new(
-            "n0",
-            [SocketAddr::from(([10, 9, 9, 9], 1))],
-        ));
-        assert_eq!(t.apply(T, elsewhere, id(0)).unwrap(), None);
+        // A live record at another address may be a second live instance:
+        // reported for the caller to check, not refuted, whatever its
+        // incarnation.
+        for incarnation in [0, 2] {
+            let elsewhere = at(rec(0, incarnation, Alive), [10, 9, 9, 9]);
+            let ev = t.apply(T, elsewhere.clone(), id(0)).unwrap();
+            assert_eq!(
+                ev,
+                Some(MembershipEvent::ClaimedElsewhere { claim: elsewhere })
+            );
+        }
+        // A leave made elsewhere is refuted: whoever made it has gone.
+        let ev = t
+            .apply(T, at(rec(0, 2, Left), [10, 9, 9, 9]), id(0))
+            .unwrap();
+        assert!(
+            matches!(ev, Some(MembershipEvent::AccusedSelf { .. })),
+            "{ev:?}"
+        );
+        assert_eq!(t.local().incarnation, Incarnation::ZERO, "nothing applied");
         // This life's own record, relayed back: nothing to do.
         let own = t.local().clone();
         assert_eq!(t.apply(T, own, id(0)).unwrap(), None);
+    }
+
+    /// `record` with `ip` as its only address.
+    fn at(mut record: Member, ip: [u8; 4]) -> Member {
+        record.meta = Arc::new(MemberMeta::new(
+            record.meta.name(),
+            [SocketAddr::from((ip, 1))],
+        ));
+        record
+    }
+
+    #[test]
+    fn a_live_member_is_never_moved_to_another_address() {
+        let mut t = table();
+        let held = rec(1, 1, Alive);
+        t.apply(T, held.clone(), id(1)).unwrap();
+        // Its key at another address, claiming a newer life, and then
+        // leaving there: both refused, both reported.
+        for status in [Alive, Left] {
+            let impostor = at(rec(1, 2, status), [10, 9, 9, 9]);
+            let ev = t.apply(T, impostor.clone(), id(1)).unwrap();
+            assert_eq!(
+                ev,
+                Some(MembershipEvent::AddressConflict {
+                    held: held.clone(),
+                    claim: impostor,
+                    origin: id(1),
+                })
+            );
+            assert_eq!(t.get(&id(1)), Some(&held), "nothing applied");
+        }
+        // Stale news of another address changes nothing and is no conflict.
+        let stale = at(rec(1, 0, Alive), [10, 9, 9, 9]);
+        assert_eq!(t.apply(T, stale, id(1)).unwrap(), None);
+        // Once the member is dead, its next life may come from anywhere.
+        t.accuse(T, id(1), Dead).unwrap();
+        let moved = at(rec(1, 2, Alive), [10, 9, 9, 9]);
+        let ev = t.apply(T, moved.clone(), id(1)).unwrap();
+        assert!(matches!(ev, Some(MembershipEvent::Changed(_))), "{ev:?}");
+        assert_eq!(t.get(&id(1)), Some(&moved));
     }
 }

@@ -637,7 +637,7 @@ impl Replica {
         if member.status.is_departed() || member.status == MemberStatus::Dead {
             return;
         }
-        let Some(addr) = member.meta.addrs().first().copied() else {
+        let Some(addr) = member.meta.addr() else {
             return;
         };
         let id = self.rng.random();

@@ -418,8 +418,8 @@ impl Driver {
             .filter(|id| Some(*id) != not)
             .filter_map(|id| {
                 let member = members.get(&id)?;
-                let addr = member.meta.addrs().first()?;
-                (member.status == MemberStatus::Alive).then_some((id, *addr))
+                let addr = member.meta.addr()?;
+                (member.status == MemberStatus::Alive).then_some((id, addr))
             })
             .collect();
         if candidates.is_empty() {

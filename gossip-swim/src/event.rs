@@ -99,6 +99,33 @@ pub enum Event {
         /// Why.
         reason: JoinRefusal,
     },
+    /// A live record of this node at another address than its own: an
+    /// earlier life that peers still hold, or a second process holding this
+    /// node's key. Nothing was applied (and a claim above this node's
+    /// incarnation was refuted); the driver should find out which, by
+    /// checking whether `addr` answers as this node. Reported at most once
+    /// per 30 s; [`Stats::claims_elsewhere`](crate::Stats::claims_elsewhere)
+    /// counts every one.
+    ClaimedElsewhere {
+        /// The other address.
+        addr: SocketAddr,
+        /// The incarnation claimed there.
+        incarnation: Incarnation,
+    },
+    /// A claim would have moved a live member to another address, and was
+    /// refused: one identity at two addresses. Reported at most once per
+    /// member per 30 s; [`Stats::address_conflicts`](crate::Stats::address_conflicts)
+    /// counts every one.
+    AddressConflict {
+        /// The member.
+        member: NodeId,
+        /// The address held for it, kept.
+        held: Option<SocketAddr>,
+        /// The address claimed, refused.
+        claimed: Option<SocketAddr>,
+        /// Who made the claim.
+        origin: NodeId,
+    },
     /// A seed or reconnect target answered: this node is part of a cluster.
     JoinCompleted {
         /// Who answered.

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use gossip_core::{Member, NodeId};
+use gossip_core::{Incarnation, Member, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// An opaque digest of the driver's replicated state (for example a Merkle
@@ -122,6 +122,16 @@ pub enum JoinRefusal {
         /// The refusing member's cap.
         max_members: u64,
     },
+    /// The joiner's identity is alive at another address in the refusing
+    /// member's table: a second process holding the same key, or an earlier
+    /// life not yet known to be gone. The joiner retries; it is taken in once
+    /// the other address is known dead or gone.
+    IdentityInUse {
+        /// Where the identity is held alive.
+        addr: SocketAddr,
+        /// At what incarnation.
+        incarnation: Incarnation,
+    },
 }
 
 impl std::fmt::Display for JoinRefusal {
@@ -130,6 +140,10 @@ impl std::fmt::Display for JoinRefusal {
             JoinRefusal::TableFull { max_members } => write!(
                 f,
                 "its member table is full ({max_members} members, departed ones included until forgotten)"
+            ),
+            JoinRefusal::IdentityInUse { addr, incarnation } => write!(
+                f,
+                "it holds this node's identity alive at {addr} (incarnation {incarnation}): another process with this node's key, or an earlier life not yet known to be gone"
             ),
         }
     }

@@ -53,8 +53,14 @@ pub struct Stats {
     pub gossip_pushes: u64,
     /// Pings whose state digest differed from the local one.
     pub state_digest_mismatches: u64,
-    /// Joins this node refused (its table full), each answered with the reason.
+    /// Joins this node refused (its table full, or the joiner's identity
+    /// live at another address), each answered with the reason.
     pub joiners_refused: u64,
     /// Join attempts of this node that a seed refused.
     pub joins_refused: u64,
+    /// Claims refused because they would have moved a live member to
+    /// another address.
+    pub address_conflicts: u64,
+    /// Live records of this node heard at another address than its own.
+    pub claims_elsewhere: u64,
 }

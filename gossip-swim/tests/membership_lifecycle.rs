@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Net, node_id, seed};
+use common::{Net, addr, node_id, seed};
 use gossip_core::{Incarnation, MemberStatus};
 use gossip_swim::Event;
 
@@ -346,4 +347,97 @@ fn a_joiner_past_the_member_cap_is_refused_and_told_why() {
     assert!(net.get(joiner).stats().joins_refused >= 1);
     // The seed's table stays within its cap.
     assert_eq!(net.get(0).members().len(), 3);
+}
+
+/// Where `observer` holds `subject`'s identity, and in what status.
+fn held_at(net: &Net, observer: usize, subject: usize) -> Option<(SocketAddr, MemberStatus)> {
+    let record = net.get(observer).members().get(&node_id(subject))?;
+    Some((record.meta.addr()?, record.status))
+}
+
+/// A second process with a live member's key is refused when it joins, is
+/// told where the identity lives, and never takes the member's place: not
+/// when it joins through a seed, not through the member itself, not when a
+/// member joins it at run time, and not when it leaves.
+#[test]
+fn a_second_instance_of_a_live_member_never_takes_its_place() {
+    use gossip_swim::JoinRefusal;
+    let mut net = Net::lan(4, seed(26));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    let via_seed = net.start_as(2, 0);
+    let via_itself = net.start_as(2, 2);
+    net.run_for(20 * SECOND);
+    for clone in [via_seed, via_itself] {
+        let refused = net.events[clone].iter().any(|(_, e)| {
+            matches!(e, Event::JoinRefused { reason: JoinRefusal::IdentityInUse { addr: a, .. }, .. } if *a == addr(2))
+        });
+        assert!(refused, "instance {clone} was not told where node 2 lives");
+        assert!(
+            !net.events[clone]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::JoinCompleted { .. })),
+            "instance {clone} was taken in"
+        );
+    }
+    let seen_elsewhere = net.events[2].iter().any(
+        |(_, e)| matches!(e, Event::ClaimedElsewhere { addr: a, .. } if *a == addr(via_itself)),
+    );
+    assert!(seen_elsewhere, "node 2 never heard of its second instance");
+
+    // At run time: a member joins the second instance directly, as an
+    // operator's mistake would have it.
+    net.crash(via_seed);
+    let now = net.now;
+    net.node(1).join(now, vec![addr(via_itself)]);
+    net.drain(1);
+    net.run_for(10 * SECOND);
+    let conflict = net.events[1].iter().any(|(_, e)| {
+        matches!(e, Event::AddressConflict { member, held, claimed, .. }
+            if *member == node_id(2) && *held == Some(addr(2)) && *claimed == Some(addr(via_itself)))
+    });
+    assert!(conflict, "node 1 never reported node 2 at two addresses");
+    assert!(net.get(1).stats().address_conflicts >= 1);
+    // The second instance leaves: the member it copied stays alive, where
+    // it is.
+    let now = net.now;
+    net.node(via_itself).leave(now);
+    net.drain(via_itself);
+    net.run_for(10 * SECOND);
+    net.crash(via_itself);
+    net.run_for(30 * SECOND);
+    for observer in [0, 1, 3] {
+        assert_eq!(
+            held_at(&net, observer, 2),
+            Some((addr(2), MemberStatus::Alive)),
+            "node {observer}"
+        );
+    }
+}
+
+/// A node that comes back at another address while its earlier life is
+/// still held alive waits, refused and told why, until that life is found
+/// dead; then it is taken in above it, and its graceful leave counts.
+#[test]
+fn a_new_life_elsewhere_supersedes_its_earlier_life_once_that_is_dead() {
+    let mut net = Net::lan(4, seed(27));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.crash(3);
+    let new_life = net.start_as(3, 0);
+    let took = net
+        .run_until(60 * SECOND, |net| {
+            (0..3).all(|i| held_at(net, i, 3) == Some((addr(new_life), MemberStatus::Alive)))
+        })
+        .expect("the new life was never taken in everywhere");
+    assert!(
+        net.get(new_life).members().local().incarnation > Incarnation::ZERO,
+        "the new life did not rise above its earlier one"
+    );
+    eprintln!("taken in everywhere after {took:?}");
+    let now = net.now;
+    net.node(new_life).leave(now);
+    net.drain(new_life);
+    net.run_until(10 * SECOND, |net| {
+        (0..3).all(|i| held_at(net, i, 3) == Some((addr(new_life), MemberStatus::Left)))
+    })
+    .expect("the new life's leave was lost");
 }

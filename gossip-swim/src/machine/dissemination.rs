@@ -175,7 +175,15 @@ impl Swim {
         match self.members.apply(self.now, claim, origin) {
             Ok(None) => {}
             Ok(Some(MembershipEvent::Changed(change))) => self.on_change(change),
-            Ok(Some(MembershipEvent::AccusedSelf { claim, origin })) => self.refute(claim, origin),
+            Ok(Some(MembershipEvent::AccusedSelf { claim, origin })) => {
+                self.refute(claim.incarnation, origin);
+            }
+            Ok(Some(MembershipEvent::ClaimedElsewhere { claim })) => self.claimed_elsewhere(&claim),
+            Ok(Some(MembershipEvent::AddressConflict {
+                held,
+                claim,
+                origin,
+            })) => self.address_conflict(&held, &claim, origin),
             Ok(Some(_)) => {}
             Err(_) => self.stats.rejected_claims += 1,
         }
@@ -247,13 +255,13 @@ impl Swim {
         );
     }
 
-    /// Someone claims something about us that overrides our record: raise
-    /// our incarnation past it and say so.
-    pub(super) fn refute(&mut self, claim: Member, accuser: NodeId) {
+    /// Someone claims something about us at `accused` that overrides our
+    /// record: raise our incarnation past it and say so.
+    pub(super) fn refute(&mut self, accused: Incarnation, accuser: NodeId) {
         if self.leaving.is_some() {
             return;
         }
-        match self.members.refute(claim.incarnation) {
+        match self.members.refute(accused) {
             Ok(record) => {
                 let record = record.clone();
                 self.stats.refutations += 1;

@@ -139,19 +139,20 @@ impl Swim {
         {
             // Departed members left the rotation when they departed.
             self.suspicions.remove(&id);
+            self.conflicts_reported.remove(&id);
             self.events.push(Event::Removed(id));
         }
     }
 
-    /// Why `from`, which sent its table (with its own record if
-    /// `sender_included`), is not in this node's table after it, if the
-    /// table's cap is the reason.
-    pub(super) fn refusal_of(&self, from: NodeId, sender_included: bool) -> Option<JoinRefusal> {
+    /// Why `from`, which sent its table with its own record, is not in this
+    /// node's table after it, if the table's cap is the reason.
+    pub(super) fn table_full(&self, from: NodeId) -> Option<JoinRefusal> {
         let max_members = self.config.limits.max_members;
-        (sender_included && self.members.get(&from).is_none() && self.members.len() >= max_members)
-            .then_some(JoinRefusal::TableFull {
+        (self.members.get(&from).is_none() && self.members.len() >= max_members).then_some(
+            JoinRefusal::TableFull {
                 max_members: max_members as u64,
-            })
+            },
+        )
     }
 
     /// Tells `joiner` why it was not taken in, instead of the table.

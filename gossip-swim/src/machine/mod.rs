@@ -3,6 +3,7 @@
 //! submodules, each an `impl Swim` block beside the state it owns.
 
 mod dissemination;
+mod identity;
 mod lifecycle;
 mod probe;
 mod suspicion;
@@ -23,7 +24,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, Transmit};
 use crate::lifeguard::Awareness;
-use crate::message::{Message, StateDigest, TargetTag};
+use crate::message::{JoinRefusal, Message, StateDigest, TargetTag};
 use crate::stats::Stats;
 use lifecycle::{Joining, Leaving};
 use probe::{Forward, Probe};
@@ -112,6 +113,9 @@ pub struct Swim {
     transmits: OutputQueue<Transmit>,
     events: OutputQueue<Event>,
     stats: Stats,
+    /// When each member's address conflict (this node's own included) was
+    /// last reported; at most one entry per member in the table.
+    conflicts_reported: BTreeMap<NodeId, Timestamp>,
 }
 
 impl Swim {
@@ -162,6 +166,7 @@ impl Swim {
             transmits: OutputQueue::default(),
             events: OutputQueue::default(),
             stats: Stats::default(),
+            conflicts_reported: BTreeMap::new(),
             config,
         }
     }
@@ -456,7 +461,7 @@ impl Swim {
     }
 
     pub(super) fn address_of(&self, id: &NodeId) -> Option<SocketAddr> {
-        self.members.get(id)?.meta.addrs().first().copied()
+        self.members.get(id)?.meta.addr()
     }
 
     fn handle_message(&mut self, from: NodeId, from_addr: SocketAddr, message: Message) {
@@ -489,15 +494,24 @@ impl Swim {
             Message::JoinRefused { reason } => {
                 if self.joining.is_some() {
                     self.stats.joins_refused += 1;
+                    if let JoinRefusal::IdentityInUse { incarnation, .. } = reason {
+                        // Whatever holds this identity there, this life is
+                        // to win once that address is known gone.
+                        self.refute(incarnation, from);
+                    }
                     self.events.push(Event::JoinRefused { by: from, reason });
                 }
             }
             Message::Gossip { state_digest } => self.compare_digest(from, from_addr, state_digest),
             Message::PushPull { reply, members } => {
-                let sender_included = members.iter().any(|m| m.id == from);
+                let sender_addr = members.iter().find(|m| m.id == from).map(|m| m.meta.addr());
                 self.apply_records(from, members);
                 if !reply {
-                    match self.refusal_of(from, sender_included) {
+                    let refusal = sender_addr.and_then(|addr| {
+                        self.identity_in_use(from, addr)
+                            .or_else(|| self.table_full(from))
+                    });
+                    match refusal {
                         Some(reason) => self.refuse_joiner(from, from_addr, reason),
                         None => self.send_table(Some(from), from_addr, true),
                     }

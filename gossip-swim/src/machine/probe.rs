@@ -142,7 +142,7 @@ impl Swim {
         };
         let suspicion = (self.config.buddy_system && record.status == MemberStatus::Suspect)
             .then(|| record.clone());
-        let Some(addr) = record.meta.addrs().first().copied() else {
+        let Some(addr) = record.meta.addr() else {
             return;
         };
         let seq = self.next_seq();

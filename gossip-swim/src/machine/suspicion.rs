@@ -253,7 +253,7 @@ impl Swim {
         else {
             return;
         };
-        let Some(addr) = heard_at.or_else(|| record.meta.addrs().first().copied()) else {
+        let Some(addr) = heard_at.or_else(|| record.meta.addr()) else {
             return;
         };
         let (now, interval) = (self.now, self.config.probe_interval);

@@ -78,6 +78,9 @@ type InFlight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>, bool)>;
 
 pub(crate) struct Net {
     pub(crate) nodes: Vec<Option<Swim>>,
+    /// Each node's identity: `node_id(i)`, but for a second instance of
+    /// another node's identity.
+    pub(crate) ids: Vec<NodeId>,
     pub(crate) now: Timestamp,
     pub(crate) latency: Duration,
     /// Directed links (from, to) whose datagrams are dropped.
@@ -102,6 +105,7 @@ impl Net {
     pub(crate) fn new(n: usize, config: Config, seed: u64) -> Self {
         let mut net = Net {
             nodes: Vec::new(),
+            ids: (0..n).map(node_id).collect(),
             now: Timestamp::ZERO,
             latency: Duration::from_millis(1),
             blocked: BTreeSet::new(),
@@ -134,7 +138,23 @@ impl Net {
         let mut config = self.config.clone();
         config.rng_seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let meta = MemberMeta::new(format!("node-{i}"), [addr(i)]);
-        Swim::new(config, node_id(i), meta, incarnation, self.now)
+        Swim::new(config, self.ids[i], meta, incarnation, self.now)
+    }
+
+    /// Starts a new node at the next address with `of`'s identity, at
+    /// incarnation 0, and has it join through `via`: a second process with
+    /// `of`'s key, or a new life of `of` elsewhere. Returns its index.
+    pub(crate) fn start_as(&mut self, of: usize, via: usize) -> usize {
+        let i = self.nodes.len();
+        self.ids.push(node_id(of));
+        self.events.push(Vec::new());
+        self.refused.push(Vec::new());
+        let node = self.make_node(i, Incarnation::ZERO);
+        self.nodes.push(Some(node));
+        let now = self.now;
+        self.node(i).join(now, vec![addr(via)]);
+        self.drain(i);
+        i
     }
 
     pub(crate) fn node(&mut self, i: usize) -> &mut Swim {
@@ -223,9 +243,10 @@ impl Net {
                 continue;
             }
             let now = self.now;
-            if let Err(err) =
-                self.node(to)
-                    .handle_datagram(now, node_id(from), addr(from), &payload)
+            let sender = self.ids[from];
+            if let Err(err) = self
+                .node(to)
+                .handle_datagram(now, sender, addr(from), &payload)
             {
                 self.refused[to].push(err.to_string());
             }
@@ -297,7 +318,7 @@ impl Net {
         self.nodes[observer]
             .as_ref()?
             .members()
-            .get(&node_id(subject))
+            .get(&self.ids[subject])
             .map(|m| m.status)
     }
 

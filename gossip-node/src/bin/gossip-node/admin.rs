@@ -38,7 +38,7 @@ impl From<&Member> for MemberJson {
         MemberJson {
             name: m.meta.name().to_string(),
             id: format!("{:#}", m.id),
-            addr: m.meta.addrs().first().copied(),
+            addr: m.meta.addr(),
             status: m.status.as_str().to_string(),
             incarnation: m.incarnation.get(),
             state_version: m.state_version,

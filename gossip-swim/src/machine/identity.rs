@@ -1,0 +1,81 @@
+//! One identity, one live address: a claim that would move a live member
+//! elsewhere is refused and reported, a record of this node alive elsewhere
+//! is reported for the driver to check, and a joiner whose identity is alive
+//! at another address is refused and told where.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gossip_core::{Member, NodeId};
+
+use super::Swim;
+use crate::event::Event;
+use crate::message::JoinRefusal;
+
+/// How often one member's conflict becomes an event; the stats count every
+/// one. A conflict repeats with every relay of the refused claim.
+const CONFLICT_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Swim {
+    /// A live record of this node at another address. A claim above this
+    /// life is refuted, so that this life wins wherever the other address is
+    /// known to be gone; the driver learns which of the two it was.
+    pub(super) fn claimed_elsewhere(&mut self, claim: &Member) {
+        self.stats.claims_elsewhere += 1;
+        if claim.overrides(self.members.local()) {
+            self.refute(claim.incarnation, claim.id);
+        }
+        if let Some(addr) = claim.meta.addr()
+            && self.first_report(claim.id)
+        {
+            self.events.push(Event::ClaimedElsewhere {
+                addr,
+                incarnation: claim.incarnation,
+            });
+        }
+    }
+
+    /// A claim that would have moved the live member `held` to another
+    /// address, refused by the table.
+    pub(super) fn address_conflict(&mut self, held: &Member, claim: &Member, origin: NodeId) {
+        self.stats.address_conflicts += 1;
+        if self.first_report(held.id) {
+            self.events.push(Event::AddressConflict {
+                member: held.id,
+                held: held.meta.addr(),
+                claimed: claim.meta.addr(),
+                origin,
+            });
+        }
+    }
+
+    /// Whether a conflict about `id` is to be reported now.
+    fn first_report(&mut self, id: NodeId) -> bool {
+        let due = self
+            .conflicts_reported
+            .get(&id)
+            .is_none_or(|at| self.now.saturating_duration_since(*at) >= CONFLICT_REPORT_INTERVAL);
+        if due {
+            self.conflicts_reported.insert(id, self.now);
+        }
+        due
+    }
+
+    /// Why `joiner`, whose own record names `joiner_addr`, is not to be
+    /// taken in: this node's table holds its identity alive at another
+    /// address (or it is this node's own).
+    pub(super) fn identity_in_use(
+        &self,
+        joiner: NodeId,
+        joiner_addr: Option<SocketAddr>,
+    ) -> Option<JoinRefusal> {
+        let held = self.members.get(&joiner)?;
+        let addr = held.meta.addr()?;
+        let in_use =
+            joiner == self.local_id() || (!held.status.is_departed() && joiner_addr != Some(addr));
+        in_use.then_some(JoinRefusal::IdentityInUse {
+            addr,
+            incarnation: held.incarnation,
+        })
+    }
+}
