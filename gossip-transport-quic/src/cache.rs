@@ -1,5 +1,5 @@
-//! The connection cache: one connection per peer, dials to one address
-//! coalesced, and the UDP traffic of every connection it ever held.
+//! The connection cache: one connection per peer and address; dials to one
+//! address coalesced; and the UDP traffic of every connection it ever held.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,11 +51,26 @@ struct Retired {
     bytes_received: AtomicU64,
 }
 
-/// The cached connections, keyed by the peer's authenticated id.
+/// A cached connection and the address it reaches, read once when it was
+/// cached (reading it from the connection takes the connection's lock).
+#[derive(Debug, Clone)]
+pub(crate) struct Cached {
+    pub(crate) conn: Connection,
+    pub(crate) addr: SocketAddr,
+}
+
+/// The cached connections: per peer's authenticated id, one per address.
+///
+/// Two processes can hold one id (a copied key, or a restart elsewhere
+/// before the earlier life is gone), and a peer behind NAT dials from
+/// another address than the one it is reached at: a send to an id at an
+/// address goes on a connection to that address, never on one that reaches
+/// another process holding the id.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionCache {
     // Node ids are uniformly random and authenticated: a fast hash is safe.
-    connections: Mutex<FxHashMap<NodeId, Connection>>,
+    // Most peers have one entry; the endpoint's connection cap bounds all.
+    connections: Mutex<FxHashMap<NodeId, Vec<Cached>>>,
     dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     retired: Retired,
 }
@@ -63,13 +78,25 @@ pub(crate) struct ConnectionCache {
 impl ConnectionCache {
     /// The cache, locked: for the send path, which hands a datagram to the
     /// cached connection without cloning it out.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, FxHashMap<NodeId, Connection>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, FxHashMap<NodeId, Vec<Cached>>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection to `peer`, if one is cached (it may have closed since).
+    /// A connection to `peer` at any address, if one is cached (it may have
+    /// closed since).
     pub(crate) fn get(&self, peer: &NodeId) -> Option<Connection> {
-        self.lock().get(peer).cloned()
+        self.lock()
+            .get(peer)
+            .and_then(|cached| cached.first())
+            .map(|cached| cached.conn.clone())
+    }
+
+    /// The connection to `peer` at `addr`, if one is cached.
+    pub(crate) fn get_at(&self, peer: &NodeId, addr: SocketAddr) -> Option<Connection> {
+        self.lock()
+            .get(peer)
+            .and_then(|cached| at(cached, addr))
+            .map(|cached| cached.conn.clone())
     }
 
     /// The peers with a cached connection.
@@ -83,35 +110,52 @@ impl ConnectionCache {
         dials.entry(addr).or_default().clone()
     }
 
-    /// Caches `conn` as the connection to `peer`; one it replaces is
-    /// retired.
+    /// Caches `conn` as the connection to `peer` at its remote address; one
+    /// it replaces there (the peer restarted, or dialled as this node did)
+    /// is retired.
     pub(crate) fn insert(&self, peer: NodeId, conn: Connection) {
+        let addr = conn.remote_address();
         let mut connections = self.lock();
-        if let Some(old) = connections.insert(peer, conn) {
-            self.retire(&old);
+        let cached = connections.entry(peer).or_default();
+        match cached.iter_mut().find(|c| c.addr == addr) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, Cached { conn, addr });
+                self.retire(&old.conn);
+            }
+            None => cached.push(Cached { conn, addr }),
         }
     }
 
-    /// Removes `peer`'s connection, whichever it is, and returns it.
-    pub(crate) fn remove(&self, peer: &NodeId) -> Option<Connection> {
+    /// Removes every connection to `peer` and returns them.
+    pub(crate) fn remove(&self, peer: &NodeId) -> Vec<Connection> {
         let mut connections = self.lock();
-        let removed = connections.remove(peer);
-        if let Some(conn) = &removed {
+        let removed: Vec<Connection> = connections
+            .remove(peer)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|cached| cached.conn)
+            .collect();
+        for conn in &removed {
             self.retire(conn);
         }
         removed
     }
 
-    /// Removes `conn` if it is still `peer`'s cached connection (a newer
-    /// one stays).
+    /// Removes `conn` if it is still cached (a newer one stays).
     pub(crate) fn forget(&self, peer: &NodeId, conn: &Connection) {
         let mut connections = self.lock();
-        if connections
-            .get(peer)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-            && let Some(conn) = connections.remove(peer)
+        let Some(cached) = connections.get_mut(peer) else {
+            return;
+        };
+        if let Some(i) = cached
+            .iter()
+            .position(|c| c.conn.stable_id() == conn.stable_id())
         {
-            self.retire(&conn);
+            let gone = cached.swap_remove(i);
+            if cached.is_empty() {
+                connections.remove(peer);
+            }
+            self.retire(&gone.conn);
         }
     }
 
@@ -129,8 +173,8 @@ impl ConnectionCache {
             datagrams_received: get(&r.datagrams_received),
             bytes_received: get(&r.bytes_received),
         };
-        for conn in connections.values() {
-            totals.add(UdpTotals::of(conn));
+        for cached in connections.values().flatten() {
+            totals.add(UdpTotals::of(&cached.conn));
         }
         totals
     }
@@ -148,6 +192,11 @@ impl ConnectionCache {
         r.bytes_received
             .fetch_add(t.bytes_received, Ordering::Relaxed);
     }
+}
+
+/// The entry of `cached` that reaches `addr`.
+pub(crate) fn at(cached: &[Cached], addr: SocketAddr) -> Option<&Cached> {
+    cached.iter().find(|c| c.addr == addr)
 }
 
 /// The node id the peer's certificate proves.

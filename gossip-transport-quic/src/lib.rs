@@ -13,9 +13,11 @@
 //!   sees, never a silent drop. Anything else goes as a length-framed stream
 //!   message ([`Transport::send_message`]). A [`Link`] holds one peer's
 //!   connection, for a stream of datagrams without a lookup each.
-//! * Connections are dialled on demand, cached per peer, shared between
-//!   concurrent dials, kept without keep-alive traffic while idle, and resumed
-//!   with TLS session tickets when re-dialled.
+//! * Connections are dialled on demand, cached per peer and address (a send
+//!   to a peer at an address never reaches another process holding the
+//!   peer's key elsewhere), shared between concurrent dials, kept without
+//!   keep-alive traffic while idle, and resumed with TLS session tickets when
+//!   re-dialled.
 //! * Every received UDP datagram is screened before quinn sees it. A datagram
 //!   that can be no QUIC packet for this endpoint (too short, a QUIC version
 //!   other than 1, a connection id this endpoint never issued) is counted by

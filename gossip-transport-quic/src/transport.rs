@@ -10,7 +10,7 @@ use bytes::Bytes;
 use gossip_core::NodeId;
 use quinn::{AsyncUdpSocket, Connection, Endpoint, VarInt};
 
-use crate::cache::{ConnectionCache, peer_id};
+use crate::cache::{ConnectionCache, at, peer_id};
 use crate::certs::{NodeCredentials, SERVER_NAME, TrustBundle, server_name_of};
 use crate::config::TransportConfig;
 use crate::counters::{Counters, TransportStats, bump};
@@ -27,7 +27,7 @@ use crate::tls::{CountingSessions, build_tls, endpoint_config};
 /// Every connection uses TLS 1.3 with mutual authentication against the
 /// cluster's [`TrustBundle`]; the peer's [`NodeId`] is derived from the
 /// certificate it presented and tags everything received from it.
-/// Connections are dialled on demand, cached per peer, reused for datagrams
+/// Connections are dialled on demand, cached per peer and address, reused for datagrams
 /// and streams, and resumed with TLS session tickets when re-dialled.
 ///
 /// Cheap to clone; clones share the endpoint. When the last clone (and
@@ -222,7 +222,8 @@ impl Transport {
         self.inner.connections.get(peer)
     }
 
-    /// A connection to the node at `addr`: the cached one, or a new dial.
+    /// A connection to the node at `addr`: the one cached for that peer at
+    /// that address, or a new dial.
     /// With `expected`, the peer must prove to be that node; without it (a
     /// seed whose id is not known yet) any trusted peer will do. Concurrent
     /// dials to one address share one handshake. The cached connection is
@@ -244,18 +245,46 @@ impl Transport {
         addr: SocketAddr,
     ) -> Result<(NodeId, Connection), Error> {
         if let Some(peer) = expected
-            && let Some(conn) = self.cached(&peer)
+            && let Some(conn) = self.inner.connections.get_at(&peer, addr)
         {
             return Ok((peer, conn));
         }
         let lock = self.inner.connections.dial_lock(addr);
         let _guard = lock.lock().await;
         if let Some(peer) = expected
-            && let Some(conn) = self.cached(&peer)
+            && let Some(conn) = self.inner.connections.get_at(&peer, addr)
             && conn.close_reason().is_none()
         {
             return Ok((peer, conn));
         }
+        let (actual, conn) = self.dial(expected, addr).await?;
+        register(&self.inner, actual, conn.clone());
+        Ok((actual, conn))
+    }
+
+    /// Whether the node `expected` answers at `addr`: a handshake of its
+    /// own, neither taken from the connection cache nor kept in it, closed
+    /// once it completes. A node asks it of its own id to find a second
+    /// process holding its key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] if nothing answers as `expected`: another node
+    /// fails the handshake, and an address where nothing runs fails at the
+    /// transport's idle timeout (wrap the call in a shorter one).
+    pub async fn check_identity(&self, expected: NodeId, addr: SocketAddr) -> Result<(), Error> {
+        let (_, conn) = self.dial(Some(expected), addr).await?;
+        conn.close(VarInt::from_u32(0), b"identity checked");
+        Ok(())
+    }
+
+    /// One handshake with whoever answers at `addr`, which must prove to be
+    /// `expected` when given.
+    async fn dial(
+        &self,
+        expected: Option<NodeId>,
+        addr: SocketAddr,
+    ) -> Result<(NodeId, Connection), Error> {
         let client = self
             .inner
             .client
@@ -287,7 +316,6 @@ impl Transport {
             });
         }
         bump(&self.inner.counters.handshakes);
-        register(&self.inner, actual, conn.clone());
         Ok((actual, conn))
     }
 
@@ -337,7 +365,7 @@ impl Transport {
         wait: bool,
     ) -> Result<NodeId, Error> {
         if let Some(peer) = peer
-            && self.send_to_cached(&peer, &bytes, wait)
+            && self.send_to_cached(&peer, addr, &bytes, wait)
         {
             bump(&self.inner.counters.datagrams_sent);
             return Ok(peer);
@@ -346,7 +374,7 @@ impl Transport {
             // Past the hot path (`send_to_cached`): failures, waiting for
             // room, and dials. The dial is boxed so it does not bloat every
             // send's future.
-            let cached = peer.and_then(|p| self.cached(&p).map(|c| (p, c)));
+            let cached = peer.and_then(|p| self.inner.connections.get_at(&p, addr).map(|c| (p, c)));
             let (id, conn) = match cached {
                 Some(found) => found,
                 None => Box::pin(self.connect(peer, addr)).await?,
@@ -374,9 +402,13 @@ impl Transport {
     /// connection's driver also writes). `true` if it was sent; `false`
     /// leaves everything, failures included, to the general path. With `wait`, a full send buffer is a
     /// `false` too (the general path waits for room).
-    fn send_to_cached(&self, peer: &NodeId, bytes: &Bytes, wait: bool) -> bool {
+    fn send_to_cached(&self, peer: &NodeId, addr: SocketAddr, bytes: &Bytes, wait: bool) -> bool {
         let connections = self.inner.connections.lock();
-        let Some(conn) = connections.get(peer) else {
+        let Some(conn) = connections
+            .get(peer)
+            .and_then(|cached| at(cached, addr))
+            .map(|cached| &cached.conn)
+        else {
             return false;
         };
         if !wait {
@@ -437,7 +469,7 @@ impl Transport {
     /// Closes the connection to `peer`, if one is open (the next send dials
     /// again, resuming the TLS session).
     pub fn disconnect(&self, peer: &NodeId) {
-        if let Some(conn) = self.inner.connections.remove(peer) {
+        for conn in self.inner.connections.remove(peer) {
             conn.close(VarInt::from_u32(0), b"disconnect");
         }
     }

@@ -478,3 +478,51 @@ async fn concurrent_sends_to_a_new_peer_share_one_handshake() {
     }
     assert_eq!(a.stats().handshakes, 1, "{:?}", a.stats());
 }
+
+/// Two endpoints holding one node's key, at two addresses: whichever dialled
+/// this node last, a send to the node at an address reaches that address,
+/// and `check_identity` tells which addresses answer as the node.
+#[tokio::test]
+async fn a_send_to_a_node_at_an_address_never_reaches_its_key_elsewhere() {
+    let ca = ClusterCa::generate("twice").unwrap();
+    let twin_creds = ca.issue("twin", day()).unwrap();
+    let twin = twin_creds.node_id();
+    let (a, mut a_inbox, a_addr) = bind(&ca, &ca.issue("a", day()).unwrap());
+    let (first, mut first_inbox, first_addr) = bind(&ca, &twin_creds);
+    let (second, mut second_inbox, second_addr) = bind(&ca, &twin_creds);
+
+    a.send_datagram(Some(twin), first_addr, "to the first".into())
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut first_inbox).await.bytes[..], b"to the first");
+    // The second process dials `a`, as a copy of the first would.
+    second
+        .send_datagram(None, a_addr, "from the second".into())
+        .await
+        .unwrap();
+    let heard = next(&mut a_inbox).await;
+    assert_eq!((heard.from, heard.addr), (twin, second_addr));
+    // Sends to the first still reach the first, and answers to the second
+    // the second.
+    a.send_datagram(Some(twin), first_addr, "still the first".into())
+        .await
+        .unwrap();
+    a.send_message(Some(twin), second_addr, b"to the second")
+        .await
+        .unwrap();
+    assert_eq!(&next(&mut first_inbox).await.bytes[..], b"still the first");
+    assert_eq!(&next(&mut second_inbox).await.bytes[..], b"to the second");
+
+    // Either process finds the other holding its key; nothing answers as it
+    // at an address where nothing runs.
+    first.check_identity(twin, second_addr).await.unwrap();
+    second.check_identity(twin, first_addr).await.unwrap();
+    let nothing = std::net::UdpSocket::bind(loopback()).unwrap();
+    let nothing_addr = nothing.local_addr().unwrap();
+    drop(nothing);
+    let checked = timeout(Duration::from_secs(3), first.check_identity(twin, nothing_addr)).await;
+    assert!(!matches!(checked, Ok(Ok(()))), "{checked:?}");
+    // And `a` is no one's twin: it fails the handshake.
+    let err = first.check_identity(twin, a_addr).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
