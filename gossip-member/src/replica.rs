@@ -140,6 +140,10 @@ pub struct SyncStats {
     pub responded_failed: u64,
     /// Sessions refused because too many were running.
     pub refused: u64,
+    /// Sync messages dropped because their sender spoke from another
+    /// address than the one its identity is held at, after a conflict (see
+    /// [`Swim::speaks_from_elsewhere`]).
+    pub refused_elsewhere: u64,
     /// Bytes of sync messages sent.
     pub bytes_sent: u64,
     /// Bytes of sync messages received.
@@ -375,6 +379,10 @@ impl Replica {
         id: u64,
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) {
+        if self.swim.speaks_from_elsewhere(&from, addr) {
+            self.stats.refused_elsewhere += 1;
+            return;
+        }
         let our_role = role.peer();
         let sessions = match our_role {
             Role::Initiator => &mut self.initiated,

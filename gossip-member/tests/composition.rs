@@ -134,7 +134,7 @@ impl Net {
         let cluster = ClusterId::from_name(CLUSTER);
         let ping = Message::Ping {
             seq: 9_999,
-            target: TargetTag::of(&self.ids[to]),
+            target: TargetTag::of(&self.ids[to], self.addrs[to]),
             suspicion: None,
             state_digest: Some(StateDigest(digest)),
         };

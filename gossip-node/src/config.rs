@@ -76,11 +76,15 @@ pub struct NodeConfig {
     /// long. `None` (the default) keeps the preset's.
     pub suspicion_mult: Option<u32>,
     /// Where the node keeps its identity, last incarnation and its own keys
-    /// across restarts. `None` keeps nothing: a restarted node then starts
-    /// again at incarnation 0 with no keys. Peers that hold its earlier life
-    /// alive at a higher incarnation take none of the new life's claims below
-    /// it (its metadata, a graceful leave) until it refutes a suspicion of
-    /// itself past that incarnation or the earlier record is forgotten.
+    /// across restarts; locked while the node runs (a second process gets
+    /// [`Error::DataDirLocked`](crate::Error::DataDirLocked)). `None` keeps
+    /// nothing: a restarted node starts again at incarnation 0 with no keys,
+    /// learns from the seed that answers its join what its earlier life
+    /// reached, and rises above it, so its metadata and a graceful leave
+    /// count. Restarted at another address, it is taken in once peers find
+    /// the earlier address dead. A copy of the directory is this node's
+    /// identity: a node started from one while this node runs stops with
+    /// [`Error::IdentityInUse`](crate::Error::IdentityInUse).
     pub data_dir: Option<PathBuf>,
     /// How often the node reconciles its state with one random member even
     /// when no probe has shown a difference (the backstop). Default 30 s.

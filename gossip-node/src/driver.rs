@@ -2,15 +2,16 @@
 //! transport input, the earliest deadline and handle commands, feeds one input,
 //! then drains every output.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_core::{GossipRng, Key, Member, MemberStatus, NodeId, Timestamp};
+use gossip_core::{GossipRng, Incarnation, Key, Member, MemberStatus, NodeId, Timestamp};
 use gossip_member::{Replica, ReplicaEvent, Role, SyncTransmit};
-use gossip_swim::{Event, Transmit};
+use gossip_swim::{Event, JoinRefusal, Transmit};
 use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, Transport};
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -26,6 +27,9 @@ use crate::stream::{self, StreamMessage};
 /// How long a send may take to dial before it is given up: SWIM has moved
 /// on by then, and a sync session times out on its own.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a check of whether this node's identity answers at another
+/// address waits for the handshake; a live node answers in a round trip.
+const IDENTITY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leaving node keeps its connections open after its last send,
 /// so that what quinn still holds goes out before the close.
 const LINGER: Duration = Duration::from_millis(100);
@@ -80,6 +84,22 @@ pub(crate) fn snapshot(replica: &Replica) -> Arc<[Member]> {
     replica.swim().members().iter().cloned().collect()
 }
 
+/// Where the node's latest join stands, for [`Node::joined`](crate::Node::joined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinState {
+    Joining,
+    Joined,
+    /// Another process answered as this node while it joined: it stopped.
+    IdentityInUse(SocketAddr),
+}
+
+/// A check of whether this node's identity answers at `addr`.
+struct IdentityChecked {
+    addr: SocketAddr,
+    incarnation: Incarnation,
+    answered: bool,
+}
+
 /// A send of a sync message that failed, reported back by its task.
 struct SendFailed {
     peer: NodeId,
@@ -97,7 +117,10 @@ pub(crate) struct Driver {
     /// last published.
     members: Arc<RwLock<Arc<[Member]>>>,
     members_changed: bool,
-    joined: watch::Sender<bool>,
+    joined: watch::Sender<JoinState>,
+    /// Whether the node has been part of a cluster since it started: a
+    /// second instance found before then stops it.
+    ever_joined: bool,
     epoch: Instant,
     /// The driver's own choices (where a push goes instead).
     rng: GossipRng,
@@ -113,6 +136,10 @@ pub(crate) struct Driver {
     failures_tx: mpsc::UnboundedSender<SendFailed>,
     failures_rx: mpsc::UnboundedReceiver<SendFailed>,
     send_errors: Arc<AtomicU64>,
+    /// Addresses being checked for a second process holding this node's key.
+    identity_checks: BTreeSet<SocketAddr>,
+    checked_tx: mpsc::UnboundedSender<IdentityChecked>,
+    checked_rx: mpsc::UnboundedReceiver<IdentityChecked>,
 }
 
 /// What the driver is built from; see `Node::start`.
@@ -123,7 +150,7 @@ pub(crate) struct Parts {
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) members: Arc<RwLock<Arc<[Member]>>>,
-    pub(crate) joined: watch::Sender<bool>,
+    pub(crate) joined: watch::Sender<JoinState>,
     pub(crate) epoch: Instant,
     pub(crate) rng: GossipRng,
     pub(crate) data_dir: Option<DataDir>,
@@ -133,6 +160,8 @@ pub(crate) struct Parts {
 impl Driver {
     pub(crate) fn new(parts: Parts) -> Self {
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+        let (checked_tx, checked_rx) = mpsc::unbounded_channel();
+        let ever_joined = *parts.joined.borrow() == JoinState::Joined;
         Driver {
             replica: parts.replica,
             transport: parts.transport,
@@ -141,6 +170,7 @@ impl Driver {
             events: parts.events,
             members: parts.members,
             members_changed: false,
+            ever_joined,
             joined: parts.joined,
             epoch: parts.epoch,
             rng: parts.rng,
@@ -154,6 +184,9 @@ impl Driver {
             failures_tx,
             failures_rx,
             send_errors: Default::default(),
+            identity_checks: BTreeSet::new(),
+            checked_tx,
+            checked_rx,
         }
     }
 
@@ -178,6 +211,7 @@ impl Driver {
                 Some(failed) = self.failures_rx.recv() => {
                     self.replica.sync_send_failed(failed.peer, failed.role, failed.id);
                 }
+                Some(checked) = self.checked_rx.recv() => self.identity_checked(checked),
                 received = self.inbox.recv() => match received {
                     Some(received) => self.handle_received(received),
                     None => break,
@@ -353,10 +387,37 @@ impl Driver {
         match event {
             Event::JoinCompleted { via } => {
                 info!(%via, "joined the cluster");
-                self.joined.send_replace(true);
+                self.joined.send_replace(JoinState::Joined);
+                self.ever_joined = true;
+            }
+            Event::JoinRefused {
+                by,
+                reason: reason @ JoinRefusal::IdentityInUse { addr, incarnation },
+            } => {
+                warn!(%by, %reason, "a seed refused this node's join; checking whether this node's identity answers there");
+                self.check_identity(*addr, *incarnation);
             }
             Event::JoinRefused { by, reason } => {
                 error!(%by, %reason, "a seed refused this node's join; retrying with backoff (raise the cluster's member cap, or wait for departed members to be forgotten)");
+            }
+            Event::ClaimedElsewhere { addr, incarnation } => {
+                self.check_identity(*addr, *incarnation);
+            }
+            Event::AddressConflict {
+                member,
+                held,
+                claimed,
+                origin,
+            } => {
+                let shown =
+                    |addr: &Option<SocketAddr>| addr.map_or("none".into(), |a| a.to_string());
+                error!(
+                    %member,
+                    held = %shown(held),
+                    claimed = %shown(claimed),
+                    claimed_by = %origin,
+                    "one identity at two addresses: kept the member where it is held and refused the claim; if both answer, another process holds that member's key (was a data directory or certificate copied?)"
+                );
             }
             Event::JoinerRefused {
                 member,
@@ -389,6 +450,63 @@ impl Driver {
         }
     }
 
+    /// Finds out whether a process answers as this node at `addr`, where a
+    /// live record of it was heard of; the answer comes back to
+    /// [`identity_checked`](Driver::identity_checked).
+    fn check_identity(&mut self, addr: SocketAddr, incarnation: Incarnation) {
+        let own = self.replica.swim().members().local().meta.addr();
+        if own == Some(addr) || !self.identity_checks.insert(addr) {
+            return;
+        }
+        let transport = self.transport.clone();
+        let id = self.replica.swim().local_id();
+        let checked = self.checked_tx.clone();
+        tokio::spawn(async move {
+            let answered = matches!(
+                tokio::time::timeout(IDENTITY_CHECK_TIMEOUT, transport.check_identity(id, addr))
+                    .await,
+                Ok(Ok(()))
+            );
+            let _ = checked.send(IdentityChecked {
+                addr,
+                incarnation,
+                answered,
+            });
+        });
+    }
+
+    fn identity_checked(&mut self, checked: IdentityChecked) {
+        let IdentityChecked {
+            addr,
+            incarnation,
+            answered,
+        } = checked;
+        self.identity_checks.remove(&addr);
+        let own = self.replica.swim().members().local().meta.addr();
+        if !answered {
+            info!(
+                elsewhere = %addr,
+                incarnation = incarnation.get(),
+                "peers still hold an earlier life of this node at another address; it does not answer, and this life takes its place once peers find it gone"
+            );
+            return;
+        }
+        self.counters.identity_answers_elsewhere += 1;
+        error!(
+            elsewhere = %addr,
+            here = ?own,
+            "another process holds this node's identity and answers at {addr}: stop one of them (was a data directory or certificate copied?); the cluster keeps whichever address it held first"
+        );
+        self.publish(NodeEvent::IdentityInUse { addr });
+        if *self.joined.borrow() == JoinState::Joining {
+            self.joined.send_replace(JoinState::IdentityInUse(addr));
+            if !self.ever_joined {
+                error!(elsewhere = %addr, "stopping: this node will not start as a second instance of its identity");
+                self.stopping = true;
+            }
+        }
+    }
+
     fn publish(&self, event: NodeEvent) {
         // No subscriber is not an error.
         let _ = self.events.send(event);
@@ -411,11 +529,14 @@ impl Driver {
     /// handshake.
     fn connected_member(&mut self, not: Option<NodeId>) -> Option<(NodeId, SocketAddr)> {
         let members = self.replica.swim().members();
+        // A connection under this node's own id is another process holding
+        // its key, never a member to push to.
+        let local = members.local_id();
         let candidates: Vec<(NodeId, SocketAddr)> = self
             .transport
             .connected_peers()
             .into_iter()
-            .filter(|id| Some(*id) != not)
+            .filter(|id| Some(*id) != not && *id != local)
             .filter_map(|id| {
                 let member = members.get(&id)?;
                 let addr = member.meta.addr()?;

@@ -68,6 +68,18 @@ pub enum Error {
     /// A key/value write was refused (over a cap).
     #[error(transparent)]
     Refused(#[from] gossip_core::Error),
+    /// Another process answers as this node at `addr`: it holds this node's
+    /// key. Found while joining, so this node stopped rather than run as a
+    /// second instance.
+    #[error(
+        "another process holds this node's identity ({id}) and answers at {addr}; this node stopped rather than run twice. Stop the other process, or give this node its own certificate and data directory (was one copied?)"
+    )]
+    IdentityInUse {
+        /// This node's id.
+        id: NodeId,
+        /// Where the other process answers.
+        addr: SocketAddr,
+    },
     /// The node has stopped; the handle can do nothing more.
     #[error("the node has stopped")]
     Stopped,

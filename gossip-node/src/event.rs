@@ -1,5 +1,7 @@
 //! What a node tells its subscribers.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use gossip_core::{Key, Member, NodeId};
 use gossip_swim::{JoinRefusal, Provenance};
@@ -25,6 +27,27 @@ pub enum NodeEvent {
         by: NodeId,
         /// Why.
         reason: JoinRefusal,
+    },
+    /// Another process answers as this node at `addr`: it holds this node's
+    /// key (a copy of its data directory or certificate). Logged as an
+    /// error. Found while joining, it stops this node
+    /// ([`Node::joined`](crate::Node::joined) returns
+    /// [`Error::IdentityInUse`](crate::Error::IdentityInUse)); found later,
+    /// both keep running and the cluster keeps the address it held.
+    IdentityInUse {
+        /// Where the other process answers.
+        addr: SocketAddr,
+    },
+    /// A claim would have moved the live member `member` from `held` to
+    /// `claimed`, and was refused: one identity at two addresses, most
+    /// likely a second process holding its key. Logged as an error.
+    AddressConflict {
+        /// The member.
+        member: NodeId,
+        /// The address it is held at, kept.
+        held: Option<SocketAddr>,
+        /// The address claimed, refused.
+        claimed: Option<SocketAddr>,
     },
     /// A member was heard of for the first time.
     Joined(Member),
@@ -94,6 +117,16 @@ impl NodeEvent {
             Event::JoinRefused { by, reason } => NodeEvent::JoinRefused {
                 by: *by,
                 reason: *reason,
+            },
+            Event::AddressConflict {
+                member,
+                held,
+                claimed,
+                ..
+            } => NodeEvent::AddressConflict {
+                member: *member,
+                held: *held,
+                claimed: *claimed,
             },
             _ => return None,
         })

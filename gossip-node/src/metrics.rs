@@ -19,9 +19,10 @@
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
-//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
-//! | `gossip_join_refusals_total` | counter | joins refused because a member table was full, by `side`: `by_this_node` (a joiner this node turned away, and told why) and `of_this_node` (this node's join attempts a seed turned away) |
-//! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once) |
+//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `state_elsewhere` (a key/value write whose sender spoke from another address than the one its identity is held at, after a conflict), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
+//! | `gossip_join_refusals_total` | counter | joins refused (a member table full, or the joiner's identity alive at another address), by `side`: `by_this_node` (a joiner this node turned away, and told why) and `of_this_node` (this node's join attempts a seed turned away) |
+//! | `gossip_identity_conflicts_total` | counter | one identity seen at two addresses, by `kind`: `member_moved` (a claim that would have moved a live member to another address, refused), `this_node_elsewhere` (a live record of this node at another address: an earlier life, or a second process), `this_node_answers_elsewhere` (a second process answered at that address as this node) |
+//! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once); and sync messages of either role dropped (`role="any"`, `outcome="refused_elsewhere"`) because their sender spoke from another address than the one its identity is held at, after a conflict |
 //! | `gossip_sync_bytes_total` | counter | anti-entropy bytes, by `direction` |
 //! | `gossip_sync_entries_received_total` | counter | key/value writes received by anti-entropy |
 //! | `gossip_state_digest_mismatches_total` | counter | probes whose state digest differed from this node's |
@@ -62,6 +63,9 @@ pub struct DriverCounters {
     pub send_errors: u64,
     /// Stream messages that did not decode.
     pub stream_decode_errors: u64,
+    /// Checks that found a second process answering as this node at
+    /// another address.
+    pub identity_answers_elsewhere: u64,
 }
 
 /// A snapshot of every metric of one node.
@@ -144,6 +148,7 @@ impl Metrics {
             ("responder", "completed", y.responded_completed),
             ("responder", "failed", y.responded_failed),
             ("responder", "refused", y.refused),
+            ("any", "refused_elsewhere", y.refused_elsewhere),
         ];
         vec![
             by(
@@ -251,6 +256,7 @@ impl Metrics {
                 &[
                     ("claim", s.rejected_claims),
                     ("misdirected", s.misdirected),
+                    ("state_elsewhere", s.state_refused_elsewhere),
                     ("foreign_cluster", s.foreign_cluster),
                     ("tls", t.refused),
                     ("udp_malformed", t.datagrams_malformed),
@@ -260,12 +266,26 @@ impl Metrics {
             ),
             by(
                 "gossip_join_refusals_total",
-                "Joins refused because a member table was full, by side.",
+                "Joins refused (a table full, or the identity alive elsewhere), by side.",
                 Counter,
                 "side",
                 &[
                     ("by_this_node", s.joiners_refused),
                     ("of_this_node", s.joins_refused),
+                ],
+            ),
+            by(
+                "gossip_identity_conflicts_total",
+                "One identity seen at two addresses, by kind.",
+                Counter,
+                "kind",
+                &[
+                    ("member_moved", s.address_conflicts),
+                    ("this_node_elsewhere", s.claims_elsewhere),
+                    (
+                        "this_node_answers_elsewhere",
+                        self.driver.identity_answers_elsewhere,
+                    ),
                 ],
             ),
             Family {

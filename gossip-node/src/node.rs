@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
-use crate::driver::{Command, Driver, Parts, snapshot};
+use crate::driver::{Command, Driver, JoinState, Parts, snapshot};
 use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
@@ -57,8 +57,8 @@ pub struct Node {
     events: broadcast::Sender<NodeEvent>,
     /// The membership, as the driver last published it.
     members: Arc<RwLock<Arc<[Member]>>>,
-    /// Whether the node's latest join has completed.
-    joined: watch::Sender<bool>,
+    /// Where the node's latest join stands.
+    joined: watch::Sender<JoinState>,
     #[cfg(feature = "fault-injection")]
     transport: Transport,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
@@ -101,7 +101,11 @@ impl Node {
         let now = Timestamp::ZERO;
         let mut replica = build_replica(&config, &identity, advertise, rng_seed, now)?;
         let seeds = seeds_other_than(&config.seeds, advertise, bound.addr);
-        let joined = watch::Sender::new(seeds.is_empty());
+        let joined = watch::Sender::new(if seeds.is_empty() {
+            JoinState::Joined
+        } else {
+            JoinState::Joining
+        });
         if !seeds.is_empty() {
             replica.join(now, seeds);
         }
@@ -199,7 +203,7 @@ impl Node {
                 "no seed to join through: give the address of another member".into(),
             ));
         }
-        self.joined.send_replace(false);
+        self.joined.send_replace(JoinState::Joining);
         self.ask(|reply| Command::Join { seeds, reply }).await
     }
 
@@ -209,15 +213,24 @@ impl Node {
     ///
     /// # Errors
     ///
-    /// [`Error::Stopped`] if the node stops first.
+    /// [`Error::IdentityInUse`] if another process answered as this node
+    /// while it joined (the node has stopped); [`Error::Stopped`] if the
+    /// node stops first for another reason.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only waits.
     pub async fn joined(&self) -> Result<(), Error> {
         let mut joined = self.joined.subscribe();
-        let done = joined.wait_for(|joined| *joined).await.is_ok();
-        if done { Ok(()) } else { Err(Error::Stopped) }
+        let state = joined
+            .wait_for(|state| *state != JoinState::Joining)
+            .await
+            .map(|state| *state);
+        match state {
+            Ok(JoinState::Joined) => Ok(()),
+            Ok(JoinState::IdentityInUse(addr)) => Err(Error::IdentityInUse { id: self.id, addr }),
+            Ok(JoinState::Joining) | Err(_) => Err(Error::Stopped),
+        }
     }
 
     /// Sets one of this node's own keys; it reaches every member by gossip

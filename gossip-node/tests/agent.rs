@@ -49,6 +49,7 @@ struct Agent {
     child: Child,
     admin: String,
     gossip: String,
+    log: Option<PathBuf>,
 }
 
 impl Drop for Agent {
@@ -71,6 +72,14 @@ impl Agent {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// What the agent has logged so far.
+    fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
     }
 
     /// Waits for the process to exit by itself.
@@ -123,21 +132,58 @@ fn spawn_agent(
         child,
         gossip: format!("127.0.0.1:{}", ports.0),
         admin: format!("127.0.0.1:{}", ports.1),
+        log: log.map(Path::to_path_buf),
     }
 }
 
-/// Writes a config for `name` and starts an agent from it.
-fn start(dir: &Path, certs: &Path, name: &str, seeds: &[&Agent]) -> Agent {
-    let (gossip, admin) = free_ports();
-    let seeds: Vec<String> = seeds.iter().map(|a| format!("\"{}\"", a.gossip)).collect();
+/// How one agent is configured: a node's name (its certificate too), the
+/// config file's name, its data directory, seeds and ports.
+struct Spec<'a> {
+    name: &'a str,
+    file: &'a str,
+    data_dir: Option<&'a str>,
+    seeds: Vec<String>,
+    ports: (u16, u16),
+}
+
+impl<'a> Spec<'a> {
+    /// `name` in `name.toml`, with `data/name`, on free ports.
+    fn new(name: &'a str, seeds: &[&Agent]) -> Self {
+        Spec {
+            name,
+            file: name,
+            data_dir: Some(name),
+            seeds: seeds.iter().map(|a| a.gossip.clone()).collect(),
+            ports: free_ports(),
+        }
+    }
+}
+
+impl Spec<'_> {
+    fn without_data_dir(self) -> Self {
+        Spec {
+            data_dir: None,
+            ..self
+        }
+    }
+}
+
+/// Writes `spec`'s config and starts an agent from it, logging JSON to
+/// `dir/<file>.log`, without waiting for it.
+fn launch(dir: &Path, certs: &Path, spec: &Spec) -> Agent {
+    let (gossip, admin) = spec.ports;
+    let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    let data_dir = spec
+        .data_dir
+        .map(|d| format!("data_dir = \"data/{d}\"\n"))
+        .unwrap_or_default();
     let config = format!(
         r#"cluster = "test"
 name = "{name}"
 bind = "127.0.0.1:{gossip}"
 seeds = [{seeds}]
 preset = "local"
-data_dir = "data/{name}"
-[tls]
+{data_dir}[tls]
 ca = "{certs}/ca.crt"
 cert = "{certs}/{name}.crt"
 key = "{certs}/{name}.key"
@@ -146,23 +192,35 @@ bind = "127.0.0.1:{admin}"
 [keys]
 role = "{name}-role"
 "#,
+        name = spec.name,
         seeds = seeds.join(", "),
         certs = certs.display(),
     );
-    let path = dir.join(format!("{name}.toml"));
+    let path = dir.join(format!("{}.toml", spec.file));
     std::fs::write(&path, config).unwrap();
-    let agent = spawn_agent(
+    let log = dir.join(format!("{}.log", spec.file));
+    spawn_agent(
         &path,
         &[("GOSSIP_LOG_FORMAT", "json".to_string())],
-        None,
-        (gossip, admin),
-    );
+        Some(&log),
+        spec.ports,
+    )
+}
+
+/// As [`launch`], waiting until the agent's admin API answers.
+fn start_spec(dir: &Path, certs: &Path, spec: &Spec) -> Agent {
+    let agent = launch(dir, certs, spec);
     eventually(
         Duration::from_secs(20),
         "the agent's admin API answers",
         || agent.cli(&["status"]).status.success(),
     );
     agent
+}
+
+/// Writes a config for `name` and starts an agent from it.
+fn start(dir: &Path, certs: &Path, name: &str, seeds: &[&Agent]) -> Agent {
+    start_spec(dir, certs, &Spec::new(name, seeds))
 }
 
 fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
@@ -392,4 +450,298 @@ fn the_sample_config_runs_with_environment_overrides() {
             .wait_exit(Duration::from_secs(20))
             .is_some_and(|s| s.success())
     );
+}
+
+/// Where `agent` holds the member named `name`: (address, status, incarnation).
+fn record_of(agent: &Agent, name: &str) -> Option<(String, String, u64)> {
+    members_json(agent)
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| {
+            (
+                m["addr"].as_str().unwrap_or_default().to_string(),
+                m["status"].as_str().unwrap_or_default().to_string(),
+                m["incarnation"].as_u64().unwrap_or_default(),
+            )
+        })
+}
+
+/// The value of one Prometheus sample, e.g. `gossip_x_total{kind="y"}`.
+fn metric(agent: &Agent, sample: &str) -> f64 {
+    let text = ureq::get(&format!("http://{}/metrics", agent.admin))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+}
+
+/// Copies a data directory's files (a node's certificate, key, incarnation
+/// and keys), as an operator cloning a machine would.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A second process started from a copy of a running node's data
+/// directory: refused at start, naming where the node runs; found at run
+/// time, logged as an error on both sides and counted; and its leave never
+/// makes the cluster hold the running node as left.
+#[test]
+fn a_copy_of_a_running_node_is_refused_loudly_and_never_takes_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["n1", "n2", "n3"]);
+    let n1 = start(dir.path(), &certs, "n1", &[]);
+    let n2 = start(dir.path(), &certs, "n2", &[&n1]);
+    let n3 = start(dir.path(), &certs, "n3", &[&n1]);
+    for agent in [&n1, &n3] {
+        eventually(Duration::from_secs(20), "three alive members", || {
+            members_json(agent)
+                .iter()
+                .filter(|m| m["status"] == "alive")
+                .count()
+                == 3
+        });
+    }
+    copy_dir(
+        &dir.path().join("data/n2"),
+        &dir.path().join("data/n2-copy"),
+    );
+    let alive_where_it_runs = |agent: &Agent| {
+        record_of(agent, "n2")
+            .is_some_and(|(addr, status, _)| addr == n2.gossip && status == "alive")
+    };
+
+    // At start, through a seed: the copy refuses to run, naming the address.
+    let mut copy = launch(
+        dir.path(),
+        &certs,
+        &Spec {
+            file: "n2-copy",
+            data_dir: Some("n2-copy"),
+            ..Spec::new("n2", &[&n1])
+        },
+    );
+    let exit = copy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the copy stops by itself");
+    assert!(!exit.success(), "{exit:?}");
+    let printed = copy.log();
+    let last_line = printed.lines().last().unwrap_or_default();
+    eprintln!("the copy, at start, printed last:\n{last_line}");
+    assert!(
+        last_line.contains("another process holds this node's identity")
+            && last_line.contains(&n2.gossip),
+        "{printed}"
+    );
+    assert!(metric(&n1, "gossip_join_refusals_total{side=\"by_this_node\"}") >= 1.0);
+    for agent in [&n1, &n2, &n3] {
+        assert!(alive_where_it_runs(agent), "{:?}", members_json(agent));
+    }
+
+    // At run time: the copy runs alone (no seeds), and n3 is asked to join
+    // it, as an operator's mistake would have it.
+    let mut copy = start_spec(
+        dir.path(),
+        &certs,
+        &Spec {
+            file: "n2-copy-alone",
+            data_dir: Some("n2-copy"),
+            ..Spec::new("n2", &[])
+        },
+    );
+    let out = n3.cli(&["join", &copy.gossip]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found_running = |line: &str| {
+        line.contains("another process holds this node's identity") && line.contains(&n2.gossip)
+    };
+    eventually(Duration::from_secs(20), "the copy finds n2 running", || {
+        copy.log().lines().any(found_running)
+    });
+    let copy_log = copy.log();
+    let found_line = copy_log
+        .lines()
+        .find(|l| found_running(l))
+        .unwrap_or_default();
+    eprintln!("the copy, at run time, printed:\n{found_line}");
+    eventually(
+        Duration::from_secs(20),
+        "n3 reports n2 at two addresses",
+        || {
+            let log = n3.log();
+            log.contains("one identity at two addresses")
+                && log.contains(&n2.gossip)
+                && log.contains(&copy.gossip)
+        },
+    );
+    let conflict_line = n3
+        .log()
+        .lines()
+        .find(|l| l.contains("one identity at two addresses"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("n3, at run time, printed:\n{conflict_line}");
+    assert!(
+        metric(
+            &n3,
+            "gossip_identity_conflicts_total{kind=\"member_moved\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &copy,
+            "gossip_identity_conflicts_total{kind=\"this_node_answers_elsewhere\"}"
+        ) >= 1.0
+    );
+    assert!(alive_where_it_runs(&n3), "{:?}", members_json(&n3));
+    // The copy's writes under n2's identity do not replace n2's own.
+    assert!(
+        copy.cli(&["kv", "set", "role", "impostor"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    for agent in [&n1, &n3] {
+        assert_eq!(
+            stdout(&agent.cli(&["kv", "get", "n2", "role"])).trim(),
+            "n2-role"
+        );
+    }
+
+    // The copy leaves: n2 stays alive where it runs, everywhere.
+    copy.signal("TERM");
+    assert!(copy.wait_exit(Duration::from_secs(20)).is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for agent in [&n1, &n2, &n3] {
+            assert!(alive_where_it_runs(agent), "{:?}", members_json(agent));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A data directory runs one node at a time: a second agent on it stops
+/// with an error that says so.
+#[test]
+fn a_second_agent_on_a_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["n1"]);
+    let _n1 = start(dir.path(), &certs, "n1", &[]);
+    let mut second = launch(
+        dir.path(),
+        &certs,
+        &Spec {
+            file: "n1-again",
+            ..Spec::new("n1", &[])
+        },
+    );
+    let exit = second
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second agent stops by itself");
+    assert!(!exit.success(), "{exit:?}");
+    assert!(
+        second.log().contains("in use by another running node"),
+        "{}",
+        second.log()
+    );
+}
+
+/// A node without a data directory, whose earlier life refuted two
+/// suspicions (so peers hold it at incarnation 2 or more), comes back at
+/// its address from incarnation 0: it rises above its earlier life, and its
+/// graceful leave is seen as a leave.
+#[test]
+fn a_restart_without_a_data_directory_rises_above_its_earlier_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["n1", "n2", "n3"]);
+    let n1 = start(dir.path(), &certs, "n1", &[]);
+    let spec = Spec {
+        data_dir: None,
+        ..Spec::new("n2", &[&n1])
+    };
+    let mut n2 = start_spec(dir.path(), &certs, &spec);
+    let n3 = start(dir.path(), &certs, "n3", &[&n1]);
+    eventually(Duration::from_secs(20), "three alive members", || {
+        members_json(&n1)
+            .iter()
+            .filter(|m| m["status"] == "alive")
+            .count()
+            == 3
+    });
+    let incarnation = |agent: &Agent| {
+        let status: serde_json::Value =
+            serde_json::from_str(&stdout(&agent.cli(&["status", "--json"]))).unwrap();
+        status["incarnation"].as_u64().unwrap()
+    };
+    // Paused for less than the shortest suspicion (3 s with the local
+    // preset), n2 is suspected but not declared dead, and refutes.
+    for _ in 0..10 {
+        if incarnation(&n2) >= 2 {
+            break;
+        }
+        n2.signal("STOP");
+        std::thread::sleep(Duration::from_millis(2500));
+        n2.signal("CONT");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let earlier = incarnation(&n2);
+    assert!(earlier >= 2, "n2 refuted only {earlier} times");
+    eventually(
+        Duration::from_secs(20),
+        "peers hold the earlier life",
+        || {
+            [&n1, &n3].iter().all(|a| {
+                record_of(a, "n2")
+                    .is_some_and(|(_, status, inc)| status == "alive" && inc == earlier)
+            })
+        },
+    );
+
+    // It crashes and comes back at once, with nothing kept.
+    n2.signal("KILL");
+    assert!(n2.wait_exit(Duration::from_secs(10)).is_some());
+    let n2 = start_spec(
+        dir.path(),
+        &certs,
+        &Spec {
+            file: "n2-again",
+            ports: (spec.ports.0, free_ports().1),
+            ..Spec::new("n2", &[&n1])
+        }
+        .without_data_dir(),
+    );
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the new life rises above the earlier one",
+        || incarnation(&n2) > earlier,
+    );
+    eprintln!(
+        "the new life rose above incarnation {earlier} within {:?} of answering",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(20), "peers hold the new life", || {
+        [&n1, &n3].iter().all(|a| {
+            record_of(a, "n2").is_some_and(|(_, status, inc)| status == "alive" && inc > earlier)
+        })
+    });
+    let mut n2 = n2;
+    n2.signal("TERM");
+    assert!(
+        n2.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    for agent in [&n1, &n3] {
+        eventually(Duration::from_secs(20), "n2 is seen as left", || {
+            status_of(agent, "n2").as_deref() == Some("left")
+        });
+    }
 }

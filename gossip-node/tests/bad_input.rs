@@ -226,7 +226,7 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
     };
     let ping = Message::Ping {
         seq: 1,
-        target: TargetTag::of(&victim),
+        target: TargetTag::of(&victim, addr),
         suspicion: None,
         state_digest: None,
     };
@@ -294,7 +294,7 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
             1,
             &Message::Ping {
                 seq: 2,
-                target: TargetTag::of(&witness),
+                target: TargetTag::of(&witness, setup.cluster.nodes[1].addr()),
                 suspicion: None,
                 state_digest: None,
             },

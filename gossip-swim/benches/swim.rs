@@ -95,7 +95,7 @@ fn bench_ping_ack(c: &mut Criterion) {
     let ping = frame(
         Message::Ping {
             seq: 7,
-            target: TargetTag::of(&id(0)),
+            target: TargetTag::of(&id(0), addr(0)),
             suspicion: None,
             state_digest: Some(StateDigest([3; 8])),
         },

@@ -12,17 +12,28 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StateDigest(pub [u8; 8]);
 
-/// The first 8 bytes of a node id: enough for a node to tell that a ping is
-/// meant for someone else (its address was reused), at a quarter of the
-/// bytes. Identity itself is the transport's job.
+/// Whom a ping is for: 8 bytes of a hash of the target's id and the
+/// address it is probed at. A node answers only pings for itself at its own
+/// address: not one whose sender meant another node (its address was
+/// reused), nor one meant for its identity at another address (an earlier
+/// life, or a second process holding its key, that the transport's
+/// connection for the id happened to reach). Identity itself is the
+/// transport's job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TargetTag(pub [u8; 8]);
 
 impl TargetTag {
-    /// The tag of `id`.
-    pub fn of(id: &NodeId) -> Self {
+    /// The tag of `id` probed at `addr`.
+    pub fn of(id: &NodeId, addr: SocketAddr) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(id.as_bytes());
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => hasher.update(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hasher.update(&ip.octets()),
+        };
+        hasher.update(&addr.port().to_be_bytes());
         let mut tag = [0u8; 8];
-        tag.copy_from_slice(&id.as_bytes()[..8]);
+        tag.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
         TargetTag(tag)
     }
 }

@@ -63,4 +63,7 @@ pub struct Stats {
     pub address_conflicts: u64,
     /// Live records of this node heard at another address than its own.
     pub claims_elsewhere: u64,
+    /// Key/value writes refused because their sender spoke from another
+    /// address than the one its identity is held at, after a conflict.
+    pub state_refused_elsewhere: u64,
 }

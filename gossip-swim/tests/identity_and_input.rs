@@ -145,13 +145,37 @@ fn a_ping_meant_for_another_node_is_dropped() {
     let mut net = converged();
     let ping = Message::Ping {
         seq: 9,
-        target: TargetTag::of(&node_id(1)),
+        target: TargetTag::of(&node_id(1), addr(1)),
         suspicion: None,
         state_digest: None,
     };
     let err = deliver(&mut net, 2, &frame(2, ping, vec![])).unwrap_err();
     assert!(matches!(err, Error::Misdirected { .. }));
     assert_eq!(net.get(0).stats().misdirected, 1);
+    // Nor is a ping meant for this node's identity at another address (an
+    // earlier life, or a second process with its key) answered here.
+    let ping = Message::Ping {
+        seq: 10,
+        target: TargetTag::of(&node_id(0), addr(7)),
+        suspicion: None,
+        state_digest: None,
+    };
+    let err = deliver(&mut net, 2, &frame(2, ping, vec![])).unwrap_err();
+    assert!(matches!(err, Error::Misdirected { .. }));
+    assert_eq!(net.get(0).stats().misdirected, 2);
+    let sent = net.get(0).stats().datagrams_out;
+    let ping = Message::Ping {
+        seq: 11,
+        target: TargetTag::of(&node_id(0), addr(0)),
+        suspicion: None,
+        state_digest: None,
+    };
+    deliver(&mut net, 2, &frame(2, ping, vec![])).expect("a ping for this node here");
+    assert_eq!(
+        net.get(0).stats().datagrams_out,
+        sent + 1,
+        "the ping for this node at its address is acked"
+    );
 }
 
 #[test]
@@ -229,7 +253,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
     for seq in 0..20 {
         let ping = Message::Ping {
             seq,
-            target: TargetTag::of(&node_id(0)),
+            target: TargetTag::of(&node_id(0), addr(0)),
             suspicion: None,
             state_digest: None,
         };
@@ -242,7 +266,7 @@ fn a_stale_accusation_is_answered_with_the_refutation_again() {
     // the refutation again.
     let ping = Message::Ping {
         seq: 99,
-        target: TargetTag::of(&node_id(0)),
+        target: TargetTag::of(&node_id(0), addr(0)),
         suspicion: Some(suspect),
         state_digest: None,
     };

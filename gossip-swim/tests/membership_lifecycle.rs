@@ -397,6 +397,12 @@ fn a_second_instance_of_a_live_member_never_takes_its_place() {
     });
     assert!(conflict, "node 1 never reported node 2 at two addresses");
     assert!(net.get(1).stats().address_conflicts >= 1);
+    // Node 2's key/value state is taken only from where node 2 is held.
+    assert!(
+        net.get(1)
+            .speaks_from_elsewhere(&node_id(2), addr(via_itself))
+    );
+    assert!(!net.get(1).speaks_from_elsewhere(&node_id(2), addr(2)));
     // The second instance leaves: the member it copied stays alive, where
     // it is.
     let now = net.now;

@@ -310,6 +310,7 @@ impl Swim {
     ) {
         if let (Some(theirs), Some(ours)) = (theirs, self.state_digest)
             && theirs != ours
+            && !self.speaks_from_elsewhere(&from, addr)
         {
             self.stats.state_digest_mismatches += 1;
             self.events

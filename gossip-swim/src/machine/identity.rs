@@ -49,6 +49,20 @@ impl Swim {
         }
     }
 
+    /// Whether `peer`, speaking from `addr`, is a second instance of a
+    /// member held at another address (a conflict about it was reported,
+    /// and `addr` is not the one held), or of this node. Its key/value
+    /// state is not taken from there: the member's writes are the ones made
+    /// where it is held.
+    pub fn speaks_from_elsewhere(&self, peer: &NodeId, addr: SocketAddr) -> bool {
+        self.conflicts_reported.contains_key(peer)
+            && self
+                .members
+                .get(peer)
+                .and_then(|m| m.meta.addr())
+                .is_some_and(|held| held != addr)
+    }
+
     /// Whether a conflict about `id` is to be reported now.
     fn first_report(&mut self, id: NodeId) -> bool {
         let due = self

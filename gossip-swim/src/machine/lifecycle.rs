@@ -95,6 +95,16 @@ impl Swim {
         }
     }
 
+    /// Puts the join's next attempt, and those after it, back at the first
+    /// retry's delay.
+    pub(super) fn retry_join_soon(&mut self) {
+        if let Some(joining) = &mut self.joining {
+            joining.delay = self.config.join_retry_initial;
+            self.timers
+                .set(self.now + self.config.join_retry_initial, Timer::JoinRetry);
+        }
+    }
+
     /// The slow schedule that heals partitions: re-contact one random
     /// recently dead member, and the seeds if no one else is left.
     pub(super) fn reconnect(&mut self) {

@@ -410,7 +410,13 @@ impl Swim {
             }
         };
         if let Message::Ping { target, .. } | Message::ReliablePing { target, .. } = &frame.body
-            && *target != TargetTag::of(&self.local_id())
+            && Some(*target)
+                != self
+                    .members
+                    .local()
+                    .meta
+                    .addr()
+                    .map(|addr| TargetTag::of(&self.local_id(), addr))
         {
             self.stats.misdirected += 1;
             return Err(Error::Misdirected {
@@ -418,7 +424,12 @@ impl Swim {
                 target: *target,
             });
         }
+        let elsewhere = self.speaks_from_elsewhere(&from, from_addr);
         for rumor in frame.rumors {
+            if elsewhere && matches!(rumor, Rumor::State { .. }) {
+                self.stats.state_refused_elsewhere += 1;
+                continue;
+            }
             self.handle_rumor(from, rumor);
         }
         // A member that talks to us but that we have never heard of (its
@@ -496,8 +507,11 @@ impl Swim {
                     self.stats.joins_refused += 1;
                     if let JoinRefusal::IdentityInUse { incarnation, .. } = reason {
                         // Whatever holds this identity there, this life is
-                        // to win once that address is known gone.
+                        // to win once that address is known gone, which
+                        // takes a failure detection, not a backoff's worth:
+                        // ask again at the first retry's pace.
                         self.refute(incarnation, from);
+                        self.retry_join_soon();
                     }
                     self.events.push(Event::JoinRefused { by: from, reason });
                 }

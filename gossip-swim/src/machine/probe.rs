@@ -158,7 +158,7 @@ impl Swim {
             addr,
             Message::Ping {
                 seq,
-                target: TargetTag::of(&target),
+                target: TargetTag::of(&target, addr),
                 suspicion,
                 state_digest: self.state_digest,
             },
@@ -215,7 +215,7 @@ impl Swim {
         self.stats.fallback_probes += 1;
         let ping = Message::ReliablePing {
             seq,
-            target: TargetTag::of(&target),
+            target: TargetTag::of(&target, addr),
         };
         self.send_on(Some(target), addr, ping, true, true);
     }
@@ -315,7 +315,7 @@ impl Swim {
         self.timers.set(at, Timer::Forward { seq: our_seq });
         let ping = Message::Ping {
             seq: our_seq,
-            target: TargetTag::of(&target),
+            target: TargetTag::of(&target, target_addr),
             suspicion: None,
             state_digest: self.state_digest,
         };

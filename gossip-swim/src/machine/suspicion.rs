@@ -253,9 +253,10 @@ impl Swim {
         else {
             return;
         };
-        let Some(addr) = heard_at.or_else(|| record.meta.addr()) else {
+        let Some(held_at) = record.meta.addr() else {
             return;
         };
+        let addr = heard_at.unwrap_or(held_at);
         let (now, interval) = (self.now, self.config.probe_interval);
         let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
             return;
@@ -271,7 +272,7 @@ impl Swim {
         self.stats.suspect_reminders += 1;
         let ping = Message::Ping {
             seq: self.next_seq(),
-            target: TargetTag::of(&subject),
+            target: TargetTag::of(&subject, held_at),
             suspicion: Some(record),
             state_digest: self.state_digest,
         };

@@ -97,6 +97,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/kv/{node}", get(node_keys))
         .route("/v1/kv/{node}/{key}", get(get_key))
         .route("/v1/local/kv/{key}", put(set_key).delete(delete_key))
+        .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/metrics", get(metrics))
         .with_state(admin)
@@ -222,6 +223,45 @@ async fn delete_key(State(admin): State<Arc<Admin>>, Path(key): Path<String>) ->
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no key `{key}`")),
         Err(gossip_node::Error::Stopped) => stopped(),
         Err(err) => error(StatusCode::BAD_REQUEST, err.to_string()),
+    }
+}
+
+/// How long `POST /v1/join` waits for a seed to answer before it reports
+/// that the node is still trying.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /v1/join` with `{"seeds": ["host:port", ...]}`: joins through the
+/// seeds and waits for one to answer.
+async fn join(State(admin): State<Arc<Admin>>, body: String) -> Response {
+    #[derive(serde::Deserialize)]
+    struct JoinJson {
+        seeds: Vec<SocketAddr>,
+    }
+    let seeds = match serde_json::from_str::<JoinJson>(&body) {
+        Ok(join) => join.seeds,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"seeds\": [\"host:port\", ...]}}: {err}"),
+            );
+        }
+    };
+    match admin.node.join(seeds).await {
+        Ok(()) => {}
+        Err(gossip_node::Error::Stopped) => return stopped(),
+        Err(err) => return error(StatusCode::BAD_REQUEST, err.to_string()),
+    }
+    match tokio::time::timeout(JOIN_WAIT, admin.node.joined()).await {
+        Ok(Ok(())) => Json(serde_json::json!({"joined": true})).into_response(),
+        Ok(Err(gossip_node::Error::Stopped)) => stopped(),
+        Ok(Err(err)) => error(StatusCode::CONFLICT, err.to_string()),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no seed answered within {} s; the node keeps trying",
+                JOIN_WAIT.as_secs()
+            ),
+        ),
     }
 }
 

@@ -42,7 +42,8 @@ fn send(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Resu
     let target = url(admin, path);
     let result = match (method, body) {
         ("PUT", Some(body)) => agent.put(&target).send(body),
-        ("POST", _) => agent.post(&target).send_empty(),
+        ("POST", Some(body)) => agent.post(&target).send(body),
+        ("POST", None) => agent.post(&target).send_empty(),
         ("DELETE", _) => agent.delete(&target).call(),
         _ => agent.get(&target).call(),
     };
@@ -156,6 +157,14 @@ pub(crate) fn kv_set(admin: SocketAddr, key: &str, value: &str) -> Result<()> {
 
 pub(crate) fn kv_del(admin: SocketAddr, key: &str) -> Result<()> {
     send(admin, "DELETE", &format!("/v1/local/kv/{key}"), None)?;
+    Ok(())
+}
+
+pub(crate) fn join(admin: SocketAddr, seeds: &[SocketAddr]) -> Result<()> {
+    let body = serde_json::json!({ "seeds": seeds }).to_string();
+    send(admin, "POST", "/v1/join", Some(&body))?;
+    let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+    eprintln!("the agent at {admin} joined through {}", seeds.join(", "));
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! gossip-node members [--json]                 the membership table of the local agent
 //! gossip-node status [--json]                  the local agent's summary
 //! gossip-node kv get NODE [KEY] | set KEY VALUE | del KEY
+//! gossip-node join ADDR...                     ask the local agent to join a cluster through ADDR
 //! gossip-node leave                            ask the local agent to leave and exit
 //! gossip-node certs init-ca --cluster NAME --dir DIR
 //! gossip-node certs issue --ca-dir DIR --name NODE --out DIR
@@ -76,6 +77,15 @@ enum Command {
     Kv {
         #[command(subcommand)]
         command: KvCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Asks the local agent to join a cluster through these members'
+    /// gossip addresses, like `serf join`; waits up to 10 s for an answer.
+    Join {
+        /// Gossip addresses (host:port) of members of the cluster to join.
+        #[arg(required = true)]
+        seeds: Vec<SocketAddr>,
         #[command(flatten)]
         target: Target,
     },
@@ -158,6 +168,7 @@ fn main() -> std::process::ExitCode {
             KvCommand::Set { key, value } => client::kv_set(target.admin, &key, &value),
             KvCommand::Del { key } => client::kv_del(target.admin, &key),
         },
+        Command::Join { seeds, target } => client::join(target.admin, &seeds),
         Command::Leave { target } => client::leave(target.admin),
         Command::Certs { command } => match command {
             CertsCommand::InitCa {
@@ -309,6 +320,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         }
     });
     tokio::spawn(watch_seeds(node.clone(), config.seeds.clone()));
+    let refused = refused_to_start(node.clone());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
@@ -316,12 +328,22 @@ async fn agent(config: AgentConfig) -> Result<()> {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: leaving the cluster"),
         _ = terminate.recv() => info!("SIGTERM: leaving the cluster"),
         () = leave.notified() => info!("asked to leave: leaving the cluster"),
+        err = refused => return Err(err),
     }
     match node.leave(Duration::from_secs(15)).await {
         Ok(()) => info!("left the cluster"),
         Err(err) => warn!(error = %err, "leave did not complete; stopped anyway"),
     }
     Ok(())
+}
+
+/// The error, if the node stopped rather than run as a second instance of
+/// its identity; pending otherwise.
+async fn refused_to_start(node: Node) -> anyhow::Error {
+    match node.joined().await {
+        Err(err @ gossip_node::Error::IdentityInUse { .. }) => anyhow::Error::new(err),
+        _ => std::future::pending().await,
+    }
 }
 
 /// Warns, naming the fix, while no seed has answered.
