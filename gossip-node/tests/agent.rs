@@ -231,6 +231,29 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until every one of `agents` sees `n` alive members.
+fn until_alive(agents: &[&Agent], n: usize) {
+    for agent in agents {
+        eventually(Duration::from_secs(20), "every member alive", || {
+            members_json(agent)
+                .iter()
+                .filter(|m| m["status"] == "alive")
+                .count()
+                == n
+        });
+    }
+}
+
+/// Starts three agents named `names`, the last two joining through the
+/// first, and waits until each sees all three alive.
+fn start_three(dir: &Path, certs: &Path, names: [&str; 3]) -> [Agent; 3] {
+    let first = start(dir, certs, names[0], &[]);
+    let second = start(dir, certs, names[1], &[&first]);
+    let third = start(dir, certs, names[2], &[&first]);
+    until_alive(&[&first, &second, &third], 3);
+    [first, second, third]
+}
+
 fn members_json(agent: &Agent) -> Vec<serde_json::Value> {
     let out = agent.cli(&["members", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -248,18 +271,7 @@ fn status_of(agent: &Agent, name: &str) -> Option<String> {
 fn agents_join_share_keys_serve_json_and_metrics_and_leave_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["a", "b", "c"]);
-    let a = start(dir.path(), &certs, "a", &[]);
-    let b = start(dir.path(), &certs, "b", &[&a]);
-    let mut c = start(dir.path(), &certs, "c", &[&a]);
-    for agent in [&a, &b, &c] {
-        eventually(Duration::from_secs(20), "three alive members", || {
-            members_json(agent)
-                .iter()
-                .filter(|m| m["status"] == "alive")
-                .count()
-                == 3
-        });
-    }
+    let [a, b, mut c] = start_three(dir.path(), &certs, ["a", "b", "c"]);
     // The table is aligned and names every member.
     let table = stdout(&a.cli(&["members"]));
     assert!(table.starts_with("Node"), "{table}");
@@ -499,18 +511,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_copy_of_a_running_node_is_refused_loudly_and_never_takes_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path(), &["n1", "n2", "n3"]);
-    let n1 = start(dir.path(), &certs, "n1", &[]);
-    let n2 = start(dir.path(), &certs, "n2", &[&n1]);
-    let n3 = start(dir.path(), &certs, "n3", &[&n1]);
-    for agent in [&n1, &n3] {
-        eventually(Duration::from_secs(20), "three alive members", || {
-            members_json(agent)
-                .iter()
-                .filter(|m| m["status"] == "alive")
-                .count()
-                == 3
-        });
-    }
+    let [n1, n2, n3] = start_three(dir.path(), &certs, ["n1", "n2", "n3"]);
     copy_dir(
         &dir.path().join("data/n2"),
         &dir.path().join("data/n2-copy"),
@@ -669,13 +670,7 @@ fn a_restart_without_a_data_directory_rises_above_its_earlier_life() {
     };
     let mut n2 = start_spec(dir.path(), &certs, &spec);
     let n3 = start(dir.path(), &certs, "n3", &[&n1]);
-    eventually(Duration::from_secs(20), "three alive members", || {
-        members_json(&n1)
-            .iter()
-            .filter(|m| m["status"] == "alive")
-            .count()
-            == 3
-    });
+    until_alive(&[&n1, &n2, &n3], 3);
     let incarnation = |agent: &Agent| {
         let status: serde_json::Value =
             serde_json::from_str(&stdout(&agent.cli(&["status", "--json"]))).unwrap();

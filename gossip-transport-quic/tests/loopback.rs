@@ -520,7 +520,11 @@ async fn a_send_to_a_node_at_an_address_never_reaches_its_key_elsewhere() {
     let nothing = std::net::UdpSocket::bind(loopback()).unwrap();
     let nothing_addr = nothing.local_addr().unwrap();
     drop(nothing);
-    let checked = timeout(Duration::from_secs(3), first.check_identity(twin, nothing_addr)).await;
+    let checked = timeout(
+        Duration::from_secs(3),
+        first.check_identity(twin, nothing_addr),
+    )
+    .await;
     assert!(!matches!(checked, Ok(Ok(()))), "{checked:?}");
     // And `a` is no one's twin: it fails the handshake.
     let err = first.check_identity(twin, a_addr).await.unwrap_err();

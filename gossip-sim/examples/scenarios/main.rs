@@ -49,7 +49,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -59,6 +59,7 @@ fn main() {
     let mut first_seed = None;
     let mut plot_to: Option<String> = None;
     let mut join = false;
+    let mut case: Option<String> = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -73,6 +74,7 @@ fn main() {
             "--periods" => periods = value().parse().unwrap(),
             "--json" => json = true,
             "--join" => join = true,
+            "--case" => case = Some(value()),
             "--suspicion-mult" => suspicion_mult = Some(value().parse().unwrap()),
             "--confirmations" => confirmations = Some(value().parse().unwrap()),
             other => panic!("unknown flag {other}"),
@@ -265,6 +267,9 @@ fn main() {
                         false,
                     ),
                 ] {
+                    if case.as_deref().is_some_and(|wanted| wanted != name) {
+                        continue;
+                    }
                     let r = scenarios::restart(&params, kind, data_dir, limit);
                     let within = r
                         .all_alive_seconds
