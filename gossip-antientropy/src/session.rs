@@ -179,6 +179,7 @@ pub struct Session {
     stats: SessionStats,
     /// Key changes applied to the state, until the driver takes them.
     changes: Vec<KvChange>,
+    member_changes: Vec<NodeId>,
 }
 
 impl Session {
@@ -214,6 +215,7 @@ impl Session {
             error: None,
             stats: SessionStats::default(),
             changes: Vec::new(),
+            member_changes: Vec::new(),
         }
     }
 
@@ -241,6 +243,12 @@ impl Session {
     /// last call (for the driver's key-changed events).
     pub fn take_changes(&mut self) -> Vec<KvChange> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Takes the ids of the members whose records this session changed in
+    /// the state since the last call.
+    pub fn take_member_changes(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.member_changes)
     }
 
     /// The next message to send to the peer.
@@ -352,9 +360,12 @@ impl Session {
         self.stats.entries_received += entries as u64;
         self.stats.members_received += part.members.len() as u64;
         for member in part.members {
+            let id = member.id;
             // Validated above; a full table refuses newcomers, which the next
             // round retries.
-            let _ = state.merge_member(member);
+            if let Ok(true) = state.merge_member(member) {
+                self.member_changes.push(id);
+            }
         }
 
         self.reply.asked |=

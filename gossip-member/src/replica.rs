@@ -426,7 +426,8 @@ impl Replica {
         for change in running.session.take_changes() {
             self.events.push(ReplicaEvent::KeyChanged(change));
         }
-        self.adopt_synced_members(now, from);
+        let changed = running.session.take_member_changes();
+        self.adopt_synced_members(now, from, &changed);
         self.flush_session(now, from, our_role);
         self.settle(now);
     }
@@ -602,14 +603,14 @@ impl Replica {
         self.state.kv().node(owner).map_or(0, |n| n.max_version())
     }
 
-    /// Hands SWIM the member records a sync brought that it does not hold,
-    /// as claims relayed by `peer`.
-    fn adopt_synced_members(&mut self, now: Timestamp, peer: NodeId) {
+    /// Hands SWIM the member records a sync with `peer` just changed, where
+    /// SWIM does not hold them, as claims relayed by `peer`.
+    fn adopt_synced_members(&mut self, now: Timestamp, peer: NodeId, changed: &[NodeId]) {
         let members = self.swim.members();
-        let news: Vec<Member> = self
-            .state
-            .members()
-            .filter(|record| members.get(&record.id) != Some(record))
+        let news: Vec<Member> = changed
+            .iter()
+            .filter_map(|id| self.state.member(id))
+            .filter(|record| members.get(&record.id) != Some(*record))
             .cloned()
             .collect();
         if !news.is_empty() {
