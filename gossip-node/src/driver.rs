@@ -84,6 +84,11 @@ pub(crate) fn snapshot(replica: &Replica) -> Arc<[Member]> {
     replica.swim().members().iter().cloned().collect()
 }
 
+/// An address for a log line: a member may advertise none.
+fn shown(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "none".to_string(), |addr| addr.to_string())
+}
+
 /// Where the node's latest join stands, for [`Node::joined`](crate::Node::joined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinState {
@@ -409,12 +414,10 @@ impl Driver {
                 claimed,
                 origin,
             } => {
-                let shown =
-                    |addr: &Option<SocketAddr>| addr.map_or("none".into(), |a| a.to_string());
                 error!(
                     %member,
-                    held = %shown(held),
-                    claimed = %shown(claimed),
+                    held = %shown(*held),
+                    claimed = %shown(*claimed),
                     claimed_by = %origin,
                     "one identity at two addresses: kept the member where it is held and refused the claim; if both answer, another process holds that member's key (was a data directory or certificate copied?)"
                 );
@@ -494,7 +497,7 @@ impl Driver {
         self.counters.identity_answers_elsewhere += 1;
         error!(
             elsewhere = %addr,
-            here = ?own,
+            here = %shown(own),
             "another process holds this node's identity and answers at {addr}: stop one of them (was a data directory or certificate copied?); the cluster keeps whichever address it held first"
         );
         self.publish(NodeEvent::IdentityInUse { addr });
