@@ -144,6 +144,8 @@ struct Spec<'a> {
     data_dir: Option<&'a str>,
     seeds: Vec<String>,
     ports: (u16, u16),
+    /// Environment variables beside the JSON log format.
+    envs: Vec<(&'a str, String)>,
 }
 
 impl<'a> Spec<'a> {
@@ -155,6 +157,7 @@ impl<'a> Spec<'a> {
             data_dir: Some(name),
             seeds: seeds.iter().map(|a| a.gossip.clone()).collect(),
             ports: free_ports(),
+            envs: Vec::new(),
         }
     }
 }
@@ -199,12 +202,9 @@ role = "{name}-role"
     let path = dir.join(format!("{}.toml", spec.file));
     std::fs::write(&path, config).unwrap();
     let log = dir.join(format!("{}.log", spec.file));
-    spawn_agent(
-        &path,
-        &[("GOSSIP_LOG_FORMAT", "json".to_string())],
-        Some(&log),
-        spec.ports,
-    )
+    let mut envs = vec![("GOSSIP_LOG_FORMAT", "json".to_string())];
+    envs.extend(spec.envs.iter().cloned());
+    spawn_agent(&path, &envs, Some(&log), spec.ports)
 }
 
 /// As [`launch`], waiting until the agent's admin API answers.
@@ -739,4 +739,65 @@ fn a_restart_without_a_data_directory_rises_above_its_earlier_life() {
             status_of(agent, "n2").as_deref() == Some("left")
         });
     }
+}
+
+/// The admin API with a token refuses requests without it; the CLI sends
+/// it; and an agent whose admin API would listen off loopback without a
+/// token does not start.
+#[test]
+fn the_admin_api_needs_its_token_and_never_listens_off_loopback_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["n1"]);
+    let agent = launch(
+        dir.path(),
+        &certs,
+        &Spec {
+            envs: vec![("GOSSIP_ADMIN_TOKEN", "s3cret".to_string())],
+            ..Spec::new("n1", &[])
+        },
+    );
+    eventually(Duration::from_secs(20), "the agent answers", || {
+        agent.cli(&["status", "--token", "s3cret"]).status.success()
+    });
+    let status = |auth: Option<&str>| {
+        let mut request = ureq::get(&format!("http://{}/v1/status", agent.admin));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        match request.call() {
+            Ok(response) => response.status().as_u16(),
+            Err(ureq::Error::StatusCode(code)) => code,
+            Err(err) => panic!("{err}"),
+        }
+    };
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("Bearer wrong")), 401);
+    assert_eq!(status(Some("s3cret")), 401);
+    assert_eq!(status(Some("Bearer s3cret")), 200);
+    let without = agent.cli(&["status"]);
+    assert!(!without.status.success());
+    assert!(
+        stderr(&without).contains("needs its token"),
+        "{}",
+        stderr(&without)
+    );
+    assert!(agent.cli(&["status", "--token", "s3cret"]).status.success());
+    let set = agent.cli(&["kv", "set", "color", "blue", "--token", "s3cret"]);
+    assert!(set.status.success(), "{}", stderr(&set));
+
+    // Off loopback without a token: refused at start, naming the fix.
+    let (gossip, admin) = free_ports();
+    let path = dir.path().join("open.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"n1\"\nbind = \"127.0.0.1:{gossip}\"\n[admin]\nbind = \"0.0.0.0:{admin}\"\n[tls]\nca = \"{c}/ca.crt\"\ncert = \"{c}/n1.crt\"\nkey = \"{c}/n1.key\"\n",
+            c = certs.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["agent", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("off loopback"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("admin.token"), "{}", stderr(&out));
 }

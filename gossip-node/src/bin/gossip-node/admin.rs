@@ -11,6 +11,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use gossip_node::{Member, Node, NodeId};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 /// What the handlers share.
@@ -20,6 +21,8 @@ pub(crate) struct Admin {
     pub(crate) started: tokio::time::Instant,
     /// Told when `POST /v1/leave` asks the agent to leave and exit.
     pub(crate) leave: Arc<Notify>,
+    /// The bearer token every request must carry, if one is set.
+    pub(crate) token: Option<String>,
 }
 
 /// A member as the API shows it.
@@ -100,7 +103,40 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            require_token,
+        ))
         .with_state(admin)
+}
+
+/// Refuses a request without the configured bearer token (compared in
+/// constant time, so its bytes cannot be guessed one by one from timing).
+async fn require_token(
+    State(admin): State<Arc<Admin>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &admin.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let valid = given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())));
+        if !valid {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs its token: pass --token or set GOSSIP_ADMIN_TOKEN (sent as `Authorization: Bearer`)",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 async fn members(State(admin): State<Arc<Admin>>) -> Response {

@@ -3,7 +3,24 @@
 use std::net::SocketAddr;
 
 use crate::admin::{ErrorJson, KeyJson, MemberJson, StatusJson};
+use crate::config::DEFAULT_ADMIN;
 use anyhow::{Context, Result, bail};
+
+/// Which agent a command talks to, and how.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The agent's admin API address.
+    #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true, default_value = DEFAULT_ADMIN, global = true)]
+    pub(crate) admin: SocketAddr,
+    /// The admin API's bearer token, if the agent has one.
+    #[arg(
+        long,
+        env = "GOSSIP_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub(crate) token: Option<String>,
+}
 
 fn url(admin: SocketAddr, path: &str) -> String {
     format!("http://{admin}{path}")
@@ -31,28 +48,30 @@ fn agent() -> ureq::Agent {
 }
 
 /// GET `path`, decoding JSON, or the agent's error message.
-fn get_json<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> Result<T> {
-    let body = send(admin, "GET", path, None)?;
+fn get_json<T: serde::de::DeserializeOwned>(target: &Target, path: &str) -> Result<T> {
+    let body = send(target, "GET", path, None)?;
     serde_json::from_str(&body).context("the agent's answer is not the expected JSON")
 }
 
-/// Sends a request; the body of a success, or the agent's error message.
-fn send(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<String> {
+/// Sends a request, with the token if there is one; the body of a success,
+/// or the agent's error message.
+fn send(target: &Target, method: &str, path: &str, body: Option<&str>) -> Result<String> {
     let agent = agent();
-    let target = url(admin, path);
+    let url = url(target.admin, path);
+    let token = target.token.as_deref();
     let result = match (method, body) {
-        ("PUT", Some(body)) => agent.put(&target).send(body),
-        ("POST", Some(body)) => agent.post(&target).send(body),
-        ("POST", None) => agent.post(&target).send_empty(),
-        ("DELETE", _) => agent.delete(&target).call(),
-        _ => agent.get(&target).call(),
+        ("PUT", Some(body)) => with_token(agent.put(&url), token).send(body),
+        ("POST", Some(body)) => with_token(agent.post(&url), token).send(body),
+        ("POST", None) => with_token(agent.post(&url), token).send_empty(),
+        ("DELETE", _) => with_token(agent.delete(&url), token).call(),
+        _ => with_token(agent.get(&url), token).call(),
     };
-    let mut response = result.map_err(|e| failed(admin, e))?;
+    let mut response = result.map_err(|e| failed(target.admin, e))?;
     let ok = response.status().is_success();
     let body = response
         .body_mut()
         .read_to_string()
-        .map_err(|e| failed(admin, e))?;
+        .map_err(|e| failed(target.admin, e))?;
     if !ok {
         let message = serde_json::from_str::<ErrorJson>(&body).map_or(body, |e| e.error);
         bail!("{message}");
@@ -60,9 +79,16 @@ fn send(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Resu
     Ok(body)
 }
 
+fn with_token<B>(request: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+        None => request,
+    }
+}
+
 /// The members table, aligned like `serf members`, or JSON.
-pub(crate) fn members(admin: SocketAddr, json: bool) -> Result<()> {
-    let members: Vec<MemberJson> = get_json(admin, "/v1/members")?;
+pub(crate) fn members(target: &Target, json: bool) -> Result<()> {
+    let members: Vec<MemberJson> = get_json(target, "/v1/members")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
@@ -107,8 +133,8 @@ pub(crate) fn members_table(members: &[MemberJson]) -> String {
     out
 }
 
-pub(crate) fn status(admin: SocketAddr, json: bool) -> Result<()> {
-    let status: StatusJson = get_json(admin, "/v1/status")?;
+pub(crate) fn status(target: &Target, json: bool) -> Result<()> {
+    let status: StatusJson = get_json(target, "/v1/status")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -126,10 +152,10 @@ pub(crate) fn status(admin: SocketAddr, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn kv_get(admin: SocketAddr, node: &str, key: Option<&str>, json: bool) -> Result<()> {
+pub(crate) fn kv_get(target: &Target, node: &str, key: Option<&str>, json: bool) -> Result<()> {
     match key {
         Some(key) => {
-            let found: KeyJson = get_json(admin, &format!("/v1/kv/{node}/{key}"))?;
+            let found: KeyJson = get_json(target, &format!("/v1/kv/{node}/{key}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&found)?);
             } else {
@@ -137,7 +163,7 @@ pub(crate) fn kv_get(admin: SocketAddr, node: &str, key: Option<&str>, json: boo
             }
         }
         None => {
-            let keys: Vec<KeyJson> = get_json(admin, &format!("/v1/kv/{node}"))?;
+            let keys: Vec<KeyJson> = get_json(target, &format!("/v1/kv/{node}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
@@ -150,26 +176,33 @@ pub(crate) fn kv_get(admin: SocketAddr, node: &str, key: Option<&str>, json: boo
     Ok(())
 }
 
-pub(crate) fn kv_set(admin: SocketAddr, key: &str, value: &str) -> Result<()> {
-    send(admin, "PUT", &format!("/v1/local/kv/{key}"), Some(value))?;
+pub(crate) fn kv_set(target: &Target, key: &str, value: &str) -> Result<()> {
+    send(target, "PUT", &format!("/v1/local/kv/{key}"), Some(value))?;
     Ok(())
 }
 
-pub(crate) fn kv_del(admin: SocketAddr, key: &str) -> Result<()> {
-    send(admin, "DELETE", &format!("/v1/local/kv/{key}"), None)?;
+pub(crate) fn kv_del(target: &Target, key: &str) -> Result<()> {
+    send(target, "DELETE", &format!("/v1/local/kv/{key}"), None)?;
     Ok(())
 }
 
-pub(crate) fn join(admin: SocketAddr, seeds: &[SocketAddr]) -> Result<()> {
+pub(crate) fn join(target: &Target, seeds: &[SocketAddr]) -> Result<()> {
     let body = serde_json::json!({ "seeds": seeds }).to_string();
-    send(admin, "POST", "/v1/join", Some(&body))?;
+    send(target, "POST", "/v1/join", Some(&body))?;
     let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
-    eprintln!("the agent at {admin} joined through {}", seeds.join(", "));
+    eprintln!(
+        "the agent at {} joined through {}",
+        target.admin,
+        seeds.join(", ")
+    );
     Ok(())
 }
 
-pub(crate) fn leave(admin: SocketAddr) -> Result<()> {
-    send(admin, "POST", "/v1/leave", None)?;
-    eprintln!("the agent at {admin} is leaving the cluster and will exit");
+pub(crate) fn leave(target: &Target) -> Result<()> {
+    send(target, "POST", "/v1/leave", None)?;
+    eprintln!(
+        "the agent at {} is leaving the cluster and will exit",
+        target.admin
+    );
     Ok(())
 }

@@ -39,6 +39,7 @@ pub(crate) struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminConfig {
     pub(crate) bind: Option<SocketAddr>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +105,10 @@ pub(crate) struct Overrides {
     /// Address of the HTTP admin API.
     #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true)]
     pub(crate) admin: Option<SocketAddr>,
+    /// Bearer token the admin API requires on every request; required
+    /// when the API is bound off loopback.
+    #[arg(long, env = "GOSSIP_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
     /// Log format: human or json.
     #[arg(long, env = "GOSSIP_LOG_FORMAT", hide_env_values = true)]
     pub(crate) log_format: Option<String>,
@@ -131,6 +136,7 @@ pub(crate) struct AgentConfig {
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
     pub(crate) admin: SocketAddr,
+    pub(crate) admin_token: Option<String>,
     pub(crate) json_logs: bool,
     pub(crate) log_level: String,
     pub(crate) keys: Vec<(String, String)>,
@@ -162,6 +168,21 @@ impl AgentConfig {
         let ca = over.tls_ca.or(tls.ca.map(relative)).context(
             "no CA certificate: set `tls.ca` (make one with `gossip-node certs init-ca`)",
         )?;
+        let admin_bind = over
+            .admin
+            .or(admin.bind)
+            .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("a valid address"));
+        let admin_token = over.admin_token.or(admin.token);
+        if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            bail!(
+                "the admin token is empty: set `admin.token` (or GOSSIP_ADMIN_TOKEN) to a secret, or leave it out"
+            );
+        }
+        if admin_token.is_none() && !admin_bind.ip().is_loopback() {
+            bail!(
+                "the admin API would listen on {admin_bind}, off loopback, without authentication: set `admin.token` (or GOSSIP_ADMIN_TOKEN) to a secret that clients send as `Authorization: Bearer`, or bind it to 127.0.0.1"
+            );
+        }
         let seeds = if over.seeds.is_empty() {
             file.seeds.unwrap_or_default()
         } else {
@@ -186,10 +207,8 @@ impl AgentConfig {
             ca,
             cert: over.tls_cert.or(tls.cert.map(relative)),
             key: over.tls_key.or(tls.key.map(relative)),
-            admin: over
-                .admin
-                .or(admin.bind)
-                .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("a valid address")),
+            admin: admin_bind,
+            admin_token,
             json_logs,
             log_level: over
                 .log_level

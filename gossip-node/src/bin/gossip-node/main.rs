@@ -36,7 +36,8 @@ use gossip_transport_quic::{NodeCredentials, TrustBundle};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::config::{AgentConfig, DEFAULT_ADMIN, FileConfig, Overrides};
+use crate::client::Target;
+use crate::config::{AgentConfig, FileConfig, Overrides};
 
 /// Cluster membership, failure detection and state dissemination by gossip,
 /// authenticated end to end over QUIC.
@@ -101,13 +102,6 @@ enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
-struct Target {
-    /// The agent's admin API address.
-    #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true, default_value = DEFAULT_ADMIN, global = true)]
-    admin: SocketAddr,
-}
-
 #[derive(Debug, Subcommand)]
 enum KvCommand {
     /// A node's key, or all its keys (NODE: a name or an id prefix).
@@ -159,17 +153,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent { config, overrides } => run_agent(config, *overrides),
-        Command::Members { target, json } => client::members(target.admin, json),
-        Command::Status { target, json } => client::status(target.admin, json),
+        Command::Members { target, json } => client::members(&target, json),
+        Command::Status { target, json } => client::status(&target, json),
         Command::Kv { command, target } => match command {
             KvCommand::Get { node, key, json } => {
-                client::kv_get(target.admin, &node, key.as_deref(), json)
+                client::kv_get(&target, &node, key.as_deref(), json)
             }
-            KvCommand::Set { key, value } => client::kv_set(target.admin, &key, &value),
-            KvCommand::Del { key } => client::kv_del(target.admin, &key),
+            KvCommand::Set { key, value } => client::kv_set(&target, &key, &value),
+            KvCommand::Del { key } => client::kv_del(&target, &key),
         },
-        Command::Join { seeds, target } => client::join(target.admin, &seeds),
-        Command::Leave { target } => client::leave(target.admin),
+        Command::Join { seeds, target } => client::join(&target, &seeds),
+        Command::Leave { target } => client::leave(&target),
         Command::Certs { command } => match command {
             CertsCommand::InitCa {
                 cluster,
@@ -303,6 +297,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
         cluster: config.cluster.clone(),
         started: tokio::time::Instant::now(),
         leave: leave.clone(),
+        token: config.admin_token.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.admin)
         .await
