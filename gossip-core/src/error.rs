@@ -85,6 +85,19 @@ pub enum Error {
         /// The largest jump accepted.
         max_jump: u64,
     },
+    /// A key/value delta claims a version implausibly far past the one held
+    /// for its owner; nothing of the delta was applied.
+    #[error("version {got} for {owner} jumps more than {max_jump} past the held {known}")]
+    VersionJump {
+        /// Whose keys.
+        owner: NodeId,
+        /// The version held locally.
+        known: u64,
+        /// The version claimed.
+        got: u64,
+        /// The largest jump accepted.
+        max_jump: u64,
+    },
     /// A claim that only the subject itself may make (a higher incarnation, a
     /// leave, its own key/value entries) came from someone else. Nothing was applied.
     #[error("{origin} may not claim {claim} on behalf of {subject}")]

@@ -373,6 +373,18 @@ impl NodeState {
         if previous.is_some_and(|p| p > delta.up_to) {
             return Err(inconsistent("entry past the version the delta covers"));
         }
+        if delta.floor > delta.up_to.saturating_add(1) {
+            return Err(inconsistent("floor past the version the delta covers"));
+        }
+        let known = self.max_version();
+        if delta.up_to.saturating_sub(known) > limits.max_version_jump {
+            return Err(Error::VersionJump {
+                owner: delta.owner,
+                known,
+                got: delta.up_to,
+                max_jump: limits.max_version_jump,
+            });
+        }
         let total = if delta.reset {
             new_keys
         } else {
@@ -916,6 +928,41 @@ mod tests {
             })
         ));
         assert!(b.node(&id(1)).is_none());
+    }
+
+    #[test]
+    fn a_delta_that_jumps_an_owners_version_is_refused_for_any_owner() {
+        let mut b = KvStore::new(id(2), Limits::default());
+        b.set("mine", &b"1"[..]).unwrap();
+        let jump = Limits::default().max_version_jump;
+        let delta = |owner, up_to, floor| Delta {
+            owners: vec![OwnerDelta {
+                owner,
+                reset: false,
+                floor,
+                up_to,
+                complete: true,
+                entries: vec![Entry {
+                    key: Key::from("k"),
+                    value: Some(Bytes::from_static(b"v")),
+                    version: up_to,
+                }],
+            }],
+        };
+        // Another owner's version near the top, and this node's own: both
+        // refused, and this node can still write.
+        for owner in [id(1), id(2)] {
+            let err = b.apply_delta(delta(owner, u64::MAX - 1, 0)).unwrap_err();
+            assert!(matches!(err, Error::VersionJump { .. }), "{err}");
+        }
+        let err = b.apply_delta(delta(id(1), 5, u64::MAX)).unwrap_err();
+        assert!(matches!(err, Error::InconsistentDelta { .. }), "{err}");
+        assert!(b.node(&id(1)).is_none());
+        assert_eq!(b.local().max_version(), 1);
+        assert_eq!(b.set("mine", &b"2"[..]).unwrap(), 2);
+        // A jump up to the cap is taken.
+        b.apply_delta(delta(id(1), jump, 0)).unwrap();
+        assert_eq!(b.node(&id(1)).unwrap().max_version(), jump);
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub struct Limits {
     /// Default 2^32: far beyond any honest run of refutations, far below the
     /// 2^63 range, so a forged claim cannot exhaust the counter.
     pub max_incarnation_jump: u64,
+    /// Largest accepted jump of an owner's key/value version over the one
+    /// held (0 for an owner not yet held), in a delta about any owner, this
+    /// node included. Default 2^32: more writes than an owner makes between
+    /// two syncs, far below the 2^64 range, so a forged delta cannot
+    /// exhaust an owner's versions.
+    pub max_version_jump: u64,
     /// Most rumors queued for piggybacking; past it the most-sent rumor of the
     /// data lane is dropped first, then of the membership lane. Default 65,536.
     pub max_queued_rumors: usize,
@@ -58,6 +64,7 @@ impl Default for Limits {
             max_keys_per_node: 1024,
             max_members: 100_000,
             max_incarnation_jump: 1 << 32,
+            max_version_jump: 1 << 32,
             max_queued_rumors: 65_536,
             max_rumor_bytes: 32 * 1024,
         }
