@@ -116,6 +116,9 @@ pub struct Swim {
     /// When each member's address conflict (this node's own included) was
     /// last reported; at most one entry per member in the table.
     conflicts_reported: BTreeMap<NodeId, Timestamp>,
+    /// The tag of pings meant for this node at its own address, kept so a
+    /// received ping costs no hash; `None` without an address.
+    own_tag: Option<TargetTag>,
 }
 
 impl Swim {
@@ -130,6 +133,7 @@ impl Swim {
         incarnation: Incarnation,
         now: Timestamp,
     ) -> Self {
+        let own_tag = meta.addr().map(|addr| TargetTag::of(&local, addr));
         let mut record = Member::new(local, meta);
         record.incarnation = incarnation;
         let mut rng = GossipRng::seed_from_u64(config.rng_seed);
@@ -167,6 +171,7 @@ impl Swim {
             events: OutputQueue::default(),
             stats: Stats::default(),
             conflicts_reported: BTreeMap::new(),
+            own_tag,
             config,
         }
     }
@@ -278,6 +283,10 @@ impl Swim {
     pub fn update_meta(&mut self, now: Timestamp, meta: MemberMeta) -> Result<(), Error> {
         self.advance(now);
         let record = self.members.set_local_meta(meta)?.clone();
+        self.own_tag = record
+            .meta
+            .addr()
+            .map(|addr| TargetTag::of(&record.id, addr));
         self.queue_rumor(Rumor::Member {
             member: record,
             origin: self.local_id(),
@@ -410,13 +419,7 @@ impl Swim {
             }
         };
         if let Message::Ping { target, .. } | Message::ReliablePing { target, .. } = &frame.body
-            && Some(*target)
-                != self
-                    .members
-                    .local()
-                    .meta
-                    .addr()
-                    .map(|addr| TargetTag::of(&self.local_id(), addr))
+            && Some(*target) != self.own_tag
         {
             self.stats.misdirected += 1;
             return Err(Error::Misdirected {
