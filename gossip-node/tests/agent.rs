@@ -261,10 +261,7 @@ fn members_json(agent: &Agent) -> Vec<serde_json::Value> {
 }
 
 fn status_of(agent: &Agent, name: &str) -> Option<String> {
-    members_json(agent)
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m["status"].as_str().map(str::to_string))
+    record_of(agent, name).map(|(_, status, _)| status)
 }
 
 #[test]
