@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use gossip_core::{Incarnation, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, push_bounded, swim_config};
+use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, node_key, push_bounded, swim_config};
 use gossip_member::{Replica, ReplicaConfig, Role, StoredKeys, SyncTransmit};
 use gossip_swim::{Message, Swim, Transmit};
 use libfuzzer_sys::fuzz_target;
@@ -79,7 +79,7 @@ impl World {
             .map(|n| {
                 let meta = MemberMeta::new(format!("node-{n}"), [node_addr(n)]);
                 let config = swim_config(seed.wrapping_add(u64::from(n)));
-                let swim = Swim::new(config, node_id(n), meta, Incarnation::ZERO, now);
+                let swim = Swim::new(config, node_key(n), meta, Incarnation::ZERO, now);
                 let mut replica_config = ReplicaConfig::new(cluster());
                 replica_config.rng_seed = seed.rotate_left(17).wrapping_add(u64::from(n));
                 Replica::new(replica_config, swim, StoredKeys::default(), now)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use gossip_core::{Incarnation, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, push_bounded, swim_config};
+use gossip_fuzz::{cluster, flip_byte, node_addr, node_id, node_key, push_bounded, swim_config};
 use gossip_swim::{Message, Swim, Transmit};
 use libfuzzer_sys::fuzz_target;
 
@@ -62,7 +62,7 @@ impl World {
             .map(|n| {
                 let meta = MemberMeta::new(format!("node-{n}"), [node_addr(n)]);
                 let config = swim_config(seed.wrapping_add(u64::from(n)));
-                Swim::new(config, node_id(n), meta, Incarnation::ZERO, now)
+                Swim::new(config, node_key(n), meta, Incarnation::ZERO, now)
             })
             .collect();
         for node in nodes.iter_mut().skip(1) {

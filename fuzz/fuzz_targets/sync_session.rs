@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use gossip_antientropy::{Session, SyncMessage, SyncState};
-use gossip_core::{Incarnation, Limits, Member, MemberMeta, MemberStatus, Timestamp, decode_frame};
-use gossip_fuzz::{flip_byte, node_id, snapshot, sync_config};
+use gossip_core::{MemberStatus, Timestamp, decode_frame};
+use gossip_fuzz::{flip_byte, node_id, signed_record, snapshot, sync_config, sync_state};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_OPS: usize = 300;
@@ -67,12 +67,7 @@ fn side(b: bool) -> usize {
 impl World {
     fn new() -> Self {
         let now = Timestamp::from_millis(1_000_000);
-        let states = [0u8, 1].map(|n| {
-            SyncState::new(
-                Member::new(node_id(n), MemberMeta::new(format!("r{n}"), [])),
-                Limits::default(),
-            )
-        });
+        let states = [0u8, 1].map(sync_state);
         let sessions = [
             Session::respond(sync_config(), node_id(1), now),
             Session::respond(sync_config(), node_id(0), now),
@@ -162,9 +157,7 @@ impl World {
                     2 => MemberStatus::Dead,
                     _ => MemberStatus::Left,
                 };
-                let mut record = Member::new(node_id(2 + subject % 8), MemberMeta::new("m", []))
-                    .with_status(status);
-                record.incarnation = Incarnation::new(u64::from(incarnation));
+                let record = signed_record(2 + subject % 8, u64::from(incarnation), status);
                 let _ = self.states[side(s)].merge_member(record);
             }
             Op::Deliver { side: s, duplicate } => {

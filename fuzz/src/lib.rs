@@ -6,16 +6,53 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use gossip_antientropy::{SyncConfig, SyncState};
-use gossip_core::{ClusterId, Entry, Member, NodeId};
+use gossip_core::{
+    ClusterId, Entry, Incarnation, Limits, Member, MemberMeta, MemberStatus, NodeId, NodeKey,
+};
 
 /// The cluster every target and every corpus file speaks for.
 pub fn cluster() -> ClusterId {
     ClusterId::from_name("fuzz")
 }
 
+/// The signing key of node `n`.
+pub fn node_key(n: u8) -> NodeKey {
+    NodeKey::from_secret_bytes(&[n.wrapping_add(1); 32])
+}
+
 /// The id of node `n`.
 pub fn node_id(n: u8) -> NodeId {
-    NodeId::from_public_key(&[b'n', n])
+    node_key(n).id()
+}
+
+/// Node `subject`'s record at `incarnation` as its makers sign it: its own
+/// (alive or left), or an accusation by node 0 (suspect or dead).
+pub fn signed_record(subject: u8, incarnation: u64, status: MemberStatus) -> Member {
+    let mut record = Member::new(
+        node_id(subject),
+        MemberMeta::new(format!("m{subject}"), [node_addr(subject)]),
+    );
+    record.incarnation = Incarnation::new(incarnation);
+    if status == MemberStatus::Left {
+        record.status = status;
+    }
+    record.sign(&node_key(subject), cluster());
+    match status {
+        MemberStatus::Suspect | MemberStatus::Dead => {
+            record.accused(&node_key(0), cluster(), status)
+        }
+        _ => record,
+    }
+}
+
+/// A replica's state for node `n`.
+pub fn sync_state(n: u8) -> SyncState {
+    SyncState::new(
+        node_key(n),
+        cluster(),
+        MemberMeta::new(format!("r{n}"), []),
+        Limits::default(),
+    )
 }
 
 /// The address of node `n`.

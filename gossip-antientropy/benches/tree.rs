@@ -10,10 +10,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gossip_antientropy::{LeafTree, SyncState};
-use gossip_core::{Digest, Limits, Member, MemberMeta, NodeId};
+use gossip_core::{ClusterId, Digest, Limits, MemberMeta, NodeId, NodeKey};
 
 fn id(n: u32) -> NodeId {
-    NodeId::from_public_key(&n.to_le_bytes())
+    NodeId::from_bytes(*blake3::hash(&n.to_le_bytes()).as_bytes())
 }
 
 fn bench_tree(c: &mut Criterion) {
@@ -44,7 +44,9 @@ fn bench_tree(c: &mut Criterion) {
         })
     });
 
-    let mut state = SyncState::new(Member::new(id(0), MemberMeta::default()), Limits::default());
+    let key = NodeKey::from_secret_bytes(&[1; 32]);
+    let cluster = ClusterId::from_name("bench");
+    let mut state = SyncState::new(key, cluster, MemberMeta::default(), Limits::default());
     let keys: Vec<String> = (0..1000).map(|k| format!("key-{k}")).collect();
     let value = bytes::Bytes::from_static(b"a value of twenty-four!!");
     let mut k = 0usize;

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use gossip_antientropy::{Session, SyncConfig, SyncState};
 use gossip_core::{
-    ClusterId, Delta, GossipRng, KvStore, Limits, Member, MemberMeta, NodeId, Timestamp,
+    ClusterId, Delta, GossipRng, KvStore, Limits, Member, MemberMeta, NodeKey, Timestamp,
     encoded_len,
 };
 use rand::{Rng, SeedableRng};
@@ -74,8 +74,10 @@ fn parse_args() -> Args {
     args
 }
 
-fn owner_id(n: usize) -> NodeId {
-    NodeId::from_public_key(format!("owner-{n}").as_bytes())
+const CLUSTER: ClusterId = ClusterId::from_bytes([7; 8]);
+
+fn owner_key(n: usize) -> NodeKey {
+    NodeKey::from_secret_bytes(blake3::hash(format!("owner-{n}").as_bytes()).as_bytes())
 }
 
 /// Every owner's full state, as one delta from nothing.
@@ -108,7 +110,7 @@ fn run_case(args: &Args, entries: usize, diffs: usize) -> Case {
     limits.max_keys_per_node = limits.max_keys_per_node.max(args.keys_per_owner);
     limits.max_members = limits.max_members.max(owner_count + 2);
     let mut owners: Vec<KvStore> = (0..owner_count)
-        .map(|n| KvStore::new(owner_id(n), limits.clone()))
+        .map(|n| KvStore::new(owner_key(n), CLUSTER, limits.clone()))
         .collect();
     let value = vec![7u8; args.value_bytes];
     for i in 0..entries {
@@ -118,22 +120,23 @@ fn run_case(args: &Args, entries: usize, diffs: usize) -> Case {
             .unwrap();
     }
 
-    let local = |n: u8| {
-        Member::new(
-            NodeId::from_bytes([n; 32]),
-            MemberMeta::new(format!("replica-{n}"), []),
-        )
-    };
-    let members: Vec<Member> = owners
-        .iter()
-        .map(|o| Member::new(o.local_id(), MemberMeta::new("member", [])))
-        .chain([local(1), local(2)])
+    let replica_key = |n: u8| NodeKey::from_secret_bytes(&[n; 32]);
+    let members: Vec<Member> = (0..owner_count)
+        .map(|n| {
+            let key = owner_key(n);
+            let mut record = Member::new(key.id(), MemberMeta::new("member", []));
+            record.sign(&key, CLUSTER);
+            record
+        })
         .collect();
     let full = full_delta(&owners);
     let full_state_bytes =
         (encoded_len(&full) + members.iter().map(encoded_len).sum::<usize>()) as u64;
-    let mut a = SyncState::new(local(1), limits.clone());
-    let mut b = SyncState::new(local(2), limits.clone());
+    let replica = |n: u8| {
+        let meta = MemberMeta::new(format!("replica-{n}"), []);
+        SyncState::new(replica_key(n), CLUSTER, meta, limits.clone())
+    };
+    let (mut a, mut b) = (replica(1), replica(2));
     for replica in [&mut a, &mut b] {
         replica.apply_delta(full.clone()).unwrap();
         for member in &members {
@@ -178,7 +181,7 @@ fn run_case(args: &Args, entries: usize, diffs: usize) -> Case {
         .unwrap();
     }
 
-    let config = SyncConfig::new(ClusterId::from_name("measure"));
+    let config = SyncConfig::new(CLUSTER);
     let now = Timestamp::ZERO;
     let start = cpu_time::ProcessTime::now();
     let mut initiator = Session::initiate(config.clone(), b.local_id(), &a, now);

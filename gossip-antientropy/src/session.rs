@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use gossip_core::{
-    ClusterId, Delta, HEADER_LEN, KvChange, Limits, Member, NodeId, OwnerDelta, OwnerDigest,
-    PackedRumors, Timestamp, decode_frame, encode_frame, encoded_len,
+    ClusterId, Delta, Error as CoreError, HEADER_LEN, KvChange, Limits, Member, NodeId, OwnerDelta,
+    OwnerDigest, PackedRumors, Refusal, Refusals, Timestamp, decode_frame, encode_frame,
+    encoded_len,
 };
 
 use crate::error::Error;
@@ -76,6 +77,9 @@ pub struct SessionStats {
     pub members_sent: u64,
     /// Member records received.
     pub members_received: u64,
+    /// Records and writes refused, by reason. A refusal other than of a
+    /// revoked node's also ends the session with [`Error::Refused`].
+    pub refused: Refusals,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +147,14 @@ struct Reply {
 ///
 /// ```
 /// use gossip_antientropy::{Session, SyncConfig, SyncState};
-/// use gossip_core::{ClusterId, Limits, Member, MemberMeta, NodeId, Timestamp};
+/// use gossip_core::{ClusterId, Limits, MemberMeta, NodeKey, Timestamp};
 ///
-/// let config = SyncConfig::new(ClusterId::from_name("doc"));
-/// let (a_id, b_id) = (NodeId::from_public_key(b"a"), NodeId::from_public_key(b"b"));
-/// let mut a = SyncState::new(Member::new(a_id, MemberMeta::default()), Limits::default());
-/// let mut b = SyncState::new(Member::new(b_id, MemberMeta::default()), Limits::default());
+/// let cluster = ClusterId::from_name("doc");
+/// let config = SyncConfig::new(cluster);
+/// let (a_key, b_key) = (NodeKey::from_secret_bytes(&[1; 32]), NodeKey::from_secret_bytes(&[2; 32]));
+/// let (a_id, b_id) = (a_key.id(), b_key.id());
+/// let mut a = SyncState::new(a_key, cluster, MemberMeta::default(), Limits::default());
+/// let mut b = SyncState::new(b_key, cluster, MemberMeta::default(), Limits::default());
 /// a.set("k", &b"v"[..]).unwrap();
 ///
 /// let now = Timestamp::ZERO;
@@ -342,8 +348,16 @@ impl Session {
             return Err(Error::Protocol("too many turns"));
         }
         // Check everything that can be checked before changing anything.
+        let mut merged_members = Vec::new();
         for member in &part.members {
-            member.validate(state.limits()).map_err(Error::Refused)?;
+            match state.check_member(member) {
+                Ok(Some(merged)) => merged_members.push(merged),
+                Ok(None) => {}
+                // Revocations reach nodes at different times: a peer may
+                // still hold what this node no longer takes.
+                Err(CoreError::Revoked { .. }) => self.stats.refused.count(Refusal::Revoked),
+                Err(err) => return Err(self.refuse(err)),
+            }
         }
         for summary in &part.nodes {
             if let NodeView::Children(children) = &summary.view
@@ -353,17 +367,24 @@ impl Session {
                 return Err(Error::Protocol("bad child list"));
             }
         }
-        let ready = self.take_complete(part.delta, state.limits())?;
+        let mut ready = self.take_complete(part.delta, state.limits())?;
+        let before = ready.owners.len();
+        ready.owners.retain(|d| !state.is_revoked(&d.owner));
+        for _ in ready.owners.len()..before {
+            self.stats.refused.count(Refusal::Revoked);
+        }
         let entries: usize = ready.owners.iter().map(|d| d.entries.len()).sum();
-        let changes = state.apply_delta(ready).map_err(Error::Refused)?;
+        let changes = match state.apply_delta(ready) {
+            Ok(changes) => changes,
+            Err(err) => return Err(self.refuse(err)),
+        };
         self.changes.extend(changes);
         self.stats.entries_received += entries as u64;
         self.stats.members_received += part.members.len() as u64;
-        for member in part.members {
-            let id = member.id;
-            // Validated above; a full table refuses newcomers, which the next
-            // round retries.
-            if let Ok(true) = state.merge_member(member) {
+        for merged in merged_members {
+            let id = merged.id;
+            // A full table refuses newcomers, which the next round retries.
+            if state.hold_merged(merged) {
                 self.member_changes.push(id);
             }
         }
@@ -396,6 +417,15 @@ impl Session {
         Ok(())
     }
 
+    /// Counts a refusal of the peer's records or writes, which ends the
+    /// session.
+    fn refuse(&mut self, err: CoreError) -> Error {
+        if let Some(reason) = err.refusal() {
+            self.stats.refused.count(reason);
+        }
+        Error::Refused(err)
+    }
+
     /// Joins split owner deltas, returning those now complete. An owner's
     /// writes are applied only whole: a replica left with part of a transfer
     /// would lack keys overwritten past the part, yet claim its version.
@@ -405,18 +435,9 @@ impl Session {
             let joined = match self.pending.remove(&chunk.owner) {
                 None => chunk,
                 Some(mut joined) => {
-                    let follows = !chunk.reset
-                        && chunk
-                            .entries
-                            .first()
-                            .is_none_or(|e| e.version > joined.up_to);
-                    if !follows {
+                    if joined.append(chunk).is_err() {
                         return Err(Error::Protocol("split delta out of order"));
                     }
-                    joined.entries.extend(chunk.entries);
-                    joined.up_to = chunk.up_to;
-                    joined.floor = chunk.floor;
-                    joined.complete = chunk.complete;
                     joined
                 }
             };

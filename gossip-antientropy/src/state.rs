@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_core::{
-    ById, Delta, Digest, Error as CoreError, HasId, Key, KvChange, KvStore, Limits, Member, NodeId,
-    Timestamp,
+    ById, ClusterId, Delta, Digest, Error as CoreError, HasId, Key, KvChange, KvStore, Limits,
+    Member, MemberMeta, NodeId, NodeKey, Timestamp,
 };
 
 use crate::message::{LeafSummary, RootDigest, ShortDigest};
@@ -18,12 +18,16 @@ use crate::tree::{LeafTree, Leaves, Prefix, View};
 /// change (one leaf per owner, kept with the owner's member record).
 ///
 /// All changes go through this type so the tree cannot fall out of step.
+/// Records and writes from peers are taken only if their makers signed them
+/// (see [`merge_member`](SyncState::merge_member) and
+/// [`apply_delta`](SyncState::apply_delta)).
 ///
 /// ```
 /// use gossip_antientropy::SyncState;
-/// use gossip_core::{Limits, Member, MemberMeta, NodeId};
-/// let me = Member::new(NodeId::from_public_key(b"me"), MemberMeta::default());
-/// let mut state = SyncState::new(me, Limits::default());
+/// use gossip_core::{ClusterId, Limits, MemberMeta, NodeKey};
+/// let key = NodeKey::from_secret_bytes(&[1; 32]);
+/// let cluster = ClusterId::from_name("doc");
+/// let mut state = SyncState::new(key, cluster, MemberMeta::default(), Limits::default());
 /// let before = state.root();
 /// state.set("role", &b"cache"[..]).unwrap();
 /// assert_ne!(state.root(), before);
@@ -38,6 +42,8 @@ pub struct SyncState {
     orphan_leaves: BTreeMap<NodeId, Digest>,
     /// Sums over the leaves.
     tree: LeafTree,
+    /// Nodes the operator revoked: nothing by or about them is taken.
+    revoked: BTreeSet<NodeId>,
     limits: Limits,
 }
 
@@ -70,13 +76,17 @@ fn member_hash(member: &Member) -> u64 {
 }
 
 impl SyncState {
-    /// A state holding only the local node's record.
-    pub fn new(local: Member, limits: Limits) -> Self {
-        let kv = KvStore::new(local.id, limits.clone());
+    /// A state holding only the record of the holder of `key` (alive at
+    /// incarnation 0 with `meta`), signed, in `cluster`.
+    pub fn new(key: NodeKey, cluster: ClusterId, meta: MemberMeta, limits: Limits) -> Self {
+        let mut local = Member::new(key.id(), meta);
+        local.sign(&key, cluster);
+        let kv = KvStore::new(key, cluster, limits.clone());
         Self::from_parts(kv, [local], limits)
     }
 
-    /// A state built from an existing store and member records.
+    /// A state built from an existing store and member records, taken as
+    /// they are: the node's own, or records a verifying table holds.
     pub fn from_parts(
         kv: KvStore,
         members: impl IntoIterator<Item = Member>,
@@ -87,6 +97,7 @@ impl SyncState {
             members: BTreeSet::new(),
             orphan_leaves: BTreeMap::new(),
             tree: LeafTree::default(),
+            revoked: BTreeSet::new(),
             limits,
         };
         for member in members {
@@ -272,32 +283,79 @@ impl SyncState {
         collected
     }
 
-    /// Merges a member record (the lattice join of SWIM's precedence).
-    /// Returns `true` if the held record changed.
+    /// Merges a member record from a peer (the lattice join of SWIM's
+    /// precedence), if its signatures verify. Returns `true` if the held
+    /// record changed; a record older than the one held changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_member`](SyncState::check_member); nothing changes then.
+    pub fn merge_member(&mut self, record: Member) -> Result<bool, CoreError> {
+        match self.check_member(&record)? {
+            Some(merged) => Ok(self.hold_merged(merged)),
+            None => Ok(false),
+        }
+    }
+
+    /// What merging `record` from a peer would hold, checked and changing
+    /// nothing: `None` if it brings nothing new (the record held, or an older
+    /// one).
+    ///
+    /// # Errors
+    ///
+    /// [`CoreError::BadSignature`] for a record its makers did not sign,
+    /// [`CoreError::Revoked`] for a revoked member or accuser,
+    /// [`CoreError::IncarnationJump`], [`CoreError::LimitExceeded`] for
+    /// oversized metadata or a full table.
+    pub fn check_member(&self, record: &Member) -> Result<Option<Member>, CoreError> {
+        for id in [record.id, record.origin()] {
+            if self.revoked.contains(&id) {
+                return Err(CoreError::Revoked { id });
+            }
+        }
+        let held = self.member(&record.id);
+        let merged = match Member::merge_claim(held, record, &self.limits) {
+            Ok(Some(merged)) => merged,
+            Ok(None) | Err(CoreError::Stale { .. }) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        record.verify(self.kv.cluster())?;
+        if held.is_none() && self.members.len() >= self.limits.max_members {
+            return Err(CoreError::LimitExceeded {
+                what: gossip_core::Limited::Members,
+                got: self.members.len() + 1,
+                max: self.limits.max_members,
+            });
+        }
+        Ok(Some(merged))
+    }
+
+    /// Holds a record [`check_member`](SyncState::check_member) returned,
+    /// joined with whatever was taken for its id since; `false` if the table
+    /// has filled since.
+    pub(crate) fn hold_merged(&mut self, merged: Member) -> bool {
+        let merged = match self.member(&merged.id) {
+            Some(held) => held.join(&merged),
+            None if self.members.len() >= self.limits.max_members => return false,
+            None => merged,
+        };
+        self.hold_member(Arc::new(merged));
+        true
+    }
+
+    /// Merges a record of SWIM's table, which verified it, keeping
+    /// `record`'s allocation when it is the merged record, so that every
+    /// member's record is held once per node, not twice. Returns `true` if
+    /// the held record changed.
+    ///
+    /// Signatures are **not** checked: pass only records of a table that
+    /// checks them ([`gossip_core::Membership`]).
     ///
     /// # Errors
     ///
     /// [`CoreError::LimitExceeded`] for oversized metadata or a full table;
     /// nothing changes then.
-    pub fn merge_member(&mut self, record: Member) -> Result<bool, CoreError> {
-        self.merge(Arc::new(record), false)
-    }
-
-    /// As [`merge_member`](SyncState::merge_member), keeping `record`'s
-    /// allocation when it is the merged record: a replica passes the
-    /// records of SWIM's table, so that every member's record is held once
-    /// per node, not twice.
-    ///
-    /// # Errors
-    ///
-    /// As [`merge_member`](SyncState::merge_member).
-    pub fn merge_shared_member(&mut self, record: Arc<Member>) -> Result<bool, CoreError> {
-        self.merge(record, true)
-    }
-
-    /// Merges `record`; if `share` and it equals the record held, holds
-    /// `record`'s allocation instead.
-    fn merge(&mut self, record: Arc<Member>, share: bool) -> Result<bool, CoreError> {
+    pub fn merge_verified_member(&mut self, record: Arc<Member>) -> Result<bool, CoreError> {
         record.validate(&self.limits)?;
         let id = record.id;
         let current = self
@@ -308,7 +366,7 @@ impl SyncState {
             Some((current, leaf)) => {
                 let merged = current.join(&record);
                 if merged == *current {
-                    if share && *record == *current && !Arc::ptr_eq(&record, &current) {
+                    if *record == *current && !Arc::ptr_eq(&record, &current) {
                         // The same record, come by another way (a sync)
                         // before SWIM's table had it: hold SWIM's copy.
                         self.members.replace(ById(HashedMember {
@@ -339,12 +397,35 @@ impl SyncState {
         Ok(true)
     }
 
-    /// Applies key/value writes from a peer.
+    /// Revokes `id`: forgets its record and writes, and takes nothing by or
+    /// about it until [`reinstate`](SyncState::reinstate). The local node
+    /// cannot be revoked.
+    pub fn revoke(&mut self, id: NodeId) {
+        if id != self.local_id() {
+            self.revoked.insert(id);
+            self.forget(&id);
+        }
+    }
+
+    /// Takes records and writes of `id` again.
+    pub fn reinstate(&mut self, id: &NodeId) {
+        self.revoked.remove(id);
+    }
+
+    /// Whether `id` is revoked.
+    pub fn is_revoked(&self, id: &NodeId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// Applies key/value writes from a peer, each owner's only if the
+    /// state it brings is the one the owner signed. Writes of revoked
+    /// owners are dropped.
     ///
     /// # Errors
     ///
     /// As [`KvStore::apply_delta`]: nothing changes on error.
-    pub fn apply_delta(&mut self, delta: Delta) -> Result<Vec<KvChange>, CoreError> {
+    pub fn apply_delta(&mut self, mut delta: Delta) -> Result<Vec<KvChange>, CoreError> {
+        delta.owners.retain(|d| !self.revoked.contains(&d.owner));
         let owners: Vec<NodeId> = delta.owners.iter().map(|d| d.owner).collect();
         let changes = self.kv.apply_delta(delta)?;
         for owner in owners {
@@ -383,8 +464,25 @@ mod tests {
 
     use super::*;
 
+    const CLUSTER: ClusterId = ClusterId::from_bytes([4; 8]);
+
+    fn key(n: u32) -> NodeKey {
+        NodeKey::from_secret_bytes(blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
     fn id(n: u32) -> NodeId {
-        NodeId::from_public_key(&n.to_le_bytes())
+        key(n).id()
+    }
+
+    /// Node `n`'s own signed record, alive at incarnation 0.
+    fn record(n: u32, name: &str) -> Member {
+        let mut record = Member::new(id(n), MemberMeta::new(name, []));
+        record.sign(&key(n), CLUSTER);
+        record
+    }
+
+    fn new_state(n: u32, limits: &Limits) -> SyncState {
+        SyncState::new(key(n), CLUSTER, MemberMeta::default(), limits.clone())
     }
 
     /// The sums kept step by step match the leaves held, and a state built
@@ -406,18 +504,15 @@ mod tests {
     #[test]
     fn leaves_follow_records_writes_and_forgetting() {
         let limits = Limits::default();
-        let mut state = SyncState::new(Member::new(id(0), MemberMeta::default()), limits.clone());
+        let mut state = new_state(0, &limits);
         for n in 1..200 {
-            state
-                .merge_member(Member::new(id(n), MemberMeta::new(format!("n{n}"), [])))
-                .unwrap();
+            state.merge_member(record(n, &format!("n{n}"))).unwrap();
         }
         assert_consistent(&state, "members merged");
 
         // Writes of owners with no record here: leaves of their own.
         for n in [500, 501, 7] {
-            let mut peer =
-                SyncState::new(Member::new(id(n), MemberMeta::default()), limits.clone());
+            let mut peer = new_state(n, &limits);
             peer.set("k", &b"v"[..]).unwrap();
             state
                 .apply_delta(peer.kv().delta_for(&[], usize::MAX))
@@ -427,12 +522,9 @@ mod tests {
         assert_consistent(&state, "writes applied");
 
         // A record arriving for an owner whose writes are held.
-        state
-            .merge_member(Member::new(id(500), MemberMeta::default()))
-            .unwrap();
-        let mut suspect = Member::new(id(3), MemberMeta::new("n3", []));
-        suspect.status = gossip_core::MemberStatus::Suspect;
-        state.merge_member(suspect).unwrap();
+        state.merge_member(record(500, "")).unwrap();
+        let suspect = record(3, "n3").accused(&key(0), CLUSTER, gossip_core::MemberStatus::Suspect);
+        assert!(state.merge_member(suspect).unwrap());
         state.set("own", &b"key"[..]).unwrap();
         assert_consistent(&state, "records changed");
 
@@ -441,5 +533,58 @@ mod tests {
         }
         assert_eq!(state.tree().len(), 198);
         assert_consistent(&state, "owners forgotten");
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use gossip_core::{MemberMeta, MemberStatus, Refusal};
+
+    use super::*;
+
+    const CLUSTER: ClusterId = ClusterId::from_bytes([5; 8]);
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey::from_secret_bytes(&[n; 32])
+    }
+
+    #[test]
+    fn a_record_from_a_peer_is_held_only_as_its_makers_signed_it() {
+        let mut state = SyncState::new(key(0), CLUSTER, MemberMeta::default(), Limits::default());
+        let mut own = Member::new(key(1).id(), MemberMeta::new("one", []));
+        own.sign(&key(1), CLUSTER);
+        assert!(state.merge_member(own.clone()).unwrap());
+        let root = state.root();
+        // Left, with node 2's signature in place of node 1's.
+        let mut forged = Member {
+            status: MemberStatus::Left,
+            ..own.clone()
+        };
+        forged.proof.owner = {
+            let mut by_two = Member {
+                id: key(2).id(),
+                ..forged.clone()
+            };
+            by_two.sign(&key(2), CLUSTER);
+            by_two.proof.owner
+        };
+        let err = state.merge_member(forged).unwrap_err();
+        assert_eq!(err.refusal(), Some(Refusal::BadSignature));
+        assert_eq!(state.root(), root, "nothing changed");
+        // An older record changes nothing and is no error: a sync sends both
+        // sides' records when they differ.
+        let mut newer = own.clone();
+        newer.incarnation = gossip_core::Incarnation::new(2);
+        newer.sign(&key(1), CLUSTER);
+        assert!(state.merge_member(newer).unwrap());
+        assert!(!state.merge_member(own).unwrap());
+        // A revoked member's records and writes are forgotten and refused.
+        state.revoke(key(1).id());
+        assert!(state.member(&key(1).id()).is_none());
+        let mut again = Member::new(key(1).id(), MemberMeta::new("one", []));
+        again.incarnation = gossip_core::Incarnation::new(3);
+        again.sign(&key(1), CLUSTER);
+        let err = state.merge_member(again).unwrap_err();
+        assert_eq!(err.refusal(), Some(Refusal::Revoked));
     }
 }

@@ -405,7 +405,7 @@ mod tests {
     use super::*;
 
     fn id(n: u32) -> NodeId {
-        NodeId::from_public_key(&n.to_le_bytes())
+        NodeId::from_bytes(*blake3::hash(&n.to_le_bytes()).as_bytes())
     }
 
     /// A tree with its leaves, changed together as `SyncState` changes them.

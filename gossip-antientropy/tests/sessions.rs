@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster, content, deliver, owner_id, replica, run_session, sync_config};
+use common::{cluster, content, deliver, owner_id, owner_store, replica, run_session, sync_config};
 use gossip_antientropy::{
     Error, NodeSummary, NodeView, Part, Prefix, Session, SyncMessage, SyncState,
 };
@@ -17,7 +17,7 @@ use gossip_core::{
 };
 
 fn owner_with(keys: usize, value_len: usize) -> KvStore {
-    let mut owner = KvStore::new(owner_id(0), Limits::default());
+    let mut owner = owner_store(0);
     for k in 0..keys {
         owner
             .set(format!("key-{k}"), vec![k as u8; value_len])
@@ -125,6 +125,8 @@ fn hostile_input_ends_the_session_with_a_typed_error_and_changes_nothing() {
         up_to,
         complete,
         entries,
+        commitment: gossip_core::Commitment::default(),
+        signature: gossip_core::Signature::NONE,
     };
     let bad_cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", vec![0xde; 40]),
@@ -300,7 +302,7 @@ fn round_trips_follow_the_tree_depth_not_the_cluster() {
     // 5,000 owners of one key each: a tree several levels deep.
     let owners: Vec<KvStore> = (0..5000)
         .map(|n| {
-            let mut owner = KvStore::new(owner_id(n), Limits::default());
+            let mut owner = owner_store(n);
             owner.set("k", &b"v"[..]).unwrap();
             owner
         })

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{content, deliver, member, owner_id, replica, run_session, sync_config};
+use common::{content, deliver, member, owner_store, replica, run_session, sync_config};
 use gossip_antientropy::SyncState;
-use gossip_core::{KvStore, Limits, MemberStatus, Timestamp};
+use gossip_core::{KvStore, MemberStatus, Timestamp};
 use proptest::prelude::*;
 
 const OWNERS: usize = 24;
@@ -64,9 +64,7 @@ struct World {
 impl World {
     fn new() -> Self {
         World {
-            owners: (0..OWNERS)
-                .map(|n| KvStore::new(owner_id(n), Limits::default()))
-                .collect(),
+            owners: (0..OWNERS).map(owner_store).collect(),
             replicas: [replica(1), replica(2)],
             now: Timestamp::ZERO,
         }
@@ -105,7 +103,7 @@ impl World {
                     MemberStatus::Left,
                 ][usize::from(status)];
                 self.replicas[replica]
-                    .merge_member(member(owner_id(subject), incarnation, status))
+                    .merge_member(member(subject, incarnation, status))
                     .unwrap();
             }
             Op::Local {

@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gossip_core::{
-    ClusterId, Frame, Incarnation, Limits, Member, MemberMeta, MemberStatus, NodeId, Rumor,
-    RumorQueue, decode_frame, encode_frame,
+    ClusterId, Frame, Incarnation, Limits, Member, MemberMeta, MemberStatus, NodeId, NodeKey,
+    Rumor, RumorQueue, decode_frame, encode_frame,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,19 +27,17 @@ fn bench_codec(c: &mut Criterion) {
     let cluster = ClusterId::from_name("bench");
     let mut queue = RumorQueue::new(1_000_000, limits.clone());
     for n in 0..6u8 {
-        let id = NodeId::from_bytes([n; 32]);
+        let key = NodeKey::from_secret_bytes(&[n; 32]);
         let meta = MemberMeta::new(
             format!("node-{n}"),
             vec![format!("10.0.0.{n}:7946").parse().unwrap()],
         );
-        let mut member = Member::new(id, meta).with_status(MemberStatus::Suspect);
+        let mut member = Member::new(key.id(), meta);
         member.incarnation = Incarnation::new(u64::from(n) * 3);
-        queue
-            .push(Rumor::Member {
-                member,
-                origin: NodeId::from_bytes([9; 32]),
-            })
-            .unwrap();
+        member.sign(&key, cluster);
+        let accuser = NodeKey::from_secret_bytes(&[9; 32]);
+        let member = member.accused(&accuser, cluster, MemberStatus::Suspect);
+        queue.push(Rumor::Member { member }).unwrap();
     }
     let rumors = queue.pack(1200, 100);
     assert_eq!(rumors.count(), 6);

@@ -10,8 +10,15 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gossip_core::{
-    Incarnation, Limits, Member, MemberMeta, MemberStatus, Membership, NodeId, Timestamp,
+    ClusterId, Incarnation, Limits, Member, MemberMeta, MemberStatus, Membership, NodeKey,
+    Timestamp,
 };
+
+const CLUSTER: ClusterId = ClusterId::from_bytes([1; 8]);
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_secret_bytes(&[n; 32])
+}
 
 const STATUSES: [MemberStatus; 4] = [
     MemberStatus::Alive,
@@ -25,13 +32,24 @@ fn records(count: usize) -> Vec<Member> {
         "node",
         vec!["10.0.0.1:7946".parse().unwrap()],
     ));
+    let keys: Vec<NodeKey> = (0..64).map(key).collect();
     (0..count)
-        .map(|i| Member {
-            id: NodeId::from_bytes([(i % 64) as u8; 32]),
-            incarnation: Incarnation::new((i % 5) as u64),
-            status: STATUSES[i % 4],
-            state_version: (i % 7) as u64,
-            meta: meta.clone(),
+        .map(|i| {
+            let owner = &keys[i % 64];
+            let mut record = Member::new(owner.id(), MemberMeta::clone(&meta));
+            record.incarnation = Incarnation::new((i % 5) as u64);
+            record.state_version = (i % 7) as u64;
+            let status = STATUSES[i % 4];
+            if status == MemberStatus::Left {
+                record.status = status;
+            }
+            record.sign(owner, CLUSTER);
+            match status {
+                MemberStatus::Suspect | MemberStatus::Dead => {
+                    record.accused(&keys[(i + 1) % 64], CLUSTER, status)
+                }
+                _ => record,
+            }
         })
         .collect()
 }
@@ -52,29 +70,21 @@ fn bench_join(c: &mut Criterion) {
 
     // The table path: 1,024 claims about 64 known members, most of them news
     // already held (the common case for a rumor heard again).
-    let local = NodeId::from_bytes([255; 32]);
-    let mut table = Membership::new(Member::new(local, MemberMeta::default()), Limits::default());
-    for m in records(64) {
-        let alive = Member {
-            status: MemberStatus::Alive,
-            ..m
-        };
-        table
-            .apply(Timestamp::ZERO, alive.clone(), alive.id)
-            .unwrap();
+    let local = key(255);
+    let mut table = Membership::new(
+        local.clone(),
+        CLUSTER,
+        Member::new(local.id(), MemberMeta::default()),
+        Limits::default(),
+    );
+    let held = records(1024);
+    for m in &held {
+        let _ = table.apply(Timestamp::ZERO, m.clone());
     }
-    let claims: Vec<Member> = records(1024)
-        .into_iter()
-        .map(|m| Member {
-            status: MemberStatus::Suspect,
-            incarnation: Incarnation::ZERO,
-            ..m
-        })
-        .collect();
     group.bench_function("table_apply_1024", |b| {
         b.iter(|| {
-            for claim in &claims {
-                let _ = black_box(table.apply(Timestamp::ZERO, claim.clone(), local));
+            for claim in &held {
+                let _ = black_box(table.apply(Timestamp::ZERO, claim.clone()));
             }
         })
     });

@@ -9,7 +9,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gossip_core::{
-    Bytes, Entry, Key, Limits, Member, MemberMeta, MemberStatus, NodeId, Rumor, RumorQueue,
+    Accusation, Bytes, Entry, Key, Limits, Member, MemberMeta, MemberStatus, NodeId, Rumor,
+    RumorQueue, Signature,
 };
 
 fn queue_of(count: usize) -> RumorQueue {
@@ -23,9 +24,17 @@ fn queue_of(count: usize) -> RumorQueue {
         let id = NodeId::from_bytes(raw);
         let rumor = if i % 2 == 0 {
             let meta = MemberMeta::new(format!("node-{i}"), vec!["10.1.2.3:7946".parse().unwrap()]);
+            // Packing sizes what it copies: the signatures' bytes count,
+            // their validity does not.
+            let mut member = Member::new(id, meta);
+            member.proof.owner = Signature::from_bytes([6; 64]);
+            member.proof.accusation = Some(Accusation {
+                accuser: id,
+                status: MemberStatus::Suspect,
+                signature: Signature::from_bytes([7; 64]),
+            });
             Rumor::Member {
-                member: Member::new(id, meta).with_status(MemberStatus::Suspect),
-                origin: id,
+                member: member.with_status(MemberStatus::Suspect),
             }
         } else {
             let entry = Entry {
@@ -33,7 +42,11 @@ fn queue_of(count: usize) -> RumorQueue {
                 value: Some(Bytes::from(vec![1u8; 24])),
                 version: 1,
             };
-            Rumor::State { owner: id, entry }
+            Rumor::State {
+                owner: id,
+                entry,
+                signature: Signature::from_bytes([5; 64]),
+            }
         };
         queue.push(rumor).unwrap();
     }

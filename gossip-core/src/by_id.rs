@@ -34,7 +34,7 @@ impl<T: HasId> HasId for Arc<T> {
 /// ```
 /// use std::collections::BTreeSet;
 /// use gossip_core::{ById, Member, MemberMeta, NodeId};
-/// let id = NodeId::from_public_key(b"a");
+/// let id = NodeId::from_bytes([1; 32]);
 /// let mut table = BTreeSet::new();
 /// table.insert(ById(Member::new(id, MemberMeta::default())));
 /// assert_eq!(table.get(&id).map(|m| m.0.id), Some(id));

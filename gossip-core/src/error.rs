@@ -98,16 +98,44 @@ pub enum Error {
         /// The largest jump accepted.
         max_jump: u64,
     },
-    /// A claim that only the subject itself may make (a higher incarnation, a
-    /// leave, its own key/value entries) came from someone else. Nothing was applied.
-    #[error("{origin} may not claim {claim} on behalf of {subject}")]
-    NotOwner {
-        /// The member the claim is about.
+    /// A claim's signature does not verify: it is unsigned, signed by
+    /// another key, or altered since it was signed. Nothing was applied.
+    #[error("{claim} about {subject} is not signed by {signer}")]
+    BadSignature {
+        /// The member (or owner) the claim is about.
         subject: NodeId,
-        /// Who made the claim.
-        origin: NodeId,
+        /// Whose signature it needed: the subject, or for an accusation the
+        /// accuser it names.
+        signer: NodeId,
         /// What was claimed.
         claim: &'static str,
+    },
+    /// A claim older than the one held: a late rumor, or a replay of a
+    /// claim the subject has since superseded. Nothing was applied.
+    #[error("claim about {subject} at incarnation {got} is older than the held {held}")]
+    Stale {
+        /// The member the claim is about.
+        subject: NodeId,
+        /// The incarnation held.
+        held: Incarnation,
+        /// The incarnation claimed.
+        got: Incarnation,
+    },
+    /// A claim by or about a node the operator revoked. Nothing was applied.
+    #[error("{id} is revoked")]
+    Revoked {
+        /// The revoked node.
+        id: NodeId,
+    },
+    /// A key/value delta that does not bring its owner's state to the one the
+    /// owner signed (entries left out, altered or added by a relay). Nothing
+    /// was applied.
+    #[error("delta for {owner} does not reproduce the state its owner signed at version {version}")]
+    StateMismatch {
+        /// Whose keys.
+        owner: NodeId,
+        /// The version the delta claims to bring.
+        version: u64,
     },
     /// The local node's version counter would overflow. Nothing was written.
     #[error("the local key/value version counter is exhausted")]
@@ -177,7 +205,114 @@ impl std::fmt::Display for Limited {
     }
 }
 
+/// Why a claim from the network was refused, as metrics and logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Unsigned, or not signed by whom it must be ([`Error::BadSignature`]).
+    BadSignature,
+    /// Older than what is held ([`Error::Stale`]).
+    Stale,
+    /// An incarnation or version implausibly far ahead
+    /// ([`Error::IncarnationJump`], [`Error::VersionJump`]).
+    Implausible,
+    /// By or about a revoked node ([`Error::Revoked`]).
+    Revoked,
+    /// Key/value writes that do not match their owner's signed state
+    /// ([`Error::StateMismatch`], [`Error::InconsistentDelta`]).
+    Inconsistent,
+    /// Over a cap in [`Limits`](crate::Limits) ([`Error::LimitExceeded`]).
+    OverLimit,
+}
+
+impl Refusal {
+    /// Every reason, in a fixed order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::BadSignature,
+        Refusal::Stale,
+        Refusal::Implausible,
+        Refusal::Revoked,
+        Refusal::Inconsistent,
+        Refusal::OverLimit,
+    ];
+
+    /// A short lower-case name, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Stale => "stale",
+            Refusal::Implausible => "implausible",
+            Refusal::Revoked => "revoked",
+            Refusal::Inconsistent => "inconsistent",
+            Refusal::OverLimit => "over_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        Refusal::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Refused claims counted by [`Refusal`]: what every layer that takes claims
+/// from the network keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals([u64; Refusal::ALL.len()]);
+
+impl Refusals {
+    /// Counts one refusal.
+    pub fn count(&mut self, reason: Refusal) {
+        self.0[reason.index()] += 1;
+    }
+
+    /// How many were refused for `reason`.
+    pub fn get(&self, reason: Refusal) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// How many were refused in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Every reason with its count, in [`Refusal::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL.iter().map(|r| (*r, self.get(*r)))
+    }
+}
+
+impl std::ops::AddAssign for Refusals {
+    fn add_assign(&mut self, other: Refusals) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
 impl Error {
+    /// Why a claim that failed with this error was refused, or `None` for
+    /// errors that are not about a claim's content (decoding, the local
+    /// node's own counters).
+    pub fn refusal(&self) -> Option<Refusal> {
+        Some(match self {
+            Error::BadSignature { .. } => Refusal::BadSignature,
+            Error::Stale { .. } => Refusal::Stale,
+            Error::IncarnationJump { .. } | Error::VersionJump { .. } => Refusal::Implausible,
+            Error::Revoked { .. } => Refusal::Revoked,
+            Error::StateMismatch { .. } | Error::InconsistentDelta { .. } => Refusal::Inconsistent,
+            Error::LimitExceeded { .. } => Refusal::OverLimit,
+            _ => return None,
+        })
+    }
+
     pub(crate) fn limit(what: Limited, got: usize, max: usize) -> Self {
         Error::LimitExceeded { what, got, max }
     }

@@ -7,19 +7,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
 
-/// A node's identity: 32 bytes, the blake3 hash of the public key it
-/// authenticates with.
+/// A node's identity: its 32-byte Ed25519 public key, the key of its
+/// certificate.
 ///
 /// Binding the id to the key means a peer cannot speak for another node: the
-/// transport derives the sender's id from the certificate it presented, and the
-/// upper layers compare claims against it.
+/// transport derives the sender's id from the certificate it presented, and
+/// every claim a node makes about itself carries its signature, which any
+/// holder of the claim checks against the id alone (see [`NodeKey`]).
+///
+/// [`NodeKey`]: crate::NodeKey
 ///
 /// `Display` shows the first 6 bytes in hex (like a short git hash); the
 /// alternate form `{:#}` and `Debug` show all 32.
 ///
 /// ```
 /// use gossip_core::NodeId;
-/// let id = NodeId::from_public_key(b"the SubjectPublicKeyInfo bytes");
+/// let id = NodeId::from_bytes([7; 32]);
 /// assert_eq!(id.to_string().len(), 12);
 /// assert_eq!(format!("{id:#}").parse::<NodeId>().unwrap(), id);
 /// ```
@@ -30,13 +33,8 @@ impl NodeId {
     /// Length of an id in bytes.
     pub const LEN: usize = 32;
 
-    /// Derives the id of the node that holds `public_key` (for certificates,
-    /// the DER-encoded SubjectPublicKeyInfo).
-    pub fn from_public_key(public_key: &[u8]) -> Self {
-        NodeId(*blake3::hash(public_key).as_bytes())
-    }
-
-    /// Wraps raw id bytes, for ids already derived elsewhere.
+    /// Wraps raw id bytes: an Ed25519 public key. Bytes that are no valid key
+    /// make an id that can sign nothing, so no claim of it is ever believed.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         NodeId(bytes)
     }
@@ -196,9 +194,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_id_is_blake3_of_the_key() {
-        let id = NodeId::from_public_key(b"key");
-        assert_eq!(id.as_bytes(), blake3::hash(b"key").as_bytes());
+    fn node_id_is_the_public_key_of_its_node_key() {
+        let key = crate::NodeKey::from_secret_bytes(&[3; 32]);
+        let public = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        assert_eq!(key.id().as_bytes(), public.as_bytes());
     }
 
     #[test]
@@ -217,7 +216,7 @@ mod tests {
 
     #[test]
     fn node_id_serde_is_33_bytes_in_postcard_and_rejects_other_lengths() {
-        let id = NodeId::from_public_key(b"k");
+        let id = NodeId::from_bytes([5; 32]);
         let bytes = postcard::to_allocvec(&id).unwrap();
         assert_eq!(bytes.len(), 33);
         assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);

@@ -17,6 +17,16 @@
 //! never delete those keys, which is how deleted keys came back in other
 //! systems (chitchat issues #110 and #121). The grace period only saves
 //! bandwidth; no timing can resurrect a key.
+//!
+//! # Signed state
+//!
+//! The owner signs its whole state at every version it reaches: the
+//! version, the floor and a blake3 commitment to every write it holds (one
+//! signature covers everything, see [`NodeState::signature`]). Every delta
+//! carries the signature of the state it brings its receiver to, and the
+//! receiver applies it only if the state it would reach is exactly the one
+//! the owner signed: a relay can pass an owner's writes on, but cannot add,
+//! alter or leave out any.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,8 +38,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Limited};
-use crate::id::NodeId;
+use crate::id::{ClusterId, NodeId};
 use crate::limits::Limits;
+use crate::proof::{ClaimDigest, ClaimKind, NodeKey, Signature, claim_digest, verify};
 use crate::time::Timestamp;
 use crate::wire::encoded_len;
 
@@ -100,6 +111,9 @@ pub struct OwnerDigest {
 }
 
 /// The writes of one owner that a peer lacks.
+///
+/// Apply only complete deltas: parts of a split one are joined with
+/// [`append`](OwnerDelta::append) first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerDelta {
     /// The owner.
@@ -119,7 +133,48 @@ pub struct OwnerDelta {
     pub complete: bool,
     /// The writes, in increasing version order.
     pub entries: Vec<Entry>,
+    /// The commitment to the owner's whole state at `up_to` (of the last
+    /// part, for a split delta) that the owner signed.
+    pub commitment: Commitment,
+    /// The owner's signature over its state at `up_to`: version, floor and
+    /// commitment.
+    pub signature: Signature,
 }
+
+impl OwnerDelta {
+    /// Appends the next part of a split delta.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InconsistentDelta`] if `next` is of another owner, is a
+    /// reset, or does not start past this part's last version; nothing is
+    /// appended then.
+    pub fn append(&mut self, next: OwnerDelta) -> Result<(), Error> {
+        let follows = next.owner == self.owner
+            && !next.reset
+            && next.entries.first().is_none_or(|e| e.version > self.up_to);
+        if !follows {
+            return Err(Error::InconsistentDelta {
+                owner: next.owner,
+                reason: "split delta out of order",
+            });
+        }
+        self.entries.extend(next.entries);
+        self.up_to = next.up_to;
+        self.floor = next.floor;
+        self.complete = next.complete;
+        self.commitment = next.commitment;
+        self.signature = next.signature;
+        Ok(())
+    }
+}
+
+/// A blake3 commitment to every write of one owner held at a version: what
+/// the owner's signature covers, so that no relay can alter, add or leave
+/// out a write unseen. (The [`Digest`] set hash, made to be summed in a
+/// tree, could be matched on purpose by a chosen set of writes; this cannot.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Commitment(pub [u8; 32]);
 
 /// A set of owner deltas, as sent from one replica to another.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +211,77 @@ struct Stored {
     deleted_at: Option<Timestamp>,
 }
 
+/// What an owner signs of its state.
+fn leaf_digest(
+    cluster: ClusterId,
+    owner: &NodeId,
+    version: u64,
+    floor: u64,
+    commitment: &Commitment,
+) -> ClaimDigest {
+    claim_digest(
+        ClaimKind::Leaf,
+        cluster,
+        &(owner, version, floor, commitment),
+    )
+}
+
+/// An owner's signed statement of its state, as a delta carries it.
+struct SignedState {
+    owner: NodeId,
+    version: u64,
+    floor: u64,
+    commitment: Commitment,
+    signature: Signature,
+}
+
+impl SignedState {
+    fn of(delta: &OwnerDelta) -> Self {
+        SignedState {
+            owner: delta.owner,
+            version: delta.up_to,
+            floor: delta.floor,
+            commitment: delta.commitment,
+            signature: delta.signature,
+        }
+    }
+
+    /// Checks that the owner signed it.
+    fn check(&self, cluster: ClusterId) -> Result<(), Error> {
+        let digest = leaf_digest(
+            cluster,
+            &self.owner,
+            self.version,
+            self.floor,
+            &self.commitment,
+        );
+        if verify(&self.owner, &digest, &self.signature) {
+            Ok(())
+        } else {
+            Err(Error::BadSignature {
+                subject: self.owner,
+                signer: self.owner,
+                claim: "a key/value state",
+            })
+        }
+    }
+
+    /// Checks that `state` is exactly the signed one.
+    fn check_reached(&self, state: &NodeState) -> Result<(), Error> {
+        let reached = state.max_version == self.version
+            && state.floor == self.floor
+            && state.commitment() == self.commitment;
+        if reached {
+            Ok(())
+        } else {
+            Err(Error::StateMismatch {
+                owner: self.owner,
+                version: self.version,
+            })
+        }
+    }
+}
+
 /// The set-hash item of one stored write.
 fn entry_digest(key: &Key, value: Option<&Bytes>, version: u64) -> Digest {
     let mut hasher = blake3::Hasher::new();
@@ -183,6 +309,9 @@ pub struct NodeState {
     floor: u64,
     /// The set hash of every stored write, tombstones included.
     content: Digest,
+    /// The owner's signature over this state (version, floor, commitment),
+    /// with the commitment it signed.
+    signed: Option<(Commitment, Signature)>,
 }
 
 impl NodeState {
@@ -235,6 +364,59 @@ impl NodeState {
     /// Tombstones up to this version have been collected.
     pub fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// The owner's signature over this state, and the commitment it covers;
+    /// `None` for a state not yet signed.
+    pub fn signature(&self) -> Option<(Commitment, Signature)> {
+        self.signed
+    }
+
+    /// The blake3 commitment to every stored write, in version order: what
+    /// the owner signs with its version and floor.
+    pub fn commitment(&self) -> Commitment {
+        let mut hasher = blake3::Hasher::new();
+        for (version, key) in &self.by_version {
+            let Some(stored) = self.entries.get(key) else {
+                continue;
+            };
+            hasher.update(&version.to_le_bytes());
+            hasher.update(&(key.as_str().len() as u64).to_le_bytes());
+            hasher.update(key.as_str().as_bytes());
+            match &stored.value {
+                Some(value) => {
+                    hasher.update(&[1]);
+                    hasher.update(&(value.len() as u64).to_le_bytes());
+                    hasher.update(value);
+                }
+                None => {
+                    hasher.update(&[0]);
+                }
+            }
+        }
+        Commitment(*hasher.finalize().as_bytes())
+    }
+
+    /// Signs this state as its owner, the holder of `key`.
+    fn sign(&mut self, key: &NodeKey, cluster: ClusterId) {
+        let commitment = self.commitment();
+        let digest = leaf_digest(
+            cluster,
+            &key.id(),
+            self.max_version,
+            self.floor,
+            &commitment,
+        );
+        self.signed = Some((commitment, key.sign(&digest)));
+    }
+
+    /// Whether `self` and `other` hold the same writes at the same version
+    /// and floor (signatures aside).
+    fn same_state(&self, other: &NodeState) -> bool {
+        self.max_version == other.max_version
+            && self.floor == other.floor
+            && self.content == other.content
+            && self.entries == other.entries
     }
 
     /// The set hash ([`Digest`]) of every stored write, tombstones included:
@@ -307,6 +489,7 @@ impl NodeState {
         // have: only a full replacement can delete them.
         let reset = self.floor > peer_max.max(peer_floor);
         let from = if reset { 0 } else { peer_max.saturating_add(1) };
+        let (commitment, signature) = self.signed.unwrap_or_default();
         let mut delta = OwnerDelta {
             owner,
             reset,
@@ -314,6 +497,8 @@ impl NodeState {
             up_to: self.max_version,
             complete: true,
             entries: Vec::new(),
+            commitment,
+            signature,
         };
         // Two bytes of slack for the entry count's varint growing.
         let mut used = encoded_len(&delta) + 2;
@@ -498,28 +683,33 @@ impl NodeState {
 /// node's own keys, which only it writes, and a copy of every other node's.
 ///
 /// ```
-/// use gossip_core::{KvStore, Limits, NodeId};
-/// let (a, b) = (NodeId::from_public_key(b"a"), NodeId::from_public_key(b"b"));
-/// let mut store_a = KvStore::new(a, Limits::default());
-/// let mut store_b = KvStore::new(b, Limits::default());
+/// use gossip_core::{ClusterId, KvStore, Limits, NodeKey};
+/// let cluster = ClusterId::from_name("doc");
+/// let (a, b) = (NodeKey::from_secret_bytes(&[1; 32]), NodeKey::from_secret_bytes(&[2; 32]));
+/// let a_id = a.id();
+/// let mut store_a = KvStore::new(a, cluster, Limits::default());
+/// let mut store_b = KvStore::new(b, cluster, Limits::default());
 ///
 /// store_a.set("tokens", &b"0,42,97"[..]).unwrap();
-/// // b tells a how far it has got; a answers with what b lacks.
+/// // b tells a how far it has got; a answers with what b lacks, signed by a.
 /// let delta = store_a.delta_for(&store_b.digest(), 1200);
 /// store_b.apply_delta(delta).unwrap();
-/// assert_eq!(store_b.get(&a, "tokens").unwrap().as_ref(), b"0,42,97");
+/// assert_eq!(store_b.get(&a_id, "tokens").unwrap().as_ref(), b"0,42,97");
 /// ```
 #[derive(Debug, Clone)]
 pub struct KvStore {
+    /// Signs the local node's state at every change.
+    key: NodeKey,
+    cluster: ClusterId,
     local: NodeId,
     nodes: BTreeMap<NodeId, NodeState>,
     limits: Limits,
 }
 
 impl KvStore {
-    /// An empty store for the node `local`.
-    pub fn new(local: NodeId, limits: Limits) -> Self {
-        Self::starting_at(local, limits, 0)
+    /// An empty store for the holder of `key`, in `cluster`.
+    pub fn new(key: NodeKey, cluster: ClusterId, limits: Limits) -> Self {
+        Self::starting_at(key, cluster, limits, 0)
     }
 
     /// An empty store whose first local write takes version `version + 1`,
@@ -527,19 +717,28 @@ impl KvStore {
     /// value above every version an earlier life could have used). Peers that
     /// hold the earlier life's keys are below the new floor, so they are reset
     /// to the new life's state instead of keeping stale keys.
-    pub fn starting_at(local: NodeId, limits: Limits, version: u64) -> Self {
-        let mut nodes = BTreeMap::new();
-        let state = NodeState {
+    pub fn starting_at(key: NodeKey, cluster: ClusterId, limits: Limits, version: u64) -> Self {
+        let local = key.id();
+        let mut state = NodeState {
             max_version: version,
             floor: version,
             ..NodeState::default()
         };
+        state.sign(&key, cluster);
+        let mut nodes = BTreeMap::new();
         nodes.insert(local, state);
         KvStore {
+            key,
+            cluster,
             local,
             nodes,
             limits,
         }
+    }
+
+    /// The cluster whose signatures this store checks.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
     }
 
     /// The local node's id.
@@ -558,6 +757,11 @@ impl KvStore {
         self.nodes
             .get_mut(&self.local)
             .expect("the local node's state is created in new() and never removed")
+    }
+
+    fn sign_local(&mut self) {
+        let (key, cluster) = (self.key.clone(), self.cluster);
+        self.local_mut().sign(&key, cluster);
     }
 
     /// The state of `owner`, if any of it is known.
@@ -601,6 +805,7 @@ impl KvStore {
             },
         );
         local.max_version = version;
+        self.sign_local();
         Ok(version)
     }
 
@@ -696,15 +901,18 @@ impl KvStore {
     /// Applies what a peer sent, returning the changes to live values.
     ///
     /// Writes newer than what is held win; a reset replaces the owner's state
-    /// whole. Claims about the local node's own state are never applied, but a
-    /// version of it higher than the local one (left by an earlier life of this
-    /// node) raises the local version and floor past it, so the next write wins
-    /// and peers drop the stale keys.
+    /// whole. An owner's delta is taken only if the state it brings is exactly
+    /// the one its owner signed. Claims about the local node's own state are
+    /// never applied, but a signed version of it higher than the local one
+    /// (left by an earlier life of this node) raises the local version and
+    /// floor past it, so the next write wins and peers drop the stale keys.
     ///
     /// # Errors
     ///
-    /// [`Error::InconsistentDelta`] and [`Error::LimitExceeded`]. The whole
-    /// delta is checked before any of it is applied, so on error nothing changes.
+    /// [`Error::InconsistentDelta`] (also for a part of a split delta),
+    /// [`Error::BadSignature`], [`Error::StateMismatch`],
+    /// [`Error::VersionJump`] and [`Error::LimitExceeded`]. The whole delta is
+    /// checked before any of it is applied, so on error nothing changes.
     pub fn apply_delta(&mut self, delta: Delta) -> Result<Vec<KvChange>, Error> {
         Error::check(
             Limited::DeltaOwners,
@@ -713,20 +921,52 @@ impl KvStore {
         )?;
         let empty = NodeState::default();
         let mut seen = std::collections::BTreeSet::new();
-        for owner_delta in &delta.owners {
-            if !seen.insert(owner_delta.owner) {
+        let mut changes = Vec::new();
+        // Each owner's state as the delta would leave it, checked before any
+        // is kept.
+        let mut updated: Vec<(NodeId, NodeState)> = Vec::new();
+        let mut local_past = None;
+        for owner_delta in delta.owners {
+            let owner = owner_delta.owner;
+            if !seen.insert(owner) {
                 return Err(Error::InconsistentDelta {
-                    owner: owner_delta.owner,
+                    owner,
                     reason: "owner listed twice",
                 });
             }
-            let state = self.nodes.get(&owner_delta.owner).unwrap_or(&empty);
-            state.validate(owner_delta, &self.limits)?;
+            let state = self.nodes.get(&owner).unwrap_or(&empty);
+            state.validate(&owner_delta, &self.limits)?;
+            if !owner_delta.complete {
+                return Err(Error::InconsistentDelta {
+                    owner,
+                    reason: "a part of a split delta, applied before the rest",
+                });
+            }
+            if owner == self.local {
+                let ahead = owner_delta.up_to > state.max_version
+                    || (owner_delta.up_to == state.max_version && owner_delta.floor > state.floor);
+                if ahead {
+                    SignedState::of(&owner_delta).check(self.cluster)?;
+                    local_past = Some(owner_delta.up_to.saturating_add(1));
+                }
+                continue;
+            }
+            let mut next = state.clone();
+            let mut owner_changes = Vec::new();
+            let signed = SignedState::of(&owner_delta);
+            next.apply(owner_delta, &mut owner_changes);
+            if next.same_state(state) {
+                continue;
+            }
+            signed.check(self.cluster)?;
+            signed.check_reached(&next)?;
+            next.signed = Some((signed.commitment, signed.signature));
+            changes.extend(owner_changes);
+            updated.push((owner, next));
         }
-        let new_owners = delta
-            .owners
+        let new_owners = updated
             .iter()
-            .filter(|d| !self.nodes.contains_key(&d.owner))
+            .filter(|(owner, _)| !self.nodes.contains_key(owner))
             .count();
         Error::check(
             Limited::Members,
@@ -734,23 +974,14 @@ impl KvStore {
             self.limits.max_members,
         )?;
 
-        let mut changes = Vec::new();
-        for owner_delta in delta.owners {
-            if owner_delta.owner == self.local {
-                let local = self.local_mut();
-                let ahead = owner_delta.up_to > local.max_version
-                    || (owner_delta.up_to == local.max_version && owner_delta.floor > local.floor);
-                if ahead {
-                    let past = owner_delta.up_to.saturating_add(1);
-                    local.max_version = local.max_version.max(past);
-                    local.floor = local.floor.max(past);
-                }
-                continue;
-            }
-            self.nodes
-                .entry(owner_delta.owner)
-                .or_default()
-                .apply(owner_delta, &mut changes);
+        for (owner, state) in updated {
+            self.nodes.insert(owner, state);
+        }
+        if let Some(past) = local_past {
+            let local = self.local_mut();
+            local.max_version = local.max_version.max(past);
+            local.floor = local.floor.max(past);
+            self.sign_local();
         }
         Ok(changes)
     }
@@ -763,7 +994,11 @@ impl KvStore {
     /// an owner's version and floor hold exactly the same writes (and the same
     /// [`content_digest`](NodeState::content_digest)).
     pub fn collect_tombstones(&mut self, now: Timestamp, grace: Duration) -> usize {
-        self.local_mut().collect(now, grace)
+        let collected = self.local_mut().collect(now, grace);
+        if collected > 0 {
+            self.sign_local();
+        }
+        collected
     }
 
     /// Drops everything known of `owner` (for a member removed from the
@@ -777,19 +1012,66 @@ impl KvStore {
 mod tests {
     use super::*;
 
+    const CLUSTER: ClusterId = ClusterId::from_bytes([1; 8]);
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey::from_secret_bytes(&[n; 32])
+    }
+
     fn id(n: u8) -> NodeId {
-        NodeId::from_bytes([n; 32])
+        key(n).id()
+    }
+
+    fn store(n: u8) -> KvStore {
+        KvStore::new(key(n), CLUSTER, Limits::default())
+    }
+
+    /// Every part `from` has for `to`, joined, as the anti-entropy session
+    /// joins them.
+    fn joined_delta(from: &KvStore, to: &KvStore, budget: usize) -> Delta {
+        let mut joined: BTreeMap<NodeId, OwnerDelta> = BTreeMap::new();
+        let mut digest = to.digest();
+        loop {
+            let delta = from.delta_for(&digest, budget);
+            if delta.is_empty() {
+                break;
+            }
+            for part in delta.owners {
+                let known = digest.iter_mut().find(|d| d.owner == part.owner);
+                match known {
+                    Some(d) => {
+                        d.max_version = part.up_to;
+                        if part.reset {
+                            d.floor = part.floor;
+                        }
+                    }
+                    None => digest.push(OwnerDigest {
+                        owner: part.owner,
+                        max_version: part.up_to,
+                        floor: if part.reset { part.floor } else { 0 },
+                    }),
+                }
+                match joined.get_mut(&part.owner) {
+                    Some(held) => held.append(part).unwrap(),
+                    None => {
+                        joined.insert(part.owner, part);
+                    }
+                }
+            }
+        }
+        Delta {
+            owners: joined.into_values().collect(),
+        }
     }
 
     fn sync(from: &KvStore, to: &mut KvStore, budget: usize) -> Vec<KvChange> {
-        let delta = from.delta_for(&to.digest(), budget);
-        to.apply_delta(delta).unwrap()
+        to.apply_delta(joined_delta(from, to, budget)).unwrap()
     }
 
     #[test]
     fn set_bumps_the_version_and_delta_carries_only_news() {
-        let mut a = KvStore::new(id(1), Limits::default());
-        let mut b = KvStore::new(id(2), Limits::default());
+        let mut a = store(1);
+        let mut b = store(2);
         assert_eq!(a.set("x", &b"1"[..]).unwrap(), 1);
         assert_eq!(a.set("y", &b"2"[..]).unwrap(), 2);
         sync(&a, &mut b, 10_000);
@@ -808,29 +1090,80 @@ mod tests {
     }
 
     #[test]
-    fn small_budgets_split_a_delta_in_version_order() {
-        let mut a = KvStore::new(id(1), Limits::default());
-        let mut b = KvStore::new(id(2), Limits::default());
+    fn small_budgets_split_a_delta_in_version_order_and_only_the_whole_applies() {
+        let mut a = store(1);
+        let mut b = store(2);
         for i in 0..20 {
             a.set(format!("key-{i}"), vec![7u8; 20]).unwrap();
         }
-        let mut rounds = 0;
-        while !a.delta_for(&b.digest(), 200).is_empty() {
-            let delta = a.delta_for(&b.digest(), 200);
-            assert!(encoded_len(&delta) <= 200, "{} bytes", encoded_len(&delta));
-            b.apply_delta(delta).unwrap();
-            rounds += 1;
-        }
-        assert!(rounds > 1);
+        let part = a.delta_for(&b.digest(), 300);
+        assert!(encoded_len(&part) <= 300, "{} bytes", encoded_len(&part));
+        assert!(!part.owners[0].complete);
+        let err = b.apply_delta(part).unwrap_err();
+        assert!(matches!(err, Error::InconsistentDelta { .. }), "{err}");
+        assert!(b.node(&id(1)).is_none());
+        sync(&a, &mut b, 300);
         assert_eq!(b.node(&id(1)).unwrap().iter().count(), 20);
+        assert_eq!(b.node(&id(1)).unwrap().signature(), a.local().signature());
+    }
+
+    #[test]
+    fn a_relay_cannot_add_alter_or_leave_out_an_owners_write() {
+        let mut owner = store(1);
+        owner.set("a", &b"1"[..]).unwrap();
+        owner.set("b", &b"2"[..]).unwrap();
+        let receiver = store(2);
+        let honest = owner.delta_for(&receiver.digest(), 10_000);
+        let tamper = |change: &dyn Fn(&mut OwnerDelta)| {
+            let mut delta = honest.clone();
+            change(&mut delta.owners[0]);
+            let mut receiver = receiver.clone();
+            let err = receiver.apply_delta(delta).unwrap_err();
+            assert!(receiver.node(&id(1)).is_none(), "changed by {err}");
+            err
+        };
+        let altered = tamper(&|d| d.entries[0].value = Some(Bytes::from_static(b"forged")));
+        assert!(matches!(altered, Error::StateMismatch { .. }), "{altered}");
+        let left_out = tamper(&|d| {
+            d.entries.remove(0);
+        });
+        assert!(
+            matches!(left_out, Error::StateMismatch { .. }),
+            "{left_out}"
+        );
+        let other_version = tamper(&|d| d.up_to = 3);
+        assert!(
+            matches!(other_version, Error::BadSignature { .. }),
+            "{other_version}"
+        );
+        let unsigned = tamper(&|d| d.signature = Signature::NONE);
+        assert!(matches!(unsigned, Error::BadSignature { .. }), "{unsigned}");
+        let mut receiver = receiver.clone();
+        receiver.apply_delta(honest).unwrap();
+        assert_eq!(receiver.get(&id(1), "b").unwrap().as_ref(), b"2");
+    }
+
+    #[test]
+    fn only_a_signed_state_of_the_local_node_moves_it_past_an_earlier_life() {
+        let mut local = store(2);
+        local.set("mine", &b"1"[..]).unwrap();
+        let mut forged = store(1);
+        for i in 0..5 {
+            forged.set(format!("k{i}"), &b"x"[..]).unwrap();
+        }
+        let mut delta = forged.delta_for(&[], 10_000);
+        delta.owners[0].owner = id(2);
+        let err = local.apply_delta(delta).unwrap_err();
+        assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+        assert_eq!(local.local().max_version(), 1);
     }
 
     #[test]
     fn a_replica_below_the_floor_is_reset_and_loses_the_deleted_key() {
         let t0 = Timestamp::ZERO;
         let t1 = Timestamp::from_millis(60_000);
-        let mut owner = KvStore::new(id(1), Limits::default());
-        let mut stale = KvStore::new(id(2), Limits::default());
+        let mut owner = store(1);
+        let mut stale = store(2);
         owner.set("doomed", &b"v"[..]).unwrap();
         sync(&owner, &mut stale, 10_000);
         owner.delete(t0, "doomed").unwrap();
@@ -852,13 +1185,13 @@ mod tests {
 
     #[test]
     fn a_restarted_owner_moves_past_its_earlier_life() {
-        let mut old_life = KvStore::new(id(1), Limits::default());
+        let mut old_life = store(1);
         old_life.set("a", &b"1"[..]).unwrap();
         old_life.set("b", &b"2"[..]).unwrap();
-        let mut peer = KvStore::new(id(2), Limits::default());
+        let mut peer = store(2);
         sync(&old_life, &mut peer, 10_000);
 
-        let mut new_life = KvStore::new(id(1), Limits::default());
+        let mut new_life = store(1);
         new_life.set("a", &b"fresh"[..]).unwrap();
         // The peer tells the restarted owner what it holds of it.
         sync(&peer, &mut new_life, 10_000);
@@ -874,7 +1207,7 @@ mod tests {
 
     #[test]
     fn inconsistent_or_oversized_deltas_change_nothing() {
-        let mut b = KvStore::new(id(2), Limits::default());
+        let mut b = store(2);
         let entry = |v| Entry {
             key: Key::from("k"),
             value: Some(Bytes::from_static(b"v")),
@@ -888,6 +1221,8 @@ mod tests {
                 up_to: 5,
                 complete: true,
                 entries: vec![entry(3), entry(2)],
+                commitment: Commitment::default(),
+                signature: Signature::NONE,
             }],
         };
         assert!(matches!(
@@ -902,6 +1237,8 @@ mod tests {
                 up_to: 1,
                 complete: true,
                 entries: vec![entry(3)],
+                commitment: Commitment::default(),
+                signature: Signature::NONE,
             }],
         };
         assert!(b.apply_delta(past).is_err());
@@ -918,6 +1255,8 @@ mod tests {
                 up_to: 1,
                 complete: true,
                 entries: vec![big],
+                commitment: Commitment::default(),
+                signature: Signature::NONE,
             }],
         };
         assert!(matches!(
@@ -932,7 +1271,7 @@ mod tests {
 
     #[test]
     fn a_delta_that_jumps_an_owners_version_is_refused_for_any_owner() {
-        let mut b = KvStore::new(id(2), Limits::default());
+        let mut b = store(2);
         b.set("mine", &b"1"[..]).unwrap();
         let jump = Limits::default().max_version_jump;
         let delta = |owner, up_to, floor| Delta {
@@ -947,6 +1286,8 @@ mod tests {
                     value: Some(Bytes::from_static(b"v")),
                     version: up_to,
                 }],
+                commitment: Commitment::default(),
+                signature: Signature::NONE,
             }],
         };
         // Another owner's version near the top, and this node's own: both
@@ -960,8 +1301,10 @@ mod tests {
         assert!(b.node(&id(1)).is_none());
         assert_eq!(b.local().max_version(), 1);
         assert_eq!(b.set("mine", &b"2"[..]).unwrap(), 2);
-        // A jump up to the cap is taken.
-        b.apply_delta(delta(id(1), jump, 0)).unwrap();
+        // A signed jump up to the cap is taken.
+        let mut far = KvStore::starting_at(key(1), CLUSTER, Limits::default(), jump - 1);
+        far.set("k", &b"v"[..]).unwrap();
+        b.apply_delta(far.delta_for(&b.digest(), 10_000)).unwrap();
         assert_eq!(b.node(&id(1)).unwrap().max_version(), jump);
     }
 
@@ -972,7 +1315,7 @@ mod tests {
             max_key_bytes: 3,
             ..Limits::default()
         };
-        let mut a = KvStore::new(id(1), limits);
+        let mut a = KvStore::new(key(1), CLUSTER, limits);
         assert!(a.set("long", &b""[..]).is_err());
         a.set("a", &b""[..]).unwrap();
         a.set("b", &b""[..]).unwrap();

@@ -5,8 +5,11 @@
 //! Time ([`Timestamp`]) and randomness (a seeded [`GossipRng`]) are inputs, so
 //! everything built on it replays exactly from a seed.
 //!
-//! * [`NodeId`]: a node's identity, the blake3 hash of its public key;
-//!   [`ClusterId`] keeps clusters apart on a shared network.
+//! * [`NodeId`]: a node's identity, its Ed25519 public key; [`NodeKey`], the
+//!   private half, signs every claim the node makes about itself, so a
+//!   claim is believed past every hop only if its subject (or, for an
+//!   accusation, its accuser) signed it; [`ClusterId`] keeps clusters apart
+//!   on a shared network.
 //! * [`Incarnation`]: the version of a node's liveness claim, guarded against
 //!   wrapping.
 //! * [`Member`] and [`Membership`]: member records, their merge under SWIM's
@@ -31,26 +34,31 @@
 //!
 //! let cluster = ClusterId::from_name("demo");
 //! let limits = Limits::default();
-//! let a = NodeId::from_public_key(b"a's SubjectPublicKeyInfo");
-//! let b = NodeId::from_public_key(b"b's SubjectPublicKeyInfo");
-//! let mut table_b = Membership::new(Member::new(b, MemberMeta::default()), limits.clone());
+//! let a = NodeKey::from_secret_bytes(&[1; 32]);
+//! let b = NodeKey::from_secret_bytes(&[2; 32]);
+//! let b_record = Member::new(b.id(), MemberMeta::default());
+//! let mut table_b = Membership::new(b, cluster, b_record, limits.clone());
 //!
-//! // a announces itself: the rumor is queued, packed and framed.
+//! // a announces itself, signed: the rumor is queued, packed and framed.
 //! let mut queue = RumorQueue::new(4, limits.clone());
-//! let me = Member::new(a, MemberMeta::new("a", vec!["127.0.0.1:7946".parse().unwrap()]));
-//! queue.push(Rumor::Member { member: me, origin: a })?;
+//! let mut me = Member::new(a.id(), MemberMeta::new("a", vec!["127.0.0.1:7946".parse().unwrap()]));
+//! me.sign(&a, cluster);
+//! queue.push(Rumor::Member { member: me })?;
 //! let mut datagram = Vec::new();
 //! encode_frame(cluster, &"ping", &queue.pack(1200, 2), &limits, &mut datagram)?;
 //!
-//! // b decodes it; the transport tells b that `a` really sent it.
-//! let authenticated_sender = a;
+//! // b decodes it and takes the claim because a signed it, whoever relayed it.
 //! let frame: Frame<&str> = decode_frame(&datagram, cluster, &limits)?;
 //! for rumor in frame.rumors {
-//!     if let Rumor::Member { member, origin } = rumor {
-//!         assert_eq!(origin, authenticated_sender);
-//!         table_b.apply(Timestamp::ZERO, member, origin)?;
+//!     if let Rumor::Member { member } = rumor {
+//!         assert_eq!(member.origin(), a.id());
+//!         table_b.apply(Timestamp::ZERO, member)?;
 //!     }
 //! }
+//! // A claim about a that a did not sign is refused.
+//! let mut forged = table_b.get(&a.id()).unwrap().clone();
+//! forged.status = MemberStatus::Left;
+//! assert!(table_b.apply(Timestamp::ZERO, forged).is_err());
 //! assert_eq!(table_b.count(MemberStatus::Alive), 2);
 //! # Ok::<(), gossip_core::Error>(())
 //! ```
@@ -65,6 +73,7 @@ mod incarnation;
 mod kv;
 mod limits;
 mod member;
+mod proof;
 mod queue;
 mod rumor;
 mod select;
@@ -73,14 +82,18 @@ mod wire;
 
 pub use by_id::{ById, HasId};
 pub use digest::Digest;
-pub use error::{Error, Limited};
+pub use error::{Error, Limited, Refusal, Refusals};
 pub use id::{ClusterId, NodeId};
 pub use incarnation::Incarnation;
-pub use kv::{Delta, Entry, Key, KvChange, KvStore, NodeState, OwnerDelta, OwnerDigest};
+pub use kv::{
+    Commitment, Delta, Entry, Key, KvChange, KvStore, NodeState, OwnerDelta, OwnerDigest,
+};
 pub use limits::Limits;
 pub use member::{
-    Member, MemberChange, MemberMeta, MemberStatus, Membership, MembershipEvent, Transition,
+    Accusation, Member, MemberChange, MemberMeta, MemberStatus, Membership, MembershipEvent, Proof,
+    Transition,
 };
+pub use proof::{NodeKey, Signature};
 pub use queue::OutputQueue;
 pub use rumor::{Lane, PackedRumors, Pushed, Rumor, RumorQueue};
 pub use select::{GossipRng, ProbeOrder, choose_gossip_targets, choose_random};

@@ -12,9 +12,10 @@ use smol_str::SmolStr;
 
 use crate::by_id::ById;
 use crate::error::{Error, Limited};
-use crate::id::NodeId;
+use crate::id::{ClusterId, NodeId};
 use crate::incarnation::Incarnation;
 use crate::limits::Limits;
+use crate::proof::{ClaimDigest, ClaimKind, NodeKey, Signature, claim_digest, verify};
 use crate::time::Timestamp;
 
 /// What the cluster believes about a member.
@@ -156,14 +157,21 @@ impl MemberMeta {
 
 /// One member as seen by one observer.
 ///
+/// A record joins two signed claims: the member's own (alive or left at an
+/// incarnation, with its state version and metadata), signed with its key,
+/// and for a suspect or dead record an accusation at the same incarnation,
+/// signed by the accuser ([`Proof`]). [`verify`](Member::verify) checks
+/// both, so a relay can pass a record on but not change it.
+///
 /// Records about the same member merge with SWIM's precedence: the higher
 /// `(incarnation, status)` wins, so
 /// * `Alive(i)` overrides `Suspect(j)` only if `i > j`;
 /// * `Suspect(i)` overrides `Alive(j)` if `i >= j`;
 /// * `Dead(i)` and `Left(i)` override `Alive(j)` and `Suspect(j)` if `i >= j`.
 ///
-/// `state_version` (how far the member's key/value state has advanced) is
-/// merged independently, as a maximum. The merge, [`Member::join`], is
+/// The merge, [`Member::join`], takes the latest of the member's own claims
+/// (by incarnation, then leave over alive, then state version) and the
+/// strongest accusation, which stands only at that claim's incarnation. It is
 /// commutative, associative and idempotent, so replicas that see the same
 /// records in any order agree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,11 +182,39 @@ pub struct Member {
     pub incarnation: Incarnation,
     /// What is believed of it.
     pub status: MemberStatus,
-    /// The highest version of its key/value state known to exist.
+    /// The highest version of its key/value state it has announced.
     pub state_version: u64,
     /// Name and addresses.
     #[serde(deserialize_with = "deserialize_shared_meta")]
     pub meta: Arc<MemberMeta>,
+    /// The signatures that make the record believable.
+    pub proof: Proof,
+}
+
+/// The signatures behind a [`Member`] record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The member's signature over its own claim: the record's incarnation,
+    /// state version and metadata, with status alive (for an alive, suspect or
+    /// dead record) or left.
+    pub owner: Signature,
+    /// For a suspect or dead record, who accused the member and their
+    /// signature; `None` for alive and left records.
+    pub accusation: Option<Accusation>,
+}
+
+/// An accusation: a member's signed statement that another is suspect or
+/// dead at an incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Accusation {
+    /// Who accuses.
+    pub accuser: NodeId,
+    /// What the accuser said: suspect or dead. A record may be weaker than
+    /// its accusation (a death heard too early is held as a suspicion), never
+    /// stronger.
+    pub status: MemberStatus,
+    /// The accuser's signature.
+    pub signature: Signature,
 }
 
 /// serde's own `Arc<T>` decoder builds a `Box<T>` and then moves it into a new
@@ -189,8 +225,32 @@ fn deserialize_shared_meta<'de, D: serde::Deserializer<'de>>(
     MemberMeta::deserialize(deserializer).map(Arc::new)
 }
 
+/// The member's own claim inside a record, in the order the merge takes the
+/// latest: incarnation, then a leave over alive, then state version, then
+/// (only between two instances of one key) metadata and signature.
+fn owner_claim_key(m: &Member) -> (Incarnation, bool, u64, &MemberMeta, &Signature) {
+    (
+        m.incarnation,
+        m.status == MemberStatus::Left,
+        m.state_version,
+        &m.meta,
+        &m.proof.owner,
+    )
+}
+
+/// The accusation inside a record, in the order the merge takes the strongest.
+fn accusation_key(m: &Member) -> Option<(Incarnation, MemberStatus, &Accusation)> {
+    let accusation = m.proof.accusation.as_ref()?;
+    matches!(m.status, MemberStatus::Suspect | MemberStatus::Dead).then_some((
+        m.incarnation,
+        m.status,
+        accusation,
+    ))
+}
+
 impl Member {
-    /// A fresh member: alive at incarnation 0 with state version 0.
+    /// A fresh member: alive at incarnation 0 with state version 0, not yet
+    /// signed (see [`sign`](Member::sign)).
     pub fn new(id: NodeId, meta: MemberMeta) -> Self {
         Member {
             id,
@@ -198,14 +258,133 @@ impl Member {
             status: MemberStatus::Alive,
             state_version: 0,
             meta: Arc::new(meta),
+            proof: Proof::default(),
         }
     }
 
-    /// This record with another status.
+    /// This record with another status and the same proof. Only a weaker
+    /// status than its accusation still verifies (a death heard too early,
+    /// held as a suspicion); a record of any other status needs signing.
     pub fn with_status(&self, status: MemberStatus) -> Member {
         Member {
             status,
             ..self.clone()
+        }
+    }
+
+    /// The status the member itself claims: left for a left record, alive
+    /// otherwise.
+    fn owner_status(&self) -> MemberStatus {
+        if self.status == MemberStatus::Left {
+            MemberStatus::Left
+        } else {
+            MemberStatus::Alive
+        }
+    }
+
+    fn owner_digest(&self, cluster: ClusterId) -> ClaimDigest {
+        claim_digest(
+            ClaimKind::Member,
+            cluster,
+            &(
+                &self.id,
+                self.incarnation,
+                self.owner_status(),
+                self.state_version,
+                &*self.meta,
+            ),
+        )
+    }
+
+    fn accusation_digest(
+        &self,
+        cluster: ClusterId,
+        status: MemberStatus,
+        accuser: &NodeId,
+    ) -> ClaimDigest {
+        claim_digest(
+            ClaimKind::Accusation,
+            cluster,
+            &(&self.id, self.incarnation, status, accuser),
+        )
+    }
+
+    /// Signs the member's own claim with its `key` (whose id must be the
+    /// record's), for `cluster`. An alive or left record then carries no
+    /// accusation.
+    pub fn sign(&mut self, key: &NodeKey, cluster: ClusterId) {
+        debug_assert_eq!(key.id(), self.id, "a record signed by another key");
+        self.proof.owner = key.sign(&self.owner_digest(cluster));
+        if !matches!(self.status, MemberStatus::Suspect | MemberStatus::Dead) {
+            self.proof.accusation = None;
+        }
+    }
+
+    /// This record accused of `status` (suspect or dead) by the holder of
+    /// `accuser`, at the record's incarnation: what an accuser sends.
+    pub fn accused(&self, accuser: &NodeKey, cluster: ClusterId, status: MemberStatus) -> Member {
+        let by = accuser.id();
+        let signature = accuser.sign(&self.accusation_digest(cluster, status, &by));
+        Member {
+            status,
+            proof: Proof {
+                owner: self.proof.owner,
+                accusation: Some(Accusation {
+                    accuser: by,
+                    status,
+                    signature,
+                }),
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Who made the claim: the accuser for a suspect or dead record, the
+    /// member itself otherwise.
+    pub fn origin(&self) -> NodeId {
+        match (&self.proof.accusation, self.status) {
+            (Some(accusation), MemberStatus::Suspect | MemberStatus::Dead) => accusation.accuser,
+            _ => self.id,
+        }
+    }
+
+    /// Checks the record's signatures for `cluster`: the member's own over its
+    /// claim, and for a suspect or dead record the accuser's over an
+    /// accusation at least as strong.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadSignature`] naming whose signature failed.
+    pub fn verify(&self, cluster: ClusterId) -> Result<(), Error> {
+        let bad = |signer: NodeId, claim: &'static str| Error::BadSignature {
+            subject: self.id,
+            signer,
+            claim,
+        };
+        match (self.status, &self.proof.accusation) {
+            (MemberStatus::Alive | MemberStatus::Left, None) => {}
+            (MemberStatus::Alive | MemberStatus::Left, Some(_)) => {
+                return Err(bad(self.id, "an accusation on a self-claim"));
+            }
+            (MemberStatus::Suspect | MemberStatus::Dead, None) => {
+                return Err(bad(self.id, "an accusation without its accuser"));
+            }
+            (status, Some(accusation)) => {
+                let backs = matches!(
+                    accusation.status,
+                    MemberStatus::Suspect | MemberStatus::Dead
+                ) && accusation.status >= status;
+                let digest =
+                    self.accusation_digest(cluster, accusation.status, &accusation.accuser);
+                if !backs || !verify(&accusation.accuser, &digest, &accusation.signature) {
+                    return Err(bad(accusation.accuser, "an accusation"));
+                }
+            }
+        }
+        if verify(&self.id, &self.owner_digest(cluster), &self.proof.owner) {
+            Ok(())
+        } else {
+            Err(bad(self.id, "a self-claim"))
         }
     }
 
@@ -220,18 +399,48 @@ impl Member {
             .is_gt()
     }
 
-    /// The merge of two records about the same member: the liveness claim of
-    /// whichever [overrides](Member::overrides), with the larger state version.
+    /// The merge of two records about the same member: the latest of the
+    /// member's own claims, suspect or dead if the strongest accusation is at
+    /// that claim's incarnation and the claim is not a leave.
     ///
     /// # Panics
     ///
     /// If the records are about different members (caller misuse).
     pub fn join(&self, other: &Member) -> Member {
         assert_eq!(self.id, other.id, "joined records of different members");
-        let winner = if other.overrides(self) { other } else { self };
-        Member {
-            state_version: self.state_version.max(other.state_version),
-            ..winner.clone()
+        let owner = if owner_claim_key(other) > owner_claim_key(self) {
+            other
+        } else {
+            self
+        };
+        let accused = match (accusation_key(self), accusation_key(other)) {
+            (Some(a), Some(b)) => Some(if b > a { other } else { self }),
+            (Some(_), None) => Some(self),
+            (None, Some(_)) => Some(other),
+            (None, None) => None,
+        }
+        .filter(|a| a.incarnation == owner.incarnation && owner.status != MemberStatus::Left);
+        match accused {
+            // The accusation's own record already holds the latest claim.
+            Some(a) if owner_claim_key(a) == owner_claim_key(owner) => a.clone(),
+            Some(a) => Member {
+                status: a.status,
+                proof: Proof {
+                    owner: owner.proof.owner,
+                    accusation: a.proof.accusation.clone(),
+                },
+                ..owner.clone()
+            },
+            // No accusation stands at the latest claim's incarnation: the
+            // member's own claim stands alone.
+            None => Member {
+                status: owner.owner_status(),
+                proof: Proof {
+                    owner: owner.proof.owner,
+                    accusation: None,
+                },
+                ..owner.clone()
+            },
         }
     }
 
@@ -242,6 +451,41 @@ impl Member {
     /// [`Error::LimitExceeded`] if its metadata is over a cap.
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         self.meta.validate(limits)
+    }
+
+    /// What taking `claim` would make of the record `held` (`None` for a
+    /// member not held): the merged record, or `None` if it changes
+    /// nothing. Signatures are the caller's to [`verify`](Member::verify),
+    /// and only when something changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] for oversized metadata,
+    /// [`Error::IncarnationJump`] for an implausible incarnation,
+    /// [`Error::Stale`] for a claim at an incarnation older than held.
+    pub fn merge_claim(
+        held: Option<&Member>,
+        claim: &Member,
+        limits: &Limits,
+    ) -> Result<Option<Member>, Error> {
+        claim.validate(limits)?;
+        let Some(held) = held else {
+            return Ok(Some(claim.clone()));
+        };
+        held.incarnation
+            .check_jump(claim.id, claim.incarnation, limits.max_incarnation_jump)?;
+        let merged = held.join(claim);
+        if merged != *held {
+            return Ok(Some(merged));
+        }
+        if claim.incarnation < held.incarnation {
+            return Err(Error::Stale {
+                subject: claim.id,
+                held: held.incarnation,
+                got: claim.incarnation,
+            });
+        }
+        Ok(None)
     }
 }
 
@@ -265,6 +509,9 @@ pub enum Transition {
     Updated,
     /// Only the key/value state version advanced.
     StateAdvanced,
+    /// Only the signatures changed: another accuser's on the suspicion or
+    /// death held.
+    Reattested,
 }
 
 /// A change to the membership table.
@@ -296,6 +543,13 @@ impl MemberChange {
             (Dead | Left, Alive | Suspect) => Transition::Rejoined,
             (_, Dead) if before.status != Dead => Transition::Failed,
             (_, Left) if before.status != Left => Transition::Left,
+            _ if before.status == self.after.status
+                && before.incarnation == self.after.incarnation
+                && before.state_version == self.after.state_version
+                && before.meta == self.after.meta =>
+            {
+                Transition::Reattested
+            }
             _ if before.incarnation == self.after.incarnation && before.meta == self.after.meta => {
                 Transition::StateAdvanced
             }
@@ -350,22 +604,31 @@ pub enum MembershipEvent {
 /// horizon longer than any rumor lives.
 ///
 /// ```
-/// use gossip_core::{Member, MemberMeta, Membership, MemberStatus, Limits, NodeId, Timestamp};
-/// let me = NodeId::from_public_key(b"me");
-/// let peer = NodeId::from_public_key(b"peer");
-/// let mut table = Membership::new(Member::new(me, MemberMeta::default()), Limits::default());
+/// use gossip_core::{
+///     ClusterId, Limits, Member, MemberMeta, MemberStatus, Membership, NodeKey, Timestamp,
+/// };
+/// let cluster = ClusterId::from_name("doc");
+/// let (me, peer) = (NodeKey::from_secret_bytes(&[1; 32]), NodeKey::from_secret_bytes(&[2; 32]));
+/// let my_record = Member::new(me.id(), MemberMeta::default());
+/// let mut table = Membership::new(me, cluster, my_record, Limits::default());
 ///
-/// // The peer announces itself; the authenticated sender is the peer.
+/// // The peer announces itself, signed; whoever relays it, it is the peer's.
 /// let now = Timestamp::ZERO;
-/// table.apply(now, Member::new(peer, MemberMeta::default()), peer).unwrap();
+/// let mut announced = Member::new(peer.id(), MemberMeta::default());
+/// announced.sign(&peer, cluster);
+/// table.apply(now, announced).unwrap();
 /// assert_eq!(table.count(MemberStatus::Alive), 2);
 ///
-/// // We accuse it; it stays in the table as a suspect.
-/// table.accuse(now, peer, MemberStatus::Suspect).unwrap();
-/// assert_eq!(table.get(&peer).unwrap().status, MemberStatus::Suspect);
+/// // We accuse it (signed by us); it stays in the table as a suspect.
+/// table.accuse(now, peer.id(), MemberStatus::Suspect).unwrap();
+/// let held = table.get(&peer.id()).unwrap();
+/// assert_eq!((held.status, held.origin()), (MemberStatus::Suspect, table.local_id()));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Membership {
+    /// Signs the local record and this node's accusations.
+    key: NodeKey,
+    cluster: ClusterId,
     local: Member,
     /// Keyed by id without storing the id twice: every node holds one of
     /// these per member. Shared, so that a replicated copy of the table
@@ -376,6 +639,8 @@ pub struct Membership {
     /// Departed members and when they departed, so collecting and choosing
     /// among them costs O(departed), not O(members).
     departed: BTreeMap<NodeId, Timestamp>,
+    /// Nodes the operator revoked: no claim by or about them is taken.
+    revoked: BTreeSet<NodeId>,
     limits: Limits,
 }
 
@@ -389,15 +654,36 @@ fn status_index(status: MemberStatus) -> usize {
 }
 
 impl Membership {
-    /// A table holding only the local node.
-    pub fn new(local: Member, limits: Limits) -> Self {
+    /// A table holding only the local node, whose record is `local` (its
+    /// incarnation, state version and metadata) signed with `key` for
+    /// `cluster`.
+    pub fn new(key: NodeKey, cluster: ClusterId, local: Member, limits: Limits) -> Self {
+        let mut local = Member {
+            id: key.id(),
+            status: MemberStatus::Alive,
+            ..local
+        };
+        local.sign(&key, cluster);
         Membership {
+            key,
+            cluster,
             local,
             others: BTreeSet::new(),
             counts: [0; 4],
             departed: BTreeMap::new(),
+            revoked: BTreeSet::new(),
             limits,
         }
+    }
+
+    /// The cluster whose claims this table takes.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
+    /// The local node's signing key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
     }
 
     /// The local node's id.
@@ -467,21 +753,22 @@ impl Membership {
         self.count(MemberStatus::Alive) + self.count(MemberStatus::Suspect)
     }
 
-    /// Merges a claim about a member, made by `origin`.
+    /// Merges a claim about a member: its own record of itself, or an
+    /// accusation by another ([`Member::origin`] says whose).
     ///
-    /// `origin` is who made the claim: for a message, the authenticated sender
-    /// (never a claimed id); for a relayed rumor, the node that started it, as
-    /// far as the caller trusts the relay. Claims only the subject itself may
-    /// make (a higher incarnation than known, a first alive announcement, a
-    /// leave) are refused from anyone else. Accusations (suspect, dead) may come
-    /// from anyone and are reported with their origin.
+    /// A claim that would change the table is verified first
+    /// ([`Member::verify`]); one that changes nothing costs no verification.
+    /// Accusations of the local node, and records of it that this life did
+    /// not make, are reported, not applied.
     ///
     /// Returns the change, if the claim changed anything.
     ///
     /// # Errors
     ///
-    /// * [`Error::NotOwner`] for a self-claim by someone else;
+    /// * [`Error::BadSignature`] for a claim its maker did not sign;
+    /// * [`Error::Stale`] for a claim at an older incarnation than held;
     /// * [`Error::IncarnationJump`] for an implausible incarnation;
+    /// * [`Error::Revoked`] for a claim by or about a revoked node;
     /// * [`Error::LimitExceeded`] for oversized metadata or a full table.
     ///
     /// In every error case the table is unchanged.
@@ -489,41 +776,50 @@ impl Membership {
         &mut self,
         now: Timestamp,
         claim: Member,
-        origin: NodeId,
     ) -> Result<Option<MembershipEvent>, Error> {
-        self.apply_claim(now, claim, origin)
+        self.apply_claim(now, claim, false)
     }
 
     /// As [`apply`](Membership::apply), holding `claim`'s allocation when the
-    /// claim is what the table ends up with: many tables restored from one
-    /// set of records (a simulation of a converged cluster) then hold one
-    /// copy of each record between them.
+    /// claim is what the table ends up with.
+    ///
+    /// The records are taken **without verifying their signatures**: for
+    /// records this node held before (its own storage) or got from a table
+    /// that verified them. Network input goes through
+    /// [`apply`](Membership::apply).
     ///
     /// # Errors
     ///
-    /// As [`apply`](Membership::apply).
-    pub fn apply_shared(
+    /// As [`apply`](Membership::apply), but for signatures.
+    pub fn restore(
         &mut self,
         now: Timestamp,
         claim: Arc<Member>,
-        origin: NodeId,
     ) -> Result<Option<MembershipEvent>, Error> {
-        self.apply_claim(now, claim, origin)
+        self.apply_claim(now, claim, true)
     }
 
     fn apply_claim<C: Borrow<Member> + Into<Arc<Member>>>(
         &mut self,
         now: Timestamp,
         shared_claim: C,
-        origin: NodeId,
+        verified: bool,
     ) -> Result<Option<MembershipEvent>, Error> {
         let claim = shared_claim.borrow();
         claim.validate(&self.limits)?;
         let subject = claim.id;
-        let owner_only = |what: &'static str| Error::NotOwner {
-            subject,
-            origin,
-            claim: what,
+        let origin = claim.origin();
+        for id in [subject, origin] {
+            if self.revoked.contains(&id) {
+                return Err(Error::Revoked { id });
+            }
+        }
+        let verify = |claim: &Member| {
+            if verified {
+                Ok(())
+            } else {
+                claim.verify(self.cluster)
+            }
         };
 
         if subject == self.local.id {
@@ -532,11 +828,13 @@ impl Membership {
                 claim.incarnation,
                 self.limits.max_incarnation_jump,
             )?;
-            if claim.status == MemberStatus::Left && origin != subject {
-                return Err(owner_only("a leave"));
-            }
             let here = claim.meta.addr() == self.local.meta.addr();
-            if origin == subject && !here && !claim.status.is_departed() {
+            let elsewhere = origin == subject && !here && !claim.status.is_departed();
+            if *claim == self.local || (!elsewhere && !claim.overrides(&self.local)) {
+                return Ok(None);
+            }
+            verify(claim)?;
+            if elsewhere {
                 return Ok(Some(MembershipEvent::ClaimedElsewhere {
                     claim: claim.clone(),
                 }));
@@ -545,32 +843,17 @@ impl Membership {
             // make: an earlier life here (a restart that kept no
             // incarnation) that peers still hold, or a leave made elsewhere.
             // Either way the node refutes above it.
-            if claim.overrides(&self.local) {
-                return Ok(Some(MembershipEvent::AccusedSelf {
-                    claim: claim.clone(),
-                    origin,
-                }));
-            }
-            return Ok(None);
+            return Ok(Some(MembershipEvent::AccusedSelf {
+                claim: claim.clone(),
+                origin,
+            }));
         }
 
         let current = self.other(&subject);
-        if let Some(current) = current {
-            current.incarnation.check_jump(
-                subject,
-                claim.incarnation,
-                self.limits.max_incarnation_jump,
-            )?;
-        }
-        if origin != subject {
-            if claim.status == MemberStatus::Left {
-                return Err(owner_only("a leave"));
-            }
-            let raises = current.is_none_or(|c| claim.incarnation > c.incarnation);
-            if claim.status == MemberStatus::Alive && raises {
-                return Err(owner_only("a new incarnation"));
-            }
-        }
+        let Some(merged) = Member::merge_claim(current, claim, &self.limits)? else {
+            return Ok(None);
+        };
+        verify(claim)?;
         if let Some(current) = current
             && !current.status.is_departed()
             && claim.meta.addr() != current.meta.addr()
@@ -586,24 +869,13 @@ impl Membership {
                 }));
         }
 
-        let (record, merged): (Arc<Member>, Member) = match current {
-            Some(current) => {
-                let merged = current.join(claim);
-                if merged == *current {
-                    return Ok(None);
-                }
-                if merged == *claim {
-                    (shared_claim.into(), merged)
-                } else {
-                    (Arc::new(merged.clone()), merged)
-                }
-            }
-            None => {
-                Error::check(Limited::Members, self.len() + 1, self.limits.max_members)?;
-                let record = shared_claim.into();
-                let merged = Member::clone(&record);
-                (record, merged)
-            }
+        if current.is_none() {
+            Error::check(Limited::Members, self.len() + 1, self.limits.max_members)?;
+        }
+        let record: Arc<Member> = if merged == *claim {
+            shared_claim.into()
+        } else {
+            Arc::new(merged.clone())
         };
         let before = self
             .others
@@ -644,12 +916,52 @@ impl Membership {
         if subject == self.local.id {
             return Ok(None);
         }
-        let Some(ById(member)) = self.others.get(&subject) else {
+        let Some(claim) = self.accusation(subject, status) else {
             return Ok(None);
         };
-        let claim = member.with_status(status);
-        let origin = self.local.id;
-        self.apply(now, claim, origin)
+        self.apply_claim(now, claim, true)
+    }
+
+    /// The local node's signed accusation of `subject` (not the local node)
+    /// as `status`, at the incarnation it is held at; `None` for a member not
+    /// held. Changes nothing: what a node sends to confirm a suspicion it
+    /// already holds.
+    pub fn accusation(&self, subject: NodeId, status: MemberStatus) -> Option<Member> {
+        let held = self.other(&subject)?;
+        Some(held.accused(&self.key, self.cluster, status))
+    }
+
+    /// Revokes `id` for good (until [`reinstate`](Membership::reinstate)d):
+    /// its record is removed, and no claim by or about it is taken any more.
+    /// Returns whether a record was removed. The local node cannot be revoked.
+    pub fn revoke(&mut self, id: NodeId) -> bool {
+        if id == self.local.id {
+            return false;
+        }
+        self.revoked.insert(id);
+        self.departed.remove(&id);
+        match self.others.take(&id) {
+            Some(ById(member)) => {
+                self.counts[status_index(member.status)] -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes claims by and about `id` again, after a revocation was lifted.
+    pub fn reinstate(&mut self, id: &NodeId) {
+        self.revoked.remove(id);
+    }
+
+    /// Whether `id` is revoked.
+    pub fn is_revoked(&self, id: &NodeId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// The revoked ids, in order.
+    pub fn revoked(&self) -> impl Iterator<Item = &NodeId> {
+        self.revoked.iter()
     }
 
     /// Raises the local incarnation past `accused` and marks the local node
@@ -663,6 +975,7 @@ impl Membership {
     pub fn refute(&mut self, accused: Incarnation) -> Result<&Member, Error> {
         self.local.incarnation = self.local.incarnation.refute(accused)?;
         self.local.status = MemberStatus::Alive;
+        self.sign_local();
         Ok(&self.local)
     }
 
@@ -678,18 +991,29 @@ impl Membership {
         meta.validate(&self.limits)?;
         self.local.incarnation = self.local.incarnation.next()?;
         self.local.meta = Arc::new(meta);
+        self.sign_local();
         Ok(&self.local)
     }
 
     /// Records that the local key/value state reached `version`.
     pub fn set_local_state_version(&mut self, version: u64) {
-        self.local.state_version = self.local.state_version.max(version);
+        if version > self.local.state_version {
+            self.local.state_version = version;
+            self.sign_local();
+        }
     }
 
     /// Marks the local node as having left. Returns the record to announce.
     pub fn leave(&mut self) -> &Member {
-        self.local.status = MemberStatus::Left;
+        if self.local.status != MemberStatus::Left {
+            self.local.status = MemberStatus::Left;
+            self.sign_local();
+        }
         &self.local
+    }
+
+    fn sign_local(&mut self) {
+        self.local.sign(&self.key, self.cluster);
     }
 
     /// Removes departed members whose last change is at least `horizon` old,
@@ -720,27 +1044,54 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Refusal;
     use MemberStatus::*;
 
-    fn id(n: u8) -> NodeId {
-        NodeId::from_bytes([n; 32])
+    const CLUSTER: ClusterId = ClusterId::from_bytes([1; 8]);
+    const T: Timestamp = Timestamp::ZERO;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey::from_secret_bytes(&[n; 32])
     }
 
+    fn id(n: u8) -> NodeId {
+        key(n).id()
+    }
+
+    /// Node `n`'s own record at `inc`, signed by it.
+    fn own(n: u8, inc: u64, status: MemberStatus) -> Member {
+        let mut record = Member::new(id(n), MemberMeta::default());
+        record.incarnation = Incarnation::new(inc);
+        record.status = status;
+        record.sign(&key(n), CLUSTER);
+        record
+    }
+
+    /// Node `n` at `inc` accused of `status` by node `by`.
+    fn accused(n: u8, inc: u64, status: MemberStatus, by: u8) -> Member {
+        own(n, inc, Alive).accused(&key(by), CLUSTER, status)
+    }
+
+    /// A record as its subject or (suspect, dead) node 99 would make it.
     fn rec(n: u8, inc: u64, status: MemberStatus) -> Member {
-        Member {
-            id: id(n),
-            incarnation: Incarnation::new(inc),
-            status,
-            state_version: 0,
-            meta: Arc::new(MemberMeta::default()),
+        match status {
+            Suspect | Dead => accused(n, inc, status, 99),
+            _ => own(n, inc, status),
         }
     }
 
     fn table() -> Membership {
-        Membership::new(rec(0, 0, Alive), Limits::default())
+        table_with(Limits::default())
     }
 
-    const T: Timestamp = Timestamp::ZERO;
+    fn table_with(limits: Limits) -> Membership {
+        Membership::new(
+            key(0),
+            CLUSTER,
+            Member::new(id(0), MemberMeta::default()),
+            limits,
+        )
+    }
 
     /// One check per precedence rule of the SWIM paper: does `new` override `old`?
     fn check(old: (u64, MemberStatus), new: (u64, MemberStatus), expect: bool) {
@@ -764,20 +1115,74 @@ mod tests {
     }
 
     #[test]
-    fn join_takes_the_larger_state_version_independently() {
-        let mut a = rec(1, 1, Alive);
-        a.state_version = 9;
-        let b = rec(1, 1, Suspect);
-        let joined = a.join(&b);
-        assert_eq!(joined.status, Suspect);
-        assert_eq!(joined.state_version, 9);
+    fn a_joined_record_keeps_the_accusation_and_the_latest_own_claim_and_verifies() {
+        let mut newer = Member::new(id(1), MemberMeta::default());
+        newer.incarnation = Incarnation::new(1);
+        newer.state_version = 9;
+        newer.sign(&key(1), CLUSTER);
+        let suspected = accused(1, 1, Suspect, 2);
+        for joined in [newer.join(&suspected), suspected.join(&newer)] {
+            assert_eq!(joined.status, Suspect);
+            assert_eq!(joined.state_version, 9);
+            assert_eq!(joined.origin(), id(2));
+            joined.verify(CLUSTER).unwrap();
+        }
+        // A later life of its own clears an older accusation.
+        let refuted = own(1, 2, Alive).join(&suspected);
+        assert_eq!((refuted.status, &refuted.proof.accusation), (Alive, &None));
+        refuted.verify(CLUSTER).unwrap();
+        // A leave beats a death at its incarnation.
+        let left = own(1, 1, Left).join(&accused(1, 1, Dead, 2));
+        assert_eq!(left.status, Left);
+        left.verify(CLUSTER).unwrap();
+    }
+
+    #[test]
+    fn a_record_verifies_only_as_its_signers_made_it() {
+        let good = accused(1, 3, Dead, 2);
+        good.verify(CLUSTER).unwrap();
+        // A death heard too early is held as a suspicion: still verifies.
+        good.with_status(Suspect).verify(CLUSTER).unwrap();
+        let bad = |record: Member| {
+            let err = record.verify(CLUSTER).unwrap_err();
+            assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+        };
+        // A suspicion does not back a death.
+        bad(accused(1, 3, Suspect, 2).with_status(Dead));
+        // Another cluster, another incarnation, another state version.
+        good.verify(ClusterId::from_bytes([2; 8])).unwrap_err();
+        bad(Member {
+            incarnation: Incarnation::new(4),
+            ..good.clone()
+        });
+        bad(Member {
+            state_version: 1,
+            ..good.clone()
+        });
+        // The accuser named is not the one who signed.
+        let mut forged_accuser = good.clone();
+        if let Some(accusation) = forged_accuser.proof.accusation.as_mut() {
+            accusation.accuser = id(3);
+        }
+        bad(forged_accuser);
+        // Alive records carry no accusation; accusations need one.
+        bad(Member {
+            status: Alive,
+            ..good.clone()
+        });
+        bad(own(1, 3, Alive).with_status(Dead));
+        // Unsigned, or signed by another key.
+        bad(Member::new(id(1), MemberMeta::default()));
+        let mut by_another = Member::new(id(1), MemberMeta::default());
+        by_another.proof.owner = own(2, 0, Alive).proof.owner;
+        bad(by_another);
     }
 
     #[test]
     fn relayed_accusation_is_accepted_and_reports_origin() {
         let mut t = table();
-        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
-        let ev = t.apply(T, rec(1, 0, Suspect), id(2)).unwrap().unwrap();
+        t.apply(T, rec(1, 0, Alive)).unwrap();
+        let ev = t.apply(T, accused(1, 0, Suspect, 2)).unwrap().unwrap();
         let MembershipEvent::Changed(change) = ev else {
             panic!("{ev:?}")
         };
@@ -786,47 +1191,84 @@ mod tests {
     }
 
     #[test]
-    fn only_the_owner_may_raise_its_incarnation_or_leave() {
+    fn claims_not_signed_by_their_maker_are_refused_and_change_nothing() {
         let mut t = table();
-        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
-        let err = t.apply(T, rec(1, 1, Alive), id(2)).unwrap_err();
-        assert!(matches!(err, Error::NotOwner { .. }), "{err}");
-        let err = t.apply(T, rec(1, 0, Left), id(2)).unwrap_err();
-        assert!(matches!(err, Error::NotOwner { .. }), "{err}");
-        let err = t.apply(T, rec(3, 0, Alive), id(2)).unwrap_err();
-        assert!(
-            matches!(err, Error::NotOwner { .. }),
-            "unknown member introduced by a third party"
-        );
-        assert_eq!(t.get(&id(1)).unwrap().status, Alive);
-        let ev = t.apply(T, rec(1, 0, Left), id(1)).unwrap().unwrap();
-        let MembershipEvent::Changed(change) = ev else {
-            panic!()
+        t.apply(T, rec(1, 0, Alive)).unwrap();
+        let before = t.get(&id(1)).cloned();
+        let forged = |mut record: Member| {
+            // Signed by node 2, claiming to be node 1's.
+            record.proof.owner = {
+                let mut as_two = Member {
+                    id: id(2),
+                    ..record.clone()
+                };
+                as_two.sign(&key(2), CLUSTER);
+                as_two.proof.owner
+            };
+            record
         };
-        assert_eq!(change.transition(), Transition::Left);
+        let claims = [
+            forged(own(1, 1, Alive)),
+            forged(own(1, 0, Left)),
+            forged(at(own(1, 1, Alive), [10, 9, 9, 9])),
+            Member::new(id(3), MemberMeta::default()),
+        ];
+        for claim in claims {
+            let err = t.apply(T, claim).unwrap_err();
+            assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+            assert_eq!(t.get(&id(1)).cloned(), before);
+        }
+        // A forged accuser on a death.
+        let mut dead = accused(1, 0, Dead, 2);
+        if let Some(accusation) = dead.proof.accusation.as_mut() {
+            accusation.accuser = id(4);
+        }
+        assert!(matches!(t.apply(T, dead), Err(Error::BadSignature { .. })));
+        assert_eq!(t.get(&id(1)).cloned(), before);
+        // A member's own claim relayed by anyone is taken: it is signed.
+        let relayed = t.apply(T, own(3, 0, Alive)).unwrap();
+        assert!(matches!(relayed, Some(MembershipEvent::Changed(_))));
+    }
+
+    #[test]
+    fn an_older_signed_claim_is_refused_as_stale() {
+        let mut t = table();
+        t.apply(T, own(1, 5, Alive)).unwrap();
+        let before = t.get(&id(1)).cloned();
+        for replay in [own(1, 4, Alive), own(1, 4, Left), accused(1, 4, Dead, 2)] {
+            let err = t.apply(T, replay).unwrap_err();
+            assert!(matches!(err, Error::Stale { .. }), "{err}");
+            assert_eq!(err.refusal(), Some(Refusal::Stale));
+            assert_eq!(t.get(&id(1)).cloned(), before);
+        }
+        // The record held, heard again: nothing to do, nothing refused.
+        assert_eq!(t.apply(T, own(1, 5, Alive)).unwrap(), None);
     }
 
     #[test]
     fn suspicion_of_self_is_reported_not_applied() {
         let mut t = table();
-        let ev = t.apply(T, rec(0, 0, Suspect), id(2)).unwrap();
+        let ev = t.apply(T, accused(0, 0, Suspect, 2)).unwrap();
         assert!(matches!(ev, Some(MembershipEvent::AccusedSelf { .. })));
         assert_eq!(t.local().status, Alive);
         let refuted = t.refute(Incarnation::new(0)).unwrap();
         assert_eq!(refuted.incarnation, Incarnation::new(1));
-        // The stale suspicion no longer overrides us.
-        assert_eq!(t.apply(T, rec(0, 0, Suspect), id(2)).unwrap(), None);
-        assert!(t.apply(T, rec(0, 1, Left), id(2)).is_err());
+        refuted.verify(CLUSTER).unwrap();
+        assert_eq!(t.apply(T, accused(0, 0, Suspect, 2)).unwrap(), None);
+        let forged_leave = Member {
+            status: Left,
+            ..accused(0, 1, Suspect, 2)
+        };
+        assert!(t.apply(T, forged_leave).is_err());
     }
 
     #[test]
     fn suspicion_at_the_maximum_incarnation_cannot_wedge_refutation() {
         let mut t = table();
-        let forged = Member {
-            incarnation: Incarnation::MAX,
-            ..rec(0, 0, Suspect)
-        };
-        let err = t.apply(T, forged, id(2)).unwrap_err();
+        let mut top = Member::new(id(0), MemberMeta::default());
+        top.incarnation = Incarnation::MAX;
+        let forged = top.accused(&key(2), CLUSTER, Suspect);
+        let err = t.apply(T, forged).unwrap_err();
         assert!(matches!(err, Error::IncarnationJump { .. }), "{err}");
         assert_eq!(t.local().incarnation, Incarnation::ZERO);
         assert!(t.refute(Incarnation::ZERO).is_ok());
@@ -835,14 +1277,15 @@ mod tests {
     #[test]
     fn restarted_member_rejoins_with_higher_incarnation() {
         let mut t = table();
-        t.apply(T, rec(1, 4, Alive), id(1)).unwrap();
+        t.apply(T, rec(1, 4, Alive)).unwrap();
         t.accuse(T, id(1), Dead).unwrap();
+        assert_eq!(t.get(&id(1)).unwrap().origin(), id(0));
         assert_eq!(
-            t.apply(T, rec(1, 4, Alive), id(1)).unwrap(),
+            t.apply(T, rec(1, 4, Alive)).unwrap(),
             None,
             "stale alive loses to dead"
         );
-        let ev = t.apply(T, rec(1, 5, Alive), id(1)).unwrap().unwrap();
+        let ev = t.apply(T, rec(1, 5, Alive)).unwrap().unwrap();
         let MembershipEvent::Changed(change) = ev else {
             panic!()
         };
@@ -856,18 +1299,19 @@ mod tests {
             max_name_bytes: 4,
             ..Limits::default()
         };
-        let mut t = Membership::new(rec(0, 0, Alive), limits);
+        let mut t = table_with(limits);
         let mut long = rec(1, 0, Alive);
         long.meta = Arc::new(MemberMeta::new("too long", []));
+        long.sign(&key(1), CLUSTER);
         assert!(matches!(
-            t.apply(T, long, id(1)),
+            t.apply(T, long),
             Err(Error::LimitExceeded {
                 what: Limited::NameBytes,
                 ..
             })
         ));
-        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
-        let err = t.apply(T, rec(2, 0, Alive), id(2)).unwrap_err();
+        t.apply(T, rec(1, 0, Alive)).unwrap();
+        let err = t.apply(T, rec(2, 0, Alive)).unwrap_err();
         assert!(matches!(
             err,
             Error::LimitExceeded {
@@ -876,6 +1320,24 @@ mod tests {
             }
         ));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_revoked_node_is_removed_and_nothing_by_or_about_it_is_taken() {
+        let mut t = table();
+        t.apply(T, rec(1, 0, Alive)).unwrap();
+        t.apply(T, rec(2, 0, Alive)).unwrap();
+        assert!(t.revoke(id(1)));
+        assert_eq!(t.get(&id(1)), None);
+        assert_eq!(t.count(Alive), 2);
+        let about = t.apply(T, rec(1, 1, Alive)).unwrap_err();
+        assert!(matches!(about, Error::Revoked { .. }), "{about}");
+        let by = t.apply(T, accused(2, 0, Dead, 1)).unwrap_err();
+        assert_eq!(by.refusal(), Some(Refusal::Revoked));
+        assert_eq!(t.get(&id(2)).unwrap().status, Alive);
+        assert!(!t.revoke(id(0)), "the local node cannot be revoked");
+        t.reinstate(&id(1));
+        assert!(t.apply(T, rec(1, 1, Alive)).unwrap().is_some());
     }
 
     #[test]
@@ -906,8 +1368,8 @@ mod tests {
     #[test]
     fn departed_members_are_collected_after_the_horizon() {
         let mut t = table();
-        t.apply(T, rec(1, 0, Alive), id(1)).unwrap();
-        t.apply(T, rec(2, 0, Alive), id(2)).unwrap();
+        t.apply(T, rec(1, 0, Alive)).unwrap();
+        t.apply(T, rec(2, 0, Alive)).unwrap();
         t.accuse(Timestamp::from_millis(10), id(1), Dead).unwrap();
         let h = Duration::from_secs(30);
         assert!(
@@ -926,14 +1388,13 @@ mod tests {
         let mut t = table();
         // Peers still hold this node's earlier life: alive at 2, here.
         let earlier = rec(0, 2, Alive);
-        let ev = t.apply(T, earlier.clone(), id(0)).unwrap();
+        let ev = t.apply(T, earlier.clone()).unwrap();
         assert!(
             matches!(ev, Some(MembershipEvent::AccusedSelf { ref claim, .. }) if *claim == earlier),
             "{ev:?}"
         );
         // ... or its leave.
-        let left = rec(0, 2, Left);
-        let ev = t.apply(T, left, id(0)).unwrap();
+        let ev = t.apply(T, rec(0, 2, Left)).unwrap();
         assert!(
             matches!(ev, Some(MembershipEvent::AccusedSelf { .. })),
             "{ev:?}"
@@ -944,16 +1405,14 @@ mod tests {
         // incarnation.
         for incarnation in [0, 2] {
             let elsewhere = at(rec(0, incarnation, Alive), [10, 9, 9, 9]);
-            let ev = t.apply(T, elsewhere.clone(), id(0)).unwrap();
+            let ev = t.apply(T, elsewhere.clone()).unwrap();
             assert_eq!(
                 ev,
                 Some(MembershipEvent::ClaimedElsewhere { claim: elsewhere })
             );
         }
         // A leave made elsewhere is refuted: whoever made it has gone.
-        let ev = t
-            .apply(T, at(rec(0, 2, Left), [10, 9, 9, 9]), id(0))
-            .unwrap();
+        let ev = t.apply(T, at(rec(0, 2, Left), [10, 9, 9, 9])).unwrap();
         assert!(
             matches!(ev, Some(MembershipEvent::AccusedSelf { .. })),
             "{ev:?}"
@@ -961,15 +1420,18 @@ mod tests {
         assert_eq!(t.local().incarnation, Incarnation::ZERO, "nothing applied");
         // This life's own record, relayed back: nothing to do.
         let own = t.local().clone();
-        assert_eq!(t.apply(T, own, id(0)).unwrap(), None);
+        assert_eq!(t.apply(T, own).unwrap(), None);
     }
 
-    /// `record` with `ip` as its only address.
+    /// `record` (an alive or left one) with `ip` as its only address, signed
+    /// again by its subject.
     fn at(mut record: Member, ip: [u8; 4]) -> Member {
         record.meta = Arc::new(MemberMeta::new(
             record.meta.name(),
             [SocketAddr::from((ip, 1))],
         ));
+        let n = (0..=u8::MAX).find(|n| id(*n) == record.id).unwrap();
+        record.sign(&key(n), CLUSTER);
         record
     }
 
@@ -977,12 +1439,12 @@ mod tests {
     fn a_live_member_is_never_moved_to_another_address() {
         let mut t = table();
         let held = rec(1, 1, Alive);
-        t.apply(T, held.clone(), id(1)).unwrap();
+        t.apply(T, held.clone()).unwrap();
         // Its key at another address, claiming a newer life, and then
         // leaving there: both refused, both reported.
         for status in [Alive, Left] {
             let impostor = at(rec(1, 2, status), [10, 9, 9, 9]);
-            let ev = t.apply(T, impostor.clone(), id(1)).unwrap();
+            let ev = t.apply(T, impostor.clone()).unwrap();
             assert_eq!(
                 ev,
                 Some(MembershipEvent::AddressConflict {
@@ -995,11 +1457,12 @@ mod tests {
         }
         // Stale news of another address changes nothing and is no conflict.
         let stale = at(rec(1, 0, Alive), [10, 9, 9, 9]);
-        assert_eq!(t.apply(T, stale, id(1)).unwrap(), None);
+        let err = t.apply(T, stale).unwrap_err();
+        assert!(matches!(err, Error::Stale { .. }), "{err}");
         // Once the member is dead, its next life may come from anywhere.
         t.accuse(T, id(1), Dead).unwrap();
         let moved = at(rec(1, 2, Alive), [10, 9, 9, 9]);
-        let ev = t.apply(T, moved.clone(), id(1)).unwrap();
+        let ev = t.apply(T, moved.clone()).unwrap();
         assert!(matches!(ev, Some(MembershipEvent::Changed(_))), "{ev:?}");
         assert_eq!(t.get(&id(1)), Some(&moved));
     }

@@ -6,30 +6,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Limited};
+use crate::id::ClusterId;
 use crate::id::NodeId;
 use crate::kv::{Entry, Key};
 use crate::limits::Limits;
 use crate::member::{Member, MemberStatus};
+use crate::proof::{ClaimDigest, ClaimKind, NodeKey, Signature, claim_digest, verify};
 use crate::wire::varint_len;
 
 /// A piece of news spread by piggybacking on protocol messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Rumor {
-    /// A membership claim: alive, suspect, dead, left or a refutation.
+    /// A membership claim: alive, suspect, dead, left or a refutation. Who
+    /// made it is in its proof ([`Member::origin`]).
     Member {
         /// The claim.
         member: Member,
-        /// The node that started the rumor: the subject for its own claims,
-        /// the accuser for accusations.
-        origin: NodeId,
     },
-    /// A write to a node's key/value state.
+    /// A write to a node's key/value state, signed by the node.
     State {
         /// Whose state.
         owner: NodeId,
         /// The write.
         entry: Entry,
+        /// The owner's signature over the write ([`Rumor::state`]).
+        signature: Signature,
     },
 }
 
@@ -58,7 +60,49 @@ enum Subject {
     Key(NodeId, Key),
 }
 
+fn write_digest(cluster: ClusterId, owner: &NodeId, entry: &Entry) -> ClaimDigest {
+    claim_digest(ClaimKind::Write, cluster, &(owner, entry))
+}
+
 impl Rumor {
+    /// A rumor of the holder of `key`'s own `entry`, signed for `cluster`.
+    pub fn state(key: &NodeKey, cluster: ClusterId, entry: Entry) -> Rumor {
+        let owner = key.id();
+        let signature = key.sign(&write_digest(cluster, &owner, &entry));
+        Rumor::State {
+            owner,
+            entry,
+            signature,
+        }
+    }
+
+    /// Checks the rumor's signatures for `cluster`: a membership claim's (see
+    /// [`Member::verify`]), or the owner's over a write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadSignature`].
+    pub fn verify(&self, cluster: ClusterId) -> Result<(), Error> {
+        match self {
+            Rumor::Member { member } => member.verify(cluster),
+            Rumor::State {
+                owner,
+                entry,
+                signature,
+            } => {
+                if verify(owner, &write_digest(cluster, owner, entry), signature) {
+                    Ok(())
+                } else {
+                    Err(Error::BadSignature {
+                        subject: *owner,
+                        signer: *owner,
+                        claim: "a key/value write",
+                    })
+                }
+            }
+        }
+    }
+
     /// Which lane the rumor travels in.
     pub fn lane(&self) -> Lane {
         match self {
@@ -69,31 +113,24 @@ impl Rumor {
 
     fn subject(&self) -> Subject {
         match self {
-            Rumor::Member { member, .. } => Subject::Member(member.id),
-            Rumor::State { owner, entry } => Subject::Key(*owner, entry.key.clone()),
+            Rumor::Member { member } => Subject::Member(member.id),
+            Rumor::State { owner, entry, .. } => Subject::Key(*owner, entry.key.clone()),
         }
     }
 
     /// `true` if this rumor carries newer news than `older` about the same subject.
     fn is_newer_than(&self, older: &Rumor) -> bool {
         match (self, older) {
-            (
-                Rumor::Member {
-                    member: new,
-                    origin: new_origin,
-                },
-                Rumor::Member {
-                    member: old,
-                    origin: old_origin,
-                },
-            ) => {
+            (Rumor::Member { member: new }, Rumor::Member { member: old }) => {
                 let same_claim = !new.overrides(old) && !old.overrides(new);
                 new.overrides(old)
                     || (same_claim && new.state_version > old.state_version)
                     // Another accuser's suspicion is an independent
                     // confirmation (Lifeguard): it travels in place of the
                     // one already queued.
-                    || (same_claim && new.status == MemberStatus::Suspect && new_origin != old_origin)
+                    || (same_claim
+                        && new.status == MemberStatus::Suspect
+                        && new.origin() != old.origin())
             }
             (Rumor::State { entry: new, .. }, Rumor::State { entry: old, .. }) => {
                 new.version > old.version
@@ -109,7 +146,7 @@ impl Rumor {
     /// [`Error::LimitExceeded`] for oversized metadata, keys or values.
     pub fn validate(&self, limits: &Limits) -> Result<(), Error> {
         match self {
-            Rumor::Member { member, .. } => member.validate(limits),
+            Rumor::Member { member } => member.validate(limits),
             Rumor::State { entry, .. } => {
                 Error::check(
                     Limited::KeyBytes,
@@ -236,8 +273,8 @@ type Rank = (u32, Reverse<u64>);
 /// ```
 /// use gossip_core::{Limits, Member, MemberMeta, NodeId, Rumor, RumorQueue};
 /// let mut queue = RumorQueue::new(4, Limits::default());
-/// let id = NodeId::from_public_key(b"n1");
-/// queue.push(Rumor::Member { member: Member::new(id, MemberMeta::default()), origin: id }).unwrap();
+/// let id = NodeId::from_bytes([1; 32]);
+/// queue.push(Rumor::Member { member: Member::new(id, MemberMeta::default()) }).unwrap();
 /// let packed = queue.pack(1200, 10);
 /// assert_eq!(packed.count(), 1);
 /// assert!(packed.encoded_len() <= 1200);
@@ -369,6 +406,24 @@ impl RumorQueue {
         }
     }
 
+    /// Drops every rumor about `id`: its membership claims, accusations by
+    /// it, and its writes (for a node revoked). Returns how many.
+    pub fn forget(&mut self, id: &NodeId) -> usize {
+        let doomed: Vec<u64> = self
+            .queued
+            .iter()
+            .filter(|(_, q)| match &q.rumor {
+                Rumor::Member { member } => member.id == *id || member.origin() == *id,
+                Rumor::State { owner, .. } => owner == id,
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &doomed {
+            self.remove(*seq);
+        }
+        doomed.len()
+    }
+
     fn remove(&mut self, seq: u64) -> Option<Queued> {
         let queued = self.queued.remove(&seq)?;
         self.lanes[queued.rumor.lane().index()].remove(&(queued.transmits, Reverse(seq)));
@@ -435,10 +490,7 @@ mod tests {
     fn member_rumor(n: u8, inc: u64, status: MemberStatus) -> Rumor {
         let mut member = Member::new(id(n), MemberMeta::default()).with_status(status);
         member.incarnation = Incarnation::new(inc);
-        Rumor::Member {
-            member,
-            origin: id(n),
-        }
+        Rumor::Member { member }
     }
 
     fn data_rumor(owner: u8, key: &str, version: u64, len: usize) -> Rumor {
@@ -449,6 +501,7 @@ mod tests {
                 value: Some(Bytes::from(vec![0u8; len])),
                 version,
             },
+            signature: Signature::NONE,
         }
     }
 
@@ -531,13 +584,15 @@ mod tests {
         );
         let suspect = member_rumor(1, 0, MemberStatus::Suspect);
         assert_eq!(q.push(suspect.clone()).unwrap(), Pushed::Stale);
-        let Rumor::Member { member, .. } = suspect else {
+        let Rumor::Member { mut member } = suspect else {
             unreachable!()
         };
-        let confirmation = Rumor::Member {
-            member,
-            origin: id(7),
-        };
+        member.proof.accusation = Some(crate::Accusation {
+            accuser: id(7),
+            status: MemberStatus::Suspect,
+            signature: Signature::NONE,
+        });
+        let confirmation = Rumor::Member { member };
         assert_eq!(
             q.push(confirmation).unwrap(),
             Pushed::Replaced,

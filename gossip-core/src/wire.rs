@@ -23,8 +23,9 @@ use crate::id::ClusterId;
 use crate::limits::Limits;
 use crate::rumor::{PackedRumors, Rumor};
 
-/// The wire version this build speaks. Bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 1;
+/// The wire version this build speaks. Bumped on any incompatible change
+/// (2: signed member records, accusations and key/value state).
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes taken by the version and cluster id at the start of every frame.
 pub const HEADER_LEN: usize = 1 + ClusterId::LEN;
@@ -179,7 +180,6 @@ mod tests {
             queue
                 .push(Rumor::Member {
                     member: Member::new(id, MemberMeta::default()),
-                    origin: id,
                 })
                 .unwrap();
         }

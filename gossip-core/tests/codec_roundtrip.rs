@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use gossip_core::{
-    Bytes, ClusterId, Entry, Frame, Incarnation, Key, Limits, Member, MemberMeta, MemberStatus,
-    NodeId, Rumor, RumorQueue, decode_frame, encode_frame,
+    Accusation, Bytes, ClusterId, Entry, Frame, Incarnation, Key, Limits, Member, MemberMeta,
+    MemberStatus, NodeId, Proof, Rumor, RumorQueue, Signature, decode_frame, encode_frame,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -48,18 +48,26 @@ fn rumor() -> impl Strategy<Value = Rumor> {
         any::<u64>(),
         "[a-z0-9-]{0,20}",
         prop::collection::vec(any::<std::net::SocketAddr>().prop_map(without_scope), 0..3),
-        node_id(),
+        prop::option::of((node_id(), any::<[u8; 64]>())),
+        any::<[u8; 64]>(),
     )
         .prop_map(
-            |(id, inc, status, state_version, name, addrs, origin)| Rumor::Member {
+            |(id, inc, status, state_version, name, addrs, accusation, owner)| Rumor::Member {
                 member: Member {
                     id,
                     incarnation: Incarnation::new(inc),
                     status,
                     state_version,
                     meta: Arc::new(MemberMeta::new(name, addrs)),
+                    proof: Proof {
+                        owner: Signature::from_bytes(owner),
+                        accusation: accusation.map(|(accuser, signature)| Accusation {
+                            accuser,
+                            status,
+                            signature: Signature::from_bytes(signature),
+                        }),
+                    },
                 },
-                origin,
             },
         );
     let state = (
@@ -67,14 +75,16 @@ fn rumor() -> impl Strategy<Value = Rumor> {
         "[a-z/]{1,30}",
         prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
         any::<u64>(),
+        any::<[u8; 64]>(),
     )
-        .prop_map(|(owner, key, value, version)| Rumor::State {
+        .prop_map(|(owner, key, value, version, signature)| Rumor::State {
             owner,
             entry: Entry {
                 key: Key::from(key),
                 value: value.map(Bytes::from),
                 version,
             },
+            signature: Signature::from_bytes(signature),
         });
     prop_oneof![member, state]
 }

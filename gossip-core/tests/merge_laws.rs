@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use gossip_core::{
-    Incarnation, Limits, Member, MemberMeta, MemberStatus, Membership, NodeId, Timestamp,
+    ClusterId, Error, Incarnation, Limits, Member, MemberMeta, MemberStatus, Membership, NodeKey,
+    Timestamp,
 };
 use proptest::prelude::*;
 
@@ -21,18 +20,50 @@ fn status() -> impl Strategy<Value = MemberStatus> {
     ]
 }
 
-/// Claims about member `subject`, with few enough distinct values that ties
-/// (same incarnation and status, different metadata) are common.
+const CLUSTER: ClusterId = ClusterId::from_bytes([3; 8]);
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_secret_bytes(&[n; 32])
+}
+
+/// Signed claims about member `subject`: its own (alive, left), or an
+/// accusation by one of two accusers, at times held weaker than it was made
+/// (a death held as a suspicion). Few enough distinct values that ties (same
+/// incarnation and status, different metadata or accuser) are common.
 fn claim(subject: u8) -> impl Strategy<Value = Member> {
-    (0u64..4, status(), 0u64..4, 0usize..3).prop_map(move |(inc, status, state_version, meta)| {
-        Member {
-            id: NodeId::from_bytes([subject; 32]),
-            incarnation: Incarnation::new(inc),
-            status,
-            state_version,
-            meta: Arc::new(MemberMeta::new(format!("name-{meta}"), vec![])),
-        }
-    })
+    (
+        0u64..4,
+        status(),
+        0u64..4,
+        0usize..3,
+        10u8..12,
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(inc, status, state_version, meta, accuser, held_weaker)| {
+                let mut own = Member::new(
+                    key(subject).id(),
+                    MemberMeta::new(format!("name-{meta}"), vec![]),
+                );
+                own.incarnation = Incarnation::new(inc);
+                own.state_version = state_version;
+                own.status = if status == MemberStatus::Left {
+                    status
+                } else {
+                    MemberStatus::Alive
+                };
+                own.sign(&key(subject), CLUSTER);
+                match status {
+                    MemberStatus::Dead if held_weaker => own
+                        .accused(&key(accuser), CLUSTER, status)
+                        .with_status(MemberStatus::Suspect),
+                    MemberStatus::Suspect | MemberStatus::Dead => {
+                        own.accused(&key(accuser), CLUSTER, status)
+                    }
+                    _ => own,
+                }
+            },
+        )
 }
 
 proptest! {
@@ -56,10 +87,10 @@ proptest! {
     }
 
     #[test]
-    fn join_never_lowers_incarnation_or_state_version(a in claim(1), b in claim(1)) {
+    fn join_never_lowers_incarnation_and_its_result_verifies(a in claim(1), b in claim(1)) {
         let joined = a.join(&b);
-        prop_assert!(joined.incarnation >= a.incarnation.max(b.incarnation));
-        prop_assert_eq!(joined.state_version, a.state_version.max(b.state_version));
+        prop_assert_eq!(joined.incarnation, a.incarnation.max(b.incarnation));
+        prop_assert!(joined.verify(CLUSTER).is_ok(), "{:?} from {:?} and {:?}", joined, a, b);
     }
 
     /// Owner-made claims about several members, applied to two tables in two
@@ -69,20 +100,28 @@ proptest! {
         claims in prop::collection::vec((1u8..5).prop_flat_map(claim), 1..40),
         shuffle_seed in any::<u64>(),
     ) {
-        let local = NodeId::from_bytes([0; 32]);
-        let mut forward = Membership::new(Member::new(local, MemberMeta::default()), Limits::default());
+        let local = key(0);
+        let mut forward = Membership::new(
+            local.clone(),
+            CLUSTER,
+            Member::new(local.id(), MemberMeta::default()),
+            Limits::default(),
+        );
         let mut other = forward.clone();
         let mut reordered = claims.clone();
         // A deterministic permutation derived from the generated seed.
         reordered.sort_by_key(|m| (m.state_version ^ shuffle_seed).wrapping_mul(m.incarnation.get() + 7) ^ u64::from(m.id.as_bytes()[0]));
         reordered.reverse();
+        // Claims older than the one held are refused as stale; nothing else is.
+        let take = |table: &mut Membership, m: Member| match table.apply(Timestamp::ZERO, m) {
+            Ok(_) | Err(Error::Stale { .. }) => Ok(()),
+            Err(err) => Err(err),
+        };
         for m in claims {
-            let origin = m.id;
-            forward.apply(Timestamp::ZERO, m, origin).unwrap();
+            prop_assert!(take(&mut forward, m).is_ok());
         }
         for m in reordered {
-            let origin = m.id;
-            other.apply(Timestamp::ZERO, m, origin).unwrap();
+            prop_assert!(take(&mut other, m).is_ok());
         }
         let a: Vec<_> = forward.iter().cloned().collect();
         let b: Vec<_> = other.iter().cloned().collect();

@@ -37,7 +37,7 @@
 //! use std::time::Duration;
 //!
 //! use gossip_member::{Replica, ReplicaConfig, StoredKeys};
-//! use gossip_core::{ClusterId, Incarnation, MemberMeta, NodeId, Timestamp};
+//! use gossip_core::{ClusterId, Incarnation, MemberMeta, NodeKey, Timestamp};
 //! use gossip_swim::{Config, Swim};
 //!
 //! # fn main() -> Result<(), gossip_core::Error> {
@@ -46,11 +46,13 @@
 //!     SocketAddr::from(([10, 0, 0, 1], 7946)),
 //!     SocketAddr::from(([10, 0, 0, 2], 7946)),
 //! ];
-//! let ids = [NodeId::from_public_key(b"one"), NodeId::from_public_key(b"two")];
+//! // Each node's key (in the node, the key of its certificate).
+//! let keys = [NodeKey::from_secret_bytes(&[1; 32]), NodeKey::from_secret_bytes(&[2; 32])];
+//! let ids = [keys[0].id(), keys[1].id()];
 //! let mut nodes = Vec::new();
-//! for (i, (id, addr)) in ids.iter().zip(addrs).enumerate() {
+//! for (i, (key, addr)) in keys.into_iter().zip(addrs).enumerate() {
 //!     let meta = MemberMeta::new(format!("n{i}"), [addr]);
-//!     let swim = Swim::new(Config::lan(cluster, 2), *id, meta, Incarnation::ZERO, Timestamp::ZERO);
+//!     let swim = Swim::new(Config::lan(cluster, 2), key, meta, Incarnation::ZERO, Timestamp::ZERO);
 //!     nodes.push(Replica::new(ReplicaConfig::new(cluster), swim, StoredKeys::default(), Timestamp::ZERO)?);
 //! }
 //! nodes[1].join(Timestamp::ZERO, vec![addrs[0]]);
@@ -89,3 +91,6 @@ mod replica;
 pub use replica::{
     Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys, SyncStats, SyncTransmit,
 };
+
+/// What a [`ReplicaEvent::SyncEnded`] reports, from the sync it runs.
+pub use gossip_antientropy::{Error as SyncError, SessionStats};

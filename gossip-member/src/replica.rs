@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gossip_core::{
     ClusterId, Entry, Error as CoreError, GossipRng, Key, KvChange, KvStore, Limits, Member,
-    MemberStatus, NodeId, OutputQueue, Timestamp,
+    MemberStatus, NodeId, OutputQueue, Refusals, Timestamp,
 };
 use gossip_swim::{Event, StateDigest, Swim, Transmit};
 use rand::{Rng, SeedableRng};
@@ -150,6 +150,10 @@ pub struct SyncStats {
     pub bytes_received: u64,
     /// Key/value writes received.
     pub entries_received: u64,
+    /// Member records and key/value writes that sync sessions refused, by
+    /// reason (not signed by their makers, not the state an owner signed,
+    /// revoked, ...). Each but a revoked node's also failed its session.
+    pub claims_refused: Refusals,
 }
 
 /// A node's own keys, as a restarted replica starts from them: a restart
@@ -220,7 +224,8 @@ impl Replica {
     ) -> Result<Self, CoreError> {
         let limits: Limits = swim.config().limits.clone();
         let local = swim.members().local().clone();
-        let kv = KvStore::starting_at(local.id, limits.clone(), keys.max_version);
+        let key = swim.members().key().clone();
+        let kv = KvStore::starting_at(key, swim.config().cluster, limits.clone(), keys.max_version);
         let mut state = SyncState::from_parts(kv, [local], limits);
         for (key, value) in keys.keys {
             let version = state.set(key, value)?;
@@ -342,9 +347,36 @@ impl Replica {
         // The write itself first, so that it rides the push that goes out at
         // once; the raised version follows within SWIM's push interval. Too
         // large to ride a probe, it is left to anti-entropy.
-        let _ = self.swim.broadcast_state(now, owner, entry);
+        let _ = self.swim.broadcast_state(now, entry);
         self.swim.set_state_version(now, version);
         self.settle(now);
+    }
+
+    /// Revokes `id`, the operator's word for a node whose key is no longer
+    /// trusted: SWIM drops its record and rumors ([`Swim::revoke`]), the
+    /// replicated state forgets its record and writes, sync sessions with it
+    /// end, and nothing by or about it is taken until
+    /// [`reinstate`](Replica::reinstate).
+    pub fn revoke(&mut self, now: Timestamp, id: NodeId) {
+        if id == self.swim.local_id() {
+            return;
+        }
+        self.swim.revoke(now, id);
+        self.state.revoke(id);
+        self.wanted.remove(&id);
+        for role in [Role::Initiator, Role::Responder] {
+            if self.sessions(role).remove(&id).is_some() {
+                self.count_session_end(role, false);
+            }
+        }
+        self.settle(now);
+    }
+
+    /// Takes records and writes of `id` again, after its revocation was
+    /// lifted.
+    pub fn reinstate(&mut self, id: &NodeId) {
+        self.swim.reinstate(id);
+        self.state.reinstate(id);
     }
 
     // ----- inputs -----
@@ -560,12 +592,12 @@ impl Replica {
                 // A record the limits refuse stays out of the replicated
                 // state; SWIM still has it. SWIM's own allocation is shared
                 // when the event's record is still the one in its table.
-                let _ = match self.swim.members().get_shared(&member.id) {
-                    Some(shared) if **shared == *member => {
-                        self.state.merge_shared_member(Arc::clone(shared))
-                    }
-                    _ => self.state.merge_member(member.clone()),
+                let shared = match self.swim.members().get_shared(&member.id) {
+                    Some(shared) if **shared == *member => Arc::clone(shared),
+                    _ => Arc::new(member.clone()),
                 };
+                // Verified by SWIM's table, which the event reports.
+                let _ = self.state.merge_verified_member(shared);
                 if member.status == MemberStatus::Alive
                     && member.state_version > self.known_version(&member.id)
                 {
@@ -673,6 +705,7 @@ impl Replica {
             let stats = running.session.stats().clone();
             sessions.remove(&peer);
             self.stats.entries_received += stats.entries_received;
+            self.stats.claims_refused += stats.refused;
             self.count_session_end(role, error.is_none());
             if role == Role::Initiator {
                 self.last_sync.insert(peer, now);
@@ -734,13 +767,21 @@ mod tests {
     use gossip_core::{Incarnation, MemberMeta};
     use gossip_swim::Config;
 
+    /// A distinct key for each short name.
+    fn key(name: &str) -> gossip_core::NodeKey {
+        let mut secret = [0u8; 32];
+        secret[..name.len()].copy_from_slice(name.as_bytes());
+        gossip_core::NodeKey::from_secret_bytes(&secret)
+    }
+
     fn replica(name: &str, cluster: ClusterId) -> (NodeId, SocketAddr, Replica) {
-        let id = NodeId::from_public_key(name.as_bytes());
+        let key = key(name);
+        let id = key.id();
         let addr = SocketAddr::from(([10, 0, 0, 1], 7946));
         let meta = MemberMeta::new(name, [addr]);
         let swim = Swim::new(
             Config::lan(cluster, 128),
-            id,
+            key,
             meta,
             Incarnation::ZERO,
             Timestamp::ZERO,
@@ -767,7 +808,7 @@ mod tests {
         let config = ReplicaConfig::new(cluster).sync;
         let root = |session: &mut Session| session.poll_transmit().expect("the root");
         for n in 0..MAX_RESPONDING {
-            let peer = NodeId::from_public_key(format!("peer {n}").as_bytes());
+            let peer = key(&format!("peer {n}")).id();
             let mut session =
                 Session::initiate(config.clone(), responder_id, initiator.state(), now);
             let addr = SocketAddr::from(([10, 0, 1, 1], 7946));

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gossip_core::{
-    ClusterId, Incarnation, Limits, MemberMeta, NodeId, PackedRumors, Timestamp, encode_frame,
+    ClusterId, Incarnation, Limits, MemberMeta, NodeId, NodeKey, PackedRumors, Timestamp,
+    encode_frame,
 };
 use gossip_member::{Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys};
 use gossip_swim::{Config, Message, StateDigest, Swim, TargetTag};
@@ -36,12 +37,13 @@ impl Net {
             ended: Vec::new(),
         };
         for i in 0..n {
-            let id = NodeId::from_public_key(&[i, 7]);
+            let key = NodeKey::from_secret_bytes(&[i + 1; 32]);
+            let id = key.id();
             let addr = SocketAddr::from(([10, 0, 0, i + 1], 7946));
             let mut swim_config = Config::lan(cluster, usize::from(n));
             swim_config.rng_seed = rng_seed + u64::from(i);
             let meta = MemberMeta::new(format!("n{i}"), [addr]);
-            let swim = Swim::new(swim_config, id, meta, Incarnation::ZERO, Timestamp::ZERO);
+            let swim = Swim::new(swim_config, key, meta, Incarnation::ZERO, Timestamp::ZERO);
             let mut config = ReplicaConfig::new(cluster);
             config.rng_seed = rng_seed + 100 + u64::from(i);
             let replica = Replica::new(config, swim, StoredKeys::default(), Timestamp::ZERO)

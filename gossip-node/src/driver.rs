@@ -2,17 +2,19 @@
 //! transport input, the earliest deadline and handle commands, feeds one input,
 //! then drains every output.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_core::{GossipRng, Incarnation, Key, Member, MemberStatus, NodeId, Timestamp};
-use gossip_member::{Replica, ReplicaEvent, Role, SyncTransmit};
+use gossip_core::{GossipRng, Incarnation, Key, Member, MemberStatus, NodeId, Refusal, Timestamp};
+use gossip_member::{Replica, ReplicaEvent, Role, SyncError, SyncTransmit};
 use gossip_swim::{Event, JoinRefusal, Transmit};
-use gossip_transport_quic::{Channel, Error as TransportError, Inbox, Received, Transport};
+use gossip_transport_quic::{
+    Channel, Error as TransportError, Inbox, NodeCredentials, Received, Transport, TrustBundle,
+};
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -75,8 +77,27 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<(Key, Bytes)>>,
     },
     Metrics(oneshot::Sender<Metrics>),
+    ReloadTrust {
+        trust: TrustBundle,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Leave(oneshot::Sender<()>),
     Shutdown,
+}
+
+/// How often refused syncs from one peer are logged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Brings the replica's revocations to `revoked`: revokes the ids newly in
+/// it, takes back those no longer in it.
+pub(crate) fn apply_revocations(replica: &mut Replica, now: Timestamp, revoked: &BTreeSet<NodeId>) {
+    let held: Vec<NodeId> = replica.swim().members().revoked().copied().collect();
+    for id in held.iter().filter(|id| !revoked.contains(id)) {
+        replica.reinstate(id);
+    }
+    for id in revoked.iter().filter(|id| !held.contains(id)) {
+        replica.revoke(now, *id);
+    }
 }
 
 /// The membership as the replica holds it, for the handles to read.
@@ -115,6 +136,8 @@ struct SendFailed {
 pub(crate) struct Driver {
     replica: Replica,
     transport: Transport,
+    /// The node's certificate and key, for a reload of the trust bundle.
+    credentials: NodeCredentials,
     inbox: Inbox,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<NodeEvent>,
@@ -145,12 +168,15 @@ pub(crate) struct Driver {
     identity_checks: BTreeSet<SocketAddr>,
     checked_tx: mpsc::UnboundedSender<IdentityChecked>,
     checked_rx: mpsc::UnboundedReceiver<IdentityChecked>,
+    /// When a refused sync from each peer was last logged.
+    sync_refusals_logged: BTreeMap<NodeId, Instant>,
 }
 
 /// What the driver is built from; see `Node::start`.
 pub(crate) struct Parts {
     pub(crate) replica: Replica,
     pub(crate) transport: Transport,
+    pub(crate) credentials: NodeCredentials,
     pub(crate) inbox: Inbox,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
@@ -170,6 +196,7 @@ impl Driver {
         Driver {
             replica: parts.replica,
             transport: parts.transport,
+            credentials: parts.credentials,
             inbox: parts.inbox,
             commands: parts.commands,
             events: parts.events,
@@ -192,6 +219,7 @@ impl Driver {
             identity_checks: BTreeSet::new(),
             checked_tx,
             checked_rx,
+            sync_refusals_logged: BTreeMap::new(),
         }
     }
 
@@ -286,6 +314,17 @@ impl Driver {
             Command::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
             }
+            Command::ReloadTrust { trust, reply } => {
+                let result = self
+                    .transport
+                    .reload(&self.credentials, &trust)
+                    .map_err(Error::Transport);
+                if result.is_ok() {
+                    apply_revocations(&mut self.replica, now, trust.revoked());
+                    self.members_changed = true;
+                }
+                let _ = reply.send(result);
+            }
             Command::Leave(reply) => {
                 self.leave_waiters.push(reply);
                 self.replica.leave(now);
@@ -369,16 +408,23 @@ impl Driver {
                 role,
                 error,
                 stats,
-            } => debug!(
-                %peer,
-                role = ?role,
-                clean = error.is_none(),
-                error = ?error,
-                bytes_sent = stats.bytes_sent,
-                bytes_received = stats.bytes_received,
-                entries_received = stats.entries_received,
-                "sync ended"
-            ),
+            } => {
+                debug!(
+                    %peer,
+                    role = ?role,
+                    clean = error.is_none(),
+                    error = ?error,
+                    bytes_sent = stats.bytes_sent,
+                    bytes_received = stats.bytes_received,
+                    entries_received = stats.entries_received,
+                    "sync ended"
+                );
+                if let Some(SyncError::Refused(refused)) = &error
+                    && let Some(reason) = refused.refusal()
+                {
+                    self.sync_refused(peer, reason, refused);
+                }
+            }
             _ => {}
         }
     }
@@ -422,6 +468,22 @@ impl Driver {
                     "one identity at two addresses: kept the member where it is held and refused the claim; if both answer, another process holds that member's key (was a data directory or certificate copied?)"
                 );
             }
+            Event::ClaimRefused {
+                from,
+                subject,
+                reason: Refusal::Stale,
+                error,
+            } => {
+                debug!(%from, %subject, %error, "refused a stale claim (a late rumor, or a replay)")
+            }
+            Event::ClaimRefused {
+                from,
+                subject,
+                reason,
+                error,
+            } => {
+                warn!(%from, %subject, %reason, %error, "refused a claim a member passed on; nothing of it was applied")
+            }
             Event::JoinerRefused {
                 member,
                 addr,
@@ -451,6 +513,24 @@ impl Driver {
         if let Some(event) = NodeEvent::from_swim(event) {
             self.publish(event);
         }
+    }
+
+    /// A sync `peer` started or answered carried records or writes that were
+    /// refused, which ended it: logged at most once per peer per interval,
+    /// and published.
+    fn sync_refused(&mut self, peer: NodeId, reason: Refusal, error: &gossip_core::Error) {
+        let now = Instant::now();
+        let due = self
+            .sync_refusals_logged
+            .get(&peer)
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            self.sync_refusals_logged
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+            self.sync_refusals_logged.insert(peer, now);
+            warn!(%peer, %reason, %error, "refused a sync whose records or writes were not as their makers signed them; nothing of it was applied");
+        }
+        self.publish(NodeEvent::ClaimRefused { from: peer, reason });
     }
 
     /// Finds out whether a process answers as this node at `addr`, where a

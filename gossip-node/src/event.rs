@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use gossip_core::{Key, Member, NodeId};
+use gossip_core::{Key, Member, NodeId, Refusal};
 use gossip_swim::{JoinRefusal, Provenance};
 
 /// A node's stream of events, as [`Node::start`](crate::Node::start) and
@@ -48,6 +48,17 @@ pub enum NodeEvent {
         held: Option<SocketAddr>,
         /// The address claimed, refused.
         claimed: Option<SocketAddr>,
+    },
+    /// A claim `from` passed on was refused: a member record, accusation or
+    /// key/value write its maker did not sign, one older than held, one
+    /// implausible or revoked. Nothing was applied. Logged as a warning (a
+    /// stale claim, which late rumors make too, at debug); at most once per
+    /// sender per 30 s for rumors, once per session for syncs.
+    ClaimRefused {
+        /// The authenticated peer that sent it.
+        from: NodeId,
+        /// Why it was refused.
+        reason: Refusal,
     },
     /// A member was heard of for the first time.
     Joined(Member),
@@ -116,6 +127,10 @@ impl NodeEvent {
             Event::JoinCompleted { via } => NodeEvent::JoinCompleted { via: *via },
             Event::JoinRefused { by, reason } => NodeEvent::JoinRefused {
                 by: *by,
+                reason: *reason,
+            },
+            Event::ClaimRefused { from, reason, .. } => NodeEvent::ClaimRefused {
+                from: *from,
                 reason: *reason,
             },
             Event::AddressConflict {

@@ -19,7 +19,7 @@
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
-//! | `gossip_refusals_total` | counter | input refused, by `reason`: `claim` (a claim only its subject may make, or implausible), `misdirected` (probe for another node), `state_elsewhere` (a key/value write whose sender spoke from another address than the one its identity is held at, after a conflict), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
+//! | `gossip_refusals_total` | counter | input refused, by `reason`: for claims (member records, accusations, key/value writes; by rumor, table or sync) `bad_signature` (not signed by its subject, or for an accusation its accuser), `stale` (older than the one held: a late rumor or a replay), `implausible` (an incarnation or version jump over the cap), `revoked` (by or about a revoked node), `inconsistent` (writes that do not make the state their owner signed), `over_limit`; and `misdirected` (probe for another node), `state_elsewhere` (a key/value write whose sender spoke from another address than the one its identity is held at, after a conflict), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
 //! | `gossip_join_refusals_total` | counter | joins refused (a member table full, or the joiner's identity alive at another address), by `side`: `by_this_node` (a joiner this node turned away, and told why) and `of_this_node` (this node's join attempts a seed turned away) |
 //! | `gossip_identity_conflicts_total` | counter | one identity seen at two addresses, by `kind`: `member_moved` (a claim that would have moved a live member to another address, refused), `this_node_elsewhere` (a live record of this node at another address: an earlier life, or a second process), `this_node_answers_elsewhere` (a second process answered at that address as this node) |
 //! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once); and sync messages of either role dropped (`role="any"`, `outcome="refused_elsewhere"`) because their sender spoke from another address than the one its identity is held at, after a conflict |
@@ -140,6 +140,11 @@ impl Metrics {
         let y = &self.sync;
         let m = &self.members;
         let in_out = |i: u64, o: u64| [("in", i), ("out", o)];
+        // Claims refused by SWIM (rumors, tables) and by sync sessions.
+        let mut claims = s.refused;
+        claims += y.claims_refused;
+        let mut refusals: Vec<(&'static str, u64)> =
+            claims.iter().map(|(r, n)| (r.as_str(), n)).collect();
         let syncs = [
             ("initiator", "started", y.initiated),
             ("initiator", "completed", y.initiated_completed),
@@ -253,16 +258,18 @@ impl Metrics {
                 "Input refused, by reason.",
                 Counter,
                 "reason",
-                &[
-                    ("claim", s.rejected_claims),
-                    ("misdirected", s.misdirected),
-                    ("state_elsewhere", s.state_refused_elsewhere),
-                    ("foreign_cluster", s.foreign_cluster),
-                    ("tls", t.refused),
-                    ("udp_malformed", t.datagrams_malformed),
-                    ("udp_quic_version", t.datagrams_unsupported_version),
-                    ("udp_unknown_connection", t.datagrams_unknown_connection_id),
-                ],
+                {
+                    refusals.extend([
+                        ("misdirected", s.misdirected),
+                        ("state_elsewhere", s.state_refused_elsewhere),
+                        ("foreign_cluster", s.foreign_cluster),
+                        ("tls", t.refused),
+                        ("udp_malformed", t.datagrams_malformed),
+                        ("udp_quic_version", t.datagrams_unsupported_version),
+                        ("udp_unknown_connection", t.datagrams_unknown_connection_id),
+                    ]);
+                    &refusals
+                },
             ),
             by(
                 "gossip_join_refusals_total",

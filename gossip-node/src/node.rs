@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gossip_core::{GossipRng, Incarnation, Key, Member, MemberMeta, NodeId, Timestamp};
 use gossip_member::{Replica, StoredKeys};
 use gossip_swim::Swim;
-use gossip_transport_quic::{NodeCredentials, Transport, TransportConfig};
+use gossip_transport_quic::{NodeCredentials, Transport, TransportConfig, TrustBundle};
 use rand::SeedableRng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
-use crate::driver::{Command, Driver, JoinState, Parts, snapshot};
+use crate::driver::{Command, Driver, JoinState, Parts, apply_revocations, snapshot};
 use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
@@ -100,6 +100,7 @@ impl Node {
         let rng_seed = config.rng_seed.unwrap_or_else(|| default_rng_seed(&id));
         let now = Timestamp::ZERO;
         let mut replica = build_replica(&config, &identity, advertise, rng_seed, now)?;
+        apply_revocations(&mut replica, now, config.trust.revoked());
         let seeds = seeds_other_than(&config.seeds, advertise, bound.addr);
         let joined = watch::Sender::new(if seeds.is_empty() {
             JoinState::Joined
@@ -116,6 +117,7 @@ impl Node {
         let driver = Driver::new(Parts {
             replica,
             transport: bound.transport.clone(),
+            credentials: identity.credentials.clone(),
             inbox: bound.inbox,
             commands,
             events: events.clone(),
@@ -304,6 +306,25 @@ impl Node {
         self.ask(Command::Metrics).await
     }
 
+    /// Replaces the trust bundle (the cluster's CA certificates and the
+    /// revoked ids) without a restart. Revoked nodes lose their
+    /// connections, their handshakes are refused both ways, their records
+    /// and writes are dropped, and no claim by or about them is taken or
+    /// passed on; ids no longer revoked are taken again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] if the bundle is unusable (the old one stays in
+    /// force); [`Error::Stopped`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the reload happens whole or not at all.
+    pub async fn reload_trust(&self, trust: TrustBundle) -> Result<(), Error> {
+        self.ask(|reply| Command::ReloadTrust { trust, reply })
+            .await?
+    }
+
     /// Leaves the cluster gracefully: announces the departure, keeps
     /// answering until the announcement has spread (or the protocol's leave
     /// timeout), then stops. Peers see this node as left, not failed. If
@@ -478,11 +499,11 @@ fn build_replica(
     rng_seed: u64,
     now: Timestamp,
 ) -> Result<Replica, Error> {
-    let id = identity.credentials.node_id();
+    let key = identity.credentials.node_key().clone();
     let mut swim_config = config.swim_config();
     swim_config.rng_seed = rng_seed;
     let meta = MemberMeta::new(&config.name, [advertise]);
-    let mut swim = Swim::new(swim_config, id, meta, identity.incarnation, now);
+    let mut swim = Swim::new(swim_config, key, meta, identity.incarnation, now);
     swim.set_max_datagram_bytes(SWIM_DATAGRAM_BYTES);
     let mut replica_config = config.replica_config();
     replica_config.rng_seed = rng_seed.rotate_left(17);

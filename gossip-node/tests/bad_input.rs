@@ -10,41 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{Cluster, eventually, validity};
-use gossip_core::{
-    ClusterId, Incarnation, Limits, Member, MemberMeta, MemberStatus, NodeId, Rumor, RumorQueue,
-    encode_frame,
-};
+use common::attack::{LIMIT, frame, metrics, record, refused, setup};
+use common::{eventually, validity};
+use gossip_core::{ClusterId, Incarnation, MemberStatus, NodeId, Refusal, Rumor, WIRE_VERSION};
 use gossip_node::stream;
-use gossip_node::{Metrics, Node};
 use gossip_swim::{Message, TargetTag};
 use gossip_transport_quic::{
     ClusterCa, Error as TransportError, NodeCredentials, Transport, TransportConfig, Validity,
     frame_header, quinn_configs,
 };
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Everything the victim holds that input could change: its member records
-/// and every owner's keys, serialized.
-async fn state_bytes(node: &Node) -> Vec<u8> {
-    let mut members = node.members().to_vec();
-    members.sort_by_key(|m| m.id);
-    let mut out = serde_json::to_vec(&members).expect("members serialize");
-    for member in &members {
-        for (key, value) in node.keys(member.id).await.expect("keys") {
-            out.extend_from_slice(key.as_str().as_bytes());
-            out.push(0);
-            out.extend_from_slice(&value);
-            out.push(0);
-        }
-    }
-    out
-}
-
-async fn metrics(node: &Node) -> Metrics {
-    node.metrics().await.expect("metrics")
-}
 
 /// Deterministic filler bytes (blake3's output stream of `seed`).
 fn noise(seed: &str, len: usize) -> Vec<u8> {
@@ -54,27 +28,6 @@ fn noise(seed: &str, len: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut out);
     out
-}
-
-/// A SWIM frame for `cluster` with `body` and `rumors`, as a member would
-/// send it (`version` is the wire version byte).
-fn frame(cluster: ClusterId, version: u8, body: &Message, rumors: Vec<Rumor>) -> Vec<u8> {
-    let limits = Limits::default();
-    let mut queue = RumorQueue::new(4, limits.clone());
-    for rumor in rumors {
-        queue.push(rumor).expect("rumor queues");
-    }
-    let packed = queue.pack(60_000, 8);
-    let mut out = Vec::new();
-    encode_frame(cluster, body, &packed, &limits, &mut out).expect("frame encodes");
-    out[0] = version;
-    out
-}
-
-fn record(id: NodeId, incarnation: u64, status: MemberStatus) -> Member {
-    let mut member = Member::new(id, MemberMeta::new("forged", [])).with_status(status);
-    member.incarnation = Incarnation::new(incarnation);
-    member
 }
 
 /// A quinn client endpoint speaking the cluster's TLS with `credentials`,
@@ -133,82 +86,9 @@ async fn raw_stream(conn: &quinn::Connection, bytes: &[u8]) {
     let _ = stream.stopped().await;
 }
 
-/// A two-node cluster with keys on both, and an authenticated outsider: a
-/// transport with a certificate from the cluster's CA that is no member.
-struct Setup {
-    cluster: Cluster,
-    victim_addr: SocketAddr,
-    victim_id: NodeId,
-    attacker: Transport,
-    attacker_credentials: NodeCredentials,
-    cluster_id: ClusterId,
-}
-
-async fn setup() -> Setup {
-    let (cluster, ids) = Cluster::converged(2, None).await;
-    cluster.nodes[0].set("role", "victim").await.expect("set");
-    cluster.nodes[1].set("role", "witness").await.expect("set");
-    for node in &cluster.nodes {
-        for owner in &cluster.nodes {
-            eventually(LIMIT, "the keys spread", || async {
-                node.get(owner.id(), "role").await.ok().flatten().is_some()
-            })
-            .await;
-        }
-    }
-    let attacker_credentials = cluster.ca.issue("outsider", validity()).expect("creds");
-    let (attacker, _inbox) = Transport::bind(
-        TransportConfig::new("127.0.0.1:0".parse().expect("addr")),
-        &attacker_credentials,
-        &cluster.ca.trust(),
-    )
-    .expect("attacker binds");
-    // The inbox is dropped: the victim's answers are of no interest.
-    let cluster_id = ClusterId::from_name(common::CLUSTER);
-    Setup {
-        victim_addr: cluster.nodes[0].addr(),
-        victim_id: ids[0],
-        cluster,
-        attacker,
-        attacker_credentials,
-        cluster_id,
-    }
-}
-
-/// Runs `attack`, then waits until `counted` says the victim counted it,
-/// and checks the victim's state did not change.
-async fn refused<A, F>(setup: &Setup, what: &str, attack: A, counted: F)
-where
-    A: std::future::Future<Output = ()>,
-    F: Fn(&Metrics, &Metrics) -> bool,
-{
-    let victim = &setup.cluster.nodes[0];
-    let before_state = state_bytes(victim).await;
-    let before = metrics(victim).await;
-    attack.await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let after = metrics(victim).await;
-        if counted(&before, &after) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: no counter moved"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        state_bytes(victim).await,
-        before_state,
-        "{what}: the victim's state changed"
-    );
-    eprintln!("refused and counted: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes_nothing() {
-    let setup = setup().await;
+    let setup = setup(2).await;
     let (victim, addr, cluster) = (setup.victim_id, setup.victim_addr, setup.cluster_id);
     let witness = setup.cluster.nodes[1].id();
     let attacker = &setup.attacker;
@@ -245,7 +125,7 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
         |b, a| a.driver.stream_decode_errors > b.driver.stream_decode_errors,
     )
     .await;
-    let whole = frame(cluster, 1, &ping, Vec::new());
+    let whole = frame(cluster, WIRE_VERSION, &ping, Vec::new());
     refused(
         &setup,
         "a truncated frame",
@@ -267,7 +147,7 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
         "a foreign cluster id",
         datagram(frame(
             ClusterId::from_name("elsewhere"),
-            1,
+            WIRE_VERSION,
             &ping,
             Vec::new(),
         )),
@@ -283,15 +163,14 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
     .await;
     // Frames name no sender: the only identity is the certificate's. What
     // is left to claim is another node's place: a probe meant for another
-    // node, and claims only their subjects may make. (A relayed claim names
-    // its origin, which an authenticated member is trusted to report: the
-    // trust boundary is the cluster's CA.)
+    // node, and claims only their subjects may make (which carry their
+    // subjects' signatures; `tests/hostile.rs` tries every forgery).
     refused(
         &setup,
         "a probe addressed to another node",
         datagram(frame(
             cluster,
-            1,
+            WIRE_VERSION,
             &Message::Ping {
                 seq: 2,
                 target: TargetTag::of(&witness, setup.cluster.nodes[1].addr()),
@@ -312,27 +191,25 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
             .incarnation
             .get()
     };
-    // Claims only a node itself may make (a new incarnation, a leave), made
-    // by the sender in its own name about others.
+    // Claims only a node itself may make (a new incarnation, a leave),
+    // unsigned.
     refused(
         &setup,
-        "claims only their subjects may make",
+        "unsigned claims only their subjects may make",
         datagram(frame(
             cluster,
-            1,
+            WIRE_VERSION,
             &Message::Gossip { state_digest: None },
             vec![
                 Rumor::Member {
                     member: record(victim, known(victim), MemberStatus::Left),
-                    origin: attacker.local_id(),
                 },
                 Rumor::Member {
                     member: record(witness, known(witness) + 1, MemberStatus::Alive),
-                    origin: attacker.local_id(),
                 },
             ],
         )),
-        |b, a| a.swim.rejected_claims >= b.swim.rejected_claims + 2,
+        |b, a| a.swim.refused.total() >= b.swim.refused.total() + 2,
     )
     .await;
     refused(
@@ -340,20 +217,20 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
         "accusations at the maximum incarnation",
         datagram(frame(
             cluster,
-            1,
+            WIRE_VERSION,
             &Message::Gossip { state_digest: None },
             vec![
                 Rumor::Member {
                     member: record(victim, Incarnation::MAX.get(), MemberStatus::Suspect),
-                    origin: attacker.local_id(),
                 },
                 Rumor::Member {
                     member: record(witness, Incarnation::MAX.get(), MemberStatus::Dead),
-                    origin: attacker.local_id(),
                 },
             ],
         )),
-        |b, a| a.swim.rejected_claims >= b.swim.rejected_claims + 2,
+        |b, a| {
+            a.swim.refused.get(Refusal::Implausible) >= b.swim.refused.get(Refusal::Implausible) + 2
+        },
     )
     .await;
 
@@ -409,7 +286,7 @@ async fn hostile_input_from_an_authenticated_peer_is_refused_counted_and_changes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_peers_are_refused_in_the_handshake_and_change_nothing() {
-    let setup = setup().await;
+    let setup = setup(2).await;
     let addr = setup.victim_addr;
     let victim = setup.victim_id;
     let bind = || TransportConfig::new("127.0.0.1:0".parse().expect("addr"));

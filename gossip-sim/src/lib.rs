@@ -27,4 +27,4 @@
 pub mod scenarios;
 mod sim;
 
-pub use sim::{NetConfig, Seen, Sim, Traffic, addr_of, id_of};
+pub use sim::{NetConfig, Seen, Sim, Traffic, addr_of, id_of, key_of};

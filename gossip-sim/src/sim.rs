@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gossip_core::{
-    Bytes, GossipRng, Incarnation, Key, Member, MemberMeta, MemberStatus, NodeId, Timestamp,
+    Bytes, GossipRng, Incarnation, Key, Member, MemberMeta, MemberStatus, NodeId, NodeKey,
+    Timestamp,
 };
 use gossip_member::{Replica, ReplicaConfig, ReplicaEvent, Role, StoredKeys};
 use gossip_swim::{Config, Event, Swim};
@@ -56,9 +57,16 @@ fn index_of(addr: &SocketAddr) -> Option<usize> {
     }
 }
 
-/// The id of node `index` (a key-derived id, as on a real cluster).
+/// The signing key of node `index`, derived from the index so every run
+/// has the same ids.
+pub fn key_of(index: usize) -> NodeKey {
+    NodeKey::from_secret_bytes(blake3::hash(format!("sim-node-{index}").as_bytes()).as_bytes())
+}
+
+/// The id of node `index`: the public half of [`key_of`], as on a real
+/// cluster.
 pub fn id_of(index: usize) -> NodeId {
-    NodeId::from_public_key(format!("sim-node-{index}").as_bytes())
+    key_of(index).id()
 }
 
 #[derive(Debug)]
@@ -246,7 +254,7 @@ impl Sim {
         let mut replica_config = self.replica_config.clone();
         replica_config.rng_seed = rng_seed.rotate_left(17);
         let meta = MemberMeta::new(format!("n{i}"), [addr_of(i)]);
-        let swim = Swim::new(config, id_of(i), meta, incarnation, self.now);
+        let swim = Swim::new(config, key_of(i), meta, incarnation, self.now);
         // The keys were accepted once under the same limits.
         Replica::new(replica_config, swim, keys, self.now)
             .expect("stored keys were written under the same limits")

@@ -181,10 +181,11 @@ fn first_detection_counts_whole_periods_near_the_swim_model() {
 }
 
 #[test]
-fn a_key_written_in_a_quiet_cluster_reaches_all_sixteen_nodes_within_100_ms() {
-    // The write rides the owner's immediate push; its raised state version
-    // follows within the push interval. The other way round, the write
-    // waits out the interval before it goes anywhere.
+fn a_key_written_in_a_quiet_cluster_reaches_most_nodes_at_once_and_all_within_two_periods() {
+    // The write rides the owner's immediate push and the pushes of the
+    // nodes it reaches; those that no push reaches get it on the next probe
+    // to or from them (the probe interval is 1 s). The other way round, the
+    // write waits out the push interval before it goes anywhere.
     for s in [seed(1), seed(2), seed(3)] {
         let _guard = SeedGuard(s, "a_key_written");
         let n = 16;
@@ -195,18 +196,24 @@ fn a_key_written_in_a_quiet_cluster_reaches_all_sixteen_nodes_within_100_ms() {
         sim.run_for(Duration::from_secs(30));
         let owner = sim.id(1).unwrap();
         sim.set(1, "bench", b"value");
-        let took = sim
-            .run_while(Duration::from_secs(10), |sim| {
-                (0..n).all(|i| {
+        let holders = |sim: &Sim| {
+            (0..n)
+                .filter(|&i| {
                     sim.replica(i)
                         .is_some_and(|r| r.state().kv().get(&owner, "bench").is_some())
                 })
-            })
-            .expect("the key never reached everyone");
+                .count()
+        };
+        sim.run_for(Duration::from_millis(100));
         assert!(
-            took <= Duration::from_millis(100),
-            "seed {s}: took {took:?}"
+            holders(&sim) * 4 >= n * 3,
+            "seed {s}: {} of {n} nodes within 100 ms",
+            holders(&sim)
         );
+        let took = sim
+            .run_while(Duration::from_secs(10), |sim| holders(sim) == n)
+            .expect("the key never reached everyone");
+        assert!(took <= Duration::from_secs(2), "seed {s}: took {took:?}");
     }
 }
 

@@ -12,21 +12,28 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gossip_core::{
-    ClusterId, Incarnation, Limits, Member, MemberMeta, NodeId, Rumor, RumorQueue, Timestamp,
-    decode_frame, encode_frame,
+    ClusterId, Incarnation, Limits, Member, MemberMeta, NodeId, NodeKey, Rumor, RumorQueue,
+    Timestamp, decode_frame, encode_frame,
 };
 use gossip_swim::{Config, Message, StateDigest, Swim, TargetTag};
 
+fn key(n: u32) -> NodeKey {
+    NodeKey::from_secret_bytes(blake3::hash(&n.to_le_bytes()).as_bytes())
+}
+
 fn id(n: u32) -> NodeId {
-    NodeId::from_public_key(&n.to_le_bytes())
+    key(n).id()
 }
 
 fn addr(n: u32) -> SocketAddr {
     SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7946))
 }
 
+/// Member `n`'s own signed record.
 fn member(n: u32) -> Member {
-    Member::new(id(n), MemberMeta::new(format!("node-{n}"), [addr(n)]))
+    let mut record = Member::new(id(n), MemberMeta::new(format!("node-{n}"), [addr(n)]));
+    record.sign(&key(n), config().cluster);
+    record
 }
 
 fn config() -> Config {
@@ -51,7 +58,7 @@ fn frame(message: Message, rumors: &[Rumor]) -> Vec<u8> {
 fn machine_with(n: u32) -> Swim {
     let mut swim = Swim::new(
         config(),
-        id(0),
+        key(0),
         MemberMeta::new("node-0", [addr(0)]),
         Incarnation::ZERO,
         Timestamp::ZERO,
@@ -87,10 +94,7 @@ fn bench_ping_ack(c: &mut Criterion) {
     // alive record, a suspicion refuted since), the common case for rumors
     // heard again.
     let rumors: Vec<Rumor> = (2..5)
-        .map(|n| Rumor::Member {
-            member: member(n),
-            origin: id(n),
-        })
+        .map(|n| Rumor::Member { member: member(n) })
         .collect();
     let ping = frame(
         Message::Ping {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use gossip_core::{Entry, Incarnation, Member, NodeId};
+use gossip_core::{Entry, Incarnation, Member, NodeId, Refusal};
 
 use crate::message::JoinRefusal;
 
@@ -126,14 +126,28 @@ pub enum Event {
         /// Who made the claim.
         origin: NodeId,
     },
+    /// A claim that `from` passed on was refused: not signed by whom it must
+    /// be, older than held, implausible, by or about a revoked node, or over
+    /// a cap. Nothing was applied. Reported at most once per sender per 30 s;
+    /// [`Stats::refused`](crate::Stats::refused) counts every one by reason.
+    ClaimRefused {
+        /// The authenticated peer that sent it (not necessarily its maker).
+        from: NodeId,
+        /// Whom the claim was about.
+        subject: NodeId,
+        /// Why it was refused.
+        reason: Refusal,
+        /// The refusal, in words.
+        error: gossip_core::Error,
+    },
     /// A seed or reconnect target answered: this node is part of a cluster.
     JoinCompleted {
         /// Who answered.
         via: NodeId,
     },
-    /// A key/value write arrived as a rumor, for the driver's store. If it is
-    /// news, the driver may spread it further with
-    /// [`Swim::broadcast_state`](crate::Swim::broadcast_state).
+    /// A key/value write arrived as a rumor, signed by its owner (checked),
+    /// for the driver: it may fetch the owner's state, whose signature
+    /// covers every write, from `from`.
     StateRumor {
         /// Whose state.
         owner: NodeId,

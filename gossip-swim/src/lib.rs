@@ -34,10 +34,13 @@
 //! # Identity
 //!
 //! `from`, given with each datagram, is the sender the transport
-//! authenticated: frames name no sender, so there is none to forge. Claims
-//! only a member may make about itself (a higher incarnation, a leave) are
-//! accepted from that member, or as rumors and push-pull records that name
-//! it as their origin: a relay is trusted to report the origin it heard.
+//! authenticated: frames name no sender, so there is none to forge. Past
+//! the first hop, a claim is believed only if its maker signed it: a
+//! member's record of itself (incarnation, alive or left, addresses) and its
+//! writes carry its signature, an accusation its accuser's
+//! ([`gossip_core::Member::verify`]). A relay can pass claims on, never
+//! make or change one. Refused claims are counted by reason
+//! ([`Stats::refused`]) and reported ([`Event::ClaimRefused`]).
 //! Accusations record their accuser, and [`Event::Failed`] carries the
 //! [`Provenance`] of a death.
 

@@ -1,5 +1,7 @@
 //! Counters.
 
+use gossip_core::Refusals;
+
 /// Counters of what the machine has seen and done, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -22,9 +24,12 @@ pub struct Stats {
     pub oversized: u64,
     /// Pings meant for another node.
     pub misdirected: u64,
-    /// Claims refused: by someone other than their subject, implausible
-    /// incarnations, over a cap.
-    pub rejected_claims: u64,
+    /// Claims refused, by reason: not signed by their maker, older than
+    /// held, implausible, by or about a revoked node, over a cap.
+    pub refused: Refusals,
+    /// Accusations of this node it could not refute: its incarnation is at
+    /// the top of the range, and it must rejoin under a new identity.
+    pub refutations_failed: u64,
     /// Probes sent.
     pub probes: u64,
     /// Probes that fell back to indirect probing.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, addr, cluster_id, frame_for, node_id, seed};
+use common::{Net, addr, cluster_id, frame_for, node_id, node_key, seed};
 use gossip_core::{Incarnation, MemberStatus, Timestamp};
 use gossip_swim::{Event, Message};
 
@@ -372,15 +372,12 @@ fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<T
         .get(&node_id(1))
         .unwrap()
         .clone()
-        .with_status(MemberStatus::Suspect);
+        .accused(&node_key(2), cluster_id(), MemberStatus::Suspect);
     let frame = frame_for(
         cluster_id(),
         2,
         Message::Gossip { state_digest: None },
-        vec![gossip_core::Rumor::Member {
-            member: suspect,
-            origin: node_id(2),
-        }],
+        vec![gossip_core::Rumor::Member { member: suspect }],
     );
     let start = net.now;
     net.node(0)

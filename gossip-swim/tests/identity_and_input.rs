@@ -6,8 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, addr, cluster_id, frame_for, node_id, seed};
-use gossip_core::{ClusterId, Incarnation, Limits, Member, MemberStatus, Rumor, WIRE_VERSION};
+use common::{Net, addr, cluster_id, frame_for, node_id, node_key, seed};
+use gossip_core::{
+    ClusterId, Incarnation, Limits, Member, MemberStatus, Refusal, Rumor, WIRE_VERSION,
+};
 use gossip_swim::{Error, Event, Message, TargetTag};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -32,17 +34,19 @@ fn record(net: &Net, observer: usize, subject: usize) -> Member {
         .clone()
 }
 
-/// A gossip frame from `origin` claiming `subject` has `status`, at the
-/// incarnation node 0 knows it by.
+/// A gossip frame from `origin` accusing `subject` of `status`, at the
+/// incarnation node 0 knows it by, signed by `origin`.
 fn claim(net: &Net, origin: usize, subject: usize, status: MemberStatus) -> Vec<u8> {
-    let member = record(net, 0, subject).with_status(status);
+    let member = record(net, 0, subject).accused(&node_key(origin), cluster_id(), status);
+    gossip(origin, member)
+}
+
+/// A gossip frame from `sender` carrying `member`.
+fn gossip(sender: usize, member: Member) -> Vec<u8> {
     frame(
-        origin,
+        sender,
         Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member,
-            origin: node_id(origin),
-        }],
+        vec![Rumor::Member { member }],
     )
 }
 
@@ -57,43 +61,51 @@ fn deliver(net: &mut Net, from: usize, bytes: &[u8]) -> Result<(), Error> {
 }
 
 #[test]
-fn only_a_member_may_raise_its_incarnation_or_announce_its_leave() {
+fn a_claim_about_another_member_that_it_did_not_sign_is_refused() {
     let mut net = converged();
-    let mut forged = record(&net, 0, 1);
-    forged.incarnation = Incarnation::new(5);
-    let left = record(&net, 0, 1).with_status(MemberStatus::Left);
-    // Node 2 claims both on node 1's behalf, as rumors it says it started.
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: forged.clone(),
-            origin: node_id(2),
-        }],
-    );
-    deliver(&mut net, 2, &bytes).unwrap();
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: left,
-            origin: node_id(2),
-        }],
-    );
-    deliver(&mut net, 2, &bytes).unwrap();
-    assert_eq!(net.get(0).stats().rejected_claims, 2);
-    assert_eq!(record(&net, 0, 1).incarnation, Incarnation::ZERO);
-    assert_eq!(record(&net, 0, 1).status, MemberStatus::Alive);
-    // Relayed as a rumor node 1 started, the same news is accepted.
-    let bytes = frame(
-        2,
-        Message::Gossip { state_digest: None },
-        vec![Rumor::Member {
-            member: forged,
-            origin: node_id(1),
-        }],
-    );
-    deliver(&mut net, 2, &bytes).unwrap();
+    let held = record(&net, 0, 1);
+    // Node 2 raises node 1's incarnation and announces its leave, signing
+    // both itself; then sends them unsigned, and with a forged accuser.
+    let mut raised = held.clone();
+    raised.incarnation = Incarnation::new(5);
+    let mut left = held.clone();
+    left.status = MemberStatus::Left;
+    let signed_by_two = |record: &Member| {
+        let mut as_two = Member {
+            id: node_id(2),
+            ..record.clone()
+        };
+        as_two.sign(&node_key(2), cluster_id());
+        Member {
+            proof: as_two.proof,
+            ..record.clone()
+        }
+    };
+    let mut forged_accuser = held.accused(&node_key(2), cluster_id(), MemberStatus::Dead);
+    if let Some(accusation) = forged_accuser.proof.accusation.as_mut() {
+        accusation.accuser = node_id(0);
+    }
+    let forgeries = [
+        signed_by_two(&raised),
+        signed_by_two(&left),
+        raised.clone(),
+        left,
+        forged_accuser,
+    ];
+    for forged in &forgeries {
+        deliver(&mut net, 2, &gossip(2, forged.clone())).unwrap();
+    }
+    let refused = net.get(0).stats().refused;
+    assert_eq!(refused.get(Refusal::BadSignature), forgeries.len() as u64);
+    assert_eq!(record(&net, 0, 1), held, "node 1's record is unchanged");
+    let reported = net.events[0].iter().any(|(_, e)| {
+        matches!(e, Event::ClaimRefused { from, subject, reason: Refusal::BadSignature, .. }
+            if *from == node_id(2) && *subject == node_id(1))
+    });
+    assert!(reported, "the refusal was not reported");
+    // Node 1's own signed claim, relayed by node 2, is taken.
+    raised.sign(&node_key(1), cluster_id());
+    deliver(&mut net, 2, &gossip(2, raised)).unwrap();
     assert_eq!(record(&net, 0, 1).incarnation, Incarnation::new(5));
 }
 
@@ -231,20 +243,8 @@ fn bad_datagrams_get_typed_errors_and_counters_and_change_nothing() {
 fn a_stale_accusation_is_answered_with_the_refutation_again() {
     let mut net = converged();
     // Node 0 is told it is suspected, and refutes.
-    let suspect = record(&net, 1, 0).with_status(MemberStatus::Suspect);
-    deliver(
-        &mut net,
-        1,
-        &frame(
-            1,
-            Message::Gossip { state_digest: None },
-            vec![Rumor::Member {
-                member: suspect.clone(),
-                origin: node_id(1),
-            }],
-        ),
-    )
-    .unwrap();
+    let suspect = record(&net, 1, 0).accused(&node_key(1), cluster_id(), MemberStatus::Suspect);
+    deliver(&mut net, 1, &gossip(1, suspect.clone())).unwrap();
     assert_eq!(
         net.get(0).members().local().incarnation,
         Incarnation::new(1)

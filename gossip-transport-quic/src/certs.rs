@@ -1,10 +1,13 @@
 //! Cluster CA, node certificates, and the node id a certificate implies.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gossip_core::NodeId;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use gossip_core::{NodeId, NodeKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -27,17 +30,24 @@ pub fn server_name_of(node: &NodeId) -> String {
     format!("n{}.{SERVER_NAME}", &hex[..32])
 }
 
-/// The node id a certificate implies: blake3 of its SubjectPublicKeyInfo.
+/// The node id a certificate implies: its Ed25519 public key.
 ///
 /// # Errors
 ///
-/// [`Error::Certificate`] if the certificate does not parse.
+/// [`Error::Certificate`] if the certificate does not parse or its key is
+/// not Ed25519 (a node signs its claims with the key of its certificate).
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
     let parsed = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
-    Ok(NodeId::from_public_key(
-        parsed.subject_public_key_info().as_ref(),
-    ))
+    let spki = parsed.subject_public_key_info();
+    let key = ed25519_dalek::VerifyingKey::from_public_key_der(spki.as_ref()).map_err(|_| {
+        Error::Certificate(
+            "the certificate's key is not Ed25519: node certificates must carry Ed25519 keys \
+             (issue them with `gossip-node certs`)"
+                .into(),
+        )
+    })?;
+    Ok(NodeId::from_bytes(key.to_bytes()))
 }
 
 fn rcgen_error(err: rcgen::Error) -> Error {
@@ -144,6 +154,7 @@ impl ClusterCa {
     pub fn trust(&self) -> TrustBundle {
         TrustBundle {
             roots: vec![self.cert_der.clone()],
+            revoked: Arc::default(),
         }
     }
 
@@ -153,8 +164,10 @@ impl ClusterCa {
     ///
     /// [`Error::Certificate`] if key generation or signing fails.
     pub fn issue(&self, name: &str, validity: Validity) -> Result<NodeCredentials, Error> {
-        let key = KeyPair::generate().map_err(rcgen_error)?;
-        let node = NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(rcgen_error)?;
+        let raw = <[u8; 32]>::try_from(rcgen::PublicKeyData::der_bytes(&key))
+            .map_err(|_| Error::Certificate("an Ed25519 public key is 32 bytes".into()))?;
+        let node = NodeId::from_bytes(raw);
         let names = vec![SERVER_NAME.to_string(), server_name_of(&node)];
         let mut params = CertificateParams::new(names).map_err(rcgen_error)?;
         params.distinguished_name.push(DnType::CommonName, name);
@@ -170,12 +183,14 @@ impl ClusterCa {
     }
 }
 
-/// A node's certificate chain and private key, and the id they imply.
+/// A node's certificate chain and private key, the id they imply, and the
+/// key it signs its claims with (the same key).
 #[derive(Debug)]
 pub struct NodeCredentials {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     node_id: NodeId,
+    node_key: NodeKey,
 }
 
 impl Clone for NodeCredentials {
@@ -184,6 +199,7 @@ impl Clone for NodeCredentials {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             node_id: self.node_id,
+            node_key: self.node_key.clone(),
         }
     }
 }
@@ -193,7 +209,8 @@ impl NodeCredentials {
     ///
     /// # Errors
     ///
-    /// [`Error::Certificate`] if either does not parse or the chain is empty.
+    /// [`Error::Certificate`] if either does not parse, the chain is empty,
+    /// the key is not Ed25519, or it is not the certificate's.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
         let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -204,10 +221,21 @@ impl NodeCredentials {
             .first()
             .ok_or_else(|| Error::Certificate("no certificate in the PEM".into()))?;
         let node_id = node_id_of(leaf)?;
+        let signing =
+            ed25519_dalek::SigningKey::from_pkcs8_der(key.secret_der()).map_err(|_| {
+                Error::Certificate("the node key is not an Ed25519 key in PKCS#8".into())
+            })?;
+        let node_key = NodeKey::from_secret_bytes(&signing.to_bytes());
+        if node_key.id() != node_id {
+            return Err(Error::Certificate(
+                "the node key does not belong to the certificate".into(),
+            ));
+        }
         Ok(NodeCredentials {
             chain,
             key,
             node_id,
+            node_key,
         })
     }
 
@@ -255,6 +283,11 @@ impl NodeCredentials {
         self.node_id
     }
 
+    /// The key the node signs its claims with: its certificate's.
+    pub fn node_key(&self) -> &NodeKey {
+        &self.node_key
+    }
+
     pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.chain.clone()
     }
@@ -262,6 +295,36 @@ impl NodeCredentials {
     pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
     }
+}
+
+/// Reads a list of revoked node ids: one full hex id per line; blank lines
+/// and text after `#` are ignored.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the file cannot be read, [`Error::Certificate`] naming
+/// the first line that is not an id.
+pub fn load_revoked(path: &Path) -> Result<BTreeSet<NodeId>, Error> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_revoked(&text)
+        .map_err(|(line, err)| Error::Certificate(format!("{} line {line}: {err}", path.display())))
+}
+
+/// Parses the text of a revocation list (see [`load_revoked`]); on error,
+/// the line number and why.
+pub fn parse_revoked(text: &str) -> Result<BTreeSet<NodeId>, (usize, String)> {
+    let mut ids = BTreeSet::new();
+    for (index, line) in text.lines().enumerate() {
+        let id = line.split('#').next().unwrap_or_default().trim();
+        if id.is_empty() {
+            continue;
+        }
+        let id = id
+            .parse::<NodeId>()
+            .map_err(|e| (index + 1, e.to_string()))?;
+        ids.insert(id);
+    }
+    Ok(ids)
 }
 
 /// Writes a file that only its owner may read.
@@ -290,10 +353,13 @@ fn pem(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der))
 }
 
-/// The certificates a node trusts: peers must chain to one of them.
+/// The certificates a node trusts (peers must chain to one of them), and
+/// the nodes it no longer trusts although they do: revoked ids, whose
+/// handshakes are refused both ways.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
+    revoked: Arc<BTreeSet<NodeId>>,
 }
 
 impl TrustBundle {
@@ -311,7 +377,33 @@ impl TrustBundle {
                 "the trust bundle holds no certificate".into(),
             ));
         }
-        Ok(TrustBundle { roots })
+        Ok(TrustBundle {
+            roots,
+            revoked: Arc::default(),
+        })
+    }
+
+    /// This bundle, refusing the nodes in `revoked` whatever their
+    /// certificates.
+    pub fn with_revoked(self, revoked: impl IntoIterator<Item = NodeId>) -> Self {
+        TrustBundle {
+            revoked: Arc::new(revoked.into_iter().collect()),
+            ..self
+        }
+    }
+
+    /// The revoked ids.
+    pub fn revoked(&self) -> &BTreeSet<NodeId> {
+        &self.revoked
+    }
+
+    /// Whether `node` is revoked.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked.contains(node)
+    }
+
+    pub(crate) fn revoked_shared(&self) -> Arc<BTreeSet<NodeId>> {
+        Arc::clone(&self.revoked)
     }
 
     /// Loads a trust bundle from a PEM file.
@@ -392,5 +484,14 @@ mod tests {
             "{err}"
         );
         assert!(TrustBundle::from_pem("").is_err());
+    }
+
+    #[test]
+    fn a_revocation_list_names_full_ids_and_says_which_line_is_wrong() {
+        let id = NodeId::from_bytes([0xab; 32]);
+        let text = format!("# revoked 2026-12-03\n\n{id:#}  # lost laptop\n");
+        assert_eq!(parse_revoked(&text).unwrap(), BTreeSet::from([id]));
+        let err = parse_revoked("# ok\nabc\n").unwrap_err();
+        assert_eq!(err.0, 2);
     }
 }

@@ -64,8 +64,8 @@ mod tls;
 mod transport;
 
 pub use certs::{
-    ClusterCa, NodeCredentials, SERVER_NAME, TrustBundle, Validity, node_id_of, server_name_of,
-    write_private,
+    ClusterCa, NodeCredentials, SERVER_NAME, TrustBundle, Validity, load_revoked, node_id_of,
+    parse_revoked, server_name_of, write_private,
 };
 pub use config::{ALPN, TransportConfig};
 pub use counters::TransportStats;

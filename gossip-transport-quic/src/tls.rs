@@ -7,10 +7,19 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{EndpointConfig, IdleTimeout, VarInt};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
-use rustls::pki_types::ServerName;
-use rustls::server::WebPkiClientVerifier;
+use std::collections::BTreeSet;
 
-use crate::certs::{NodeCredentials, TrustBundle};
+use gossip_core::NodeId;
+use rustls::DigitallySignedStruct;
+use rustls::DistinguishedName;
+use rustls::SignatureScheme;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+
+use crate::certs::{NodeCredentials, TrustBundle, node_id_of};
 use crate::config::{ALPN, TransportConfig};
 use crate::counters::{Counters, bump};
 use crate::error::Error;
@@ -82,6 +91,122 @@ impl ClientSessionStore for CountingSessions {
 }
 
 /// The two sides' quinn configurations.
+/// Refuses a certificate whose node is revoked.
+fn refuse_revoked(
+    cert: &CertificateDer<'_>,
+    revoked: &BTreeSet<NodeId>,
+) -> Result<(), rustls::Error> {
+    match node_id_of(cert) {
+        Ok(id) if revoked.contains(&id) => Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked,
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        )),
+    }
+}
+
+/// The WebPKI check of a client's certificate, then a refusal of revoked
+/// nodes.
+#[derive(Debug)]
+struct RevokingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<BTreeSet<NodeId>>,
+}
+
+impl ClientCertVerifier for RevokingClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        refuse_revoked(end_entity, &self.revoked)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The WebPKI check of a server's certificate, then a refusal of revoked
+/// nodes.
+#[derive(Debug)]
+struct RevokingServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    revoked: Arc<BTreeSet<NodeId>>,
+}
+
+impl ServerCertVerifier for RevokingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        refuse_revoked(end_entity, &self.revoked)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 pub(crate) struct Tls {
     pub(crate) server: quinn::ServerConfig,
     pub(crate) client: quinn::ClientConfig,
@@ -141,9 +266,14 @@ pub(crate) fn build_tls(
 
     // Client certificates are required and must chain to the trust bundle;
     // rustls refuses anything else inside the handshake, before we see it.
+    let revoked = trust.revoked_shared();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(|e| tls_error(&e))?;
+    let verifier = Arc::new(RevokingClientVerifier {
+        inner: verifier,
+        revoked: revoked.clone(),
+    });
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(&e))?
@@ -157,10 +287,18 @@ pub(crate) fn build_tls(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
 
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| tls_error(&e))?;
+    let server_verifier = Arc::new(RevokingServerVerifier {
+        inner: server_verifier,
+        revoked,
+    });
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(&e))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(server_verifier)
         .with_client_auth_cert(credentials.chain(), credentials.key())
         .map_err(|e| tls_error(&e))?;
     client_tls.alpn_protocols = vec![ALPN.to_vec()];

@@ -182,12 +182,15 @@ impl Transport {
     }
 
     /// Replaces the credentials and trust bundle. Connections made from now
-    /// on use the new ones; established connections stay as they are.
+    /// on use the new ones; established connections stay as they are, but
+    /// for those of nodes the new bundle revokes, which are closed.
     ///
     /// # Errors
     ///
     /// [`Error::Tls`] or [`Error::Certificate`]; the old ones stay in force.
     pub fn reload(&self, credentials: &NodeCredentials, trust: &TrustBundle) -> Result<(), Error> {
+        /// The application close code of a connection to a revoked node.
+        const REVOKED_CLOSE_CODE: u32 = 4;
         let tls = build_tls(
             &self.inner.config,
             credentials,
@@ -201,6 +204,15 @@ impl Transport {
             .local_id
             .write()
             .unwrap_or_else(|e| e.into_inner()) = credentials.node_id();
+        // Revoked nodes lose the connections they hold; new handshakes
+        // with them fail on both sides.
+        for peer in self.inner.connections.peers() {
+            if trust.is_revoked(&peer) {
+                for conn in self.inner.connections.remove(&peer) {
+                    conn.close(VarInt::from_u32(REVOKED_CLOSE_CODE), b"revoked");
+                }
+            }
+        }
         Ok(())
     }
 

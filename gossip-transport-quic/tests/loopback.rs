@@ -530,3 +530,36 @@ async fn a_send_to_a_node_at_an_address_never_reaches_its_key_elsewhere() {
     let err = first.check_identity(twin, a_addr).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_revoked_node_loses_its_connections_and_is_refused_both_ways() {
+    let ca = ClusterCa::generate("revoke").unwrap();
+    let (a_creds, b_creds) = (ca.issue("a", day()).unwrap(), ca.issue("b", day()).unwrap());
+    let (a, mut a_inbox, a_addr) = bind(&ca, &a_creds);
+    let (b, _b_inbox, b_addr) = bind(&ca, &b_creds);
+    b.send_datagram(Some(a_creds.node_id()), a_addr, "before".into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a_inbox).await.from, b_creds.node_id());
+
+    // a revokes b: the connection b holds closes, and neither side can
+    // make a new one.
+    let revoked = ca.trust().with_revoked([b_creds.node_id()]);
+    a.reload(&a_creds, &revoked).unwrap();
+    assert!(a.connected_peers().is_empty());
+    for _ in 0..2 {
+        let _ = b
+            .send_datagram(Some(a_creds.node_id()), a_addr, "after".into())
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        a_inbox.try_recv().is_err(),
+        "the application heard from a revoked node"
+    );
+    let dial = a
+        .send_datagram(Some(b_creds.node_id()), b_addr, "to b".into())
+        .await;
+    assert!(dial.is_err(), "a dialled a node it revoked");
+    assert!(a.stats().refused >= 1, "{:?}", a.stats());
+}

@@ -51,7 +51,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         check_sans_io(root, krate, &mut problems)?;
     }
     if members.contains("gossip-transport-quic") {
-        check_transport_uses_only_node_id(root, &mut problems)?;
+        check_transport_uses_only_identity(root, &mut problems)?;
     }
     if problems.is_empty() {
         eprintln!("tidy: ok ({} crates checked)", members.len());
@@ -167,15 +167,15 @@ fn check_sans_io(root: &Path, krate: &str, problems: &mut Vec<String>) -> Result
     Ok(())
 }
 
-/// The transport may use gossip-core's `NodeId` and nothing else of ours
+/// The transport may use gossip-core's identity (`NodeId`, `NodeKey`) and nothing else of ours
 /// (ARCHITECTURE.md): it moves authenticated bytes and knows no protocol.
-fn check_transport_uses_only_node_id(root: &Path, problems: &mut Vec<String>) -> Result<()> {
+fn check_transport_uses_only_identity(root: &Path, problems: &mut Vec<String>) -> Result<()> {
     let manifest = fs::read_to_string(root.join("gossip-transport-quic/Cargo.toml"))?;
     for line in manifest.lines() {
         let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
         if name.starts_with("gossip-") && name != "gossip-core" && name != "gossip-transport-quic" {
             problems.push(format!(
-                "gossip-transport-quic depends on {name}; it may use only gossip-core's NodeId"
+                "gossip-transport-quic depends on {name}; it may use only gossip-core's identity (NodeId, NodeKey)"
             ));
         }
     }
@@ -192,9 +192,10 @@ fn check_transport_uses_only_node_id(root: &Path, problems: &mut Vec<String>) ->
                 let mut rest = line;
                 while let Some(at) = rest.find("gossip_core::") {
                     let after = &rest[at + "gossip_core::".len()..];
-                    if !after.starts_with("NodeId") {
+                    let identity = ["NodeId", "NodeKey", "{NodeId, NodeKey}"];
+                    if !identity.iter().any(|name| after.starts_with(name)) {
                         problems.push(format!(
-                            "{}:{}: the transport uses gossip_core beyond NodeId",
+                            "{}:{}: the transport uses gossip_core beyond a node's identity (NodeId, NodeKey)",
                             path.display(),
                             n + 1
                         ));

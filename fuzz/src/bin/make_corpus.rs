@@ -8,9 +8,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use gossip_antientropy::{Session, SyncState};
-use gossip_core::{Incarnation, Limits, Member, MemberMeta, MemberStatus, Timestamp};
-use gossip_fuzz::{node_addr, node_id, swim_config, sync_config};
+use gossip_antientropy::Session;
+use gossip_core::{Incarnation, MemberMeta, MemberStatus, Timestamp};
+use gossip_fuzz::{
+    node_addr, node_id, node_key, signed_record, swim_config, sync_config, sync_state,
+};
 use gossip_node::stream::{self, Role};
 use gossip_swim::Swim;
 use gossip_transport_quic::frame_header;
@@ -24,7 +26,7 @@ fn swim_frames() -> Vec<Vec<u8>> {
             let meta = MemberMeta::new(format!("node-{n}"), [node_addr(n)]);
             Swim::new(
                 swim_config(u64::from(n)),
-                node_id(n),
+                node_key(n),
                 meta,
                 Incarnation::ZERO,
                 now,
@@ -76,12 +78,7 @@ fn swim_frames() -> Vec<Vec<u8>> {
 /// member records, each tagged with the side that sent it.
 fn sync_messages() -> Vec<(Role, Vec<u8>)> {
     let now = Timestamp::from_millis(1_000_000);
-    let mut states = [0u8, 1].map(|n| {
-        SyncState::new(
-            Member::new(node_id(n), MemberMeta::new(format!("r{n}"), [])),
-            Limits::default(),
-        )
-    });
+    let mut states = [0u8, 1].map(sync_state);
     for key in 0..40 {
         states[0]
             .set(format!("k{key}"), vec![7u8; key * 3])
@@ -90,12 +87,12 @@ fn sync_messages() -> Vec<(Role, Vec<u8>)> {
     states[1].set("tokens", "1,2,3").expect("within limits");
     let _ = states[1].delete(now, "tokens");
     for subject in 2..30u8 {
-        let record = Member::new(node_id(subject), MemberMeta::new("m", [node_addr(subject)]))
-            .with_status(if subject % 3 == 0 {
-                MemberStatus::Dead
-            } else {
-                MemberStatus::Alive
-            });
+        let status = if subject % 3 == 0 {
+            MemberStatus::Dead
+        } else {
+            MemberStatus::Alive
+        };
+        let record = signed_record(subject, 0, status);
         let _ = states[usize::from(subject % 2)].merge_member(record);
     }
     let [mut a, mut b] = states;
@@ -134,9 +131,85 @@ fn write_all(dir: &Path, inputs: impl IntoIterator<Item = Vec<u8>>) -> std::io::
     Ok(seen.len())
 }
 
+/// Frames a hostile member with a valid certificate sends (the cases of
+/// `gossip-node/tests/hostile.rs`): another member's leave, raised
+/// incarnation and moved address signed with the wrong key or not at all, a
+/// death with a forged accuser, a self-claim with a tampered signature, and
+/// an older signed claim.
+fn hostile_frames() -> Vec<Vec<u8>> {
+    let limits = gossip_core::Limits::default();
+    let held = signed_record(1, 3, MemberStatus::Alive);
+    let signed_by_attacker = |record: &gossip_core::Member| {
+        let mut as_attacker = gossip_core::Member {
+            id: node_id(9),
+            ..record.clone()
+        };
+        as_attacker.sign(&node_key(9), gossip_fuzz::cluster());
+        gossip_core::Member {
+            proof: as_attacker.proof,
+            ..record.clone()
+        }
+    };
+    let left = gossip_core::Member {
+        status: MemberStatus::Left,
+        ..held.clone()
+    };
+    let raised = gossip_core::Member {
+        incarnation: Incarnation::new(4),
+        ..held.clone()
+    };
+    let moved = gossip_core::Member {
+        meta: MemberMeta::new("m1", [node_addr(200)]).into(),
+        ..raised.clone()
+    };
+    let mut forged_accuser = held.accused(&node_key(9), gossip_fuzz::cluster(), MemberStatus::Dead);
+    if let Some(accusation) = forged_accuser.proof.accusation.as_mut() {
+        accusation.accuser = node_id(2);
+    }
+    let mut tampered = gossip_core::Member {
+        state_version: 9,
+        ..held.clone()
+    };
+    let mut signature = tampered.proof.owner.to_bytes();
+    signature[10] ^= 0x40;
+    tampered.proof.owner = gossip_core::Signature::from_bytes(signature);
+    let claims = [
+        signed_by_attacker(&left),
+        gossip_core::Member {
+            proof: gossip_core::Proof::default(),
+            ..left
+        },
+        signed_by_attacker(&raised),
+        signed_by_attacker(&moved),
+        forged_accuser,
+        tampered,
+        signed_record(1, 2, MemberStatus::Alive),
+    ];
+    claims
+        .into_iter()
+        .map(|member| {
+            let mut queue = gossip_core::RumorQueue::new(4, limits.clone());
+            queue
+                .push(gossip_core::Rumor::Member { member })
+                .expect("a claim fits a rumor");
+            let mut out = Vec::new();
+            gossip_core::encode_frame(
+                gossip_fuzz::cluster(),
+                &gossip_swim::Message::Gossip { state_digest: None },
+                &queue.pack(1200, 4),
+                &limits,
+                &mut out,
+            )
+            .expect("the frame encodes");
+            out
+        })
+        .collect()
+}
+
 fn main() -> std::io::Result<()> {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-    let swim = swim_frames();
+    let mut swim = swim_frames();
+    swim.extend(hostile_frames());
     let sync = sync_messages();
 
     let node_stream = swim

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use gossip_antientropy::{Session, SessionStats, SyncConfig, SyncState};
 use gossip_core::{
-    ClusterId, Incarnation, KvStore, Limits, Member, MemberMeta, MemberStatus, NodeId, Timestamp,
+    ClusterId, Incarnation, KvStore, Limits, Member, MemberMeta, MemberStatus, NodeId, NodeKey,
+    Timestamp,
 };
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
 
@@ -14,26 +15,55 @@ pub(crate) fn cluster() -> ClusterId {
     ClusterId::from_name("antientropy-tests")
 }
 
-pub(crate) fn id(n: u8) -> NodeId {
-    NodeId::from_bytes([n; 32])
+/// Replica `n`'s key.
+pub(crate) fn replica_key(n: u8) -> NodeKey {
+    NodeKey::from_secret_bytes(&[n; 32])
 }
 
-/// Owner ids spread over the tree (distinct first nibbles and beyond).
+pub(crate) fn id(n: u8) -> NodeId {
+    replica_key(n).id()
+}
+
+/// Owner `n`'s key: ids spread over the tree (distinct first nibbles and
+/// beyond).
+pub(crate) fn owner_key(n: usize) -> NodeKey {
+    NodeKey::from_secret_bytes(blake3::hash(format!("owner-{n}").as_bytes()).as_bytes())
+}
+
 pub(crate) fn owner_id(n: usize) -> NodeId {
-    NodeId::from_public_key(format!("owner-{n}").as_bytes())
+    owner_key(n).id()
+}
+
+/// Owner `n`'s own store.
+pub(crate) fn owner_store(n: usize) -> KvStore {
+    KvStore::new(owner_key(n), cluster(), Limits::default())
 }
 
 pub(crate) fn replica(n: u8) -> SyncState {
     SyncState::new(
-        Member::new(id(n), MemberMeta::new(format!("r{n}"), [])),
+        replica_key(n),
+        cluster(),
+        MemberMeta::new(format!("r{n}"), []),
         Limits::default(),
     )
 }
 
-pub(crate) fn member(subject: NodeId, incarnation: u64, status: MemberStatus) -> Member {
-    let mut m = Member::new(subject, MemberMeta::new("m", [])).with_status(status);
+/// Owner `subject`'s record at `incarnation`, as its maker signed it: its
+/// own for alive and left, an accusation by replica 200 otherwise.
+pub(crate) fn member(subject: usize, incarnation: u64, status: MemberStatus) -> Member {
+    let key = owner_key(subject);
+    let mut m = Member::new(key.id(), MemberMeta::new("m", []));
     m.incarnation = Incarnation::new(incarnation);
-    m
+    if status == MemberStatus::Left {
+        m.status = status;
+    }
+    m.sign(&key, cluster());
+    match status {
+        MemberStatus::Suspect | MemberStatus::Dead => {
+            m.accused(&replica_key(200), cluster(), status)
+        }
+        _ => m,
+    }
 }
 
 /// The seed for property tests: `GOSSIP_TEST_SEED` or a fixed default.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub(crate) mod attack;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

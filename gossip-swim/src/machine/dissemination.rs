@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use gossip_core::{
-    HEADER_LEN, Incarnation, Member, MemberChange, MemberStatus, MembershipEvent, NodeId,
-    PackedRumors, Rumor, Transition, encode_frame, encoded_len,
+    Error as CoreError, HEADER_LEN, Incarnation, Member, MemberChange, MemberStatus,
+    MembershipEvent, NodeId, PackedRumors, Rumor, Transition, encode_frame, encoded_len,
 };
 
 use super::Swim;
@@ -21,11 +21,15 @@ impl Swim {
         let urgent = matches!(&rumor, Rumor::Member { member, .. }
             if member.status != MemberStatus::Alive || member.incarnation > Incarnation::ZERO);
         self.urgent_news |= urgent;
+        // Records were validated when taken, so a refusal here is
+        // unreachable in practice; it is counted all the same.
         match self.rumors.push(rumor) {
             Ok(_) => self.fresh_news = true,
-            // Only our own oversized records can fail here; they were
-            // validated when set, so this is unreachable in practice.
-            Err(_) => self.stats.rejected_claims += 1,
+            Err(err) => {
+                if let Some(reason) = err.refusal() {
+                    self.stats.refused.count(reason);
+                }
+            }
         }
     }
 
@@ -140,17 +144,28 @@ impl Swim {
 
     pub(super) fn handle_rumor(&mut self, from: NodeId, rumor: Rumor) {
         match rumor {
-            Rumor::Member { member, origin } => self.apply_claim(member, origin),
-            Rumor::State { owner, entry } => {
-                self.events.push(Event::StateRumor { owner, entry, from })
+            Rumor::Member { member } => self.apply_claim(from, member),
+            Rumor::State { owner, .. } => {
+                let checked = if self.members.is_revoked(&owner) {
+                    Err(CoreError::Revoked { id: owner })
+                } else {
+                    rumor.verify(self.config.cluster)
+                };
+                match (checked, rumor) {
+                    (Err(err), _) => self.refused(from, owner, err),
+                    (Ok(()), Rumor::State { owner, entry, .. }) => {
+                        self.events.push(Event::StateRumor { owner, entry, from })
+                    }
+                    (Ok(()), _) => {}
+                }
             }
             _ => {}
         }
     }
 
-    /// Merges one membership claim, turning the outcome into events, rumors
-    /// and suspicion bookkeeping.
-    pub(super) fn apply_claim(&mut self, claim: Member, origin: NodeId) {
+    /// Merges one membership claim that `from` passed on, turning the
+    /// outcome into events, rumors and suspicion bookkeeping.
+    pub(super) fn apply_claim(&mut self, from: NodeId, claim: Member) {
         let local = self.members.local();
         if claim.id == local.id
             && matches!(claim.status, MemberStatus::Suspect | MemberStatus::Dead)
@@ -160,19 +175,18 @@ impl Swim {
             // An accusation we have already refuted: its sender missed the
             // refutation (lost, or out of retransmits). Say it again, so it
             // rides on our answer, before that sender's timer runs out.
-            let record = local.clone();
-            let own = record.id;
-            if let Ok(gossip_core::Pushed::Queued) = self.rumors.push(Rumor::Member {
-                member: record,
-                origin: own,
-            }) {
+            let member = local.clone();
+            if let Ok(gossip_core::Pushed::Queued) = self.rumors.push(Rumor::Member { member }) {
                 self.fresh_news = true;
             }
             return;
         }
         let claim = self.unseen_suspicion(claim);
-        self.note_confirmation(&claim, origin);
-        match self.members.apply(self.now, claim, origin) {
+        if !self.note_confirmation(from, &claim) {
+            return;
+        }
+        let subject = claim.id;
+        match self.members.apply(self.now, claim) {
             Ok(None) => {}
             Ok(Some(MembershipEvent::Changed(change))) => self.on_change(change),
             Ok(Some(MembershipEvent::AccusedSelf { claim, origin })) => {
@@ -185,7 +199,7 @@ impl Swim {
                 origin,
             })) => self.address_conflict(&held, &claim, origin),
             Ok(Some(_)) => {}
-            Err(_) => self.stats.rejected_claims += 1,
+            Err(err) => self.refused(from, subject, err),
         }
     }
 
@@ -207,6 +221,11 @@ impl Swim {
             self.probe = None;
         }
 
+        if transition == Transition::Reattested {
+            // Another accuser's signature on the suspicion or death held:
+            // not news (confirmations travel on their own).
+            return;
+        }
         let event = match transition {
             Transition::Joined => Event::Joined(after.clone()),
             Transition::Suspected => Event::Suspected {
@@ -229,10 +248,7 @@ impl Swim {
             _ => Event::Updated(after.clone()),
         };
         self.events.push(event);
-        self.queue_rumor(Rumor::Member {
-            member: after,
-            origin,
-        });
+        self.queue_rumor(Rumor::Member { member: after });
     }
 
     /// Puts a member that comes into the cluster (new, or back from the
@@ -271,33 +287,21 @@ impl Swim {
                     incarnation: record.incarnation,
                     accused_by: accuser,
                 });
-                let origin = record.id;
-                self.queue_rumor(Rumor::Member {
-                    member: record,
-                    origin,
-                });
+                self.queue_rumor(Rumor::Member { member: record });
             }
-            Err(_) => self.stats.rejected_claims += 1,
+            Err(_) => self.stats.refutations_failed += 1,
         }
     }
 
-    /// Applies a table of records that `from` sent: the sender speaks for
-    /// itself; for others, alive and left records are relayed self-claims and
-    /// accusations are the sender's own.
+    /// Applies a table of records that `from` sent: each is its subject's
+    /// own claim or an accusation, believed only if signed by its maker.
     pub(super) fn apply_records(
         &mut self,
         from: NodeId,
         records: impl IntoIterator<Item = Member>,
     ) {
         for record in records {
-            let origin = if record.id == from
-                || matches!(record.status, MemberStatus::Alive | MemberStatus::Left)
-            {
-                record.id
-            } else {
-                from
-            };
-            self.apply_claim(record, origin);
+            self.apply_claim(from, record);
         }
     }
 

@@ -6,15 +6,30 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_core::{Member, NodeId};
+use std::collections::BTreeMap;
+
+use gossip_core::{Error as CoreError, Member, NodeId, Timestamp};
 
 use super::Swim;
 use crate::event::Event;
 use crate::message::JoinRefusal;
 
-/// How often one member's conflict becomes an event; the stats count every
-/// one. A conflict repeats with every relay of the refused claim.
-const CONFLICT_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often one member's conflict, or one sender's refused claims, become an
+/// event; the stats count every one. A refusal repeats with every relay of
+/// the refused claim.
+const REPORT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Whether a report about `id` in `reported` is due at `now`; if so, notes
+/// it as made.
+fn due_report(reported: &mut BTreeMap<NodeId, Timestamp>, id: NodeId, now: Timestamp) -> bool {
+    let due = reported
+        .get(&id)
+        .is_none_or(|at| now.saturating_duration_since(*at) >= REPORT_INTERVAL);
+    if due {
+        reported.insert(id, now);
+    }
+    due
+}
 
 impl Swim {
     /// A live record of this node at another address. A claim above this
@@ -65,14 +80,34 @@ impl Swim {
 
     /// Whether a conflict about `id` is to be reported now.
     fn first_report(&mut self, id: NodeId) -> bool {
-        let due = self
-            .conflicts_reported
-            .get(&id)
-            .is_none_or(|at| self.now.saturating_duration_since(*at) >= CONFLICT_REPORT_INTERVAL);
-        if due {
-            self.conflicts_reported.insert(id, self.now);
+        due_report(&mut self.conflicts_reported, id, self.now)
+    }
+
+    /// A claim that `from` passed on, about `subject`, refused with `err`:
+    /// counted by reason, and reported at most once per sender per
+    /// interval.
+    pub(super) fn refused(&mut self, from: NodeId, subject: NodeId, err: CoreError) {
+        let Some(reason) = err.refusal() else {
+            return;
+        };
+        self.stats.refused.count(reason);
+        if due_report(&mut self.refusals_reported, from, self.now) {
+            self.events.push(Event::ClaimRefused {
+                from,
+                subject,
+                reason,
+                error: err,
+            });
         }
-        due
+    }
+
+    /// Forgets refusal reports older than the interval, so the table holds
+    /// only senders heard from lately. (Conflicts stay until their member
+    /// is collected: they also mark where its writes are not taken from.)
+    pub(super) fn forget_old_refusals(&mut self) {
+        let now = self.now;
+        self.refusals_reported
+            .retain(|_, at| now.saturating_duration_since(*at) < REPORT_INTERVAL);
     }
 
     /// Why `joiner`, whose own record names `joiner_addr`, is not to be

@@ -152,6 +152,7 @@ impl Swim {
             self.conflicts_reported.remove(&id);
             self.events.push(Event::Removed(id));
         }
+        self.forget_old_refusals();
     }
 
     /// Why `from`, which sent its table with its own record, is not in this

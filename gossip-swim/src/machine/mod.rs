@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gossip_core::{
     Entry, GossipRng, Incarnation, Member, MemberMeta, Membership, MembershipEvent, NodeId,
-    OutputQueue, ProbeOrder, Rumor, RumorQueue, Timestamp, decode_frame,
+    NodeKey, OutputQueue, ProbeOrder, Rumor, RumorQueue, Timestamp, decode_frame,
 };
 use rand::{Rng, SeedableRng};
 
@@ -53,17 +53,17 @@ use timer::{Timer, Timers};
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use gossip_core::{ClusterId, Incarnation, MemberMeta, MemberStatus, NodeId, Timestamp};
+/// use gossip_core::{ClusterId, Incarnation, MemberMeta, MemberStatus, NodeKey, Timestamp};
 /// use gossip_swim::{Config, Swim};
 ///
 /// let config = Config::lan(ClusterId::from_name("doc"), 2);
 /// let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
 /// let mut nodes: Vec<Swim> = [1u8, 2].iter().map(|&n| {
-///     let id = NodeId::from_public_key(&[n]);
+///     let key = NodeKey::from_secret_bytes(&[n; 32]);
 ///     let meta = MemberMeta::new(format!("n{n}"), [addr(7000 + u16::from(n))]);
 ///     let mut config = config.clone();
 ///     config.rng_seed = u64::from(n);
-///     Swim::new(config, id, meta, Incarnation::ZERO, Timestamp::ZERO)
+///     Swim::new(config, key, meta, Incarnation::ZERO, Timestamp::ZERO)
 /// }).collect();
 ///
 /// let mut now = Timestamp::ZERO;
@@ -116,23 +116,27 @@ pub struct Swim {
     /// When each member's address conflict (this node's own included) was
     /// last reported; at most one entry per member in the table.
     conflicts_reported: BTreeMap<NodeId, Timestamp>,
+    /// When refused claims from each sender were last reported.
+    refusals_reported: BTreeMap<NodeId, Timestamp>,
     /// The tag of pings meant for this node at its own address, kept so a
     /// received ping costs no hash; `None` without an address.
     own_tag: Option<TargetTag>,
 }
 
 impl Swim {
-    /// A machine for the node `local`, alive at `incarnation` (0 for a new
+    /// A machine for the holder of `key`, alive at `incarnation` (0 for a new
     /// node; one more than the last persisted value for a restarted one).
+    /// Everything it says of itself is signed with `key`.
     /// Probing starts after a random part of the first probe interval, so
     /// nodes started together do not probe in lockstep.
     pub fn new(
         config: Config,
-        local: NodeId,
+        key: NodeKey,
         meta: MemberMeta,
         incarnation: Incarnation,
         now: Timestamp,
     ) -> Self {
+        let local = key.id();
         let own_tag = meta.addr().map(|addr| TargetTag::of(&local, addr));
         let mut record = Member::new(local, meta);
         record.incarnation = incarnation;
@@ -149,7 +153,7 @@ impl Swim {
         Swim {
             rng,
             now,
-            members: Membership::new(record, config.limits.clone()),
+            members: Membership::new(key, config.cluster, record, config.limits.clone()),
             rumors: RumorQueue::new(config.retransmit_mult, config.limits.clone()),
             order: ProbeOrder::default(),
             awareness: Awareness::new(config.awareness_max),
@@ -171,6 +175,7 @@ impl Swim {
             events: OutputQueue::default(),
             stats: Stats::default(),
             conflicts_reported: BTreeMap::new(),
+            refusals_reported: BTreeMap::new(),
             own_tag,
             config,
         }
@@ -257,11 +262,7 @@ impl Swim {
             return;
         }
         let record = self.members.leave().clone();
-        let origin = record.id;
-        self.queue_rumor(Rumor::Member {
-            member: record,
-            origin,
-        });
+        self.queue_rumor(Rumor::Member { member: record });
         self.timers.cancel(Timer::Probe);
         self.probe = None;
         let deadline = self.now + self.config.leave_timeout;
@@ -287,10 +288,7 @@ impl Swim {
             .meta
             .addr()
             .map(|addr| TargetTag::of(&record.id, addr));
-        self.queue_rumor(Rumor::Member {
-            member: record,
-            origin: self.local_id(),
-        });
+        self.queue_rumor(Rumor::Member { member: record });
         self.flush();
         Ok(())
     }
@@ -303,30 +301,57 @@ impl Swim {
         }
         self.members.set_local_state_version(version);
         let record = self.members.local().clone();
-        self.queue_rumor(Rumor::Member {
-            member: record,
-            origin: self.local_id(),
-        });
+        self.queue_rumor(Rumor::Member { member: record });
         self.flush();
     }
 
-    /// Spreads a key/value write (the local node's, or news heard from a
-    /// peer) by piggybacking, in the data lane.
+    /// Spreads one of the local node's key/value writes, signed, by
+    /// piggybacking in the data lane. Receivers check the signature before
+    /// reporting it ([`Event::StateRumor`]).
     ///
     /// # Errors
     ///
     /// [`Error::Core`] if the write is over a cap.
-    pub fn broadcast_state(
-        &mut self,
-        now: Timestamp,
-        owner: NodeId,
-        entry: Entry,
-    ) -> Result<(), Error> {
+    pub fn broadcast_state(&mut self, now: Timestamp, entry: Entry) -> Result<(), Error> {
         self.advance(now);
-        self.rumors.push(Rumor::State { owner, entry })?;
+        let rumor = Rumor::state(self.members.key(), self.config.cluster, entry);
+        self.rumors.push(rumor)?;
         self.fresh_news = true;
         self.flush();
         Ok(())
+    }
+
+    /// Revokes `id` (the operator's word, for a node whose key is no longer
+    /// trusted): its record leaves the table and the probe rotation, rumors
+    /// about it or by it are dropped, and no claim by or about it is taken
+    /// until [`reinstate`](Swim::reinstate). Emits [`Event::Removed`] if it
+    /// was held. The local node cannot be revoked.
+    pub fn revoke(&mut self, now: Timestamp, id: NodeId) {
+        self.advance(now);
+        let held_live = self
+            .members
+            .get(&id)
+            .is_some_and(|m| !m.status.is_departed());
+        if id == self.local_id() {
+            return;
+        }
+        let removed = self.members.revoke(id);
+        self.rumors.forget(&id);
+        self.suspicions.remove(&id);
+        if self.probe.as_ref().is_some_and(|p| p.target() == id) {
+            self.probe = None;
+        }
+        if held_live {
+            self.order.remove(&id);
+        }
+        if removed {
+            self.events.push(Event::Removed(id));
+        }
+    }
+
+    /// Takes claims by and about `id` again, after its revocation was lifted.
+    pub fn reinstate(&mut self, id: &NodeId) {
+        self.members.reinstate(id);
     }
 
     /// Sets the digest of the driver's replicated state that rides every ping
@@ -340,8 +365,7 @@ impl Swim {
 
     /// Merges member records that the authenticated peer `from` passed on by
     /// another path (for example an anti-entropy sync), under the same rules
-    /// as its push-pull table: `from` speaks for itself, alive and left
-    /// records of others are relayed self-claims, accusations are its own.
+    /// as its push-pull table: each is taken only if its signatures verify.
     /// Changes are events and rumors as if gossiped.
     pub fn merge_records(
         &mut self,
@@ -361,6 +385,12 @@ impl Swim {
     /// member. Records about the local node and records refused by the
     /// table's rules are skipped.
     ///
+    /// The records are taken **without verifying their signatures**
+    /// ([`Membership::restore`]): pass only records this node held before
+    /// or that a verifying table holds. Network input goes through
+    /// [`handle_datagram`](Swim::handle_datagram) and
+    /// [`merge_records`](Swim::merge_records).
+    ///
     /// Records passed as `Arc<Member>` are held, not copied, so tables
     /// restored from one set of records share them.
     pub fn restore_members(
@@ -376,9 +406,8 @@ impl Swim {
             if record.id == self.local_id() {
                 continue;
             }
-            let origin = record.id;
             if let Ok(Some(MembershipEvent::Changed(change))) =
-                self.members.apply_shared(self.now, record, origin)
+                self.members.restore(self.now, record)
             {
                 self.update_rotation(change.before.as_ref(), &change.after);
                 self.events.push(Event::Joined(change.after));
@@ -393,8 +422,9 @@ impl Swim {
     ///
     /// [`Error::Decode`], [`Error::Misdirected`]:
     /// the datagram is dropped, counted, and nothing else changes. Rumors in
-    /// an accepted frame that break a rule are refused one by one and counted
-    /// in [`Stats::rejected_claims`]; the rest of the frame still counts.
+    /// an accepted frame that break a rule (a claim its maker did not sign,
+    /// for one) are refused one by one and counted in [`Stats::refused`];
+    /// the rest of the frame still counts.
     pub fn handle_datagram(
         &mut self,
         now: Timestamp,
@@ -488,7 +518,7 @@ impl Swim {
             } => {
                 if let Some(claim) = suspicion {
                     // The buddy system: the prober suspects us; refute now.
-                    self.apply_claim(claim, from);
+                    self.apply_claim(from, claim);
                 }
                 self.compare_digest(from, from_addr, state_digest);
                 self.send(Some(from), from_addr, Message::Ack { seq }, true);

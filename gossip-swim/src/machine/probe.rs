@@ -256,9 +256,10 @@ impl Swim {
             }
             // Our own failed probe of a suspect confirms the suspicion.
             MemberStatus::Suspect => {
-                let claim = record.clone();
-                let local = self.local_id();
-                self.note_confirmation(&claim, local);
+                if let Some(claim) = self.members.accusation(target, MemberStatus::Suspect) {
+                    let local = self.local_id();
+                    self.note_confirmation(local, &claim);
+                }
             }
             _ => {}
         }

@@ -83,6 +83,25 @@ impl Suspicions {
         deadline
     }
 
+    /// Whether `origin`'s suspicion of `subject` at `incarnation` would count
+    /// as an independent confirmation: a suspicion at that incarnation is
+    /// held, by another accuser, with fewer than `k` confirmations, none of
+    /// them `origin`'s.
+    fn would_confirm(
+        &self,
+        subject: &NodeId,
+        incarnation: Incarnation,
+        origin: NodeId,
+        k: u32,
+    ) -> bool {
+        self.by_subject.get(subject).is_some_and(|s| {
+            s.incarnation == incarnation
+                && s.accuser != origin
+                && s.confirmations() < k
+                && !s.confirmers.contains(&origin)
+        })
+    }
+
     /// Counts `origin`'s suspicion of `subject` at `incarnation` as an
     /// independent confirmation, if it is one and fewer than `k` are
     /// counted; returns the new, earlier deadline and its token.
@@ -167,25 +186,40 @@ impl Swim {
 
     /// A suspicion already held, heard again from another accuser (or
     /// confirmed by a failed probe of our own), counts as an independent
-    /// confirmation: the deadline comes closer, and the confirmation is passed
-    /// on so others can count it too. At most `suspicion_confirmations` are
-    /// counted and relayed, which bounds the traffic.
-    pub(super) fn note_confirmation(&mut self, claim: &Member, origin: NodeId) {
+    /// confirmation: the deadline comes closer, and the confirmation (the
+    /// accuser's own signed claim) is passed on so others can count it too.
+    /// At most `suspicion_confirmations` are counted and relayed, which
+    /// bounds the traffic. A confirmation is counted only once its signature
+    /// checks; returns `false` if it did not (the claim was refused).
+    pub(super) fn note_confirmation(&mut self, from: NodeId, claim: &Member) -> bool {
         if claim.status != MemberStatus::Suspect {
-            return;
+            return true;
         }
         let k = self.config.suspicion_confirmations;
+        let origin = claim.origin();
+        if !self
+            .suspicions
+            .would_confirm(&claim.id, claim.incarnation, origin, k)
+        {
+            return true;
+        }
+        if origin != self.local_id()
+            && let Err(err) = claim.verify(self.config.cluster)
+        {
+            self.refused(from, claim.id, err);
+            return false;
+        }
         let Some((deadline, token)) =
             self.suspicions
                 .confirm(&claim.id, claim.incarnation, origin, k)
         else {
-            return;
+            return true;
         };
         self.schedule_suspicion(claim.id, deadline.max(self.now), token);
-        if let Some(record) = self.members.get(&claim.id) {
-            let member = record.clone();
-            self.queue_rumor(Rumor::Member { member, origin });
-        }
+        self.queue_rumor(Rumor::Member {
+            member: claim.clone(),
+        });
+        true
     }
 
     /// Starts suspecting `id` at `incarnation` unless that suspicion is

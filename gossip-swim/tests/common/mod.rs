@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gossip_core::{
-    ClusterId, Incarnation, Limits, MemberMeta, MemberStatus, NodeId, PackedRumors, Rumor,
+    ClusterId, Incarnation, Limits, MemberMeta, MemberStatus, NodeId, NodeKey, PackedRumors, Rumor,
     RumorQueue, Timestamp, encode_frame,
 };
 use gossip_swim::{Config, Event, Message, Swim};
@@ -43,8 +43,13 @@ pub(crate) fn cluster_id() -> ClusterId {
     ClusterId::from_name("swim-tests")
 }
 
+/// Node `i`'s signing key.
+pub(crate) fn node_key(i: usize) -> NodeKey {
+    NodeKey::from_secret_bytes(blake3::hash(format!("node-{i}").as_bytes()).as_bytes())
+}
+
 pub(crate) fn node_id(i: usize) -> NodeId {
-    NodeId::from_public_key(format!("node-{i}").as_bytes())
+    node_key(i).id()
 }
 
 pub(crate) fn addr(i: usize) -> SocketAddr {
@@ -81,6 +86,8 @@ pub(crate) struct Net {
     /// Each node's identity: `node_id(i)`, but for a second instance of
     /// another node's identity.
     pub(crate) ids: Vec<NodeId>,
+    /// The key each node signs with (a node started as another holds its key).
+    keys: Vec<NodeKey>,
     pub(crate) now: Timestamp,
     pub(crate) latency: Duration,
     /// Directed links (from, to) whose datagrams are dropped.
@@ -106,6 +113,7 @@ impl Net {
         let mut net = Net {
             nodes: Vec::new(),
             ids: (0..n).map(node_id).collect(),
+            keys: (0..n).map(node_key).collect(),
             now: Timestamp::ZERO,
             latency: Duration::from_millis(1),
             blocked: BTreeSet::new(),
@@ -138,7 +146,7 @@ impl Net {
         let mut config = self.config.clone();
         config.rng_seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let meta = MemberMeta::new(format!("node-{i}"), [addr(i)]);
-        Swim::new(config, self.ids[i], meta, incarnation, self.now)
+        Swim::new(config, self.keys[i].clone(), meta, incarnation, self.now)
     }
 
     /// Starts a new node at the next address with `of`'s identity, at
@@ -147,6 +155,7 @@ impl Net {
     pub(crate) fn start_as(&mut self, of: usize, via: usize) -> usize {
         let i = self.nodes.len();
         self.ids.push(node_id(of));
+        self.keys.push(node_key(of));
         self.events.push(Vec::new());
         self.refused.push(Vec::new());
         let node = self.make_node(i, Incarnation::ZERO);
