@@ -798,3 +798,50 @@ fn the_admin_api_needs_its_token_and_never_listens_off_loopback_without_one() {
     assert!(stderr(&out).contains("off loopback"), "{}", stderr(&out));
     assert!(stderr(&out).contains("admin.token"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_node_revoked_in_the_trust_files_is_cut_off_on_reload_and_taken_back_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["a", "b", "c"]);
+    let revoked = dir.path().join("revoked.txt");
+    std::fs::write(&revoked, "# nobody yet\n").unwrap();
+    let mut spec = Spec::new("a", &[]);
+    spec.envs
+        .push(("GOSSIP_TLS_REVOKED", revoked.display().to_string()));
+    let a = start_spec(dir.path(), &certs, &spec);
+    let b = start(dir.path(), &certs, "b", &[&a]);
+    let c = start(dir.path(), &certs, "c", &[&a]);
+    until_alive(&[&a, &b, &c], 3);
+    let c_id = members_json(&a)
+        .iter()
+        .find(|m| m["name"] == "c")
+        .and_then(|m| m["id"].as_str().map(str::to_string))
+        .expect("a knows c's id");
+
+    // SIGHUP: a reads the list again; c is gone from its table at once and
+    // stays gone, whatever b and c say of it.
+    std::fs::write(&revoked, format!("{c_id}  # decommissioned\n")).unwrap();
+    a.signal("HUP");
+    eventually(Duration::from_secs(10), "a drops c", || {
+        record_of(&a, "c").is_none()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(record_of(&a, "c").is_none(), "c came back while revoked");
+    assert_eq!(status_of(&a, "b").as_deref(), Some("alive"));
+    assert!(a.log().contains("reloaded the trust bundle"), "{}", a.log());
+
+    // A list that does not parse is refused, and the one in force stays.
+    std::fs::write(&revoked, "not an id\n").unwrap();
+    let bad = a.cli(&["reload"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("line 1"), "{}", stderr(&bad));
+
+    // Lifted: `gossip-node reload`, and c is a member of a's again.
+    std::fs::write(&revoked, "").unwrap();
+    let out = a.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 revoked"), "{}", stderr(&out));
+    eventually(Duration::from_secs(30), "c is back in a's table", || {
+        status_of(&a, "c").as_deref() == Some("alive")
+    });
+}

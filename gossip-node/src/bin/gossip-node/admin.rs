@@ -23,6 +23,8 @@ pub(crate) struct Admin {
     pub(crate) leave: Arc<Notify>,
     /// The bearer token every request must carry, if one is set.
     pub(crate) token: Option<String>,
+    /// Where `POST /v1/reload` reads the trust bundle from.
+    pub(crate) trust_files: crate::TrustFiles,
 }
 
 /// A member as the API shows it.
@@ -102,6 +104,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/local/kv/{key}", put(set_key).delete(delete_key))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
+        .route("/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
@@ -304,6 +307,15 @@ async fn join(State(admin): State<Arc<Admin>>, body: String) -> Response {
 async fn leave(State(admin): State<Arc<Admin>>) -> Response {
     admin.leave.notify_one();
     Json(serde_json::json!({"leaving": true})).into_response()
+}
+
+async fn reload(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.trust_files.reload(&admin.node).await {
+        Ok(revoked) => {
+            Json(serde_json::json!({"reloaded": true, "revoked": revoked})).into_response()
+        }
+        Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{err:#}")),
+    }
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

@@ -198,6 +198,19 @@ pub(crate) fn join(target: &Target, seeds: &[SocketAddr]) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn reload(target: &Target) -> Result<()> {
+    let body = send(target, "POST", "/v1/reload", None)?;
+    let revoked = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["revoked"].as_u64())
+        .unwrap_or_default();
+    eprintln!(
+        "the agent at {} reloaded its trust bundle ({revoked} revoked node(s))",
+        target.admin
+    );
+    Ok(())
+}
+
 pub(crate) fn leave(target: &Target) -> Result<()> {
     send(target, "POST", "/v1/leave", None)?;
     eprintln!(

@@ -33,6 +33,7 @@ pub(crate) struct TlsConfig {
     pub(crate) ca: Option<PathBuf>,
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
+    pub(crate) revoked: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +103,9 @@ pub(crate) struct Overrides {
     /// This node's private key (PEM).
     #[arg(long, env = "GOSSIP_TLS_KEY", hide_env_values = true)]
     pub(crate) tls_key: Option<PathBuf>,
+    /// A file of revoked node ids, one per line; read again on SIGHUP.
+    #[arg(long, env = "GOSSIP_TLS_REVOKED", hide_env_values = true)]
+    pub(crate) tls_revoked: Option<PathBuf>,
     /// Address of the HTTP admin API.
     #[arg(long, env = "GOSSIP_ADMIN", hide_env_values = true)]
     pub(crate) admin: Option<SocketAddr>,
@@ -135,6 +139,7 @@ pub(crate) struct AgentConfig {
     pub(crate) ca: PathBuf,
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
+    pub(crate) revoked: Option<PathBuf>,
     pub(crate) admin: SocketAddr,
     pub(crate) admin_token: Option<String>,
     pub(crate) json_logs: bool,
@@ -207,6 +212,7 @@ impl AgentConfig {
             ca,
             cert: over.tls_cert.or(tls.cert.map(relative)),
             key: over.tls_key.or(tls.key.map(relative)),
+            revoked: over.tls_revoked.or(tls.revoked.map(relative)),
             admin: admin_bind,
             admin_token,
             json_logs,

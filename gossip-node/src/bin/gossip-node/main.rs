@@ -34,7 +34,7 @@ use clap::{Parser, Subcommand};
 use gossip_node::{Node, NodeConfig, NodeEvent};
 use gossip_transport_quic::{NodeCredentials, TrustBundle};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::client::Target;
 use crate::config::{AgentConfig, FileConfig, Overrides};
@@ -92,6 +92,12 @@ enum Command {
     },
     /// Asks the local agent to leave the cluster and exit.
     Leave {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Asks the local agent to read its CA certificate and revoked ids
+    /// again (as SIGHUP does): revoked nodes are cut off at once.
+    Reload {
         #[command(flatten)]
         target: Target,
     },
@@ -164,6 +170,7 @@ fn main() -> std::process::ExitCode {
         },
         Command::Join { seeds, target } => client::join(&target, &seeds),
         Command::Leave { target } => client::leave(&target),
+        Command::Reload { target } => client::reload(&target),
         Command::Certs { command } => match command {
             CertsCommand::InitCa {
                 cluster,
@@ -222,12 +229,7 @@ fn run_agent(config_path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
 
 /// Loads the certificates, with errors that name the fix.
 fn credentials(config: &AgentConfig) -> Result<(TrustBundle, Option<NodeCredentials>)> {
-    let trust = TrustBundle::load(&config.ca).with_context(|| {
-        format!(
-            "cannot load the CA certificate {} (make one with `gossip-node certs init-ca`)",
-            config.ca.display()
-        )
-    })?;
+    let trust = load_trust(&config.ca, config.revoked.as_deref())?;
     let credentials = match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => {
             let credentials = NodeCredentials::load(cert, key).with_context(|| {
@@ -250,6 +252,48 @@ fn credentials(config: &AgentConfig) -> Result<(TrustBundle, Option<NodeCredenti
         _ => bail!("set both `tls.cert` and `tls.key`, or neither (to use those in `data_dir`)"),
     };
     Ok((trust, credentials))
+}
+
+/// The CA certificates in `ca` and, if a list is set, the ids revoked in
+/// `revoked`.
+pub(crate) fn load_trust(ca: &Path, revoked: Option<&Path>) -> Result<TrustBundle> {
+    let trust = TrustBundle::load(ca).with_context(|| {
+        format!(
+            "cannot load the CA certificate {} (make one with `gossip-node certs init-ca`)",
+            ca.display()
+        )
+    })?;
+    let Some(path) = revoked else {
+        return Ok(trust);
+    };
+    let ids = gossip_transport_quic::load_revoked(path).with_context(|| {
+        format!(
+            "cannot read the revoked ids in {} (one full hex node id per line, as `gossip-node members --json` shows them)",
+            path.display()
+        )
+    })?;
+    Ok(trust.with_revoked(ids))
+}
+
+/// Where the trust bundle is read from, again on SIGHUP or `POST /v1/reload`.
+#[derive(Debug, Clone)]
+pub(crate) struct TrustFiles {
+    pub(crate) ca: PathBuf,
+    pub(crate) revoked: Option<PathBuf>,
+}
+
+impl TrustFiles {
+    /// Reads the files again and hands the node the bundle; returns how
+    /// many ids it revokes. On error the node keeps the bundle it had.
+    pub(crate) async fn reload(&self, node: &Node) -> Result<usize> {
+        let trust = load_trust(&self.ca, self.revoked.as_deref())?;
+        let revoked = trust.revoked().len();
+        node.reload_trust(trust)
+            .await
+            .context("the node refused the reloaded trust bundle")?;
+        info!(revoked, ca = %self.ca.display(), "reloaded the trust bundle");
+        Ok(revoked)
+    }
 }
 
 async fn agent(config: AgentConfig) -> Result<()> {
@@ -292,12 +336,17 @@ async fn agent(config: AgentConfig) -> Result<()> {
     info!(id = %node.id(), addr = %node.addr(), cluster = %config.cluster, "node started");
 
     let leave = Arc::new(Notify::new());
+    let trust_files = TrustFiles {
+        ca: config.ca.clone(),
+        revoked: config.revoked.clone(),
+    };
     let admin = Arc::new(admin::Admin {
         node: node.clone(),
         cluster: config.cluster.clone(),
         started: tokio::time::Instant::now(),
         leave: leave.clone(),
         token: config.admin_token.clone(),
+        trust_files: trust_files.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.admin)
         .await
@@ -317,13 +366,31 @@ async fn agent(config: AgentConfig) -> Result<()> {
     tokio::spawn(watch_seeds(node.clone(), config.seeds.clone()));
     let refused = refused_to_start(node.clone());
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: leaving the cluster"),
-        _ = terminate.recv() => info!("SIGTERM: leaving the cluster"),
-        () = leave.notified() => info!("asked to leave: leaving the cluster"),
-        err = refused => return Err(err),
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::pin!(refused);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                info!("SIGINT: leaving the cluster");
+                break;
+            }
+            _ = terminate.recv() => {
+                info!("SIGTERM: leaving the cluster");
+                break;
+            }
+            () = leave.notified() => {
+                info!("asked to leave: leaving the cluster");
+                break;
+            }
+            _ = hangup.recv() => {
+                if let Err(err) = trust_files.reload(&node).await {
+                    error!(error = %format!("{err:#}"), "SIGHUP: the trust bundle was not reloaded; the one in force stays");
+                }
+            }
+            err = &mut refused => return Err(err),
+        }
     }
     match node.leave(Duration::from_secs(15)).await {
         Ok(()) => info!("left the cluster"),
