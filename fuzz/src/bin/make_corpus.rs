@@ -208,13 +208,15 @@ fn hostile_frames() -> Vec<Vec<u8>> {
 
 fn main() -> std::io::Result<()> {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let hostile = hostile_frames();
     let mut swim = swim_frames();
-    swim.extend(hostile_frames());
+    swim.extend(hostile.iter().cloned());
     let sync = sync_messages();
 
     let node_stream = swim
         .iter()
         .take(20)
+        .chain(&hostile)
         .map(|frame| stream::encode_swim(frame))
         .chain(sync.chunks(2).enumerate().map(|(id, turn)| {
             let parts: Vec<Vec<u8>> = turn.iter().map(|(_, bytes)| bytes.clone()).collect();
