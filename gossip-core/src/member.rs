@@ -783,18 +783,18 @@ impl Membership {
     /// As [`apply`](Membership::apply), holding `claim`'s allocation when the
     /// claim is what the table ends up with.
     ///
-    /// The records are taken **without verifying their signatures**: for
-    /// records this node held before (its own storage) or got from a table
-    /// that verified them. Network input goes through
+    /// The claim is taken **without verifying its signatures**: for records
+    /// this node held before (its own storage) or got from a table that
+    /// verified them (the sync's state). Network input goes through
     /// [`apply`](Membership::apply).
     ///
     /// # Errors
     ///
     /// As [`apply`](Membership::apply), but for signatures.
-    pub fn restore(
+    pub fn apply_verified(
         &mut self,
         now: Timestamp,
-        claim: Arc<Member>,
+        claim: impl Into<Arc<Member>> + Borrow<Member>,
     ) -> Result<Option<MembershipEvent>, Error> {
         self.apply_claim(now, claim, true)
     }

@@ -646,7 +646,8 @@ impl Replica {
             .cloned()
             .collect();
         if !news.is_empty() {
-            self.swim.merge_records(now, peer, news);
+            // The sync's state verified them as it took them.
+            self.swim.merge_verified_records(now, peer, news);
         }
     }
 

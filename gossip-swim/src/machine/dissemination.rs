@@ -14,6 +14,15 @@ use super::timer::Timer;
 use crate::event::{Event, Provenance, Transmit};
 use crate::message::{Message, StateDigest};
 
+/// Whether a claim's signatures were checked before it reached SWIM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checked {
+    /// Network input: SWIM's table checks them.
+    No,
+    /// Checked by a verifying table the claim came through.
+    Already,
+}
+
 impl Swim {
     pub(super) fn queue_rumor(&mut self, rumor: Rumor) {
         // Suspicions, deaths, departures and refutations (any alive record
@@ -144,7 +153,7 @@ impl Swim {
 
     pub(super) fn handle_rumor(&mut self, from: NodeId, rumor: Rumor) {
         match rumor {
-            Rumor::Member { member } => self.apply_claim(from, member),
+            Rumor::Member { member } => self.apply_claim(from, member, Checked::No),
             Rumor::State { owner, .. } => {
                 let checked = if self.members.is_revoked(&owner) {
                     Err(CoreError::Revoked { id: owner })
@@ -165,7 +174,7 @@ impl Swim {
 
     /// Merges one membership claim that `from` passed on, turning the
     /// outcome into events, rumors and suspicion bookkeeping.
-    pub(super) fn apply_claim(&mut self, from: NodeId, claim: Member) {
+    pub(super) fn apply_claim(&mut self, from: NodeId, claim: Member, checked: Checked) {
         let local = self.members.local();
         if claim.id == local.id
             && matches!(claim.status, MemberStatus::Suspect | MemberStatus::Dead)
@@ -186,7 +195,11 @@ impl Swim {
             return;
         }
         let subject = claim.id;
-        match self.members.apply(self.now, claim) {
+        let outcome = match checked {
+            Checked::No => self.members.apply(self.now, claim),
+            Checked::Already => self.members.apply_verified(self.now, claim),
+        };
+        match outcome {
             Ok(None) => {}
             Ok(Some(MembershipEvent::Changed(change))) => self.on_change(change),
             Ok(Some(MembershipEvent::AccusedSelf { claim, origin })) => {
@@ -301,7 +314,7 @@ impl Swim {
         records: impl IntoIterator<Item = Member>,
     ) {
         for record in records {
-            self.apply_claim(from, record);
+            self.apply_claim(from, record, Checked::No);
         }
     }
 

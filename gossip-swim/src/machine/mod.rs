@@ -26,6 +26,7 @@ use crate::event::{Event, Transmit};
 use crate::lifeguard::Awareness;
 use crate::message::{JoinRefusal, Message, StateDigest, TargetTag};
 use crate::stats::Stats;
+use dissemination::Checked;
 use lifecycle::{Joining, Leaving};
 use probe::{Forward, Probe};
 use suspicion::Suspicions;
@@ -378,6 +379,23 @@ impl Swim {
         self.flush_excluding(&[from]);
     }
 
+    /// As [`merge_records`](Swim::merge_records), for records whose
+    /// signatures a verifying table already checked (the sync's state, in
+    /// the composed member): they are **not** checked again. Every other
+    /// rule applies.
+    pub fn merge_verified_records(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        records: impl IntoIterator<Item = Member>,
+    ) {
+        self.advance(now);
+        for record in records {
+            self.apply_claim(from, record, Checked::Already);
+        }
+        self.flush_excluding(&[from]);
+    }
+
     /// Fills the table with `records` (for example from a snapshot, or a
     /// simulation that starts from a converged cluster), as if each member
     /// had announced itself, without queueing rumors or pushing gossip: the
@@ -386,7 +404,7 @@ impl Swim {
     /// table's rules are skipped.
     ///
     /// The records are taken **without verifying their signatures**
-    /// ([`Membership::restore`]): pass only records this node held before
+    /// ([`Membership::apply_verified`]): pass only records this node held before
     /// or that a verifying table holds. Network input goes through
     /// [`handle_datagram`](Swim::handle_datagram) and
     /// [`merge_records`](Swim::merge_records).
@@ -407,7 +425,7 @@ impl Swim {
                 continue;
             }
             if let Ok(Some(MembershipEvent::Changed(change))) =
-                self.members.restore(self.now, record)
+                self.members.apply_verified(self.now, record)
             {
                 self.update_rotation(change.before.as_ref(), &change.after);
                 self.events.push(Event::Joined(change.after));
@@ -518,7 +536,7 @@ impl Swim {
             } => {
                 if let Some(claim) = suspicion {
                     // The buddy system: the prober suspects us; refute now.
-                    self.apply_claim(from, claim);
+                    self.apply_claim(from, claim, Checked::No);
                 }
                 self.compare_digest(from, from_addr, state_digest);
                 self.send(Some(from), from_addr, Message::Ack { seq }, true);
