@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gossip_core::ClusterId;
+use gossip_core::{ClusterId, Incarnation, Refusal, Refusals};
 use gossip_sim::{NetConfig, Sim};
 use gossip_swim::Config;
 
@@ -241,6 +241,57 @@ fn every_kind_of_mass_restart_converges_with_no_member_left_dead() {
             assert!(
                 took <= 2.0 * backstop.as_secs_f64(),
                 "{case}: all alive after {took} s"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_honest_cluster_under_faults_refuses_no_claim_but_stale_ones() {
+    // Loss, a partition and its heal, a crash, restarts with and without a
+    // data directory, writes on both sides: every claim an honest member
+    // passes on is signed as its maker signed it, and every owner delta
+    // reaches the state its owner signed. Only late rumors are refused, as
+    // stale.
+    let s = seed(7);
+    let _guard = SeedGuard(s, "an_honest_cluster");
+    let n = 24;
+    let mut swim = config(n);
+    swim.push_pull_interval = None;
+    let net = NetConfig {
+        loss: 0.05,
+        ..NetConfig::default()
+    };
+    let mut sim = Sim::new(n, swim, net, s);
+    sim.join_through(0);
+    sim.run_for(Duration::from_secs(20));
+    for i in 0..n {
+        sim.set(i, "k", b"v");
+    }
+    sim.run_for(Duration::from_secs(5));
+    let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| *i < n / 2);
+    sim.partition(&left, &right);
+    for i in 0..6 {
+        sim.set(i, "k2", b"w");
+    }
+    sim.run_for(Duration::from_secs(40));
+    sim.heal();
+    sim.crash(3);
+    sim.run_for(Duration::from_secs(20));
+    sim.restart(3, Incarnation::new(9), 0);
+    sim.restart_without_data_dir(5, 0);
+    sim.run_for(Duration::from_secs(60));
+    let mut refused = Refusals::default();
+    for i in 0..n {
+        let replica = sim.replica(i).expect("every node runs");
+        refused += replica.swim().stats().refused;
+        refused += replica.stats().claims_refused;
+    }
+    for (reason, count) in refused.iter() {
+        if reason != Refusal::Stale {
+            assert_eq!(
+                count, 0,
+                "seed {s}: {count} honest claims refused as {reason}"
             );
         }
     }
