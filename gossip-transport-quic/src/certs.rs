@@ -487,6 +487,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_certificate_without_an_ed25519_key_is_refused_with_the_fix() {
+        // As nodes were issued before their ids became their keys: ECDSA.
+        let ca = ClusterCa::generate("old").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+        let issuer = Issuer::from_ca_cert_der(&ca.cert_der, &ca.key).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let err = NodeCredentials::from_pem(&cert.pem(), &key.serialize_pem()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("not Ed25519"), "{message}");
+        assert!(message.contains("gossip-node certs"), "{message}");
+    }
+
+    #[test]
     fn a_revocation_list_names_full_ids_and_says_which_line_is_wrong() {
         let id = NodeId::from_bytes([0xab; 32]);
         let text = format!("# revoked 2026-12-03\n\n{id:#}  # lost laptop\n");
