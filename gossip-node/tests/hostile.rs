@@ -10,13 +10,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::attack::{LIMIT, Setup, pushing, refused, setup};
+use common::attack::{LIMIT, Setup, frame, pushing, refused, setup};
 use common::{eventually, status_of};
 use gossip_core::{
     Bytes, Delta, Incarnation, KvStore, Limits, Member, MemberMeta, MemberStatus, NodeKey, Refusal,
-    Rumor,
+    Rumor, WIRE_VERSION,
 };
 use gossip_node::Metrics;
+use gossip_swim::Message;
 
 /// Node 1: the member the attacker speaks for.
 const WITNESS: usize = 1;
@@ -118,7 +119,22 @@ async fn hostile_member_cannot_raise_anothers_incarnation() {
         incarnation: Incarnation::new(record.incarnation.get() + 1),
         ..record.clone()
     };
-    // By rumor, and by the sync's member records.
+    // By rumor, by a push-pull table, and by the sync's member records.
+    refused(
+        &s,
+        "another's incarnation raised, in a push-pull table",
+        s.datagram(frame(
+            s.cluster_id,
+            WIRE_VERSION,
+            &Message::PushPull {
+                reply: true,
+                members: vec![forged(&s, &raised)],
+            },
+            Vec::new(),
+        )),
+        counted_in_swim(Refusal::BadSignature),
+    )
+    .await;
     refused(
         &s,
         "another's incarnation raised, by rumor",
