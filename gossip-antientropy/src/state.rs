@@ -320,14 +320,22 @@ impl SyncState {
             Err(err) => return Err(err),
         };
         record.verify(self.kv.cluster())?;
-        if held.is_none() && self.members.len() >= self.limits.max_members {
+        if held.is_none() {
+            self.check_room()?;
+        }
+        Ok(Some(merged))
+    }
+
+    /// Whether the table has room for one more member.
+    fn check_room(&self) -> Result<(), CoreError> {
+        if self.members.len() >= self.limits.max_members {
             return Err(CoreError::LimitExceeded {
                 what: gossip_core::Limited::Members,
                 got: self.members.len() + 1,
                 max: self.limits.max_members,
             });
         }
-        Ok(Some(merged))
+        Ok(())
     }
 
     /// Holds a record [`check_member`](SyncState::check_member) returned,
@@ -336,7 +344,7 @@ impl SyncState {
     pub(crate) fn hold_merged(&mut self, merged: Member) -> bool {
         let merged = match self.member(&merged.id) {
             Some(held) => held.join(&merged),
-            None if self.members.len() >= self.limits.max_members => return false,
+            None if self.check_room().is_err() => return false,
             None => merged,
         };
         self.hold_member(Arc::new(merged));
@@ -383,13 +391,7 @@ impl SyncState {
                 }
             }
             None => {
-                if self.members.len() >= self.limits.max_members {
-                    return Err(CoreError::LimitExceeded {
-                        what: gossip_core::Limited::Members,
-                        got: self.members.len() + 1,
-                        max: self.limits.max_members,
-                    });
-                }
+                self.check_room()?;
                 record
             }
         };

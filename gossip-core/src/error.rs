@@ -208,6 +208,7 @@ impl std::fmt::Display for Limited {
 /// Why a claim from the network was refused, as metrics and logs name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
+#[repr(usize)]
 pub enum Refusal {
     /// Unsigned, or not signed by whom it must be ([`Error::BadSignature`]).
     BadSignature,
@@ -226,7 +227,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every reason, in a fixed order.
+    /// Every reason, in declaration order.
     pub const ALL: [Refusal; 6] = [
         Refusal::BadSignature,
         Refusal::Stale,
@@ -248,11 +249,10 @@ impl Refusal {
         }
     }
 
+    /// Its place in [`Refusal::ALL`], which lists the variants in
+    /// declaration order.
     fn index(self) -> usize {
-        Refusal::ALL
-            .iter()
-            .position(|r| *r == self)
-            .unwrap_or_default()
+        self as usize
     }
 }
 
@@ -359,5 +359,21 @@ impl From<postcard::Error> for Error {
                 reason: "invalid encoding",
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_is_counted_in_its_own_place() {
+        let mut counts = Refusals::default();
+        for (place, reason) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), place, "{reason}");
+            counts.count(*reason);
+            assert_eq!(counts.get(*reason), 1, "{reason}");
+        }
+        assert_eq!(counts.total(), Refusal::ALL.len() as u64);
     }
 }

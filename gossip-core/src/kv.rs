@@ -760,8 +760,12 @@ impl KvStore {
     }
 
     fn sign_local(&mut self) {
-        let (key, cluster) = (self.key.clone(), self.cluster);
-        self.local_mut().sign(&key, cluster);
+        // Field by field, so the key is borrowed beside the state, not cloned.
+        let local = self
+            .nodes
+            .get_mut(&self.local)
+            .expect("the local node's state is created in new() and never removed");
+        local.sign(&self.key, self.cluster);
     }
 
     /// The state of `owner`, if any of it is known.
