@@ -19,8 +19,8 @@
 //!   and garbage collection that never resurrects a deleted key.
 //! * [`RumorQueue`]: rumors to piggyback, with a retransmit limit, exact
 //!   packing into a byte budget and a membership lane data cannot starve.
-//! * [`ProbeOrder`], [`choose_random`], [`choose_gossip_targets`]: peer
-//!   selection.
+//! * [`ProbeOrder`], [`choose_random`], [`choose_weighted`] (by zone and
+//!   weight, from a [`Placement`]): peer selection.
 //! * [`encode_frame`] / [`decode_frame`]: versioned, cluster-tagged postcard
 //!   frames whose decoding is bounded by [`Limits`] and fails with a typed
 //!   [`Error`].
@@ -96,7 +96,7 @@ pub use member::{
 pub use proof::{NodeKey, Signature};
 pub use queue::OutputQueue;
 pub use rumor::{Lane, PackedRumors, Pushed, Rumor, RumorQueue};
-pub use select::{GossipRng, ProbeOrder, choose_gossip_targets, choose_random};
+pub use select::{GossipRng, Placement, ProbeOrder, choose_random, choose_weighted};
 pub use time::Timestamp;
 pub use wire::{Frame, HEADER_LEN, WIRE_VERSION, decode_frame, encode_frame, encoded_len};
 

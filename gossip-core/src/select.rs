@@ -5,6 +5,7 @@
 
 use rand::Rng;
 use rand::seq::{IteratorRandom, SliceRandom};
+use smol_str::SmolStr;
 
 use crate::id::NodeId;
 
@@ -51,6 +52,11 @@ impl ProbeOrder {
     /// `true` if no member is in the rotation.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    /// The members in the rotation, in its current order.
+    pub fn iter(&self) -> impl Iterator<Item = &NodeId> {
+        self.order.iter()
     }
 
     /// `true` if `id` is in the rotation. O(n).
@@ -167,55 +173,94 @@ pub fn choose_random<'a>(
         .choose_multiple(rng, k)
 }
 
-/// Gossip targets for one round, chosen in Cassandra's manner so that
-/// partitions heal and seeds stay current:
+/// Where a member sits, as it says in its own keys: the input of weighted
+/// peer selection ([`choose_weighted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The member's zone (or rack, or any grouping the operator uses);
+    /// `None` if it published none, which is a zone of its own.
+    pub zone: Option<SmolStr>,
+    /// The operator's weight: a member of weight 2 is chosen about twice as
+    /// often as one of weight 1 in the same zone; weight 0 is never chosen.
+    pub weight: u32,
+}
+
+impl Placement {
+    /// No zone, weight 1: where a member that published nothing sits.
+    pub const DEFAULT: Placement = Placement {
+        zone: None,
+        weight: 1,
+    };
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement::DEFAULT
+    }
+}
+
+/// Up to `k` distinct members of `candidates`, none in `exclude`, chosen by
+/// weight and zone: each pick goes to a member of another zone than
+/// `local_zone` with probability `cross_zone_share` and to one of the same
+/// zone otherwise (to the other side when one has no candidate left), and
+/// within a side in proportion to the members' weights.
 ///
-/// 1. one random live member;
-/// 2. with probability `unreachable / (live + 1)`, one random unreachable
-///    member, so a member wrongly believed down is soon contacted again;
-/// 3. if no live member was chosen, one random seed; otherwise, if the live
-///    member chosen was not a seed or fewer members are live than there are
-///    seeds, one random seed with probability
-///    `seeds / (live + unreachable)`, so seeds see every change early and a
-///    partition that left only seeds in contact rejoins.
+/// A node then prefers peers near it while a set share of its rounds still
+/// crosses zones, so news reaches every zone. O(candidates * k).
 ///
-/// `exclude` (normally the local node) is never chosen. The result has no
-/// duplicates.
-pub fn choose_gossip_targets(
-    live: &[NodeId],
-    unreachable: &[NodeId],
-    seeds: &[NodeId],
+/// ```
+/// use rand::SeedableRng;
+/// use gossip_core::{GossipRng, NodeId, Placement, choose_weighted};
+/// let zone = |z: &str| Placement { zone: Some(z.into()), weight: 1 };
+/// let (a, b) = (zone("a"), zone("b"));
+/// let members = [(NodeId::from_bytes([1; 32]), &a), (NodeId::from_bytes([2; 32]), &b)];
+/// let mut rng = GossipRng::seed_from_u64(1);
+/// // No share across zones: always the member of zone a.
+/// let chosen = choose_weighted(members, Some("a"), 0.0, 1, &[], &mut rng);
+/// assert_eq!(chosen, vec![NodeId::from_bytes([1; 32])]);
+/// ```
+pub fn choose_weighted<'a>(
+    candidates: impl IntoIterator<Item = (NodeId, &'a Placement)>,
+    local_zone: Option<&str>,
+    cross_zone_share: f64,
+    k: usize,
     exclude: &[NodeId],
     rng: &mut impl Rng,
 ) -> Vec<NodeId> {
-    let pick = |from: &[NodeId], chosen: &[NodeId], rng: &mut dyn rand::RngCore| {
-        from.iter()
-            .filter(|id| !exclude.contains(id) && !chosen.contains(id))
-            .choose(rng)
-            .copied()
-    };
-    let mut chosen = Vec::with_capacity(3);
-    let live_target = pick(live, &chosen, rng);
-    chosen.extend(live_target);
-
-    let live_count = live.len() as f64;
-    if !unreachable.is_empty() {
-        let probability = unreachable.len() as f64 / (live_count + 1.0);
-        if rng.random::<f64>() < probability {
-            chosen.extend(pick(unreachable, &chosen, rng));
+    // (id, weight) of the candidates in this node's zone, and elsewhere.
+    let (mut near, mut far) = (Vec::new(), Vec::new());
+    for (id, placement) in candidates {
+        if placement.weight == 0 || exclude.contains(&id) {
+            continue;
         }
+        let side = if placement.zone.as_deref() == local_zone {
+            &mut near
+        } else {
+            &mut far
+        };
+        side.push((id, u64::from(placement.weight)));
     }
-
-    let gossip_to_seed = match live_target {
-        None => true,
-        Some(target) if !seeds.contains(&target) || live.len() < seeds.len() => {
-            let probability = seeds.len() as f64 / (live_count + unreachable.len() as f64);
-            rng.random::<f64>() <= probability
-        }
-        Some(_) => false,
-    };
-    if gossip_to_seed {
-        chosen.extend(pick(seeds, &chosen, rng));
+    let mut chosen = Vec::with_capacity(k);
+    while chosen.len() < k && !(near.is_empty() && far.is_empty()) {
+        let cross = rng.random::<f64>() < cross_zone_share;
+        let side = match (cross, near.is_empty(), far.is_empty()) {
+            (true, _, false) | (false, true, _) => &mut far,
+            _ => &mut near,
+        };
+        let total: u64 = side.iter().map(|&(_, weight)| weight).sum();
+        let mut point = rng.random_range(0..total);
+        let at = side
+            .iter()
+            .position(|&(_, weight)| {
+                if point < weight {
+                    true
+                } else {
+                    point -= weight;
+                    false
+                }
+            })
+            .unwrap_or(side.len() - 1);
+        chosen.push(side.swap_remove(at).0);
     }
     chosen
 }
@@ -344,33 +389,95 @@ mod tests {
     }
 
     #[test]
-    fn gossip_targets_favour_live_members_but_reach_the_rest() {
-        let mut rng = GossipRng::seed_from_u64(5);
-        let live = ids(0..20);
-        let unreachable = ids(20..25);
-        let seeds = ids(30..32);
-        let (mut to_unreachable, mut to_seed) = (0, 0);
-        for _ in 0..10_000 {
-            let targets = choose_gossip_targets(&live, &unreachable, &seeds, &[], &mut rng);
-            assert!(live.contains(&targets[0]));
-            to_unreachable += targets.iter().filter(|t| unreachable.contains(t)).count();
-            to_seed += targets.iter().filter(|t| seeds.contains(t)).count();
+    fn weighted_choice_keeps_the_cross_zone_share_and_the_weights() {
+        let seed = 11;
+        let mut rng = GossipRng::seed_from_u64(seed);
+        let zone = |z: &str, weight| Placement {
+            zone: Some(z.into()),
+            weight,
+        };
+        // Five members in this node's zone (one of them of weight 3), ten
+        // in two other zones.
+        let placements: Vec<(NodeId, Placement)> = ids(0..15)
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| match i {
+                0 => (id, zone("a", 3)),
+                1..5 => (id, zone("a", 1)),
+                5..10 => (id, zone("b", 1)),
+                _ => (id, zone("c", 1)),
+            })
+            .collect();
+        let heavy = placements[0].0;
+        let (mut near, mut far, mut heavy_picks, mut light_picks) = (0u32, 0u32, 0u32, 0u32);
+        let rounds = 20_000;
+        for _ in 0..rounds {
+            let picked = choose_weighted(
+                placements.iter().map(|(id, p)| (*id, p)),
+                Some("a"),
+                0.25,
+                1,
+                &[],
+                &mut rng,
+            );
+            let id = picked[0];
+            let index = placements.iter().position(|(i, _)| *i == id).unwrap();
+            if index < 5 {
+                near += 1;
+            } else {
+                far += 1;
+            }
+            if id == heavy {
+                heavy_picks += 1;
+            } else if index == 1 {
+                light_picks += 1;
+            }
         }
-        // Expected 5/21 and 2/25 of rounds.
-        assert!((2000..2800).contains(&to_unreachable), "{to_unreachable}");
-        assert!((550..1050).contains(&to_seed), "{to_seed}");
+        let far_share = f64::from(far) / f64::from(rounds);
+        assert!((far_share - 0.25).abs() < 0.02, "seed {seed}: {far_share}");
+        // Within the zone, weight 3 of 7: 3/7 of the near picks, against 1/7.
+        let ratio = f64::from(heavy_picks) / f64::from(light_picks);
+        assert!((ratio - 3.0).abs() < 0.3, "seed {seed}: ratio {ratio}");
+        assert_eq!(near + far, rounds);
     }
 
     #[test]
-    fn gossip_targets_fall_back_to_seeds_when_alone() {
-        let mut rng = GossipRng::seed_from_u64(9);
-        let seeds = ids(0..2);
-        let me = seeds[0];
-        for _ in 0..100 {
-            assert_eq!(
-                choose_gossip_targets(&[], &[], &seeds, &[me], &mut rng),
-                vec![seeds[1]]
-            );
+    fn weighted_choice_is_distinct_skips_weight_zero_and_crosses_when_alone() {
+        let mut rng = GossipRng::seed_from_u64(2);
+        let members = ids(0..6);
+        let near = Placement {
+            zone: Some("a".into()),
+            weight: 1,
+        };
+        let far = Placement {
+            zone: Some("b".into()),
+            weight: 1,
+        };
+        let off = Placement {
+            zone: Some("a".into()),
+            weight: 0,
+        };
+        let table: Vec<(NodeId, &Placement)> = vec![
+            (members[0], &near),
+            (members[1], &near),
+            (members[2], &far),
+            (members[3], &far),
+            (members[4], &off),
+            (members[5], &far),
+        ];
+        for _ in 0..200 {
+            let picked = choose_weighted(table.clone(), Some("a"), 0.0, 4, &members[..1], &mut rng);
+            // No cross share, but one near member is left: the rest cross.
+            assert_eq!(picked.len(), 4);
+            assert!(!picked.contains(&members[0]) && !picked.contains(&members[4]));
+            let distinct: BTreeSet<_> = picked.iter().collect();
+            assert_eq!(distinct.len(), 4);
+            assert_eq!(picked[0], members[1], "the near member first");
         }
+        assert_eq!(
+            choose_weighted(table, Some("a"), 0.5, 10, &[], &mut rng).len(),
+            5,
+            "never more than the members of nonzero weight"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gossip_core::{
     ClusterId, Entry, Error as CoreError, GossipRng, Key, KvChange, KvStore, Limits, Member,
-    MemberStatus, NodeId, OutputQueue, Refusals, Timestamp,
+    MemberStatus, NodeId, OutputQueue, Placement, Refusals, Timestamp,
 };
 use gossip_swim::{Event, StateDigest, Swim, Transmit};
 use rand::{Rng, SeedableRng};
@@ -49,6 +49,14 @@ pub struct ReplicaConfig {
     pub tombstone_grace: Duration,
     /// Seed of the replica's own choices (session ids, backstop peers).
     pub rng_seed: u64,
+    /// The key in which each node publishes its zone (or rack), read for
+    /// [`PeerSelection::Weighted`](gossip_swim::PeerSelection::Weighted).
+    /// Default `zone`.
+    pub zone_key: Key,
+    /// The key in which each node publishes its weight for weighted peer
+    /// selection, a decimal integer (0 is never chosen; a value that does
+    /// not parse counts as 1). Default `weight`.
+    pub weight_key: Key,
 }
 
 impl ReplicaConfig {
@@ -61,6 +69,8 @@ impl ReplicaConfig {
             max_concurrent_syncs: 4,
             tombstone_grace: Duration::from_secs(3600),
             rng_seed: 0,
+            zone_key: Key::from("zone"),
+            weight_key: Key::from("weight"),
         }
     }
 }
@@ -247,6 +257,7 @@ impl Replica {
             events: OutputQueue::default(),
             config,
         };
+        replica.update_placement(replica.swim.local_id());
         replica.settle(now);
         Ok(replica)
     }
@@ -334,11 +345,11 @@ impl Replica {
 
     fn announce_write(&mut self, now: Timestamp, key: Key, value: Option<Bytes>, version: u64) {
         let owner = self.swim.local_id();
-        self.events.push(ReplicaEvent::KeyChanged(KvChange {
+        self.key_changed(KvChange {
             owner,
             key: key.clone(),
             value: value.clone(),
-        }));
+        });
         let entry = Entry {
             key,
             value,
@@ -455,10 +466,11 @@ impl Replica {
                 break;
             }
         }
-        for change in running.session.take_changes() {
-            self.events.push(ReplicaEvent::KeyChanged(change));
-        }
+        let key_changes = running.session.take_changes();
         let changed = running.session.take_member_changes();
+        for change in key_changes {
+            self.key_changed(change);
+        }
         self.adopt_synced_members(now, from, &changed);
         self.flush_session(now, from, our_role);
         self.settle(now);
@@ -560,6 +572,28 @@ impl Replica {
     }
 
     // ----- the glue -----
+
+    /// Reports a key change, and tells SWIM where its owner sits when the
+    /// change is to its zone or weight.
+    fn key_changed(&mut self, change: KvChange) {
+        if change.key == self.config.zone_key || change.key == self.config.weight_key {
+            self.update_placement(change.owner);
+        }
+        self.events.push(ReplicaEvent::KeyChanged(change));
+    }
+
+    /// Reads `owner`'s zone and weight keys into SWIM's placements.
+    fn update_placement(&mut self, owner: NodeId) {
+        let kv = self.state.kv();
+        let zone = kv
+            .get(&owner, self.config.zone_key.as_str())
+            .map(|zone| String::from_utf8_lossy(zone).as_ref().into());
+        let weight = kv
+            .get(&owner, self.config.weight_key.as_str())
+            .and_then(|weight| std::str::from_utf8(weight).ok()?.trim().parse().ok())
+            .unwrap_or(1);
+        self.swim.set_placement(owner, Placement { zone, weight });
+    }
 
     /// Acts on everything SWIM reported, then starts the syncs now wanted
     /// and puts the current root on the next probes.

@@ -273,3 +273,39 @@ fn the_backstop_syncs_once_per_interval_and_only_then() {
         since_last = after;
     }
 }
+
+/// The zone and weight a node publishes in its keys reach SWIM's placements
+/// everywhere, its own included, for weighted peer selection.
+#[test]
+fn zone_and_weight_keys_become_placements_everywhere() {
+    let mut net = Net::new(3, 7);
+    net.nodes[0]
+        .set(Timestamp::ZERO, "zone", "eu-west-1a")
+        .expect("a small key");
+    net.nodes[0]
+        .set(Timestamp::ZERO, "weight", "3")
+        .expect("a small key");
+    let seed_addr = net.addrs[0];
+    for joiner in 1..3 {
+        net.nodes[joiner].join(Timestamp::ZERO, vec![seed_addr]);
+    }
+    net.run_until(at(5.0));
+    for observer in 0..3 {
+        let placement = net.nodes[observer].swim().placement(&net.ids[0]);
+        assert_eq!(
+            placement.zone.as_deref(),
+            Some("eu-west-1a"),
+            "node {observer}"
+        );
+        assert_eq!(placement.weight, 3, "node {observer}");
+        assert_eq!(net.nodes[observer].swim().placement(&net.ids[2]).zone, None);
+    }
+    // A deleted zone key puts the node back in no zone.
+    net.nodes[0].delete(net.now, "zone").expect("a small key");
+    net.run_until(at(10.0));
+    for observer in 0..3 {
+        let placement = net.nodes[observer].swim().placement(&net.ids[0]);
+        assert_eq!(placement.zone, None, "node {observer}");
+        assert_eq!(placement.weight, 3, "node {observer}");
+    }
+}

@@ -4,6 +4,42 @@ use std::time::Duration;
 
 use gossip_core::{ClusterId, Limits};
 
+/// How the members a push goes to are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum PeerSelection {
+    /// Drawn uniformly at random from the live members for every push.
+    Random,
+    /// The members next in this node's probe rotation (a shuffled
+    /// round-robin, so a burst of news stays among a few peers about to be
+    /// probed anyway); urgent news (a suspicion, a death, a leave, a
+    /// refutation) is pushed to members drawn at random. The default.
+    #[default]
+    RoundRobin,
+    /// Drawn by zone and weight, from what each member publishes of itself
+    /// ([`Swim::set_placement`](crate::Swim::set_placement); the composed
+    /// member reads its `zone` and `weight` keys): each push target is in
+    /// another zone with probability `cross_zone_share` and in this node's
+    /// zone otherwise, and within a zone members are drawn in proportion to
+    /// their weight (see [`gossip_core::choose_weighted`]).
+    Weighted {
+        /// Share of push targets outside this node's zone, from 0 to 1.
+        /// Lower keeps more traffic inside a zone and makes news slower to
+        /// cross zones.
+        cross_zone_share: f64,
+    },
+}
+
+/// A setting [`Config::validate`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{setting}` {problem}")]
+pub struct InvalidConfig {
+    /// The setting's name.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 /// Every knob of the SWIM machine, with memberlist's values as defaults.
 ///
 /// Start from a preset ([`Config::lan`], [`Config::wan`], [`Config::local`])
@@ -62,10 +98,15 @@ pub struct Config {
     /// Retransmit multiplier: each rumor is sent `retransmit_mult *
     /// ceil(log10(n + 1))` times. Default 4 (memberlist `RetransmitMult`).
     pub retransmit_mult: u32,
-    /// Members a fresh rumor is pushed to at once, besides riding on probes.
-    /// Default 3 (memberlist `GossipNodes`, which memberlist sends every
-    /// 200 ms whether or not there is news). 0 leaves rumors to probes only.
+    /// Members a fresh rumor is pushed to at once (F), besides riding on
+    /// probes. Default 3 (memberlist `GossipNodes`, which memberlist sends
+    /// every 200 ms whether or not there is news). News reaches n members in
+    /// about `log_F(n)` pushes, so 1 is slow and fragile; each more costs a
+    /// datagram per push. 0 leaves rumors to probes only.
     pub gossip_fanout: usize,
+    /// How the `gossip_fanout` members of a push are chosen. Default
+    /// [`PeerSelection::RoundRobin`].
+    pub peer_selection: PeerSelection,
     /// Shortest time between two pushes: news that arrives sooner after a
     /// push waits for the end of this interval and goes out in one round.
     /// This bounds a node's pushes to `gossip_fanout` per interval however
@@ -82,9 +123,10 @@ pub struct Config {
     pub join_retry_initial: Duration,
     /// Longest delay between join attempts. Default 30 s.
     pub join_retry_max: Duration,
-    /// How often a node re-contacts one recently dead member (and its seeds,
-    /// if it has lost everyone), so partitions heal by themselves. Default
-    /// 10 s. (memberlist has no such schedule, which is its issue #222.)
+    /// How often a node re-contacts one recently dead member, and perhaps a
+    /// seed it is not in contact with, so partitions of any length heal by
+    /// themselves. Default 10 s. (memberlist has no such schedule, which is
+    /// its issue #222.) See [`Swim::join`](crate::Swim::join) for the seeds.
     pub reconnect_interval: Duration,
     /// How often to exchange whole membership tables with one random member,
     /// repairing whatever rumors missed. Default 30 s (memberlist
@@ -125,6 +167,7 @@ impl Config {
             fallback_probe: true,
             retransmit_mult: 4,
             gossip_fanout: 3,
+            peer_selection: PeerSelection::RoundRobin,
             push_interval: Duration::from_millis(50),
             max_datagram_bytes: 1200,
             join_retry_initial: Duration::from_secs(1),
@@ -168,6 +211,59 @@ impl Config {
         }
     }
 
+    /// Refuses settings the machine cannot run with: a zero interval or
+    /// timeout, a probe timeout not shorter than the probe interval, a
+    /// suspicion multiplier of 0, a cross-zone share outside `0..=1`.
+    ///
+    /// # Errors
+    ///
+    /// The first setting that is impossible, and why.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let refuse = |setting, problem: &str| {
+            Err(InvalidConfig {
+                setting,
+                problem: problem.to_string(),
+            })
+        };
+        let zero = Duration::ZERO;
+        if self.probe_interval == zero {
+            return refuse("probe_interval", "is 0; probes would never stop");
+        }
+        if self.probe_timeout == zero || self.probe_timeout >= self.probe_interval {
+            return refuse(
+                "probe_timeout",
+                &format!(
+                    "is {:?}; it must be above 0 and shorter than probe_interval ({:?}), which holds the timeout and the indirect probes",
+                    self.probe_timeout, self.probe_interval
+                ),
+            );
+        }
+        if self.push_interval == zero {
+            return refuse(
+                "push_interval",
+                "is 0; every datagram bringing news would set off a push",
+            );
+        }
+        if self.suspicion_mult == 0 {
+            return refuse(
+                "suspicion_mult",
+                "is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 to 6)",
+            );
+        }
+        if self.reconnect_interval == zero {
+            return refuse("reconnect_interval", "is 0");
+        }
+        if let PeerSelection::Weighted { cross_zone_share } = self.peer_selection
+            && !(0.0..=1.0).contains(&cross_zone_share)
+        {
+            return refuse(
+                "cross_zone_share",
+                &format!("is {cross_zone_share}; it is a share of rounds, from 0 to 1"),
+            );
+        }
+        Ok(())
+    }
+
     /// This configuration with the three Lifeguard extensions turned off
     /// (plain SWIM with suspicion), for comparisons.
     pub fn without_lifeguard(self) -> Self {
@@ -177,5 +273,48 @@ impl Config {
             buddy_system: false,
             ..self
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_presets_are_valid_and_impossible_settings_are_named() {
+        let cluster = ClusterId::from_name("validate");
+        for preset in [
+            Config::lan(cluster, 64),
+            Config::wan(cluster, 64),
+            Config::local(cluster, 64),
+        ] {
+            assert_eq!(preset.validate(), Ok(()));
+        }
+        let refused = |change: fn(&mut Config)| {
+            let mut config = Config::lan(cluster, 64);
+            change(&mut config);
+            config.validate().expect_err("refused").setting
+        };
+        assert_eq!(
+            refused(|c| c.probe_interval = Duration::ZERO),
+            "probe_interval"
+        );
+        assert_eq!(
+            refused(|c| c.probe_timeout = c.probe_interval),
+            "probe_timeout"
+        );
+        assert_eq!(
+            refused(|c| c.push_interval = Duration::ZERO),
+            "push_interval"
+        );
+        assert_eq!(refused(|c| c.suspicion_mult = 0), "suspicion_mult");
+        assert_eq!(
+            refused(|c| {
+                c.peer_selection = PeerSelection::Weighted {
+                    cross_zone_share: 1.5,
+                }
+            }),
+            "cross_zone_share"
+        );
     }
 }

@@ -54,7 +54,7 @@ mod machine;
 mod message;
 mod stats;
 
-pub use config::Config;
+pub use config::{Config, InvalidConfig, PeerSelection};
 pub use error::Error;
 pub use event::{Event, Provenance, Transmit};
 pub use machine::Swim;

@@ -135,6 +135,40 @@ fn a_partition_heals_by_itself() {
     assert!(took <= 60 * SECOND, "healing took {took:?}");
 }
 
+/// Halves that stayed apart past the departed horizon have forgotten each
+/// other: no dead member is left to re-contact. The seed (node 0) is on one
+/// side; the other side contacts it at steady state and the cluster is one
+/// again soon after the network heals.
+#[test]
+fn a_partition_longer_than_the_departed_horizon_heals_through_the_seeds() {
+    let mut config = gossip_swim::Config::lan(common::cluster_id(), 6);
+    config.departed_horizon = 60 * SECOND;
+    config.push_pull_interval = None;
+    let mut net = Net::new(6, config, seed(31));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
+    for a in left {
+        for b in right {
+            net.cut(a, b);
+        }
+    }
+    net.run_until(300 * SECOND, |net| {
+        left.iter().all(|&a| {
+            right
+                .iter()
+                .all(|&b| net.view(a, b).is_none() && net.view(b, a).is_none())
+        })
+    })
+    .expect("the halves never forgot each other");
+    // Past the last re-contact of a dead member, still apart.
+    net.run_for(30 * SECOND);
+    net.blocked.clear();
+    let took = net
+        .run_until(120 * SECOND, Net::converged)
+        .expect("the halves never merged again");
+    assert!(took <= 60 * SECOND, "healing took {took:?}");
+}
+
 #[test]
 fn an_isolated_node_keeps_recontacting_its_seeds() {
     let mut net = Net::lan(3, seed(15));
@@ -446,4 +480,52 @@ fn a_new_life_elsewhere_supersedes_its_earlier_life_once_that_is_dead() {
         (0..3).all(|i| held_at(net, i, 3) == Some((addr(new_life), MemberStatus::Left)))
     })
     .expect("the new life's leave was lost");
+}
+
+/// Weighted selection pushes by the zones members publish: with no share
+/// across zones, every push stays in the pusher's zone.
+#[test]
+fn weighted_pushes_follow_the_zones_members_publish() {
+    use gossip_core::{MemberMeta, Placement};
+    use gossip_swim::PeerSelection;
+    for cross_zone_share in [0.0, 1.0] {
+        let mut config = gossip_swim::Config::lan(common::cluster_id(), 9);
+        config.peer_selection = PeerSelection::Weighted { cross_zone_share };
+        config.gossip_fanout = 2;
+        let mut net = Net::new(9, config, seed(33));
+        assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+        // Nodes 0-2 in zone a, the rest in zone b, as every node records.
+        for observer in 0..9 {
+            for subject in 0..9 {
+                let zone = if subject < 3 { "a" } else { "b" };
+                let placement = Placement {
+                    zone: Some(zone.into()),
+                    weight: 1,
+                };
+                net.node(observer)
+                    .set_placement(node_id(subject), placement);
+            }
+        }
+        net.run_for(SECOND);
+        let (mut near, mut far) = (0, 0);
+        for round in 0..20 {
+            let now = net.now;
+            net.node(1)
+                .update_meta(now, MemberMeta::new(format!("r{round}"), [addr(1)]))
+                .unwrap();
+            while let Some(t) = net.node(1).poll_transmit() {
+                if t.push {
+                    let to = usize::from(t.addr.port()) - usize::from(addr(0).port());
+                    if to < 3 { near += 1 } else { far += 1 }
+                }
+            }
+            net.run_for(SECOND);
+        }
+        if cross_zone_share == 0.0 {
+            // Zone a holds two peers of node 1: both get every push.
+            assert_eq!((near, far), (40, 0), "seed {}", net.seed);
+        } else {
+            assert_eq!((near, far), (0, 40), "seed {}", net.seed);
+        }
+    }
 }

@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 
 use gossip_core::{
     Error as CoreError, HEADER_LEN, Incarnation, Member, MemberChange, MemberStatus,
-    MembershipEvent, NodeId, PackedRumors, Rumor, Transition, encode_frame, encoded_len,
+    MembershipEvent, NodeId, PackedRumors, Placement, Rumor, Transition, choose_weighted,
+    encode_frame, encoded_len,
 };
 
 use super::Swim;
 use super::timer::Timer;
+use crate::config::PeerSelection;
 use crate::event::{Event, Provenance, Transmit};
 use crate::message::{Message, StateDigest};
 
@@ -124,10 +126,29 @@ impl Swim {
             // make every node contact every other at once. Both cost
             // O(fanout), not O(n), per piece of news.
             let fanout = self.config.gossip_fanout;
-            let targets = if self.urgent_news {
-                self.order.choose_random(fanout, exclude, &mut self.rng)
-            } else {
-                self.order.upcoming(fanout, exclude)
+            let targets = match self.config.peer_selection {
+                PeerSelection::RoundRobin if !self.urgent_news => {
+                    self.order.upcoming(fanout, exclude)
+                }
+                PeerSelection::RoundRobin | PeerSelection::Random => {
+                    self.order.choose_random(fanout, exclude, &mut self.rng)
+                }
+                PeerSelection::Weighted { cross_zone_share } => {
+                    let local_zone = self.placement(&self.local_id()).zone.clone();
+                    let placements = &self.placements;
+                    let candidates = self
+                        .order
+                        .iter()
+                        .map(|id| (*id, placements.get(id).unwrap_or(&Placement::DEFAULT)));
+                    choose_weighted(
+                        candidates,
+                        local_zone.as_deref(),
+                        cross_zone_share,
+                        fanout,
+                        exclude,
+                        &mut self.rng,
+                    )
+                }
             };
             for target in targets {
                 if self.rumors.is_empty() {

@@ -2,8 +2,12 @@
 //! whole tables (to join, to heal partitions, and as an optional backstop),
 //! forgetting long-departed members, and leaving.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
 
 use gossip_core::{
     HEADER_LEN, Member, MemberStatus, NodeId, Rumor, Timestamp, choose_random, encoded_len,
@@ -106,7 +110,7 @@ impl Swim {
     }
 
     /// The slow schedule that heals partitions: re-contact one random
-    /// recently dead member, and the seeds if no one else is left.
+    /// recently dead member, and a seed as [`Swim::join`] describes.
     pub(super) fn reconnect(&mut self) {
         if self.leaving.is_some() {
             return;
@@ -122,11 +126,40 @@ impl Swim {
         {
             self.send_table(Some(target), addr, false);
         }
-        if self.members.live_count() <= 1 && self.joining.is_none() {
+        if self.joining.is_some() || self.seeds.is_empty() {
+            return;
+        }
+        let live = self.members.live_count();
+        if live <= 1 {
             for seed in self.seeds.clone() {
                 self.send_table(None, seed, false);
             }
+            return;
         }
+        let chance = self.seeds.len() as f64 / (live + dead.len()) as f64;
+        if self.rng.random::<f64>() < chance
+            && let Some(seed) = self.seed_out_of_contact()
+        {
+            self.send_table(None, seed, false);
+        }
+    }
+
+    /// A random seed at whose address no live member (nor this node) is
+    /// held: one on the far side of a partition, or one not yet known.
+    fn seed_out_of_contact(&mut self) -> Option<SocketAddr> {
+        let held: BTreeSet<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|m| !m.status.is_departed())
+            .filter_map(|m| m.meta.addr())
+            .collect();
+        let candidates: Vec<SocketAddr> = self
+            .seeds
+            .iter()
+            .filter(|seed| !held.contains(seed))
+            .copied()
+            .collect();
+        candidates.choose(&mut self.rng).copied()
     }
 
     /// The backstop push-pull: exchange whole tables with one random live
@@ -150,6 +183,7 @@ impl Swim {
             // Departed members left the rotation when they departed.
             self.suspicions.remove(&id);
             self.conflicts_reported.remove(&id);
+            self.placements.remove(&id);
             self.events.push(Event::Removed(id));
         }
         self.forget_old_refusals();

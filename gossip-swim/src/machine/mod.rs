@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gossip_core::{
     Entry, GossipRng, Incarnation, Member, MemberMeta, Membership, MembershipEvent, NodeId,
-    NodeKey, OutputQueue, ProbeOrder, Rumor, RumorQueue, Timestamp, decode_frame,
+    NodeKey, OutputQueue, Placement, ProbeOrder, Rumor, RumorQueue, Timestamp, decode_frame,
 };
 use rand::{Rng, SeedableRng};
 
@@ -122,6 +122,9 @@ pub struct Swim {
     /// The tag of pings meant for this node at its own address, kept so a
     /// received ping costs no hash; `None` without an address.
     own_tag: Option<TargetTag>,
+    /// Where members (this node included) said they sit, for weighted peer
+    /// selection; members absent here sit at [`Placement::DEFAULT`].
+    placements: BTreeMap<NodeId, Placement>,
 }
 
 impl Swim {
@@ -178,6 +181,7 @@ impl Swim {
             conflicts_reported: BTreeMap::new(),
             refusals_reported: BTreeMap::new(),
             own_tag,
+            placements: BTreeMap::new(),
             config,
         }
     }
@@ -241,8 +245,16 @@ impl Swim {
 
     /// Joins a cluster through `seeds`: asks each for its membership, and
     /// keeps asking, with backoff from `join_retry_initial` to
-    /// `join_retry_max`, until one answers. The seeds are also re-contacted
-    /// whenever this node finds itself alone.
+    /// `join_retry_max`, until one answers.
+    ///
+    /// The seeds stay in use after the join. Every `reconnect_interval`, a
+    /// node exchanges tables with one seed at whose address it holds no live
+    /// member, with probability `seeds / (live + dead members)` (Cassandra's
+    /// rule: the cluster as a whole contacts about one seed per seed and
+    /// interval), and with every seed when it is alone. Two halves of a
+    /// partition that outlasted `departed_horizon`, and so forgot each other,
+    /// merge again through them once the network heals. In a cluster where
+    /// every seed is a live member this sends nothing.
     pub fn join(&mut self, now: Timestamp, seeds: Vec<SocketAddr>) {
         self.advance(now);
         self.seeds = seeds;
@@ -338,6 +350,7 @@ impl Swim {
         }
         let removed = self.members.revoke(id);
         self.rumors.forget(&id);
+        self.placements.remove(&id);
         self.suspicions.remove(&id);
         if self.probe.as_ref().is_some_and(|p| p.target() == id) {
             self.probe = None;
@@ -353,6 +366,35 @@ impl Swim {
     /// Takes claims by and about `id` again, after its revocation was lifted.
     pub fn reinstate(&mut self, id: &NodeId) {
         self.members.reinstate(id);
+    }
+
+    /// Replaces the seeds (for a driver that resolves them again, as DNS
+    /// names can point elsewhere over time). The next join attempt, and the
+    /// contacts described under [`join`](Swim::join), use these.
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
+        self.seeds = seeds;
+    }
+
+    /// The seeds in use.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
+    /// Records where `id` (this node included) says it sits: its zone and
+    /// weight, for [`PeerSelection::Weighted`](crate::PeerSelection::Weighted).
+    /// [`Placement::DEFAULT`] forgets what was recorded. Forgotten also when
+    /// the member is removed or revoked.
+    pub fn set_placement(&mut self, id: NodeId, placement: Placement) {
+        if placement == Placement::DEFAULT {
+            self.placements.remove(&id);
+        } else {
+            self.placements.insert(id, placement);
+        }
+    }
+
+    /// Where `id` sits, as recorded by [`set_placement`](Swim::set_placement).
+    pub fn placement(&self, id: &NodeId) -> &Placement {
+        self.placements.get(id).unwrap_or(&Placement::DEFAULT)
     }
 
     /// Sets the digest of the driver's replicated state that rides every ping
