@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gossip_core::{ClusterId, Key};
+use gossip_swim::PeerSelection;
 use gossip_transport_quic::{NodeCredentials, TrustBundle};
 
 /// The protocol timings to start from: memberlist's three profiles.
@@ -67,6 +68,34 @@ pub struct NodeConfig {
     /// side, a warning on the refusing side). The suspicion timeout does not
     /// depend on it: it follows the number of live members. Default 64.
     pub expected_members: usize,
+    /// Replaces the preset's probe interval (1 s for `Lan` and `Local`, 5 s
+    /// for `Wan`): each node probes one member per interval. Shorter finds
+    /// failures sooner, and every member sends a ping and an ack more often,
+    /// so the cluster's quiet traffic grows in proportion (see
+    /// [`warnings`](NodeConfig::warnings)). `None` keeps the preset's.
+    pub probe_interval: Option<Duration>,
+    /// Replaces the preset's probe timeout (500 ms `Lan`, 3 s `Wan`, 200 ms
+    /// `Local`): how long a direct probe waits for its ack before others
+    /// are asked to probe. Keep it above the network's 99th-percentile round
+    /// trip, or slow links look like failures; it must be shorter than the
+    /// probe interval. `None` keeps the preset's.
+    pub probe_timeout: Option<Duration>,
+    /// Replaces the preset's push interval (50 ms `Lan`, 250 ms `Wan`,
+    /// 20 ms `Local`), the gossip interval: news goes out at once, then at
+    /// most once per interval, to `gossip_fanout` members. Shorter spreads
+    /// bursts of news sooner and lets a burst cost more datagrams per
+    /// second. `None` keeps the preset's.
+    pub push_interval: Option<Duration>,
+    /// Replaces the preset's fanout F (3, or 4 for `Wan`): members each push
+    /// of news goes to. News reaches n members in about `log_F(n)` rounds;
+    /// 1 is slow and one lost datagram away from stalling, each more costs a
+    /// datagram per push. 0 is refused. `None` keeps the preset's.
+    pub gossip_fanout: Option<usize>,
+    /// Replaces the preset's number of indirect probes k (3): members asked
+    /// to probe a member whose direct ack is late. More survives more packet
+    /// loss before a live member is suspected, at k datagrams (and their
+    /// answers) per late ack. `None` keeps the preset's.
+    pub indirect_probes: Option<usize>,
     /// Replaces the preset's suspicion multiplier (4 for `Lan`, 6 for `Wan`,
     /// 3 for `Local`): a suspect is declared dead no sooner than
     /// `mult * log10(members) * probe interval` after the suspicion, so at
@@ -75,6 +104,14 @@ pub struct NodeConfig {
     /// are alive but stall (a long pause, an overloaded host) for about that
     /// long. `None` (the default) keeps the preset's.
     pub suspicion_mult: Option<u32>,
+    /// How the members a push goes to are chosen: round-robin (the
+    /// default), random, or weighted by the zone and weight each node
+    /// publishes in its `zone` and `weight` keys.
+    pub peer_selection: PeerSelection,
+    /// The quiet traffic the operator allows per member, in IP bytes per
+    /// second: a configuration whose estimate is above it is warned about
+    /// (see [`warnings`](NodeConfig::warnings)). Default 2,000.
+    pub traffic_budget: u64,
     /// Where the node keeps its identity, last incarnation and its own keys
     /// across restarts; locked while the node runs (a second process gets
     /// [`Error::DataDirLocked`](crate::Error::DataDirLocked)). `None` keeps
@@ -87,7 +124,9 @@ pub struct NodeConfig {
     /// [`Error::IdentityInUse`](crate::Error::IdentityInUse).
     pub data_dir: Option<PathBuf>,
     /// How often the node reconciles its state with one random member even
-    /// when no probe has shown a difference (the backstop). Default 30 s.
+    /// when no probe has shown a difference (the anti-entropy backstop).
+    /// Shorter repairs what gossip missed sooner, at one exchange of Merkle
+    /// roots (and whatever differs) per interval. Default 30 s.
     pub sync_interval: Duration,
     /// Most reconciliations this node starts at once. Default 4.
     pub max_concurrent_syncs: usize,
@@ -127,7 +166,14 @@ impl NodeConfig {
             trust,
             preset: Preset::Lan,
             expected_members: 64,
+            probe_interval: None,
+            probe_timeout: None,
+            push_interval: None,
+            gossip_fanout: None,
+            indirect_probes: None,
             suspicion_mult: None,
+            peer_selection: PeerSelection::RoundRobin,
+            traffic_budget: 2_000,
             data_dir: None,
             sync_interval: Duration::from_secs(30),
             max_concurrent_syncs: 4,
@@ -157,8 +203,8 @@ impl NodeConfig {
     }
 
     /// The SWIM configuration this node runs: the preset, with SWIM's own
-    /// push-pull backstop off (the node's Merkle sync replaces it) and the
-    /// suspicion multiplier, if one is given.
+    /// push-pull backstop off (the node's Merkle sync replaces it) and
+    /// every setting given here in place of the preset's.
     pub fn swim_config(&self) -> gossip_swim::Config {
         let cluster = self.cluster_id();
         let mut config = match self.preset {
@@ -167,10 +213,111 @@ impl NodeConfig {
             Preset::Local => gossip_swim::Config::local(cluster, self.expected_members),
         };
         config.push_pull_interval = None;
-        if let Some(mult) = self.suspicion_mult {
-            config.suspicion_mult = mult;
-        }
+        config.probe_interval = self.probe_interval.unwrap_or(config.probe_interval);
+        config.probe_timeout = self.probe_timeout.unwrap_or(config.probe_timeout);
+        config.push_interval = self.push_interval.unwrap_or(config.push_interval);
+        config.gossip_fanout = self.gossip_fanout.unwrap_or(config.gossip_fanout);
+        config.indirect_probes = self.indirect_probes.unwrap_or(config.indirect_probes);
+        config.suspicion_mult = self.suspicion_mult.unwrap_or(config.suspicion_mult);
+        config.peer_selection = self.peer_selection;
         config
+    }
+
+    /// Refuses a configuration the node cannot run with, naming the
+    /// setting and the fix. [`Node::start`](crate::Node::start) calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) for the first impossible
+    /// setting.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let refuse = |message: String| Err(crate::Error::Config(message));
+        if self.name.is_empty() {
+            return refuse("`name` is empty; give the node a name".into());
+        }
+        if self.gossip_fanout == Some(0) {
+            return refuse(
+                "`gossip_fanout` is 0, which would leave news to ride probes only; use 2 or 3"
+                    .into(),
+            );
+        }
+        if self.expected_members == 0 {
+            return refuse("`expected_members` is 0; give the cluster size to plan for".into());
+        }
+        if self.sync_interval.is_zero() {
+            return refuse("`sync_interval` is 0; use 30s, or more for a large cluster".into());
+        }
+        if self.max_concurrent_syncs == 0 {
+            return refuse("`max_concurrent_syncs` is 0; no sync could ever start".into());
+        }
+        self.swim_config()
+            .validate()
+            .or_else(|invalid| refuse(invalid.to_string()))
+    }
+
+    /// The risks this configuration runs that the node starts with anyway,
+    /// each a sentence that names the fix; the node logs them at start and
+    /// reports them in [`Node::warnings`](crate::Node::warnings) (the agent
+    /// shows them in `gossip-node status`):
+    ///
+    /// * a fanout F of 1 (news is slow and one lost datagram from stalling);
+    /// * no indirect probes (one lost ping makes a live member suspect);
+    /// * exactly one seed (a node that starts while it is down cannot join,
+    ///   and a partition heals only through it);
+    /// * an estimated quiet traffic per member over `traffic_budget`: the
+    ///   probes (a ping and an ack, about
+    ///   [`PROBE_ROUND_IP_BYTES`](NodeConfig::PROBE_ROUND_IP_BYTES) with
+    ///   their QUIC packets) per probe interval, and a quiet anti-entropy
+    ///   round (about
+    ///   [`SYNC_ROUND_IP_BYTES`](NodeConfig::SYNC_ROUND_IP_BYTES)) per sync
+    ///   interval, shown for the whole cluster at `expected_members`.
+    pub fn warnings(&self) -> Vec<String> {
+        let swim = self.swim_config();
+        let mut warnings = Vec::new();
+        if swim.gossip_fanout == 1 {
+            warnings.push(
+                "gossip_fanout is 1: news spreads slowly and one lost datagram can stall it; use 2 or 3".to_string(),
+            );
+        }
+        if swim.indirect_probes == 0 {
+            warnings.push(
+                "indirect_probes is 0: a single lost ping makes a live member suspect; use 3"
+                    .to_string(),
+            );
+        }
+        if self.seeds.len() == 1 {
+            warnings.push(
+                "one seed: a node that starts while it is down cannot join, and halves of a long partition merge again only through it; give three".to_string(),
+            );
+        }
+        let per_member = self.quiet_traffic_estimate();
+        if per_member > self.traffic_budget as f64 {
+            warnings.push(format!(
+                "probe_interval {:?} and sync_interval {:?} cost about {per_member:.0} IP bytes per member per second at rest ({:.0} for {} members), over the budget of {} (traffic_budget); lengthen the intervals or raise the budget",
+                swim.probe_interval,
+                self.sync_interval,
+                per_member * self.expected_members as f64,
+                self.expected_members,
+                self.traffic_budget
+            ));
+        }
+        warnings
+    }
+
+    /// What one probe round costs on the wire, estimated: a ping and its
+    /// ack with their QUIC headers and acknowledgements, in IP bytes.
+    pub const PROBE_ROUND_IP_BYTES: f64 = 250.0;
+
+    /// What one anti-entropy round between equal replicas costs on the
+    /// wire, estimated: a stream each way carrying a Merkle root, with
+    /// QUIC's acknowledgements, in IP bytes.
+    pub const SYNC_ROUND_IP_BYTES: f64 = 1_000.0;
+
+    /// Estimated IP bytes per member per second of a cluster at rest.
+    pub fn quiet_traffic_estimate(&self) -> f64 {
+        let probe = self.swim_config().probe_interval.as_secs_f64();
+        let sync = self.sync_interval.as_secs_f64();
+        Self::PROBE_ROUND_IP_BYTES / probe + Self::SYNC_ROUND_IP_BYTES / sync
     }
 }
 
@@ -200,6 +347,84 @@ mod tests {
         assert_eq!(tuned.suspicion_mult, 2);
         tuned.suspicion_mult = 4;
         assert_eq!(tuned, preset);
+    }
+
+    #[test]
+    fn every_setting_reaches_the_machines_in_place_of_the_presets() {
+        let mut config = config();
+        config.preset = Preset::Wan;
+        config.probe_interval = Some(Duration::from_millis(700));
+        config.probe_timeout = Some(Duration::from_millis(300));
+        config.push_interval = Some(Duration::from_millis(80));
+        config.gossip_fanout = Some(2);
+        config.indirect_probes = Some(5);
+        config.suspicion_mult = Some(3);
+        config.peer_selection = PeerSelection::Weighted {
+            cross_zone_share: 0.1,
+        };
+        config.sync_interval = Duration::from_secs(45);
+        let swim = config.swim_config();
+        assert_eq!(swim.probe_interval, Duration::from_millis(700));
+        assert_eq!(swim.probe_timeout, Duration::from_millis(300));
+        assert_eq!(swim.push_interval, Duration::from_millis(80));
+        assert_eq!(swim.gossip_fanout, 2);
+        assert_eq!(swim.indirect_probes, 5);
+        assert_eq!(swim.suspicion_mult, 3);
+        assert_eq!(
+            swim.peer_selection,
+            PeerSelection::Weighted {
+                cross_zone_share: 0.1
+            }
+        );
+        // What was not given stays the preset's.
+        let wan = gossip_swim::Config::wan(config.cluster_id(), config.expected_members);
+        assert_eq!(swim.retransmit_mult, wan.retransmit_mult);
+        assert_eq!(swim.reconnect_interval, wan.reconnect_interval);
+        assert_eq!(
+            config.replica_config().sync_interval,
+            Duration::from_secs(45)
+        );
+        assert_eq!(config.validate().map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_naming_the_setting() {
+        let refused = |change: fn(&mut NodeConfig)| {
+            let mut config = config();
+            change(&mut config);
+            match config.validate() {
+                Err(crate::Error::Config(message)) => message,
+                other => panic!("not refused: {other:?}"),
+            }
+        };
+        assert!(refused(|c| c.gossip_fanout = Some(0)).contains("gossip_fanout"));
+        assert!(refused(|c| c.suspicion_mult = Some(0)).contains("suspicion_mult"));
+        assert!(refused(|c| c.probe_interval = Some(Duration::ZERO)).contains("probe_interval"));
+        assert!(
+            refused(|c| c.probe_timeout = Some(Duration::from_secs(2))).contains("probe_timeout"),
+            "a timeout past the interval"
+        );
+        assert!(refused(|c| c.sync_interval = Duration::ZERO).contains("sync_interval"));
+        assert!(refused(|c| c.name.clear()).contains("name"));
+    }
+
+    #[test]
+    fn risky_settings_are_warned_about_and_the_defaults_are_not() {
+        let mut config = config();
+        config.seeds = vec![
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        ];
+        assert_eq!(config.warnings(), Vec::<String>::new());
+        config.gossip_fanout = Some(1);
+        config.seeds.truncate(1);
+        config.probe_interval = Some(Duration::from_millis(100));
+        config.probe_timeout = Some(Duration::from_millis(50));
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("gossip_fanout is 1"));
+        assert!(warnings[1].contains("one seed"));
+        assert!(warnings[2].contains("traffic_budget"), "{}", warnings[2]);
     }
 
     #[tokio::test]

@@ -378,8 +378,15 @@ impl Driver {
 
     /// Sends and publishes everything the replica has to give.
     fn drain(&mut self) {
-        while let Some(transmit) = self.replica.poll_transmit() {
-            self.send_swim(transmit);
+        let transmits: Vec<Transmit> =
+            std::iter::from_fn(|| self.replica.poll_transmit()).collect();
+        let mut pushed: Vec<NodeId> = transmits
+            .iter()
+            .filter(|t| t.push)
+            .filter_map(|t| t.to)
+            .collect();
+        for transmit in transmits {
+            self.send_swim(transmit, &mut pushed);
         }
         while let Some(transmit) = self.replica.poll_sync() {
             self.send_sync(transmit);
@@ -607,10 +614,11 @@ impl Driver {
             }
         }
     }
-    /// A random alive member this node already has a connection to, other
-    /// than `not`: where a push goes instead of a member that would cost a
+
+    /// A random alive member this node already has a connection to, none in
+    /// `exclude`: where a push goes instead of a member that would cost a
     /// handshake.
-    fn connected_member(&mut self, not: Option<NodeId>) -> Option<(NodeId, SocketAddr)> {
+    fn connected_member(&mut self, exclude: &[NodeId]) -> Option<(NodeId, SocketAddr)> {
         let members = self.replica.swim().members();
         // A connection under this node's own id is another process holding
         // its key, never a member to push to.
@@ -619,7 +627,7 @@ impl Driver {
             .transport
             .connected_peers()
             .into_iter()
-            .filter(|id| Some(*id) != not && *id != local)
+            .filter(|id| *id != local && !exclude.contains(id))
             .filter_map(|id| {
                 let member = members.get(&id)?;
                 let addr = member.meta.addr()?;
@@ -632,18 +640,22 @@ impl Driver {
         Some(candidates[self.rng.random_range(0..candidates.len())])
     }
 
-    fn send_swim(&mut self, mut transmit: Transmit) {
+    /// Sends one SWIM frame. `pushed` holds the members this round's pushes
+    /// go to, so a push moved off an unconnected member lands on a member
+    /// no other push of the round reaches: F pushes, F distinct peers.
+    fn send_swim(&mut self, mut transmit: Transmit, pushed: &mut Vec<NodeId>) {
         // A push to a member not yet connected would cost a handshake; during
         // a join storm, pushes to fresh random members would connect nearly
-        // every pair. Any connected live member will do.
+        // every pair. Any other connected live member will do.
         if transmit.push
             && transmit
                 .to
                 .is_some_and(|to| self.transport.max_datagram_size(&to).is_none())
-            && let Some((id, addr)) = self.connected_member(transmit.to)
+            && let Some((id, addr)) = self.connected_member(pushed)
         {
             transmit.to = Some(id);
             transmit.addr = addr;
+            pushed.push(id);
         }
         trace!(to = %transmit.addr, bytes = transmit.payload.len(), push = transmit.push, "sending");
         let transport = self.transport.clone();

@@ -60,7 +60,7 @@ pub use metrics::Metrics;
 pub use node::Node;
 
 pub use gossip_core::{Bytes, Key, Member, MemberMeta, MemberStatus, NodeId};
-pub use gossip_swim::{JoinRefusal, Provenance};
+pub use gossip_swim::{JoinRefusal, PeerSelection, Provenance};
 
 /// The README's examples, compiled and run as doc tests (here, in the crate
 /// that depends on every other, so they may use any layer).

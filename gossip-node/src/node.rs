@@ -62,6 +62,8 @@ pub struct Node {
     #[cfg(feature = "fault-injection")]
     transport: Transport,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// The configuration's risks, from [`NodeConfig::warnings`].
+    warnings: Arc<[String]>,
     #[cfg(feature = "fault-injection")]
     faults: gossip_transport_quic::FaultHandle,
 }
@@ -88,7 +90,7 @@ impl Node {
     ///
     /// Cancelling before it returns leaves nothing running.
     pub async fn start(config: NodeConfig) -> Result<(Node, NodeEvents), Error> {
-        check(&config)?;
+        config.validate()?;
         let data_dir = config.data_dir.clone().map(DataDir::open).transpose()?;
         let identity = Identity::restore(&config, data_dir.as_ref())?;
         let bound = bind_transport(&config, &identity.credentials)?;
@@ -128,7 +130,11 @@ impl Node {
             data_dir,
             persisted_incarnation: identity.incarnation.get(),
         });
+        let warnings: Arc<[String]> = config.warnings().into();
         let span = tracing::info_span!("node", id = %id);
+        for warning in warnings.iter() {
+            span.in_scope(|| tracing::warn!("{warning}"));
+        }
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         let node = Node {
             id,
@@ -140,6 +146,7 @@ impl Node {
             #[cfg(feature = "fault-injection")]
             transport: bound.transport,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
+            warnings,
             #[cfg(feature = "fault-injection")]
             faults: bound.faults,
         };
@@ -149,6 +156,12 @@ impl Node {
     /// This node's id (the hash of its certificate's public key).
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The risks of the configuration the node was started with, each a
+    /// sentence naming the fix ([`NodeConfig::warnings`]); logged at start.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The address this node advertises to others.
@@ -393,21 +406,6 @@ impl Node {
         let transport = self.transport.clone();
         tokio::spawn(async move { transport.close().await });
     }
-}
-
-/// Refuses a configuration that cannot work, naming the fix.
-fn check(config: &NodeConfig) -> Result<(), Error> {
-    if config.name.is_empty() {
-        return Err(Error::Config(
-            "`name` is empty; give the node a name".into(),
-        ));
-    }
-    if config.suspicion_mult == Some(0) {
-        return Err(Error::Config(
-            "`suspicion_mult` is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 to 6)".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Who the node is and where its earlier life left off.

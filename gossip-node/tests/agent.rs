@@ -444,6 +444,11 @@ fn the_sample_config_runs_with_environment_overrides() {
     assert_eq!(status["name"], "node-1");
     assert_eq!(status["cluster"], "demo");
     assert_eq!(status["addr"], agent.gossip);
+    // The sample names one seed, a risk the status shows with its fix.
+    let warnings = status["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().starts_with("one seed"));
+    assert!(stdout(&agent.cli(&["status"])).contains("warning      one seed"));
     assert_eq!(
         stdout(&agent.cli(&["kv", "get", "node-1", "role"])).trim(),
         "cache"

@@ -65,6 +65,9 @@ pub(crate) struct StatusJson {
     pub(crate) incarnation: u64,
     pub(crate) local_health: u32,
     pub(crate) uptime_s: u64,
+    /// The configuration's risks, each naming its fix.
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A key as the API shows it. Values are shown as UTF-8 (lossily).
@@ -169,6 +172,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
         incarnation: metrics.incarnation,
         local_health: metrics.local_health,
         uptime_s: admin.started.elapsed().as_secs(),
+        warnings: admin.node.warnings().to_vec(),
     })
     .into_response()
 }

@@ -149,6 +149,9 @@ pub(crate) fn status(target: &Target, json: bool) -> Result<()> {
     println!("incarnation  {}", status.incarnation);
     println!("health       {} (0 is healthy)", status.local_health);
     println!("uptime       {} s", status.uptime_s);
+    for warning in &status.warnings {
+        println!("warning      {warning}");
+    }
     Ok(())
 }
 

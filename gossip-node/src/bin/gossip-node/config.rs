@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use gossip_node::PeerSelection;
 use serde::Deserialize;
 
 /// The file's contents. Every key is optional; unknown keys are errors (a
@@ -19,12 +21,100 @@ pub(crate) struct FileConfig {
     pub(crate) seeds: Option<Vec<SocketAddr>>,
     pub(crate) preset: Option<String>,
     pub(crate) expected_members: Option<usize>,
-    pub(crate) suspicion_mult: Option<u32>,
     pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) gossip: Option<Tuning>,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) admin: Option<AdminConfig>,
     pub(crate) log: Option<LogConfig>,
     pub(crate) keys: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The protocol's settings, each replacing the preset's: the file's
+/// `[gossip]` table, and flags and variables of the same names.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tuning {
+    /// Time between probes (e.g. 1s).
+    #[arg(long, env = "GOSSIP_PROBE_INTERVAL", hide_env_values = true, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) probe_interval: Option<Duration>,
+    /// How long a probe waits for its ack before asking others (e.g. 500ms).
+    #[arg(long, env = "GOSSIP_PROBE_TIMEOUT", hide_env_values = true, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) probe_timeout: Option<Duration>,
+    /// Shortest time between two pushes of news, the gossip interval (e.g. 50ms).
+    #[arg(long, env = "GOSSIP_PUSH_INTERVAL", hide_env_values = true, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) push_interval: Option<Duration>,
+    /// Members each push of news goes to (F).
+    #[arg(long, env = "GOSSIP_FANOUT", hide_env_values = true)]
+    pub(crate) fanout: Option<usize>,
+    /// Members asked to probe when a direct ack is late (k).
+    #[arg(long, env = "GOSSIP_INDIRECT_PROBES", hide_env_values = true)]
+    pub(crate) indirect_probes: Option<usize>,
+    /// Suspicion timeout multiplier.
+    #[arg(long, env = "GOSSIP_SUSPICION_MULT", hide_env_values = true)]
+    pub(crate) suspicion_mult: Option<u32>,
+    /// The anti-entropy backstop's interval (e.g. 30s).
+    #[arg(long, env = "GOSSIP_SYNC_INTERVAL", hide_env_values = true, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) sync_interval: Option<Duration>,
+    /// How push targets are chosen: round-robin, random or weighted.
+    #[arg(long, env = "GOSSIP_PEER_SELECTION", hide_env_values = true)]
+    pub(crate) peer_selection: Option<String>,
+    /// With weighted selection, the share of pushes to other zones (0 to 1).
+    #[arg(long, env = "GOSSIP_CROSS_ZONE_SHARE", hide_env_values = true)]
+    pub(crate) cross_zone_share: Option<f64>,
+    /// Quiet traffic allowed per member, IP bytes per second, before a warning.
+    #[arg(long, env = "GOSSIP_TRAFFIC_BUDGET", hide_env_values = true)]
+    pub(crate) traffic_budget: Option<u64>,
+}
+
+impl Tuning {
+    /// Each setting of `self`, or else of `under`.
+    fn over(self, under: Tuning) -> Tuning {
+        Tuning {
+            probe_interval: self.probe_interval.or(under.probe_interval),
+            probe_timeout: self.probe_timeout.or(under.probe_timeout),
+            push_interval: self.push_interval.or(under.push_interval),
+            fanout: self.fanout.or(under.fanout),
+            indirect_probes: self.indirect_probes.or(under.indirect_probes),
+            suspicion_mult: self.suspicion_mult.or(under.suspicion_mult),
+            sync_interval: self.sync_interval.or(under.sync_interval),
+            peer_selection: self.peer_selection.or(under.peer_selection),
+            cross_zone_share: self.cross_zone_share.or(under.cross_zone_share),
+            traffic_budget: self.traffic_budget.or(under.traffic_budget),
+        }
+    }
+
+    /// Writes these settings into `config`.
+    pub(crate) fn apply(&self, config: &mut gossip_node::NodeConfig) -> Result<()> {
+        config.probe_interval = self.probe_interval;
+        config.probe_timeout = self.probe_timeout;
+        config.push_interval = self.push_interval;
+        config.gossip_fanout = self.fanout;
+        config.indirect_probes = self.indirect_probes;
+        config.suspicion_mult = self.suspicion_mult;
+        if let Some(interval) = self.sync_interval {
+            config.sync_interval = interval;
+        }
+        if let Some(budget) = self.traffic_budget {
+            config.traffic_budget = budget;
+        }
+        let share = self.cross_zone_share;
+        config.peer_selection = match self.peer_selection.as_deref().unwrap_or("round-robin") {
+            "round-robin" => PeerSelection::RoundRobin,
+            "random" => PeerSelection::Random,
+            "weighted" => PeerSelection::Weighted {
+                cross_zone_share: share.unwrap_or(0.2),
+            },
+            other => bail!("unknown peer_selection `{other}`: use round-robin, random or weighted"),
+        };
+        if share.is_some() && !matches!(config.peer_selection, PeerSelection::Weighted { .. }) {
+            bail!("cross_zone_share is set but peer_selection is not `weighted`");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +209,8 @@ pub(crate) struct Overrides {
     /// Log level or filter, e.g. info or gossip_node=debug.
     #[arg(long, env = "GOSSIP_LOG", hide_env_values = true)]
     pub(crate) log_level: Option<String>,
+    #[command(flatten)]
+    pub(crate) tuning: Tuning,
 }
 
 /// The admin API's default address: loopback only.
@@ -134,7 +226,7 @@ pub(crate) struct AgentConfig {
     pub(crate) seeds: Vec<SocketAddr>,
     pub(crate) preset: gossip_node::Preset,
     pub(crate) expected_members: usize,
-    pub(crate) suspicion_mult: Option<u32>,
+    pub(crate) tuning: Tuning,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) ca: PathBuf,
     pub(crate) cert: Option<PathBuf>,
@@ -207,7 +299,7 @@ impl AgentConfig {
             seeds,
             preset,
             expected_members: file.expected_members.unwrap_or(64),
-            suspicion_mult: file.suspicion_mult,
+            tuning: over.tuning.over(file.gossip.unwrap_or_default()),
             data_dir: over.data_dir.or(file.data_dir.map(relative)),
             ca,
             cert: over.tls_cert.or(tls.cert.map(relative)),
@@ -222,5 +314,69 @@ impl AgentConfig {
                 .unwrap_or_else(|| "info".to_string()),
             keys: file.keys.unwrap_or_default().into_iter().collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml: &str, over: Overrides) -> Result<AgentConfig> {
+        let file: FileConfig = toml::from_str(toml)?;
+        AgentConfig::resolve(file, Path::new("/etc/gossip"), over)
+    }
+
+    const BASE: &str = "name = \"n1\"\n[tls]\nca = \"ca.crt\"\n";
+
+    #[test]
+    fn gossip_settings_come_from_the_file_and_flags_win() -> Result<()> {
+        let toml = format!(
+            "{BASE}[gossip]\nprobe_interval = \"2s\"\nprobe_timeout = \"400ms\"\npush_interval = \"100ms\"\nfanout = 4\nindirect_probes = 2\nsuspicion_mult = 5\nsync_interval = \"1m\"\npeer_selection = \"weighted\"\ncross_zone_share = 0.3\ntraffic_budget = 900\n"
+        );
+        let mut over = Overrides::default();
+        over.tuning.fanout = Some(2);
+        let config = resolve(&toml, over)?;
+        let trust = gossip_transport_quic::ClusterCa::generate("t")?.trust();
+        let mut node = gossip_node::NodeConfig::new("c", "n1", "127.0.0.1:0".parse()?, trust);
+        config.tuning.apply(&mut node)?;
+        assert_eq!(node.probe_interval, Some(Duration::from_secs(2)));
+        assert_eq!(node.probe_timeout, Some(Duration::from_millis(400)));
+        assert_eq!(node.push_interval, Some(Duration::from_millis(100)));
+        assert_eq!(node.gossip_fanout, Some(2), "the flag wins over the file");
+        assert_eq!(node.indirect_probes, Some(2));
+        assert_eq!(node.suspicion_mult, Some(5));
+        assert_eq!(node.sync_interval, Duration::from_secs(60));
+        assert_eq!(
+            node.peer_selection,
+            PeerSelection::Weighted {
+                cross_zone_share: 0.3
+            }
+        );
+        assert_eq!(node.traffic_budget, 900);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_or_inconsistent_gossip_settings_are_refused() -> Result<()> {
+        let typo = format!("{BASE}[gossip]\nfan_out = 3\n");
+        assert!(resolve(&typo, Overrides::default()).is_err());
+        let trust = gossip_transport_quic::ClusterCa::generate("t")?.trust();
+        let mut node = gossip_node::NodeConfig::new("c", "n1", "127.0.0.1:0".parse()?, trust);
+        let selection = format!("{BASE}[gossip]\npeer_selection = \"nearest\"\n");
+        let err = resolve(&selection, Overrides::default())?
+            .tuning
+            .apply(&mut node)
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("round-robin, random or weighted"),
+            "{err}"
+        );
+        let share = format!("{BASE}[gossip]\ncross_zone_share = 0.5\n");
+        let err = resolve(&share, Overrides::default())?
+            .tuning
+            .apply(&mut node)
+            .expect_err("refused");
+        assert!(err.to_string().contains("weighted"), "{err}");
+        Ok(())
     }
 }

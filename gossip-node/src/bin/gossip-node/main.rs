@@ -318,7 +318,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
     node_config.credentials = credentials;
     node_config.preset = config.preset;
     node_config.expected_members = config.expected_members;
-    node_config.suspicion_mult = config.suspicion_mult;
+    config.tuning.apply(&mut node_config)?;
     node_config.data_dir = config.data_dir.clone();
     node_config.initial_keys = config
         .keys
