@@ -227,7 +227,7 @@ async fn run(args: Args) {
         config.preset = Preset::Lan;
         config.expected_members = n;
         config.credentials = Some(credentials);
-        config.seeds = seed_addr.into_iter().collect();
+        config.seeds = seed_addr.into_iter().map(Into::into).collect();
         config.rng_seed = Some(i as u64 + 1);
         config.suspicion_mult = args.suspicion_mult;
         suspicion_mult = config.swim_config().suspicion_mult;

@@ -90,7 +90,7 @@ async fn start(
     config.initial_keys = vec![("tokens".into(), tokens_of(credentials.node_id()).into())];
     config.credentials = Some(credentials);
     config.preset = Preset::Local;
-    config.seeds = seed.map(|s| vec![s.addr()]).unwrap_or_default();
+    config.seeds = seed.map(|s| vec![s.addr().into()]).unwrap_or_default();
     let (node, _events) = Node::start(config).await?;
     Ok(node)
 }

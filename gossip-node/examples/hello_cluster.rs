@@ -23,7 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.credentials = Some(ca.issue(&name, validity)?);
         config.preset = Preset::Local;
         // Everyone but the first joins through the first.
-        config.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
+        config.seeds = nodes
+            .first()
+            .map(|n| vec![n.addr().into()])
+            .unwrap_or_default();
         let (node, _events) = Node::start(config).await?;
         node.joined().await?;
         nodes.push(node);

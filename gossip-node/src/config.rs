@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use gossip_core::{ClusterId, Key};
 use gossip_swim::PeerSelection;
+
+use crate::Seed;
 use gossip_transport_quic::{NodeCredentials, TrustBundle};
 
 /// The protocol timings to start from: memberlist's three profiles.
@@ -51,8 +53,14 @@ pub struct NodeConfig {
     /// `bind` (behind NAT, or when `bind` is `0.0.0.0`). It must be a
     /// concrete address: an unspecified one is refused at start.
     pub advertise: Option<SocketAddr>,
-    /// Addresses of members to join through. Empty for the first node.
-    pub seeds: Vec<SocketAddr>,
+    /// Members to join through: addresses, DNS names with a port, or SRV
+    /// record names ([`Seed`]). Names are resolved at start, every 2 s until
+    /// the node has joined, and every minute after, so a seed list kept in
+    /// DNS (a Kubernetes headless service) follows its changes. Seeds stay
+    /// in use after the join: a seed the node holds no live member at is
+    /// contacted now and then, so a partition of any length heals. Empty
+    /// for the first node; three is a good number.
+    pub seeds: Vec<Seed>,
     /// The node's certificate and key. `None` loads them from `data_dir`
     /// (which must then hold them); `Some` stores them there on first start,
     /// and must match what is there on later starts.

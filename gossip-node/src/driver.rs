@@ -24,6 +24,7 @@ use crate::data_dir::DataDir;
 use crate::error::Error;
 use crate::event::NodeEvent;
 use crate::metrics::{DriverCounters, MemberCounts, Metrics};
+use crate::seeds::Seed;
 use crate::stream::{self, StreamMessage};
 
 /// How long a send may take to dial before it is given up: SWIM has moved
@@ -55,8 +56,14 @@ impl Drop for InFlight {
 /// What a handle asks of the driver.
 pub(crate) enum Command {
     Join {
-        seeds: Vec<SocketAddr>,
+        seeds: Vec<Seed>,
+        addrs: Vec<SocketAddr>,
         reply: oneshot::Sender<()>,
+    },
+    /// What the seeds' names resolve to now.
+    SeedsResolved {
+        seeds: Vec<Seed>,
+        addrs: Vec<SocketAddr>,
     },
     Set {
         key: Key,
@@ -170,6 +177,10 @@ pub(crate) struct Driver {
     checked_rx: mpsc::UnboundedReceiver<IdentityChecked>,
     /// When a refused sync from each peer was last logged.
     sync_refusals_logged: BTreeMap<NodeId, Instant>,
+    /// The seeds as configured, which the resolving task watches.
+    seeds: watch::Sender<Vec<Seed>>,
+    /// This node's own addresses (bound and advertised), never a seed.
+    own_addrs: [SocketAddr; 2],
 }
 
 /// What the driver is built from; see `Node::start`.
@@ -186,6 +197,8 @@ pub(crate) struct Parts {
     pub(crate) rng: GossipRng,
     pub(crate) data_dir: Option<DataDir>,
     pub(crate) persisted_incarnation: u64,
+    pub(crate) seeds: watch::Sender<Vec<Seed>>,
+    pub(crate) own_addrs: [SocketAddr; 2],
 }
 
 impl Driver {
@@ -220,7 +233,15 @@ impl Driver {
             checked_tx,
             checked_rx,
             sync_refusals_logged: BTreeMap::new(),
+            seeds: parts.seeds,
+            own_addrs: parts.own_addrs,
         }
+    }
+
+    /// `addrs` without this node's own.
+    fn other_than_self(&self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        addrs.retain(|addr| !self.own_addrs.contains(addr));
+        addrs
     }
 
     fn now(&self) -> Timestamp {
@@ -278,9 +299,24 @@ impl Driver {
     fn handle_command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Join { seeds, reply } => {
-                self.replica.join(now, seeds);
+            Command::Join {
+                seeds,
+                addrs,
+                reply,
+            } => {
+                self.seeds.send_replace(seeds);
+                let addrs = self.other_than_self(addrs);
+                self.replica.join(now, addrs);
                 let _ = reply.send(());
+            }
+            Command::SeedsResolved { seeds, addrs } => {
+                if *self.seeds.borrow() == seeds {
+                    let addrs = self.other_than_self(addrs);
+                    if addrs != self.replica.swim().seeds() {
+                        debug!(?addrs, "the seeds resolve to other addresses");
+                        self.replica.with_swim(now, |swim| swim.set_seeds(addrs));
+                    }
+                }
             }
             Command::Set { key, value, reply } => {
                 let result = self.replica.set(now, key, value).map_err(Error::from);

@@ -50,6 +50,7 @@ mod error;
 mod event;
 pub mod metrics;
 mod node;
+mod seeds;
 pub mod stream;
 
 pub use config::{NodeConfig, Preset};
@@ -58,6 +59,7 @@ pub use error::Error;
 pub use event::{NodeEvent, NodeEvents};
 pub use metrics::Metrics;
 pub use node::Node;
+pub use seeds::Seed;
 
 pub use gossip_core::{Bytes, Key, Member, MemberMeta, MemberStatus, NodeId};
 pub use gossip_swim::{JoinRefusal, PeerSelection, Provenance};

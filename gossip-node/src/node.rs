@@ -20,6 +20,7 @@ use crate::driver::{Command, Driver, JoinState, Parts, apply_revocations, snapsh
 use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
+use crate::seeds::{self, Seed, SeedResolver};
 
 /// Largest SWIM frame sent as a datagram. QUIC's datagrams on a path that
 /// has not discovered a larger MTU hold a little over 1,150 bytes; a frame
@@ -103,15 +104,24 @@ impl Node {
         let now = Timestamp::ZERO;
         let mut replica = build_replica(&config, &identity, advertise, rng_seed, now)?;
         apply_revocations(&mut replica, now, config.trust.revoked());
-        let seeds = seeds_other_than(&config.seeds, advertise, bound.addr);
-        let joined = watch::Sender::new(if seeds.is_empty() {
+        let own_addrs = [advertise, bound.addr];
+        let resolved = SeedResolver::default().resolve(&config.seeds).await;
+        seeds::report_failures(&resolved);
+        let mut addrs = resolved.addrs;
+        addrs.retain(|addr| !own_addrs.contains(addr));
+        // A node whose seeds are names waits for one to answer, even if
+        // none resolves yet; one given only its own address founds the
+        // cluster.
+        let founding = addrs.is_empty() && !config.seeds.iter().any(Seed::is_name);
+        let joined = watch::Sender::new(if founding {
             JoinState::Joined
         } else {
             JoinState::Joining
         });
-        if !seeds.is_empty() {
-            replica.join(now, seeds);
+        if !founding {
+            replica.join(now, addrs);
         }
+        let seed_list = watch::Sender::new(config.seeds.clone());
         let members = Arc::new(RwLock::new(snapshot(&replica)));
 
         let (commands_tx, commands) = mpsc::channel(256);
@@ -129,7 +139,14 @@ impl Node {
             rng: GossipRng::seed_from_u64(rng_seed.rotate_left(29)),
             data_dir,
             persisted_incarnation: identity.incarnation.get(),
+            seeds: seed_list.clone(),
+            own_addrs,
         });
+        tokio::spawn(seeds::keep_resolving(
+            seed_list.subscribe(),
+            joined.subscribe(),
+            commands_tx.clone(),
+        ));
         let warnings: Arc<[String]> = config.warnings().into();
         let span = tracing::info_span!("node", id = %id);
         for warning in warnings.iter() {
@@ -200,26 +217,36 @@ impl Node {
 
     /// Joins the cluster through `seeds` (more of them, or again after
     /// being cut off): asks each for its membership and keeps asking, with
-    /// backoff, until one answers. Returns once the join has begun;
-    /// [`joined`](Node::joined) waits for it to complete.
+    /// backoff, until one answers. Names among the seeds are resolved now
+    /// and again later, and these seeds replace the configured ones. Returns
+    /// once the join has begun; [`joined`](Node::joined) waits for it to
+    /// complete.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `seeds` names no address but this node's own;
-    /// [`Error::Stopped`].
+    /// [`Error::Config`] if `seeds` names no address but this node's own
+    /// and no name resolves; [`Error::Stopped`].
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled call has started the join or not.
-    pub async fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), Error> {
-        let seeds = seeds_other_than(&seeds, self.addr, self.addr);
-        if seeds.is_empty() {
+    pub async fn join(&self, seeds: Vec<Seed>) -> Result<(), Error> {
+        let resolved = SeedResolver::default().resolve(&seeds).await;
+        seeds::report_failures(&resolved);
+        let mut addrs = resolved.addrs;
+        addrs.retain(|addr| *addr != self.addr);
+        if addrs.is_empty() && !seeds.iter().any(Seed::is_name) {
             return Err(Error::Config(
                 "no seed to join through: give the address of another member".into(),
             ));
         }
         self.joined.send_replace(JoinState::Joining);
-        self.ask(|reply| Command::Join { seeds, reply }).await
+        self.ask(|reply| Command::Join {
+            seeds,
+            addrs,
+            reply,
+        })
+        .await
     }
 
     /// Waits until the node's latest join has completed: a seed answered
@@ -517,19 +544,6 @@ fn build_replica(
         replica.set(now, key.clone(), value.clone())?;
     }
     Ok(replica)
-}
-
-/// The seeds, less this node's own addresses.
-fn seeds_other_than(
-    seeds: &[SocketAddr],
-    advertise: SocketAddr,
-    bound: SocketAddr,
-) -> Vec<SocketAddr> {
-    seeds
-        .iter()
-        .copied()
-        .filter(|seed| *seed != advertise && *seed != bound)
-        .collect()
 }
 
 /// A PRNG seed that differs between nodes and between runs.

@@ -15,7 +15,23 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_gossip-node");
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    run_in(None, args)
+}
+
+/// The binary, in network namespace `netns` if one is given.
+fn command_in(netns: Option<&str>) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, BIN]);
+            command
+        }
+        None => Command::new(BIN),
+    }
+}
+
+fn run_in(netns: Option<&str>, args: &[&str]) -> Output {
+    command_in(netns)
         .args(args)
         .output()
         .expect("the binary runs")
@@ -50,6 +66,7 @@ struct Agent {
     admin: String,
     gossip: String,
     log: Option<PathBuf>,
+    netns: Option<String>,
 }
 
 impl Drop for Agent {
@@ -63,7 +80,7 @@ impl Agent {
     fn cli(&self, args: &[&str]) -> Output {
         let mut all = args.to_vec();
         all.extend(["--admin", &self.admin]);
-        run(&all)
+        run_in(self.netns.as_deref(), &all)
     }
 
     fn signal(&self, signal: &str) {
@@ -118,10 +135,21 @@ fn spawn_agent(
     log: Option<&Path>,
     ports: (u16, u16),
 ) -> Agent {
+    spawn_agent_in(None, config, envs, log, ports)
+}
+
+/// As [`spawn_agent`], in network namespace `netns` if one is given.
+fn spawn_agent_in(
+    netns: Option<&str>,
+    config: &Path,
+    envs: &[(&str, String)],
+    log: Option<&Path>,
+    ports: (u16, u16),
+) -> Agent {
     let stderr = log.map_or_else(Stdio::null, |path| {
         std::fs::File::create(path).unwrap().into()
     });
-    let child = Command::new(BIN)
+    let child = command_in(netns)
         .args(["agent", "--config", config.to_str().unwrap()])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
@@ -133,6 +161,7 @@ fn spawn_agent(
         gossip: format!("127.0.0.1:{}", ports.0),
         admin: format!("127.0.0.1:{}", ports.1),
         log: log.map(Path::to_path_buf),
+        netns: netns.map(str::to_string),
     }
 }
 
@@ -146,6 +175,8 @@ struct Spec<'a> {
     ports: (u16, u16),
     /// Environment variables beside the JSON log format.
     envs: Vec<(&'a str, String)>,
+    /// The network namespace to run in, if not this process's.
+    netns: Option<&'a str>,
 }
 
 impl<'a> Spec<'a> {
@@ -158,6 +189,7 @@ impl<'a> Spec<'a> {
             seeds: seeds.iter().map(|a| a.gossip.clone()).collect(),
             ports: free_ports(),
             envs: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -204,7 +236,7 @@ role = "{name}-role"
     let log = dir.join(format!("{}.log", spec.file));
     let mut envs = vec![("GOSSIP_LOG_FORMAT", "json".to_string())];
     envs.extend(spec.envs.iter().cloned());
-    spawn_agent(&path, &envs, Some(&log), spec.ports)
+    spawn_agent_in(spec.netns, &path, &envs, Some(&log), spec.ports)
 }
 
 /// As [`launch`], waiting until the agent's admin API answers.
@@ -849,4 +881,111 @@ fn a_node_revoked_in_the_trust_files_is_cut_off_on_reload_and_taken_back_after()
     eventually(Duration::from_secs(30), "c is back in a's table", || {
         status_of(&a, "c").as_deref() == Some("alive")
     });
+}
+
+/// A network namespace of this test's own, with a hosts file of its own
+/// (`ip netns exec` puts `/etc/netns/NAME/hosts` over `/etc/hosts`);
+/// removed on drop.
+struct Netns {
+    name: String,
+    hosts: PathBuf,
+}
+
+impl Netns {
+    /// `None`, saying why, when this process cannot make one (it needs
+    /// root and iproute2).
+    fn create(tag: &str) -> Option<Netns> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .map(|o| stdout(&o));
+        let has_ip = Command::new("ip").arg("-V").output().is_ok();
+        if uid.as_deref().map(str::trim) != Some("0") || !has_ip {
+            eprintln!(
+                "skipped: this test needs root and iproute2 to make a network namespace (ip netns); run it as root"
+            );
+            return None;
+        }
+        let name = format!("gossip-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let netns = Netns {
+            hosts: Path::new("/etc/netns").join(&name).join("hosts"),
+            name,
+        };
+        ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
+        std::fs::create_dir_all(netns.hosts.parent().unwrap()).unwrap();
+        Some(netns)
+    }
+
+    /// Rewrites the namespace's hosts file in place (a new file would not
+    /// be the one mounted over `/etc/hosts`).
+    fn set_hosts(&self, text: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.hosts)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(self.hosts.parent().unwrap());
+    }
+}
+
+/// A seed given as a DNS name is resolved again until one answers: the
+/// name first points where no agent runs, then at the seed.
+#[test]
+fn a_seed_named_in_dns_is_resolved_again_until_it_answers() {
+    let Some(netns) = Netns::create("dns") else {
+        return;
+    };
+    netns.set_hosts("127.0.0.1 localhost\n127.0.0.2 seed.gossip.test\n");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), &["a", "b"]);
+    // A namespace of its own: its ports are all free.
+    let a = start_spec(
+        dir.path(),
+        &certs,
+        &Spec {
+            netns: Some(&netns.name),
+            ports: (17946, 17947),
+            ..Spec::new("a", &[])
+        },
+    );
+    let b = start_spec(
+        dir.path(),
+        &certs,
+        &Spec {
+            netns: Some(&netns.name),
+            ports: (17956, 17957),
+            seeds: vec!["seed.gossip.test:17946".to_string()],
+            ..Spec::new("b", &[])
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        members_json(&b).len(),
+        1,
+        "b joined through a name that pointed nowhere"
+    );
+    netns.set_hosts("127.0.0.1 localhost\n127.0.0.1 seed.gossip.test\n");
+    let pointed = Instant::now();
+    until_alive(&[&a, &b], 2);
+    eprintln!(
+        "joined {:?} after the name pointed at the seed",
+        pointed.elapsed()
+    );
 }

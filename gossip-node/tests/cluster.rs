@@ -279,13 +279,13 @@ async fn a_node_started_alone_joins_at_run_time() {
     assert_eq!(loner.members().len(), 1);
     assert!(
         matches!(
-            loner.join(vec![loner.addr()]).await,
+            loner.join(vec![loner.addr().into()]).await,
             Err(gossip_node::Error::Config(_))
         ),
         "joining through itself alone is refused"
     );
     loner
-        .join(vec![cluster.nodes[1].addr()])
+        .join(vec![cluster.nodes[1].addr().into()])
         .await
         .expect("the join starts");
     tokio::time::timeout(LIMIT, loner.joined())

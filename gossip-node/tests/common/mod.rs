@@ -34,7 +34,7 @@ pub(crate) fn config(ca: &ClusterCa, name: &str, seeds: Vec<SocketAddr>) -> Node
     );
     config.preset = Preset::Local;
     config.expected_members = 8;
-    config.seeds = seeds;
+    config.seeds = seeds.into_iter().map(Into::into).collect();
     config.sync_interval = Duration::from_secs(5);
     config
 }

@@ -371,8 +371,14 @@ impl Swim {
     /// Replaces the seeds (for a driver that resolves them again, as DNS
     /// names can point elsewhere over time). The next join attempt, and the
     /// contacts described under [`join`](Swim::join), use these.
+    /// A joining node that is given a seed it did not have tries again at
+    /// once rather than at the end of its backoff.
     pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
+        let new_seed = seeds.iter().any(|seed| !self.seeds.contains(seed));
         self.seeds = seeds;
+        if new_seed && self.joining.is_some() {
+            self.retry_join_soon();
+        }
     }
 
     /// The seeds in use.

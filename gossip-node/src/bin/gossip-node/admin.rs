@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gossip_node::{Member, Node, NodeId};
+use gossip_node::{Member, Node, NodeId, Seed};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
@@ -278,7 +278,7 @@ const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 async fn join(State(admin): State<Arc<Admin>>, body: String) -> Response {
     #[derive(serde::Deserialize)]
     struct JoinJson {
-        seeds: Vec<SocketAddr>,
+        seeds: Vec<Seed>,
     }
     let seeds = match serde_json::from_str::<JoinJson>(&body) {
         Ok(join) => join.seeds,

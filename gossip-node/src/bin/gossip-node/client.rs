@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::admin::{ErrorJson, KeyJson, MemberJson, StatusJson};
 use crate::config::DEFAULT_ADMIN;
 use anyhow::{Context, Result, bail};
+use gossip_node::Seed;
 
 /// Which agent a command talks to, and how.
 #[derive(Debug, clap::Args)]
@@ -189,7 +190,7 @@ pub(crate) fn kv_del(target: &Target, key: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn join(target: &Target, seeds: &[SocketAddr]) -> Result<()> {
+pub(crate) fn join(target: &Target, seeds: &[Seed]) -> Result<()> {
     let body = serde_json::json!({ "seeds": seeds }).to_string();
     send(target, "POST", "/v1/join", Some(&body))?;
     let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();

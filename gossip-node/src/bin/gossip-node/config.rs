@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use gossip_node::PeerSelection;
+use gossip_node::{PeerSelection, Seed};
 use serde::Deserialize;
 
 /// The file's contents. Every key is optional; unknown keys are errors (a
@@ -18,7 +18,7 @@ pub(crate) struct FileConfig {
     pub(crate) name: Option<String>,
     pub(crate) bind: Option<SocketAddr>,
     pub(crate) advertise: Option<SocketAddr>,
-    pub(crate) seeds: Option<Vec<SocketAddr>>,
+    pub(crate) seeds: Option<Vec<Seed>>,
     pub(crate) preset: Option<String>,
     pub(crate) expected_members: Option<usize>,
     pub(crate) data_dir: Option<PathBuf>,
@@ -170,14 +170,15 @@ pub(crate) struct Overrides {
     /// Address peers use to reach this node.
     #[arg(long, env = "GOSSIP_ADVERTISE", hide_env_values = true)]
     pub(crate) advertise: Option<SocketAddr>,
-    /// Members to join through, comma-separated.
+    /// Members to join through, comma-separated: ip:port, host:port (DNS) or
+    /// srv:NAME (DNS SRV records), resolved again while the agent runs.
     #[arg(
         long = "seed",
         env = "GOSSIP_SEEDS",
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) seeds: Vec<Seed>,
     /// Protocol timings: lan, wan or local.
     #[arg(long, env = "GOSSIP_PRESET", hide_env_values = true)]
     pub(crate) preset: Option<String>,
@@ -223,7 +224,7 @@ pub(crate) struct AgentConfig {
     pub(crate) name: String,
     pub(crate) bind: SocketAddr,
     pub(crate) advertise: Option<SocketAddr>,
-    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) seeds: Vec<Seed>,
     pub(crate) preset: gossip_node::Preset,
     pub(crate) expected_members: usize,
     pub(crate) tuning: Tuning,

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use gossip_node::{Node, NodeConfig, NodeEvent};
+use gossip_node::{Node, NodeConfig, NodeEvent, Seed};
 use gossip_transport_quic::{NodeCredentials, TrustBundle};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -84,9 +84,9 @@ enum Command {
     /// Asks the local agent to join a cluster through these members'
     /// gossip addresses, like `serf join`; waits up to 10 s for an answer.
     Join {
-        /// Gossip addresses (host:port) of members of the cluster to join.
+        /// Members of the cluster to join: ip:port, host:port or srv:NAME.
         #[arg(required = true)]
-        seeds: Vec<SocketAddr>,
+        seeds: Vec<Seed>,
         #[command(flatten)]
         target: Target,
     },
@@ -409,7 +409,7 @@ async fn refused_to_start(node: Node) -> anyhow::Error {
 }
 
 /// Warns, naming the fix, while no seed has answered.
-async fn watch_seeds(node: Node, seeds: Vec<SocketAddr>) {
+async fn watch_seeds(node: Node, seeds: Vec<Seed>) {
     if seeds.is_empty() {
         return;
     }
