@@ -289,6 +289,16 @@ impl Sim {
         }
     }
 
+    /// Gives every node the addresses of `seed_nodes` as its seeds, as a
+    /// cluster configured with them holds them after its join.
+    pub fn set_seeds(&mut self, seed_nodes: &[usize]) {
+        let seeds: Vec<SocketAddr> = seed_nodes.iter().map(|&i| addr_of(i)).collect();
+        for i in 0..self.nodes.len() {
+            let seeds = seeds.clone();
+            self.with_node(i, |swim, _| swim.set_seeds(seeds));
+        }
+    }
+
     /// Every node but `seed_node` joins through node `seed_node`.
     pub fn join_through(&mut self, seed_node: usize) {
         for i in 0..self.nodes.len() {

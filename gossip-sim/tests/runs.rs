@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use gossip_core::{ClusterId, Incarnation, Refusal, Refusals};
-use gossip_sim::{NetConfig, Sim};
+use gossip_sim::{NetConfig, Sim, scenarios};
 use gossip_swim::Config;
 
 fn seed(default: u64) -> u64 {
@@ -295,4 +295,22 @@ fn an_honest_cluster_under_faults_refuses_no_claim_but_stale_ones() {
             );
         }
     }
+}
+
+/// Two halves of 50 apart for two hours have forgotten each other (the
+/// departed horizon is an hour); once the network heals, the seeds, which
+/// every node holds, make them one cluster again within a minute.
+#[test]
+fn a_two_hour_partition_of_two_halves_of_fifty_heals_within_a_minute() {
+    let s = seed(41);
+    let _guard = SeedGuard(s, "a_two_hour_partition");
+    let mut params = scenarios::Params::new(100, 1);
+    params.first_rng_seed = s;
+    let healed = scenarios::partition(&params, Duration::from_secs(7200));
+    assert_eq!(healed.incomplete, 0, "seed {s}: never healed");
+    assert!(
+        healed.heal_seconds <= 60.0,
+        "seed {s}: healed {} s after the network",
+        healed.heal_seconds
+    );
 }

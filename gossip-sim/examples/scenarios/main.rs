@@ -5,7 +5,7 @@
 //! cargo xtask sim disseminate --nodes 1000 --rng-seeds 20 [--plot informed.svg]
 //! cargo xtask sim load --nodes 100,2000 --rng-seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --rng-seeds 3
-//! cargo xtask sim partition --nodes 100 --rng-seeds 3 --periods 90   (split for 90 s)
+//! cargo xtask sim partition --nodes 100 --rng-seeds 3 --partition-s 7200 --json   (split for two hours; heal_s: from the network's healing to one whole view)
 //! cargo xtask sim sweep --rng-seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim sweep --first-rng-seed 238 --rng-seeds 1   (one seed of it again)
 //! cargo xtask sim falsepos --nodes 100 --rng-seeds 2 --loss 0.05 --periods 600   (10 minutes)
@@ -49,7 +49,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -60,6 +60,7 @@ fn main() {
     let mut plot_to: Option<String> = None;
     let mut join = false;
     let mut case: Option<String> = None;
+    let mut partition_s: Option<u64> = None;
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -72,6 +73,7 @@ fn main() {
             "--plot" => plot_to = Some(value()),
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
+            "--partition-s" => partition_s = Some(value().parse().unwrap()),
             "--json" => json = true,
             "--join" => join = true,
             "--case" => case = Some(value()),
@@ -210,12 +212,13 @@ fn main() {
                 })
             }
             "partition" => {
-                let split = std::time::Duration::from_secs(u64::from(periods));
-                let r = scenarios::partition(&params, split);
+                let split = partition_s.unwrap_or(u64::from(periods));
+                let r = scenarios::partition(&params, std::time::Duration::from_secs(split));
                 serde_json::json!({
-                    "split_seconds": periods,
-                    "converge_after_heal_seconds": r.converge_after_heal_seconds,
-                    "converge_after_heal_seconds_mean": r.converge_after_heal_seconds_mean,
+                    "partition_s": split,
+                    "seeds": scenarios::PARTITION_SEEDS,
+                    "heal_s": r.heal_seconds,
+                    "heal_s_mean": r.heal_seconds_mean,
                     "incomplete": r.incomplete,
                 })
             }
