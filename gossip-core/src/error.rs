@@ -148,6 +148,13 @@ pub enum Error {
         /// The start of the input.
         got: String,
     },
+    /// A node's ring state does not parse (see
+    /// [`RingState`](crate::RingState)). Nothing was parsed.
+    #[error("ring state: {reason}")]
+    ParseRingState {
+        /// What was wrong.
+        reason: String,
+    },
     /// A number is above [`Incarnation::MAX`]. Nothing was converted.
     #[error("incarnation {got} is above the maximum {max}", max = Incarnation::MAX)]
     IncarnationOutOfRange {

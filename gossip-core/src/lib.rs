@@ -21,6 +21,9 @@
 //!   packing into a byte budget and a membership lane data cannot starve.
 //! * [`ProbeOrder`], [`choose_random`], [`choose_weighted`] (by zone and
 //!   weight, from a [`Placement`]): peer selection.
+//! * [`RingState`] and [`RingView`]: Cassandra's ring state (status, load,
+//!   tokens) as a node publishes it in its keys, and the token ring built
+//!   from the members held alive.
 //! * [`encode_frame`] / [`decode_frame`]: versioned, cluster-tagged postcard
 //!   frames whose decoding is bounded by [`Limits`] and fails with a typed
 //!   [`Error`].
@@ -75,6 +78,7 @@ mod limits;
 mod member;
 mod proof;
 mod queue;
+mod ring;
 mod rumor;
 mod select;
 mod time;
@@ -95,6 +99,7 @@ pub use member::{
 };
 pub use proof::{NodeKey, Signature};
 pub use queue::OutputQueue;
+pub use ring::{MAX_TOKENS, RING_KEY, RingMember, RingState, RingStatus, RingView};
 pub use rumor::{Lane, PackedRumors, Pushed, Rumor, RumorQueue};
 pub use select::{GossipRng, Placement, ProbeOrder, choose_random, choose_weighted};
 pub use time::Timestamp;

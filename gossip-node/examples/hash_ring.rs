@@ -1,7 +1,7 @@
-//! A consistent-hash ring built from the members' `tokens` keys, the way
-//! Cassandra places data with gossip: every node publishes the ring
-//! positions it owns, and every node rebuilds the same ring from the alive
-//! members' tokens as nodes join and die.
+//! A consistent-hash ring built from the members' ring state, the way
+//! Cassandra places data with gossip: every node publishes its status in
+//! the ring, its load and the positions it owns ([`RingState`]), and every
+//! node's [`Node::ring`] is the same ring, following joins and deaths.
 //!
 //! `cargo run -p gossip-node --example hash_ring`
 //!
@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use gossip_node::{MemberStatus, Node, NodeConfig, NodeEvent, NodeId, Preset};
+use gossip_node::{Node, NodeConfig, NodeEvent, NodeId, Preset, RING_KEY, RingState, RingStatus};
 use gossip_transport_quic::{ClusterCa, Validity};
 
 /// Ring positions per node.
@@ -27,47 +27,24 @@ fn position(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// This node's tokens, as the value it publishes: "t1,t2,...".
-fn tokens_of(id: NodeId) -> String {
-    (0..TOKENS)
-        .map(|i| position(format!("{id:#}/{i}").as_bytes()).to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The ring as `node` sees it: token -> owner, over alive members only.
-async fn ring(node: &Node) -> Result<BTreeMap<u64, String>, gossip_node::Error> {
-    let mut ring = BTreeMap::new();
-    for member in node.members().iter() {
-        if member.status != MemberStatus::Alive {
-            continue;
-        }
-        if let Some(tokens) = node.get(member.id, "tokens").await? {
-            for token in String::from_utf8_lossy(&tokens).split(',') {
-                if let Ok(token) = token.parse::<u64>() {
-                    ring.insert(token, member.meta.name().to_string());
-                }
-            }
-        }
+/// This node's ring state: normal, with its tokens.
+fn ring_state_of(id: NodeId) -> RingState {
+    RingState {
+        status: RingStatus::Normal,
+        load: 0,
+        tokens: (0..TOKENS)
+            .map(|i| position(format!("{id:#}/{i}").as_bytes()))
+            .collect(),
     }
-    Ok(ring)
-}
-
-/// The owner of `key`: the first token at or after its position, wrapping.
-fn owner<'a>(ring: &'a BTreeMap<u64, String>, key: &str) -> Option<&'a String> {
-    let at = position(key.as_bytes());
-    ring.range(at..)
-        .next()
-        .or_else(|| ring.iter().next())
-        .map(|(_, owner)| owner)
 }
 
 async fn print_shares(title: &str, node: &Node) -> Result<(), gossip_node::Error> {
-    let ring = ring(node).await?;
-    let mut shares: BTreeMap<&String, u32> = BTreeMap::new();
+    let ring = node.ring().await?;
+    let mut shares: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..10_000 {
-        if let Some(owner) = owner(&ring, &format!("key-{i}")) {
-            *shares.entry(owner).or_default() += 1;
+        let owner = ring.owner(position(format!("key-{i}").as_bytes()));
+        if let Some(member) = ring.members().iter().find(|m| Some(m.id) == owner) {
+            *shares.entry(member.name.clone()).or_default() += 1;
         }
     }
     println!("{title}");
@@ -87,7 +64,8 @@ async fn start(
     let credentials = ca.issue(&name, Validity::for_duration(Duration::from_secs(3600)))?;
     // Published with the node's first announcement: no member sees the node
     // without its tokens.
-    config.initial_keys = vec![("tokens".into(), tokens_of(credentials.node_id()).into())];
+    let state = ring_state_of(credentials.node_id());
+    config.initial_keys = vec![(RING_KEY.into(), state.to_string().into())];
     config.credentials = Some(credentials);
     config.preset = Preset::Local;
     config.seeds = seed.map(|s| vec![s.addr().into()]).unwrap_or_default();
@@ -95,27 +73,14 @@ async fn start(
     Ok(node)
 }
 
-/// Waits until `node` holds the tokens of exactly `alive` alive members.
-async fn settle(node: &Node, alive: usize) -> Result<(), gossip_node::Error> {
+/// Waits until `node`'s ring holds the tokens of exactly `owners` members.
+async fn settle(node: &Node, owners: usize) -> Result<(), gossip_node::Error> {
     let mut events = node.subscribe();
     loop {
-        let members = node.members();
-        let mut with_tokens = 0;
-        for m in members.iter().filter(|m| m.status == MemberStatus::Alive) {
-            if node.get(m.id, "tokens").await?.is_some() {
-                with_tokens += 1;
-            }
-        }
-        if with_tokens == alive
-            && members
-                .iter()
-                .filter(|m| m.status == MemberStatus::Alive)
-                .count()
-                == alive
-        {
+        if node.ring().await?.len() == owners * TOKENS as usize {
             return Ok(());
         }
-        // Rebuild on the events that change the ring.
+        // Look again on the events that change the ring.
         let _ = tokio::time::timeout(Duration::from_millis(200), async {
             while let Ok(event) = events.recv().await {
                 if matches!(

@@ -9,7 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gossip_core::{GossipRng, Incarnation, Key, Member, MemberStatus, NodeId, Refusal, Timestamp};
+use gossip_core::{
+    GossipRng, Incarnation, Key, Member, MemberStatus, NodeId, RING_KEY, Refusal, RingMember,
+    RingView, Timestamp,
+};
 use gossip_member::{Replica, ReplicaEvent, Role, SyncError, SyncTransmit};
 use gossip_swim::{Event, JoinRefusal, Transmit};
 use gossip_transport_quic::{
@@ -73,6 +76,9 @@ pub(crate) enum Command {
     Delete {
         key: String,
         reply: oneshot::Sender<Result<Option<u64>, Error>>,
+    },
+    Ring {
+        reply: oneshot::Sender<RingView>,
     },
     Get {
         owner: NodeId,
@@ -238,6 +244,23 @@ impl Driver {
         }
     }
 
+    /// The token ring of the members this node holds, from their ring
+    /// states.
+    fn ring(&self) -> RingView {
+        let kv = self.replica.state().kv();
+        RingView::new(self.replica.swim().members().iter().map(|member| {
+            let state = kv
+                .get(&member.id, RING_KEY)
+                .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok());
+            RingMember {
+                id: member.id,
+                name: member.meta.name().to_string(),
+                member_status: member.status,
+                state,
+            }
+        }))
+    }
+
     /// `addrs` without this node's own.
     fn other_than_self(&self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
         addrs.retain(|addr| !self.own_addrs.contains(addr));
@@ -333,6 +356,9 @@ impl Driver {
                     self.members_changed = true;
                 }
                 let _ = reply.send(result);
+            }
+            Command::Ring { reply } => {
+                let _ = reply.send(self.ring());
             }
             Command::Get { owner, key, reply } => {
                 let _ = reply.send(self.replica.state().kv().get(&owner, &key).cloned());

@@ -61,7 +61,10 @@ pub use metrics::Metrics;
 pub use node::Node;
 pub use seeds::Seed;
 
-pub use gossip_core::{Bytes, Key, Member, MemberMeta, MemberStatus, NodeId};
+pub use gossip_core::{
+    Bytes, Key, Member, MemberMeta, MemberStatus, NodeId, RING_KEY, RingMember, RingState,
+    RingStatus, RingView,
+};
 pub use gossip_swim::{JoinRefusal, PeerSelection, Provenance};
 
 /// The README's examples, compiled and run as doc tests (here, in the crate

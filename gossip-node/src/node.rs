@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
 use crate::seeds::{self, Seed, SeedResolver};
+use gossip_core::{RingState, RingView};
 
 /// Largest SWIM frame sent as a datagram. QUIC's datagrams on a path that
 /// has not discovered a larger MTU hold a little over 1,150 bytes; a frame
@@ -304,6 +305,37 @@ impl Node {
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, Error> {
         let key = key.to_string();
         self.ask(|reply| Command::Delete { key, reply }).await?
+    }
+
+    /// Publishes this node's place in the token ring (status, load, tokens)
+    /// under [`RING_KEY`](gossip_core::RING_KEY), where every member's
+    /// [`ring`](Node::ring) reads it. Returns the node's new state version.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Node::set).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Node::set).
+    pub async fn set_ring_state(&self, state: &RingState) -> Result<u64, Error> {
+        self.set(gossip_core::RING_KEY, state.to_string()).await
+    }
+
+    /// The token ring as this node sees it now: the tokens of every member
+    /// it holds alive or suspect whose ring state owns ranges (see
+    /// [`RingView`]). It follows joins, leaves and deaths as the membership
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn ring(&self) -> Result<RingView, Error> {
+        self.ask(|reply| Command::Ring { reply }).await
     }
 
     /// A key of any node, as this node's replica holds it now.

@@ -319,6 +319,22 @@ fn agents_join_share_keys_serve_json_and_metrics_and_leave_on_sigterm() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("no key"), "{}", stderr(&missing));
 
+    // Ring state published through a key; the ring shows who owns what.
+    let state = "normal load=2048 tokens=100,200";
+    assert!(b.cli(&["kv", "set", "ring", state]).status.success());
+    eventually(Duration::from_secs(20), "b owns the whole ring", || {
+        stdout(&a.cli(&["ring"]))
+            .lines()
+            .any(|line| line.starts_with('b') && line.trim_end().ends_with("100.0%"))
+    });
+    let ring: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(&a.cli(&["ring", "--json"]))).unwrap();
+    let b_row = ring.iter().find(|m| m["name"] == "b").unwrap();
+    assert_eq!(b_row["ring_status"], "normal");
+    assert_eq!(b_row["load"], 2048);
+    assert_eq!(b_row["tokens"], 2);
+    assert!(ring.iter().find(|m| m["name"] == "a").unwrap()["ring_status"].is_null());
+
     // The admin API answers JSON; /metrics is Prometheus text.
     let status = a.cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();

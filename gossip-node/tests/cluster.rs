@@ -299,3 +299,54 @@ async fn a_node_started_alone_joins_at_run_time() {
         .await;
     }
 }
+
+/// The ring follows the members' ring states: a joining node owns nothing
+/// until it says it is normal, and a crashed node's tokens leave the ring
+/// once it is declared dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_follows_ring_states_and_deaths() {
+    use gossip_node::{RingState, RingStatus};
+    let (cluster, ids) = Cluster::converged(4, None).await;
+    let state = |status, tokens: &[u64]| RingState {
+        status,
+        load: 1_000,
+        tokens: tokens.to_vec(),
+    };
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let status = if i == 3 {
+            RingStatus::Joining
+        } else {
+            RingStatus::Normal
+        };
+        let tokens = [i as u64 * 100, i as u64 * 100 + 50];
+        node.set_ring_state(&state(status, &tokens))
+            .await
+            .expect("set");
+    }
+    let observer = &cluster.nodes[0];
+    eventually(LIMIT, "three owners of two tokens each", || async {
+        observer.ring().await.expect("ring").len() == 6
+    })
+    .await;
+    let ring = observer.ring().await.expect("ring");
+    assert_eq!(ring.owner(120), Some(ids[1]));
+    assert_eq!(ring.owner(301), Some(ids[0]), "node 3 is still joining");
+    cluster.nodes[3]
+        .set_ring_state(&state(RingStatus::Normal, &[300, 350]))
+        .await
+        .expect("set");
+    eventually(LIMIT, "node 3 owns its ranges once normal", || async {
+        observer.ring().await.expect("ring").owner(301) == Some(ids[3])
+    })
+    .await;
+    cluster.nodes[1].crash().await;
+    eventually(
+        LIMIT,
+        "the crashed node's tokens leave the ring",
+        || async {
+            let ring = observer.ring().await.expect("ring");
+            ring.len() == 6 && ring.owner(120) == Some(ids[2])
+        },
+    )
+    .await;
+}

@@ -35,6 +35,9 @@ const MAX_NODES: usize = 64;
 /// every 10 s).
 const BOUND: Duration = Duration::from_secs(45);
 
+/// The agents every agent names as its seeds.
+const SEEDS: [usize; 3] = [0, 1, 2];
+
 fn namespace(i: usize) -> String {
     format!("gch-ns{i}")
 }
@@ -114,6 +117,9 @@ struct Lab {
     bin: PathBuf,
     dir: PathBuf,
     agents: Vec<Option<Child>>,
+    /// Which agents have ever been started: one never started is absent
+    /// from every view, not dead.
+    started: Vec<bool>,
 }
 
 impl Drop for Lab {
@@ -137,6 +143,7 @@ impl Lab {
             bin,
             dir,
             agents: (0..nodes).map(|_| None).collect(),
+            started: vec![false; nodes],
         };
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         ip(&["link", "set", BRIDGE, "up"])?;
@@ -164,13 +171,15 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Starts (or restarts, with the same data directory) agent `i`.
+    /// Starts (or restarts, with the same data directory) agent `i`, whose
+    /// seeds are the first three agents (its own address left out).
     fn start(&mut self, i: usize) -> Result<()> {
-        let seeds = if i == 0 {
-            String::new()
-        } else {
-            format!("\"{}:{GOSSIP_PORT}\"", address(0))
-        };
+        let seeds = SEEDS
+            .iter()
+            .filter(|&&seed| seed != i)
+            .map(|&seed| format!("\"{}:{GOSSIP_PORT}\"", address(seed)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let dir = self.dir.display();
         let config = format!(
             "cluster = \"chaos\"\nname = \"{name}\"\nbind = \"{addr}:{GOSSIP_PORT}\"\nseeds = [{seeds}]\npreset = \"lan\"\ndata_dir = \"{dir}/data/{name}\"\n[tls]\nca = \"{dir}/certs/ca.crt\"\ncert = \"{dir}/certs/{name}.crt\"\nkey = \"{dir}/certs/{name}.key\"\n[admin]\nbind = \"{ADMIN}\"\n",
@@ -191,6 +200,7 @@ impl Lab {
             .spawn()
             .context("cannot start an agent")?;
         self.agents[i] = Some(child);
+        self.started[i] = true;
         Ok(())
     }
 
@@ -292,7 +302,11 @@ fn observe(
                         false_deaths.push(death);
                     }
                 }
-                let expected = if up { "alive" } else { "dead" };
+                let expected = match (up, lab.started[j]) {
+                    (true, _) => "alive",
+                    (false, true) => "dead",
+                    (false, false) => "absent",
+                };
                 converged &= status == expected;
             }
         }
@@ -352,18 +366,28 @@ pub(crate) fn run(root: &Path, nodes: usize) -> Result<()> {
         "==> {nodes} agents in namespaces gch-ns0..{}, on {SUBNET}.0/24",
         nodes - 1
     );
-    for i in 0..nodes {
+    // One of the three seeds is down while the others start.
+    let late_seed = SEEDS[1];
+    for i in (0..nodes).filter(|&i| i != late_seed) {
         lab.start(i)?;
     }
     let all = |_: usize, _: usize| true;
     let mut rows = vec![observe(
         &lab,
-        "start: join through node-1",
+        &format!("start: three seeds, {} down", name(late_seed)),
         Duration::ZERO,
         &all,
         false,
     )];
-    if rows[0].converged.is_none() {
+    lab.start(late_seed)?;
+    rows.push(observe(
+        &lab,
+        &format!("the seed {} starts", name(late_seed)),
+        Duration::ZERO,
+        &all,
+        false,
+    ));
+    if rows.iter().any(|row| row.converged.is_none()) {
         print_table(&rows);
         bail!(
             "the agents did not converge; their logs are in {}",
@@ -490,7 +514,7 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "(converged: after the step's hold, until every running agent saw every reachable agent alive and every other dead; keys: then, every agent holds every key written, within the same bound; bound {} s)",
+        "(converged: after the step's hold, until every running agent saw every reachable agent alive, every other dead and none it never met; keys: then, every agent holds every key written, within the same bound; bound {} s)",
         BOUND.as_secs()
     );
 }

@@ -51,6 +51,22 @@ impl From<&Member> for MemberJson {
     }
 }
 
+/// A member of `GET /v1/ring`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RingMemberJson {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    /// Its membership status.
+    pub(crate) status: String,
+    /// Its ring status, if it published a ring state.
+    pub(crate) ring_status: Option<String>,
+    pub(crate) load: Option<u64>,
+    /// How many tokens it published.
+    pub(crate) tokens: usize,
+    /// The share of the ring it owns now, from 0 to 1.
+    pub(crate) owns: f64,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StatusJson {
@@ -101,6 +117,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/v1/members", get(members))
         .route("/v1/status", get(status))
+        .route("/v1/ring", get(ring))
         .route("/v1/health", get(health))
         .route("/v1/kv/{node}", get(node_keys))
         .route("/v1/kv/{node}/{key}", get(get_key))
@@ -148,6 +165,28 @@ async fn require_token(
 async fn members(State(admin): State<Arc<Admin>>) -> Response {
     let members = admin.node.members();
     Json(members.iter().map(MemberJson::from).collect::<Vec<_>>()).into_response()
+}
+
+async fn ring(State(admin): State<Arc<Admin>>) -> Response {
+    let Ok(ring) = admin.node.ring().await else {
+        return stopped();
+    };
+    let shares = ring.shares();
+    let mut members: Vec<RingMemberJson> = ring
+        .members()
+        .iter()
+        .map(|m| RingMemberJson {
+            name: m.name.clone(),
+            id: format!("{:#}", m.id),
+            status: m.member_status.as_str().to_string(),
+            ring_status: m.state.as_ref().map(|s| s.status.as_str().to_string()),
+            load: m.state.as_ref().map(|s| s.load),
+            tokens: m.state.as_ref().map_or(0, |s| s.tokens.len()),
+            owns: shares.get(&m.id).copied().unwrap_or(0.0),
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(members).into_response()
 }
 
 async fn status(State(admin): State<Arc<Admin>>) -> Response {

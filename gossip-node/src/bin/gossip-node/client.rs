@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::admin::{ErrorJson, KeyJson, MemberJson, StatusJson};
+use crate::admin::{ErrorJson, KeyJson, MemberJson, RingMemberJson, StatusJson};
 use crate::config::DEFAULT_ADMIN;
 use anyhow::{Context, Result, bail};
 use gossip_node::Seed;
@@ -100,29 +100,56 @@ pub(crate) fn members(target: &Target, json: bool) -> Result<()> {
 
 /// The table `members` prints.
 pub(crate) fn members_table(members: &[MemberJson]) -> String {
-    let mut rows: Vec<[String; 5]> = vec![[
-        "Node".into(),
-        "Address".into(),
-        "Status".into(),
-        "Incarnation".into(),
-        "Id".into(),
-    ]];
     let mut sorted: Vec<&MemberJson> = members.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    for m in sorted {
-        rows.push([
+    let rows = sorted.into_iter().map(|m| {
+        vec![
             m.name.clone(),
             m.addr.map_or_else(|| "-".into(), |a| a.to_string()),
             m.status.clone(),
             m.incarnation.to_string(),
             m.id.chars().take(12).collect(),
-        ]);
+        ]
+    });
+    table(&["Node", "Address", "Status", "Incarnation", "Id"], rows)
+}
+
+/// The token ring as the local agent sees it: each member's ring status,
+/// load, tokens and share of the ring, or JSON.
+pub(crate) fn ring(target: &Target, json: bool) -> Result<()> {
+    let ring: Vec<RingMemberJson> = get_json(target, "/v1/ring")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ring)?);
+        return Ok(());
     }
-    let widths: Vec<usize> = (0..5)
+    let rows = ring.iter().map(|m| {
+        vec![
+            m.name.clone(),
+            m.status.clone(),
+            m.ring_status.clone().unwrap_or_else(|| "-".into()),
+            m.load.map_or_else(|| "-".into(), |l| l.to_string()),
+            m.tokens.to_string(),
+            format!("{:.1}%", m.owns * 100.0),
+        ]
+    });
+    print!(
+        "{}",
+        table(&["Node", "Status", "Ring", "Load", "Tokens", "Owns"], rows)
+    );
+    Ok(())
+}
+
+/// `header` and `rows`, each column as wide as its widest cell.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut rows: Vec<Vec<String>> =
+        std::iter::once(header.iter().map(|h| h.to_string()).collect())
+            .chain(rows)
+            .collect();
+    let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for row in rows.drain(..) {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)

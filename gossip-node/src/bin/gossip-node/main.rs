@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The token ring the local agent sees: each member's ring status
+    /// (joining, normal, leaving, moved), load, tokens and share, from the
+    /// ring state members publish in their `ring` key.
+    Ring {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The local agent's summary.
     Status {
         #[command(flatten)]
@@ -161,6 +171,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent { config, overrides } => run_agent(config, *overrides),
         Command::Members { target, json } => client::members(&target, json),
         Command::Status { target, json } => client::status(&target, json),
+        Command::Ring { target, json } => client::ring(&target, json),
         Command::Kv { command, target } => match command {
             KvCommand::Get { node, key, json } => {
                 client::kv_get(&target, &node, key.as_deref(), json)
