@@ -177,7 +177,7 @@ impl RingView {
     /// The ring of `members`.
     pub fn new(members: impl IntoIterator<Item = RingMember>) -> Self {
         let mut members: Vec<RingMember> = members.into_iter().collect();
-        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members.sort_by_key(|member| member.id);
         let mut tokens = BTreeMap::new();
         for member in &members {
             let owns = matches!(
