@@ -135,7 +135,11 @@ impl FromStr for RingState {
             if tokens.len() == MAX_TOKENS {
                 return Err(malformed("more tokens than MAX_TOKENS"));
             }
-            tokens.push(token.parse().map_err(|_| malformed("a token is not a u64"))?);
+            tokens.push(
+                token
+                    .parse()
+                    .map_err(|_| malformed("a token is not a u64"))?,
+            );
         }
         tokens.sort_unstable();
         tokens.dedup();
@@ -225,7 +229,10 @@ impl RingView {
     /// clockwise from it (Cassandra's simple replication strategy).
     pub fn replicas(&self, position: u64, replicas: usize) -> Vec<NodeId> {
         let mut found = Vec::with_capacity(replicas);
-        let walk = self.tokens.range(position..).chain(self.tokens.range(..position));
+        let walk = self
+            .tokens
+            .range(position..)
+            .chain(self.tokens.range(..position));
         for (_, owner) in walk {
             if found.len() == replicas {
                 break;
@@ -248,7 +255,11 @@ impl RingView {
         for (&token, owner) in &self.tokens {
             let range = token.wrapping_sub(previous);
             // One token alone owns the whole ring.
-            let range = if self.tokens.len() == 1 { u64::MAX } else { range };
+            let range = if self.tokens.len() == 1 {
+                u64::MAX
+            } else {
+                range
+            };
             *shares.entry(*owner).or_insert(0.0) += range as f64 / u64::MAX as f64;
             previous = token;
         }

@@ -292,6 +292,140 @@ pub fn disseminate(params: &Params) -> Disseminate {
     }
 }
 
+/// The outcome of `rounds`: how many gossip rounds one update takes to
+/// reach the members, at one fanout.
+///
+/// A member pushes a piece of news once, to F members, when it first hears
+/// it; the rumor then rides the member's next datagrams (probes and acks)
+/// until its retransmit budget is spent. So the news spreads in two phases:
+/// a push epidemic, one round per hop, that reaches all but a few members;
+/// then the probes, one round a probe period, reach the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rounds {
+    /// The fanout F.
+    pub fanout: usize,
+    /// Mean over seeds of the rounds the push phase lasted: until two
+    /// rounds in a row informed no one.
+    pub push_rounds_mean: f64,
+    /// Mean over seeds of the share of members informed by then.
+    pub push_reach_mean: f64,
+    /// Mean over seeds of the rounds until every member held the update,
+    /// the probes' tail included.
+    pub rounds_to_all_mean: f64,
+    /// The worst seed's rounds until every member held it.
+    pub rounds_to_all_worst: f64,
+    /// The same in probe periods (mean), the time the tail costs.
+    pub periods_to_all_mean: f64,
+    /// `log_F(n)` (`log2(n)` for F = 1): the rounds of a perfect F-ary tree
+    /// from one member.
+    pub log_f: f64,
+    /// The push-gossip model's rounds to everyone: each informed member
+    /// pushes to F members drawn at random every round, `x' = 1 - (1 - x)
+    /// e^(-F x)`, until fewer than half a member is expected uninformed.
+    pub model_rounds: f64,
+    /// Seeds in which the update did not reach everyone in time.
+    pub incomplete: u64,
+}
+
+/// One round of `rounds`: every datagram takes exactly this long, so a
+/// member informed in round r pushes in round r + 1.
+const HOP: Duration = Duration::from_millis(10);
+
+/// One member updates its metadata in a converged cluster whose every link
+/// takes exactly [`HOP`], and the spread is counted in hops (rounds).
+pub fn rounds(params: &Params, fanout: usize) -> Rounds {
+    let mut swim = params.swim.clone();
+    swim.gossip_fanout = fanout;
+    let net = NetConfig {
+        latency_min: HOP,
+        latency_max: HOP,
+        loss: params.loss,
+        duplicate: 0.0,
+    };
+    let n = params.nodes;
+    let (mut push_rounds, mut push_reach, mut to_all) = (Vec::new(), Vec::new(), Vec::new());
+    let mut incomplete = 0;
+    for seed in params.rng_seeds() {
+        let mut sim = Sim::new(n, swim.clone(), net.clone(), seed);
+        sim.converge_instantly();
+        sim.run_for(swim.probe_interval * 3);
+        let source = (seed as usize * 104_729) % n;
+        sim.with_node(source, |swim, now| {
+            let _ = swim.update_meta(
+                now,
+                MemberMeta::new("updated", [crate::sim::addr_of(source)]),
+            );
+        });
+        let source_id = id_of(source);
+        let started = sim.now();
+        // Members informed by the end of each round.
+        let mut by_round: Vec<usize> = vec![1];
+        let took = sim.run_while(swim.probe_interval * 200, |sim| {
+            let informed = (0..n)
+                .filter(|&o| {
+                    o == source
+                        || sim
+                            .node(o)
+                            .and_then(|s| s.members().get(&source_id))
+                            .is_some_and(|m| m.meta.name() == "updated")
+                })
+                .count();
+            let round = hops(sim.now().saturating_duration_since(started));
+            if by_round.len() <= round {
+                let last = by_round.last().copied().unwrap_or(1);
+                by_round.resize(round + 1, last);
+            }
+            by_round[round] = informed;
+            informed == n
+        });
+        // The push phase ends at the first of two rounds in a row that
+        // informed no one.
+        let quiet = (1..by_round.len().saturating_sub(1))
+            .find(|&r| by_round[r] == by_round[r - 1] && by_round[r + 1] == by_round[r])
+            .unwrap_or(by_round.len() - 1);
+        let pushed = quiet.saturating_sub(1);
+        push_rounds.push(pushed as f64);
+        push_reach.push(by_round[pushed] as f64 / n as f64);
+        match took {
+            Some(took) => to_all.push(took),
+            None => incomplete += 1,
+        }
+    }
+    let nodes = n as f64;
+    let log_f = if fanout <= 1 {
+        nodes.log2()
+    } else {
+        nodes.ln() / (fanout as f64).ln()
+    };
+    let mut x = 1.0 / nodes;
+    let mut model_rounds = 0.0;
+    while nodes * (1.0 - x) >= 0.5 && model_rounds < 10_000.0 {
+        x = 1.0 - (1.0 - x) * (-(fanout as f64) * x).exp();
+        model_rounds += 1.0;
+    }
+    let rounds_to_all: Vec<f64> = to_all.iter().map(|&t| hops(t) as f64).collect();
+    let periods: Vec<f64> = to_all
+        .iter()
+        .map(|t| t.as_secs_f64() / swim.probe_interval.as_secs_f64())
+        .collect();
+    Rounds {
+        fanout,
+        push_rounds_mean: mean(&push_rounds),
+        push_reach_mean: mean(&push_reach),
+        rounds_to_all_mean: mean(&rounds_to_all),
+        rounds_to_all_worst: rounds_to_all.iter().copied().fold(0.0, f64::max),
+        periods_to_all_mean: mean(&periods),
+        log_f,
+        model_rounds,
+        incomplete,
+    }
+}
+
+/// The round a moment `since` the update falls in: round r ends at r hops.
+fn hops(since: Duration) -> usize {
+    since.as_nanos().div_ceil(HOP.as_nanos()) as usize
+}
+
 /// The outcome of `load`: a cluster at rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Load {

@@ -4,6 +4,7 @@
 mod agents;
 mod chaos;
 mod demo;
+mod deploy;
 mod flags;
 mod fuzz;
 mod tidy;
@@ -137,6 +138,7 @@ fn ci() -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     tidy::run(&project_root())?;
+    deploy::check(&project_root())?;
     each_crate_alone(&project_root())?;
     // Every fuzz target builds and runs briefly: long runs are
     // `cargo xtask fuzz --seconds 600`.

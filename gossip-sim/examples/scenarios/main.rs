@@ -5,6 +5,7 @@
 //! cargo xtask sim disseminate --nodes 1000 --rng-seeds 20 [--plot informed.svg]
 //! cargo xtask sim load --nodes 100,2000 --rng-seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --rng-seeds 3
+//! cargo xtask sim disseminate --nodes 100,1000,10000 --fanout 1,2,3,4 --rng-seeds 5 --plot rounds.svg   (rounds to everyone beside log_F(N) and the push-gossip model)
 //! cargo xtask sim partition --nodes 100 --rng-seeds 3 --partition-s 7200 --json   (split for two hours; heal_s: from the network's healing to one whole view)
 //! cargo xtask sim sweep --rng-seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim sweep --first-rng-seed 238 --rng-seeds 1   (one seed of it again)
@@ -49,7 +50,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--fanout F,.. (disseminate: rounds)] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -61,6 +62,8 @@ fn main() {
     let mut join = false;
     let mut case: Option<String> = None;
     let mut partition_s: Option<u64> = None;
+    let mut fanouts: Vec<usize> = Vec::new();
+    let mut rounds_table: Vec<(usize, scenarios::Rounds)> = Vec::new();
     while let Some(flag) = args.next() {
         let mut value = || {
             args.next()
@@ -74,6 +77,7 @@ fn main() {
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--partition-s" => partition_s = Some(value().parse().unwrap()),
+            "--fanout" => fanouts = value().split(',').map(|v| v.parse().unwrap()).collect(),
             "--json" => json = true,
             "--join" => join = true,
             "--case" => case = Some(value()),
@@ -81,6 +85,10 @@ fn main() {
             "--confirmations" => confirmations = Some(value().parse().unwrap()),
             other => panic!("unknown flag {other}"),
         }
+    }
+    if !fanouts.is_empty() && scenario != "disseminate" {
+        eprintln!("--fanout is for the disseminate scenario");
+        std::process::exit(2);
     }
     if plot_to.is_some() && !["disseminate", "detect"].contains(&scenario.as_str()) {
         eprintln!("--plot draws the disseminate and detect scenarios only");
@@ -153,9 +161,28 @@ fn main() {
                     "invariant_violations": r.violations,
                 })
             }
+            "disseminate" if !fanouts.is_empty() => {
+                let mut rows = Vec::new();
+                for &fanout in &fanouts {
+                    let r = scenarios::rounds(&params, fanout);
+                    rounds_table.push((n, r.clone()));
+                    rows.push(serde_json::json!({
+                        "fanout": fanout,
+                        "push_rounds_mean": r.push_rounds_mean,
+                        "push_reach_mean": r.push_reach_mean,
+                        "rounds_to_all_mean": r.rounds_to_all_mean,
+                        "rounds_to_all_worst": r.rounds_to_all_worst,
+                        "periods_to_all_mean": r.periods_to_all_mean,
+                        "log_f_n": r.log_f,
+                        "model_rounds": r.model_rounds,
+                        "incomplete": r.incomplete,
+                    }));
+                }
+                serde_json::json!({ "rounds": rows })
+            }
             "disseminate" => {
                 let r = scenarios::disseminate(&params);
-                if let Some(path) = &plot_to {
+                if let Some(path) = plot_to.as_ref().filter(|_| fanouts.is_empty()) {
                     let svg = plot::line_chart(
                         &format!("One update among {n} members ({seeds} seeds, loss {loss})"),
                         "probe periods since the update",
@@ -354,6 +381,86 @@ fn main() {
             println!("{}", serde_json::to_string_pretty(&object).unwrap());
         }
     }
+    report_rounds(&rounds_table, plot_to.as_deref());
+}
+
+/// The rounds table (Markdown, for the README) and its chart, from the
+/// `disseminate --fanout` runs.
+fn report_rounds(rows: &[(usize, scenarios::Rounds)], plot_to: Option<&str>) {
+    if rows.is_empty() {
+        return;
+    }
+    eprintln!(
+        "| members | F | log_F(N) | push-gossip model | push phase: rounds | push phase: reach | to everyone: rounds (mean / worst) | to everyone: probe periods |"
+    );
+    eprintln!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, r) in rows {
+        eprintln!(
+            "| {n} | {} | {:.1} | {:.0} | {:.1} | {:.1}% | {:.0} / {:.0} | {:.2} |",
+            r.fanout,
+            r.log_f,
+            r.model_rounds,
+            r.push_rounds_mean,
+            r.push_reach_mean * 100.0,
+            r.rounds_to_all_mean,
+            r.rounds_to_all_worst,
+            r.periods_to_all_mean
+        );
+    }
+    let Some(path) = plot_to else {
+        return;
+    };
+    const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+    let mut fanouts: Vec<usize> = rows.iter().map(|(_, r)| r.fanout).collect();
+    fanouts.sort_unstable();
+    fanouts.dedup();
+    let points = |fanout: usize, of: fn(&scenarios::Rounds) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|(_, r)| r.fanout == fanout)
+            .map(|(n, r)| ((*n as f64).log10(), of(r)))
+            .collect()
+    };
+    let labels: Vec<(String, String)> = fanouts
+        .iter()
+        .map(|f| {
+            (
+                format!("F = {f}, push phase (mean)"),
+                format!("F = {f}, push-gossip model"),
+            )
+        })
+        .collect();
+    let measured: Vec<Vec<(f64, f64)>> = fanouts
+        .iter()
+        .map(|&f| points(f, |r| r.push_rounds_mean))
+        .collect();
+    let model: Vec<Vec<(f64, f64)>> = fanouts
+        .iter()
+        .map(|&f| points(f, |r| r.model_rounds))
+        .collect();
+    let mut series = Vec::new();
+    for (i, _) in fanouts.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        series.push(plot::Series {
+            label: &labels[i].0,
+            color,
+            dashed: false,
+            points: &measured[i],
+        });
+        series.push(plot::Series {
+            label: &labels[i].1,
+            color,
+            dashed: true,
+            points: &model[i],
+        });
+    }
+    let svg = plot::line_chart(
+        "Rounds of an update's push phase, beside the push-gossip model",
+        "log10 of the number of members",
+        "gossip rounds",
+        &series,
+    );
+    std::fs::write(path, svg).unwrap_or_else(|e| panic!("{path}: {e}"));
+    eprintln!("wrote {path}");
 }
 
 /// Writes a chart to `path`, or to `path.N.svg` per cluster size when
