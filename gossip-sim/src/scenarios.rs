@@ -426,6 +426,84 @@ fn hops(since: Duration) -> usize {
     since.as_nanos().div_ceil(HOP.as_nanos()) as usize
 }
 
+/// The outcome of `weighted`: where weighted peer selection sent pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weighted {
+    /// The configured share of pushes to other zones.
+    pub cross_zone_share: f64,
+    /// Pushes counted.
+    pub pushes: u64,
+    /// The share of them that went to another zone than the sender's.
+    pub measured_cross_zone_share: f64,
+    /// Within zone 0 (which holds every weight-3 member), pushes from
+    /// the zone per weight-3 member over pushes per weight-1 member (3 if
+    /// every pick followed the weights; drawing several distinct targets
+    /// per push brings it nearer 1).
+    pub weight_3_over_weight_1: f64,
+}
+
+/// Zones of the `weighted` scenario: node i is in zone `i % ZONES`.
+const ZONES: usize = 3;
+
+/// A converged cluster in three zones (node i in zone `i % 3`, every ninth
+/// node of weight 3) publishes its placement in the `zone` and `weight`
+/// keys; then a random member updates its metadata every second for
+/// `periods` seconds, and every push is counted.
+pub fn weighted(params: &Params, cross_zone_share: f64, periods: u32) -> Weighted {
+    let mut swim = params.swim.clone();
+    swim.peer_selection = gossip_swim::PeerSelection::Weighted { cross_zone_share };
+    let n = params.nodes;
+    let heavy = |i: usize| i.is_multiple_of(9);
+    let (mut near, mut far) = (0u64, 0u64);
+    let (mut to_heavy, mut to_light) = (0u64, 0u64);
+    for seed in params.rng_seeds() {
+        let mut sim = Sim::new(n, swim.clone(), params.net(), seed);
+        sim.converge_instantly();
+        for i in 0..n {
+            sim.set(i, "zone", format!("zone-{}", i % ZONES).as_bytes());
+            if heavy(i) {
+                sim.set(i, "weight", b"3");
+            }
+        }
+        sim.run_for(Duration::from_secs(30));
+        sim.record_pushes();
+        let mut rng = GossipRng::seed_from_u64(seed ^ 0x3e16);
+        for round in 0..periods {
+            let who = rng.random_range(0..n);
+            sim.with_node(who, |swim, now| {
+                let meta = MemberMeta::new(format!("r{round}"), [crate::sim::addr_of(who)]);
+                let _ = swim.update_meta(now, meta);
+            });
+            sim.run_for(params.swim.probe_interval);
+        }
+        for (&(from, to), &count) in sim.pushes().into_iter().flatten() {
+            if from % ZONES == to % ZONES {
+                near += count;
+                // Every weight-3 member is in zone 0: compare there.
+                if to % ZONES == 0 {
+                    if heavy(to) {
+                        to_heavy += count;
+                    } else {
+                        to_light += count;
+                    }
+                }
+            } else {
+                far += count;
+            }
+        }
+    }
+    let zone_0 = (0..n).filter(|i| i % ZONES == 0);
+    let heavy_members = zone_0.clone().filter(|&i| heavy(i)).count().max(1) as f64;
+    let light_members = zone_0.filter(|&i| !heavy(i)).count().max(1) as f64;
+    Weighted {
+        cross_zone_share,
+        pushes: near + far,
+        measured_cross_zone_share: far as f64 / (near + far).max(1) as f64,
+        weight_3_over_weight_1: (to_heavy as f64 / heavy_members)
+            / (to_light as f64 / light_members).max(f64::MIN_POSITIVE),
+    }
+}
+
 /// The outcome of `load`: a cluster at rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Load {

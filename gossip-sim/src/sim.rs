@@ -2,7 +2,7 @@
 //! seeded network.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,6 +180,9 @@ pub struct Sim {
     next_flight: u64,
     events: Vec<Seen>,
     traffic: Traffic,
+    /// Pushes by (sender, receiver), once [`record_pushes`](Sim::record_pushes)
+    /// turns counting on.
+    pushes: Option<BTreeMap<(usize, usize), u64>>,
     trace: blake3::Hasher,
     /// Highest incarnation each node has seen of each other, for the
     /// invariant that incarnations never go back.
@@ -225,6 +228,7 @@ impl Sim {
             next_flight: 0,
             events: Vec::new(),
             traffic: Traffic::default(),
+            pushes: None,
             trace: blake3::Hasher::new(),
             watermarks: vec![Vec::new(); n],
             deleted: BTreeSet::new(),
@@ -357,6 +361,17 @@ impl Sim {
     /// Traffic so far.
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// Counts every push of news from now on, by sender and receiver.
+    pub fn record_pushes(&mut self) {
+        self.pushes.get_or_insert_with(BTreeMap::new);
+    }
+
+    /// The pushes counted since [`record_pushes`](Sim::record_pushes), by
+    /// (sender, receiver).
+    pub fn pushes(&self) -> Option<&BTreeMap<(usize, usize), u64>> {
+        self.pushes.as_ref()
     }
 
     /// The events seen so far, in order; drained by the call.
@@ -568,6 +583,11 @@ impl Sim {
                 self.traffic.dropped += 1;
                 continue;
             };
+            if transmit.push
+                && let Some(pushes) = self.pushes.as_mut()
+            {
+                *pushes.entry((i, to)).or_default() += 1;
+            }
             if transmit.reliable {
                 // A stream: every loss costs a retransmission timeout
                 // instead of the message.

@@ -314,3 +314,20 @@ fn a_two_hour_partition_of_two_halves_of_fifty_heals_within_a_minute() {
         healed.heal_seconds
     );
 }
+
+/// Weighted selection in a whole cluster: a fifth of the pushes cross zones,
+/// and a member of weight 3 gets about three times the pushes of one of
+/// weight 1 in its zone.
+#[test]
+fn weighted_selection_keeps_its_shares_in_a_whole_cluster() {
+    let s = seed(43);
+    let _guard = SeedGuard(s, "weighted_selection");
+    let mut params = scenarios::Params::new(45, 1);
+    params.first_rng_seed = s;
+    let shares = scenarios::weighted(&params, 0.2, 60);
+    assert!(shares.pushes > 1_000, "seed {s}: {} pushes", shares.pushes);
+    let cross = shares.measured_cross_zone_share;
+    assert!((cross - 0.2).abs() < 0.03, "seed {s}: cross-zone share {cross}");
+    let ratio = shares.weight_3_over_weight_1;
+    assert!((2.3..3.3).contains(&ratio), "seed {s}: weight ratio {ratio}");
+}

@@ -35,7 +35,7 @@ pub(crate) enum Cmd {
     /// Runs a measurement scenario and prints its figures, e.g.
     /// `cargo xtask sim reconcile --entries 10000,100000 --diffs 0,1,10 --json`.
     /// Scenarios: `reconcile` (one anti-entropy sync between two replicas);
-    /// `detect`, `disseminate`, `load`, `bootstrap`, `partition`, `falsepos`, `memory`
+    /// `detect`, `disseminate`, `load`, `bootstrap`, `partition`, `falsepos`, `weighted`, `memory`
     /// (whole simulated clusters); `sweep` (the fault tier over many seeds).
     Sim {
         /// The scenario.

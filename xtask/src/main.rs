@@ -171,9 +171,9 @@ fn sim(scenario: &str, args: &[String]) -> Result<()> {
     let (package, example) = match scenario {
         "reconcile" => ("gossip-antientropy", "reconcile"),
         "detect" | "disseminate" | "load" | "bootstrap" | "partition" | "falsepos" | "restart"
-        | "memory" | "sweep" => ("gossip-sim", "scenarios"),
+        | "weighted" | "memory" | "sweep" => ("gossip-sim", "scenarios"),
         other => bail!(
-            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, restart, memory, sweep"
+            "unknown scenario `{other}`; known: reconcile, detect, disseminate, load, bootstrap, partition, falsepos, restart, weighted, memory, sweep"
         ),
     };
     let mut all = vec![

@@ -6,6 +6,7 @@
 //! cargo xtask sim load --nodes 100,2000 --rng-seeds 3
 //! cargo xtask sim bootstrap --nodes 500 --rng-seeds 3
 //! cargo xtask sim disseminate --nodes 100,1000,10000 --fanout 1,2,3,4 --rng-seeds 5 --plot rounds.svg   (rounds to everyone beside log_F(N) and the push-gossip model)
+//! cargo xtask sim weighted --nodes 90 --rng-seeds 3 --periods 300 --cross-zone-share 0.2   (where weighted peer selection sends pushes: the cross-zone share and the weights)
 //! cargo xtask sim partition --nodes 100 --rng-seeds 3 --partition-s 7200 --json   (split for two hours; heal_s: from the network's healing to one whole view)
 //! cargo xtask sim sweep --rng-seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim sweep --first-rng-seed 238 --rng-seeds 1   (one seed of it again)
@@ -50,7 +51,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--fanout F,.. (disseminate: rounds)] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|weighted|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--fanout F,.. (disseminate: rounds)] [--cross-zone-share S (weighted)] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -63,6 +64,7 @@ fn main() {
     let mut case: Option<String> = None;
     let mut partition_s: Option<u64> = None;
     let mut fanouts: Vec<usize> = Vec::new();
+    let mut cross_zone_share = 0.2;
     let mut rounds_table: Vec<(usize, scenarios::Rounds)> = Vec::new();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -77,6 +79,7 @@ fn main() {
             "--loss" => loss = value().parse().unwrap(),
             "--periods" => periods = value().parse().unwrap(),
             "--partition-s" => partition_s = Some(value().parse().unwrap()),
+            "--cross-zone-share" => cross_zone_share = value().parse().unwrap(),
             "--fanout" => fanouts = value().split(',').map(|v| v.parse().unwrap()).collect(),
             "--json" => json = true,
             "--join" => join = true,
@@ -209,6 +212,16 @@ fn main() {
                     "periods_to_all_mean": r.periods_to_all_mean,
                     "model_periods_to_all": r.model_periods_to_all,
                     "incomplete": r.incomplete,
+                })
+            }
+            "weighted" => {
+                let r = scenarios::weighted(&params, cross_zone_share, periods);
+                serde_json::json!({
+                    "periods": periods,
+                    "cross_zone_share": r.cross_zone_share,
+                    "pushes": r.pushes,
+                    "measured_cross_zone_share": r.measured_cross_zone_share,
+                    "weight_3_over_weight_1": r.weight_3_over_weight_1,
                 })
             }
             "load" => {
@@ -357,7 +370,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos, restart, memory, sweep"
+                    "unknown scenario {other}; known: detect, disseminate, load, bootstrap, partition, falsepos, restart, weighted, memory, sweep"
                 );
                 std::process::exit(2);
             }
