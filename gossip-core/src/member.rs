@@ -639,6 +639,11 @@ pub struct Membership {
     /// Departed members and when they departed, so collecting and choosing
     /// among them costs O(departed), not O(members).
     departed: BTreeMap<NodeId, Timestamp>,
+    /// Departed members collected within the last horizon, with the
+    /// incarnation they departed at and when they were collected: a peer
+    /// that has not collected them yet would otherwise hand their records
+    /// back, and two replicas could pass one ghost between them forever.
+    forgotten: BTreeMap<NodeId, (Incarnation, Timestamp)>,
     /// Nodes the operator revoked: no claim by or about them is taken.
     revoked: BTreeSet<NodeId>,
     limits: Limits,
@@ -671,6 +676,7 @@ impl Membership {
             others: BTreeSet::new(),
             counts: [0; 4],
             departed: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
             revoked: BTreeSet::new(),
             limits,
         }
@@ -850,6 +856,16 @@ impl Membership {
         }
 
         let current = self.other(&subject);
+        if current.is_none()
+            && claim.status.is_departed()
+            && self
+                .forgotten
+                .get(&subject)
+                .is_some_and(|(incarnation, _)| claim.incarnation <= *incarnation)
+        {
+            // The departure of a member collected here: old news.
+            return Ok(None);
+        }
         let Some(merged) = Member::merge_claim(current, claim, &self.limits)? else {
             return Ok(None);
         };
@@ -891,6 +907,7 @@ impl Membership {
             self.departed.insert(subject, now);
         } else {
             self.departed.remove(&subject);
+            self.forgotten.remove(&subject);
         }
         Ok(Some(MembershipEvent::Changed(MemberChange {
             before,
@@ -1018,18 +1035,24 @@ impl Membership {
 
     /// Removes departed members whose last change is at least `horizon` old,
     /// returning their ids. Choose a horizon longer than any rumor lives, so
-    /// that a stale alive rumor cannot bring a removed member back.
+    /// that a stale alive rumor cannot bring a removed member back. For
+    /// another `horizon`, the departure of a removed member (at its
+    /// incarnation or below) is old news, so a peer that has not collected
+    /// it yet cannot hand it back; a new life (an alive claim) is taken.
     pub fn collect_departed(&mut self, now: Timestamp, horizon: Duration) -> Vec<NodeId> {
+        let old = |at: &Timestamp| now.saturating_duration_since(*at) >= horizon;
+        self.forgotten.retain(|_, (_, at)| !old(at));
         let expired: Vec<NodeId> = self
             .departed
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(**at) >= horizon)
+            .filter(|(_, at)| old(at))
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
             self.departed.remove(id);
             if let Some(ById(member)) = self.others.take(id) {
                 self.counts[status_index(member.status)] -= 1;
+                self.forgotten.insert(*id, (member.incarnation, now));
             }
         }
         expired
@@ -1381,6 +1404,47 @@ mod tests {
             vec![id(1)]
         );
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_collected_departure_is_old_news_for_a_horizon_but_a_new_life_is_taken() {
+        let mut t = table();
+        let h = Duration::from_secs(30);
+        t.apply(T, rec(1, 3, Alive)).unwrap();
+        t.accuse(Timestamp::from_millis(10), id(1), Dead).unwrap();
+        let collected = Timestamp::from_millis(30_010);
+        assert_eq!(t.collect_departed(collected, h), vec![id(1)]);
+        // A peer that has not collected it yet hands its death back.
+        let later = Timestamp::from_millis(31_000);
+        assert_eq!(t.apply(later, rec(1, 3, Dead)).unwrap(), None);
+        assert_eq!(t.apply(later, rec(1, 2, Left)).unwrap(), None);
+        assert!(t.get(&id(1)).is_none(), "no ghost");
+        // A departure at a later incarnation is news.
+        assert!(t.apply(later, rec(1, 4, Left)).unwrap().is_some());
+        assert_eq!(
+            t.collect_departed(Timestamp::from_millis(61_000), h),
+            vec![id(1)]
+        );
+        // A new life is taken whatever its incarnation (a restart that kept
+        // none), and ends the memory of the old one.
+        assert!(
+            t.apply(Timestamp::from_millis(62_000), rec(1, 0, Alive))
+                .unwrap()
+                .is_some()
+        );
+        t.accuse(Timestamp::from_millis(62_000), id(1), Dead)
+            .unwrap();
+        assert_eq!(
+            t.collect_departed(Timestamp::from_millis(92_000), h),
+            vec![id(1)]
+        );
+        // After a second horizon, the departure is taken again.
+        t.collect_departed(Timestamp::from_millis(122_000), h);
+        assert!(
+            t.apply(Timestamp::from_millis(122_000), rec(1, 0, Dead))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -683,6 +683,14 @@ impl Replica {
             // The sync's state verified them as it took them.
             self.swim.merge_verified_records(now, peer, news);
         }
+        // What SWIM would not hold (the departure of a member it already
+        // collected) leaves the sync's state too: the two tables hold the
+        // same members, and no ghost is passed back and forth.
+        for id in changed {
+            if self.swim.members().get(id).is_none() {
+                self.state.forget(id);
+            }
+        }
     }
 
     /// The sessions in which this replica plays `role`.

@@ -304,10 +304,11 @@ pub fn disseminate(params: &Params) -> Disseminate {
 pub struct Rounds {
     /// The fanout F.
     pub fanout: usize,
-    /// Mean over seeds of the rounds the push phase lasted: until two
-    /// rounds in a row informed no one.
+    /// Mean over seeds of the rounds the push epidemic lasted: the round
+    /// of the last member it informed.
     pub push_rounds_mean: f64,
-    /// Mean over seeds of the share of members informed by then.
+    /// Mean over seeds of the share of members the push epidemic informed
+    /// (the source included); probes carried the update to the rest.
     pub push_reach_mean: f64,
     /// Mean over seeds of the rounds until every member held the update,
     /// the probes' tail included.
@@ -358,34 +359,40 @@ pub fn rounds(params: &Params, fanout: usize) -> Rounds {
         });
         let source_id = id_of(source);
         let started = sim.now();
-        // Members informed by the end of each round.
-        let mut by_round: Vec<usize> = vec![1];
-        let took = sim.run_while(swim.probe_interval * 200, |sim| {
-            let informed = (0..n)
-                .filter(|&o| {
-                    o == source
-                        || sim
-                            .node(o)
-                            .and_then(|s| s.members().get(&source_id))
-                            .is_some_and(|m| m.meta.name() == "updated")
-                })
-                .count();
-            let round = hops(sim.now().saturating_duration_since(started));
-            if by_round.len() <= round {
-                let last = by_round.last().copied().unwrap_or(1);
-                by_round.resize(round + 1, last);
+        let end = started + swim.probe_interval * 200;
+        let _ = sim.take_events();
+        let mut informed = vec![false; n];
+        informed[source] = true;
+        let (mut count, mut by_push, mut last_push_round) = (1, 1, 0);
+        let mut took = None;
+        while sim.next_moment().is_some_and(|at| at <= end) {
+            sim.step();
+            for seen in sim.take_events() {
+                let Event::Updated(member) = &seen.event else {
+                    continue;
+                };
+                if member.id != source_id || member.meta.name() != "updated" || informed[seen.node]
+                {
+                    continue;
+                }
+                informed[seen.node] = true;
+                count += 1;
+                let since = seen.at.saturating_duration_since(started);
+                // Pushes go out on receipt, so the push epidemic arrives
+                // exactly on the rounds' edges; what a probe carried (or a
+                // push it set off) arrives between them.
+                if since.as_nanos() % HOP.as_nanos() == 0 {
+                    by_push += 1;
+                    last_push_round = last_push_round.max(hops(since));
+                }
             }
-            by_round[round] = informed;
-            informed == n
-        });
-        // The push phase ends at the first of two rounds in a row that
-        // informed no one.
-        let quiet = (1..by_round.len().saturating_sub(1))
-            .find(|&r| by_round[r] == by_round[r - 1] && by_round[r + 1] == by_round[r])
-            .unwrap_or(by_round.len() - 1);
-        let pushed = quiet.saturating_sub(1);
-        push_rounds.push(pushed as f64);
-        push_reach.push(by_round[pushed] as f64 / n as f64);
+            if count == n {
+                took = Some(sim.now().saturating_duration_since(started));
+                break;
+            }
+        }
+        push_rounds.push(last_push_round as f64);
+        push_reach.push(by_push as f64 / n as f64);
         match took {
             Some(took) => to_all.push(took),
             None => incomplete += 1,

@@ -759,7 +759,8 @@ impl Sim {
     }
 
     /// The next moment anything happens, if anything will.
-    fn next_moment(&self) -> Option<Timestamp> {
+    /// When the next delivery or timer is due, if any.
+    pub fn next_moment(&self) -> Option<Timestamp> {
         let flight = self.in_flight.peek().map(|Reverse(flight)| flight.at);
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
         [flight, timer].into_iter().flatten().min()

@@ -327,7 +327,40 @@ fn weighted_selection_keeps_its_shares_in_a_whole_cluster() {
     let shares = scenarios::weighted(&params, 0.2, 60);
     assert!(shares.pushes > 1_000, "seed {s}: {} pushes", shares.pushes);
     let cross = shares.measured_cross_zone_share;
-    assert!((cross - 0.2).abs() < 0.03, "seed {s}: cross-zone share {cross}");
+    assert!(
+        (cross - 0.2).abs() < 0.03,
+        "seed {s}: cross-zone share {cross}"
+    );
     let ratio = shares.weight_3_over_weight_1;
-    assert!((2.3..3.3).contains(&ratio), "seed {s}: weight ratio {ratio}");
+    assert!(
+        (2.3..3.3).contains(&ratio),
+        "seed {s}: weight ratio {ratio}"
+    );
+}
+
+/// Halves apart past the departed horizon forget each other in SWIM's
+/// table and in the sync's state alike: no replica hands a collected
+/// member's departure back to one that has collected it (a ghost passed
+/// back and forth would never be collected).
+#[test]
+fn halves_apart_past_the_departed_horizon_leave_no_ghost() {
+    let s = seed(44);
+    let _guard = SeedGuard(s, "halves_apart");
+    let n = 10;
+    let mut sim = Sim::new(n, config(n), NetConfig::default(), s);
+    sim.converge_instantly();
+    sim.run_for(Duration::from_secs(3));
+    let (left, right): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 2 == 0);
+    sim.partition(&left, &right);
+    sim.run_for(Duration::from_secs(3 * 3600 / 2));
+    for i in 0..n {
+        let replica = sim.replica(i).expect("every node runs");
+        let held = replica.swim().members().len();
+        let synced = replica.state().members().count();
+        assert_eq!(
+            (held, synced),
+            (n / 2, n / 2),
+            "seed {s}: node {i} holds a ghost"
+        );
+    }
 }
