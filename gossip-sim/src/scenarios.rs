@@ -333,7 +333,7 @@ pub struct Rounds {
 const HOP: Duration = Duration::from_millis(10);
 
 /// One member updates its metadata in a converged cluster whose every link
-/// takes exactly [`HOP`], and the spread is counted in hops (rounds).
+/// takes exactly 10 ms, and the spread is counted in hops (rounds).
 pub fn rounds(params: &Params, fanout: usize) -> Rounds {
     let mut swim = params.swim.clone();
     swim.gossip_fanout = fanout;
