@@ -97,11 +97,7 @@ fn a_partition_heals_by_itself() {
     let mut net = Net::lan(6, seed(14));
     assert!(net.run_until(15 * SECOND, Net::converged).is_some());
     let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
-    for a in left {
-        for b in right {
-            net.cut(a, b);
-        }
-    }
+    net.split(&left, &right);
     net.run_until(120 * SECOND, |net| {
         left.iter().all(|&a| {
             right
@@ -147,11 +143,7 @@ fn a_partition_longer_than_the_departed_horizon_heals_through_the_seeds() {
     let mut net = Net::new(6, config, seed(31));
     assert!(net.run_until(15 * SECOND, Net::converged).is_some());
     let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
-    for a in left {
-        for b in right {
-            net.cut(a, b);
-        }
-    }
+    net.split(&left, &right);
     net.run_until(300 * SECOND, |net| {
         left.iter().all(|&a| {
             right

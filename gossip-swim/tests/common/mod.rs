@@ -226,6 +226,15 @@ impl Net {
         self.blocked.insert((b, a));
     }
 
+    /// Cuts every link between `left` and `right`, both ways.
+    pub(crate) fn split(&mut self, left: &[usize], right: &[usize]) {
+        for &a in left {
+            for &b in right {
+                self.cut(a, b);
+            }
+        }
+    }
+
     /// Advances to the next delivery or deadline and handles it. Returns
     /// `false` if nothing is left to happen.
     pub(crate) fn step(&mut self) -> bool {
