@@ -94,22 +94,30 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     let names: Vec<String> = (0..NODES).map(name).collect();
     agents::make_certs(&bin, &dir.join("certs"), "demo", &names)?;
 
-    println!("==> starting {NODES} agents on loopback; all join through node-1");
-    let mut first_gossip = String::new();
-    for i in 0..NODES {
-        let (gossip, admin) = free_port_pair()?;
-        let seeds = if i == 0 {
-            String::new()
-        } else {
-            format!("\"{first_gossip}\"")
-        };
+    println!(
+        "==> starting {NODES} agents on loopback; each names node-1, node-2 and node-3 as seeds"
+    );
+    // Every agent's ports are known before the first starts (they name each
+    // other as seeds); the OS may hand a released port out again, so a
+    // repeat is drawn again.
+    let mut ports: Vec<(u16, u16)> = Vec::with_capacity(NODES);
+    while ports.len() < NODES {
+        let pair = free_port_pair()?;
+        if !ports.iter().any(|&(g, a)| g == pair.0 || a == pair.1) {
+            ports.push(pair);
+        }
+    }
+    for (i, &(gossip, admin)) in ports.iter().enumerate() {
+        // Three seeds, as the agent advises: its own address left out.
+        let seeds = (0..3)
+            .filter(|&seed| seed != i)
+            .map(|seed| format!("\"127.0.0.1:{}\"", ports[seed].0))
+            .collect::<Vec<_>>()
+            .join(", ");
         let config = format!(
             "cluster = \"demo\"\nname = \"{name}\"\nbind = \"127.0.0.1:{gossip}\"\nseeds = [{seeds}]\npreset = \"local\"\ndata_dir = \"data/{name}\"\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/{name}.crt\"\nkey = \"certs/{name}.key\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n",
             name = name(i)
         );
-        if i == 0 {
-            first_gossip = format!("127.0.0.1:{gossip}");
-        }
         let path = dir.join(format!("{}.toml", name(i)));
         std::fs::write(&path, config)?;
         let log = std::fs::File::create(dir.join(format!("{}.log", name(i))))?;
@@ -240,7 +248,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         demo_started.elapsed().as_secs_f64()
     );
     println!(
-        "  * {NODES} agents, each with its own certificate from one cluster CA, joined through one seed"
+        "  * {NODES} agents, each with its own certificate from one cluster CA, joined through three seeds"
     );
     println!(
         "    and agreed on the membership in {:.1} s;",
