@@ -146,7 +146,7 @@ impl Node {
         tokio::spawn(seeds::keep_resolving(
             seed_list.subscribe(),
             joined.subscribe(),
-            commands_tx.clone(),
+            commands_tx.downgrade(),
         ));
         let warnings: Arc<[String]> = config.warnings().into();
         let span = tracing::info_span!("node", id = %id);

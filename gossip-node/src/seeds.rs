@@ -221,11 +221,12 @@ pub(crate) fn report_failures(resolved: &Resolved) {
 /// The task that resolves the driver's seed names again: every
 /// [`RESOLVE_WHILE_JOINING`] until the node has joined, then every
 /// [`RESOLVE_EVERY`], and at once when the seeds change. Ends with the
-/// driver.
+/// driver; holds no handle that would keep the driver running (the driver
+/// stops when the last [`Node`](crate::Node) handle is dropped).
 pub(crate) async fn keep_resolving(
     mut seeds: watch::Receiver<Vec<Seed>>,
     joined: watch::Receiver<JoinState>,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::WeakSender<Command>,
 ) {
     let mut resolver = SeedResolver::default();
     loop {
@@ -236,6 +237,9 @@ pub(crate) async fn keep_resolving(
             let command = Command::SeedsResolved {
                 seeds: current,
                 addrs: resolved.addrs,
+            };
+            let Some(commands) = commands.upgrade() else {
+                return;
             };
             if commands.send(command).await.is_err() {
                 return;

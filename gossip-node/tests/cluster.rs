@@ -350,3 +350,22 @@ async fn the_ring_follows_ring_states_and_deaths() {
     )
     .await;
 }
+
+/// A node whose seeds are names keeps resolving them, yet stops like any
+/// other once its last handle is dropped: its port is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_resolving_seed_names_stops_when_its_handles_are_dropped() {
+    let ca = ClusterCa::generate("drop").expect("CA");
+    let mut config = config(&ca, "named", Vec::new());
+    config.credentials = Some(ca.issue("named", validity()).expect("cert"));
+    // A name that resolves, where no member runs.
+    config.seeds = vec!["localhost:9".parse().expect("a seed")];
+    let (node, events) = Node::start(config).await.expect("starts");
+    let addr = node.addr();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((node, events));
+    eventually(LIMIT, "the node's port is released", || async {
+        std::net::UdpSocket::bind(addr).is_ok()
+    })
+    .await;
+}
