@@ -184,6 +184,9 @@ pub struct Sim {
     /// turns counting on.
     pushes: Option<BTreeMap<(usize, usize), u64>>,
     trace: blake3::Hasher,
+    /// Whether events stay out of the trace (an instant convergence's
+    /// millions of joins, which are the same for equal runs anyway).
+    trace_paused: bool,
     /// Highest incarnation each node has seen of each other, for the
     /// invariant that incarnations never go back.
     /// The highest incarnation each node has seen of each other, by
@@ -230,6 +233,7 @@ impl Sim {
             traffic: Traffic::default(),
             pushes: None,
             trace: blake3::Hasher::new(),
+            trace_paused: false,
             watermarks: vec![Vec::new(); n],
             deleted: BTreeSet::new(),
             seen_deleted: BTreeSet::new(),
@@ -281,6 +285,7 @@ impl Sim {
         // The Joined events are checked but not kept: they are not news,
         // and at thousands of nodes there are millions of them.
         let kept = self.events.len();
+        self.trace_paused = true;
         for i in 0..self.nodes.len() {
             let now = self.now;
             if let Some(replica) = self.nodes[i].replica.as_mut() {
@@ -291,6 +296,8 @@ impl Sim {
             self.after_input(i);
             self.events.truncate(kept);
         }
+        self.trace_paused = false;
+        self.trace.update(format!("{:?}|converged", self.now).as_bytes());
     }
 
     /// Gives every node the addresses of `seed_nodes` as its seeds, as a
@@ -631,8 +638,10 @@ impl Sim {
             match event {
                 ReplicaEvent::Swim(event) => {
                     self.check(i, &event);
-                    self.trace
-                        .update(format!("{:?}|{i}|{event:?}", self.now).as_bytes());
+                    if !self.trace_paused {
+                        self.trace
+                            .update(format!("{:?}|{i}|{event:?}", self.now).as_bytes());
+                    }
                     self.events.push(Seen {
                         at: self.now,
                         node: i,
