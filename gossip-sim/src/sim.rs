@@ -297,7 +297,8 @@ impl Sim {
             self.events.truncate(kept);
         }
         self.trace_paused = false;
-        self.trace.update(format!("{:?}|converged", self.now).as_bytes());
+        self.trace
+            .update(format!("{:?}|converged", self.now).as_bytes());
     }
 
     /// Gives every node the addresses of `seed_nodes` as its seeds, as a
