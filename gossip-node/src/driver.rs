@@ -27,7 +27,7 @@ use crate::data_dir::DataDir;
 use crate::error::Error;
 use crate::event::NodeEvent;
 use crate::metrics::{DriverCounters, MemberCounts, Metrics};
-use crate::seeds::Seed;
+use crate::seeds::{self, Seed};
 use crate::stream::{self, StreamMessage};
 
 /// How long a send may take to dial before it is given up: SWIM has moved
@@ -261,12 +261,6 @@ impl Driver {
         }))
     }
 
-    /// `addrs` without this node's own.
-    fn other_than_self(&self, mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
-        addrs.retain(|addr| !self.own_addrs.contains(addr));
-        addrs
-    }
-
     fn now(&self) -> Timestamp {
         Timestamp::from_duration(self.epoch.elapsed())
     }
@@ -328,13 +322,13 @@ impl Driver {
                 reply,
             } => {
                 self.seeds.send_replace(seeds);
-                let addrs = self.other_than_self(addrs);
+                let addrs = seeds::other_than(addrs, &self.own_addrs);
                 self.replica.join(now, addrs);
                 let _ = reply.send(());
             }
             Command::SeedsResolved { seeds, addrs } => {
                 if *self.seeds.borrow() == seeds {
-                    let addrs = self.other_than_self(addrs);
+                    let addrs = seeds::other_than(addrs, &self.own_addrs);
                     if addrs != self.replica.swim().seeds() {
                         debug!(?addrs, "the seeds resolve to other addresses");
                         self.replica.with_swim(now, |swim| swim.set_seeds(addrs));

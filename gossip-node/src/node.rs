@@ -20,7 +20,7 @@ use crate::driver::{Command, Driver, JoinState, Parts, apply_revocations, snapsh
 use crate::error::Error;
 use crate::event::{NodeEvent, NodeEvents};
 use crate::metrics::Metrics;
-use crate::seeds::{self, Seed, SeedResolver};
+use crate::seeds::{self, Seed};
 use gossip_core::{RingState, RingView};
 
 /// Largest SWIM frame sent as a datagram. QUIC's datagrams on a path that
@@ -106,20 +106,16 @@ impl Node {
         let mut replica = build_replica(&config, &identity, advertise, rng_seed, now)?;
         apply_revocations(&mut replica, now, config.trust.revoked());
         let own_addrs = [advertise, bound.addr];
-        let resolved = SeedResolver::default().resolve(&config.seeds).await;
-        seeds::report_failures(&resolved);
-        let mut addrs = resolved.addrs;
-        addrs.retain(|addr| !own_addrs.contains(addr));
         // A node whose seeds are names waits for one to answer, even if
         // none resolves yet; one given only its own address founds the
         // cluster.
-        let founding = addrs.is_empty() && !config.seeds.iter().any(Seed::is_name);
-        let joined = watch::Sender::new(if founding {
-            JoinState::Joined
-        } else {
+        let join_through = seeds::join_addresses(&config.seeds, &own_addrs).await;
+        let joined = watch::Sender::new(if join_through.is_some() {
             JoinState::Joining
+        } else {
+            JoinState::Joined
         });
-        if !founding {
+        if let Some(addrs) = join_through {
             replica.join(now, addrs);
         }
         let seed_list = watch::Sender::new(config.seeds.clone());
@@ -232,15 +228,11 @@ impl Node {
     ///
     /// Cancel safe: a cancelled call has started the join or not.
     pub async fn join(&self, seeds: Vec<Seed>) -> Result<(), Error> {
-        let resolved = SeedResolver::default().resolve(&seeds).await;
-        seeds::report_failures(&resolved);
-        let mut addrs = resolved.addrs;
-        addrs.retain(|addr| *addr != self.addr);
-        if addrs.is_empty() && !seeds.iter().any(Seed::is_name) {
+        let Some(addrs) = seeds::join_addresses(&seeds, &[self.addr]).await else {
             return Err(Error::Config(
                 "no seed to join through: give the address of another member".into(),
             ));
-        }
+        };
         self.joined.send_replace(JoinState::Joining);
         self.ask(|reply| Command::Join {
             seeds,

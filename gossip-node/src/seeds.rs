@@ -211,6 +211,22 @@ async fn lookup_host(name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `addrs` without any of `own` (this node's addresses are never a seed).
+pub(crate) fn other_than(mut addrs: Vec<SocketAddr>, own: &[SocketAddr]) -> Vec<SocketAddr> {
+    addrs.retain(|addr| !own.contains(addr));
+    addrs
+}
+
+/// Where to join through now: `seeds` resolved (failures logged), `own`
+/// left out. `None` if there is nowhere to join through, now or later: no
+/// other address and no name that may resolve later.
+pub(crate) async fn join_addresses(seeds: &[Seed], own: &[SocketAddr]) -> Option<Vec<SocketAddr>> {
+    let resolved = SeedResolver::default().resolve(seeds).await;
+    report_failures(&resolved);
+    let addrs = other_than(resolved.addrs, own);
+    (!addrs.is_empty() || seeds.iter().any(Seed::is_name)).then_some(addrs)
+}
+
 /// Logs the seeds that did not resolve, naming what to check.
 pub(crate) fn report_failures(resolved: &Resolved) {
     for (seed, why) in &resolved.failures {

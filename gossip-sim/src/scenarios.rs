@@ -206,6 +206,26 @@ pub struct Disseminate {
     pub model_informed: Vec<(f64, f64)>,
 }
 
+/// Converges `sim` at once, lets three probe periods pass, and has one
+/// member (chosen by `seed`) rename itself `updated`: the update that
+/// `disseminate` and `rounds` follow. Returns that member.
+fn update_in_converged_cluster(sim: &mut Sim, seed: u64) -> usize {
+    sim.converge_instantly();
+    let period = sim
+        .node(0)
+        .map_or(Duration::from_secs(1), |s| s.config().probe_interval);
+    sim.run_for(period * 3);
+    let source = (seed as usize * 104_729) % sim.len();
+    sim.with_node(source, |swim, now| {
+        // The metadata is a name and address: within every cap.
+        let _ = swim.update_meta(
+            now,
+            MemberMeta::new("updated", [crate::sim::addr_of(source)]),
+        );
+    });
+    source
+}
+
 /// Steps of the informed curves, in probe periods.
 const CURVE_STEP: f64 = 0.1;
 
@@ -219,16 +239,7 @@ pub fn disseminate(params: &Params) -> Disseminate {
     let mut incomplete = 0;
     for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
-        sim.converge_instantly();
-        sim.run_for(params.swim.probe_interval * 3);
-        let source = (seed as usize * 104_729) % params.nodes;
-        sim.with_node(source, |swim, now| {
-            // The metadata is a name and address: within every cap.
-            let _ = swim.update_meta(
-                now,
-                MemberMeta::new("updated", [crate::sim::addr_of(source)]),
-            );
-        });
+        let source = update_in_converged_cluster(&mut sim, seed);
         let source_id = id_of(source);
         let limit = params.swim.probe_interval.mul_f64(200.0);
         let started = sim.now();
@@ -348,15 +359,7 @@ pub fn rounds(params: &Params, fanout: usize) -> Rounds {
     let mut incomplete = 0;
     for seed in params.rng_seeds() {
         let mut sim = Sim::new(n, swim.clone(), net.clone(), seed);
-        sim.converge_instantly();
-        sim.run_for(swim.probe_interval * 3);
-        let source = (seed as usize * 104_729) % n;
-        sim.with_node(source, |swim, now| {
-            let _ = swim.update_meta(
-                now,
-                MemberMeta::new("updated", [crate::sim::addr_of(source)]),
-            );
-        });
+        let source = update_in_converged_cluster(&mut sim, seed);
         let source_id = id_of(source);
         let started = sim.now();
         let end = started + swim.probe_interval * 200;
