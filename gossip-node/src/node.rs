@@ -516,16 +516,12 @@ fn bind_transport(config: &NodeConfig, credentials: &NodeCredentials) -> Result<
         source,
     };
     #[cfg(feature = "fault-injection")]
-    let (transport, inbox, faults) = {
-        let (socket, faults) = gossip_transport_quic::FaultySocket::bind(
-            config.bind,
-            gossip_transport_quic::FaultConfig::new(0),
-        )
-        .map_err(bind_error)?;
-        let (transport, inbox) =
-            Transport::bind_with_socket(transport_config, credentials, &config.trust, socket)?;
-        (transport, inbox, faults)
-    };
+    let (transport, inbox, faults) = Transport::bind_with_faults(
+        transport_config,
+        credentials,
+        &config.trust,
+        gossip_transport_quic::FaultConfig::new(0),
+    )?;
     #[cfg(not(feature = "fault-injection"))]
     let (transport, inbox) = Transport::bind(transport_config, credentials, &config.trust)?;
     let addr = transport.local_addr().map_err(bind_error)?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::screen::ScreenCounters;
+use crate::unreachable::UnreachableCounters;
 
 /// Counters, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +53,16 @@ pub struct TransportStats {
     pub udp_datagrams_received: u64,
     /// UDP bytes received on the connections cached now.
     pub udp_bytes_received: u64,
+    /// ICMP errors saying an address does not answer, each quoting a
+    /// datagram sent there, reported to the application
+    /// ([`Inbox::take_unreachable`](crate::Inbox::take_unreachable)).
+    pub unreachable_reported: u64,
+    /// ICMP errors ignored because they quote no datagram sent lately to
+    /// the address they name (forged, or very late).
+    pub unreachable_unmatched: u64,
+    /// Unreachable reports dropped because the application had not read
+    /// the earlier ones.
+    pub unreachable_dropped: u64,
 }
 
 impl TransportStats {
@@ -81,6 +92,7 @@ pub(crate) struct Counters {
     pub(crate) oversize: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) screened: Arc<ScreenCounters>,
+    pub(crate) unreachable: Arc<UnreachableCounters>,
 }
 
 /// A counter on a cache line of its own, so that two cores bumping

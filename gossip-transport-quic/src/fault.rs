@@ -118,6 +118,18 @@ impl FaultySocket {
             addr,
             crate::TransportConfig::new(addr).socket_receive_buffer,
         )?;
+        Self::wrap(socket, config)
+    }
+
+    /// Wraps a bound socket.
+    ///
+    /// # Errors
+    ///
+    /// If no tokio runtime is running.
+    pub fn wrap(
+        socket: std::net::UdpSocket,
+        config: FaultConfig,
+    ) -> io::Result<(Arc<dyn AsyncUdpSocket>, FaultHandle)> {
         let runtime =
             quinn::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
         let inner = runtime.wrap_udp_socket(socket)?;

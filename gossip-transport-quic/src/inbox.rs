@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::counters::Counters;
 use crate::received::{Channel, Received};
+use crate::unreachable::UnreachableReports;
 
 /// Most datagrams taken from one connection before the others get a turn.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -98,6 +99,7 @@ pub struct Inbox {
     /// Datagrams handed out, published to `counters`.
     datagrams_received: u64,
     counters: Arc<Counters>,
+    unreachable: Option<UnreachableReports>,
 }
 
 /// A connection that had a datagram ready, read straight from quinn until
@@ -138,8 +140,23 @@ impl Inbox {
                 messages_first: false,
                 datagrams_received: 0,
                 counters,
+                unreachable: None,
             },
         )
+    }
+
+    pub(crate) fn set_unreachable(&mut self, reports: UnreachableReports) {
+        self.unreachable = Some(reports);
+    }
+
+    /// The reports of addresses the network said do not answer (ICMP port,
+    /// host or network unreachable, each quoting a datagram sent there), to
+    /// be read beside the messages. `None` once taken, or when the transport
+    /// did not bind its socket itself
+    /// ([`Transport::bind_with_socket`](crate::Transport::bind_with_socket))
+    /// and so cannot read its errors.
+    pub fn take_unreachable(&mut self) -> Option<UnreachableReports> {
+        self.unreachable.take()
     }
 
     /// The next message, waiting for one; `None` once the transport has

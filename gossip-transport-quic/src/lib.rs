@@ -62,6 +62,7 @@ mod shared;
 mod tasks;
 mod tls;
 mod transport;
+mod unreachable;
 
 pub use certs::{
     ClusterCa, NodeCredentials, SERVER_NAME, TrustBundle, Validity, load_revoked, node_id_of,
@@ -79,3 +80,4 @@ pub use received::{Channel, Received};
 pub use screen::RejectedDatagram;
 pub use tls::quinn_configs;
 pub use transport::Transport;
+pub use unreachable::{Unreachable, UnreachableKind, UnreachableReports};

@@ -17,6 +17,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator};
 
+use crate::unreachable::SentLog;
+
 /// The QUIC versions the endpoint speaks: version 1 (RFC 9000) only. The
 /// endpoint is configured with this list, and the screen judges by it.
 pub(crate) const QUIC_VERSIONS: &[u32] = &[1];
@@ -103,11 +105,14 @@ impl ScreenCounters {
     }
 }
 
-/// Wraps the endpoint's socket and screens every datagram received.
+/// Wraps the endpoint's socket and screens every datagram received; when
+/// ICMP errors are read, also remembers the start of every datagram sent,
+/// for the errors to be matched against.
 pub(crate) struct ScreeningSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     connection_ids: HashedConnectionIdGenerator,
     counters: Arc<ScreenCounters>,
+    sent: Option<Arc<SentLog>>,
 }
 
 impl fmt::Debug for ScreeningSocket {
@@ -122,11 +127,13 @@ impl ScreeningSocket {
         inner: Arc<dyn AsyncUdpSocket>,
         cid_key: u64,
         counters: Arc<ScreenCounters>,
+        sent: Option<Arc<SentLog>>,
     ) -> Self {
         ScreeningSocket {
             inner,
             connection_ids: HashedConnectionIdGenerator::from_key(cid_key),
             counters,
+            sent,
         }
     }
 
@@ -153,6 +160,13 @@ impl AsyncUdpSocket for ScreeningSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if let Some(sent) = &self.sent {
+            sent.record(
+                transmit.destination,
+                transmit.contents,
+                transmit.segment_size,
+            );
+        }
         self.inner.try_send(transmit)
     }
 

@@ -22,9 +22,25 @@ pub(crate) struct Inner {
     pub(crate) sessions: Arc<CountingSessions>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) incoming: InboxSender,
+    /// Stops the reader of the socket's error queue, which holds a second
+    /// handle on the socket; taken on close.
+    pub(crate) stop_errors: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Inner {
+    /// Closes every connection with the code and reason peers see on a
+    /// close of ours, stops accepting, and lets go of the socket's second
+    /// handle, so the port closes once quinn lets go of the first.
+    pub(crate) fn close(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"closing");
+        let stop = self
+            .stop_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(stop);
+    }
+
     /// Counts a datagram send's outcome and turns a failure into our error; a
     /// lost connection is forgotten, so the next send dials again.
     pub(crate) fn datagram_sent(

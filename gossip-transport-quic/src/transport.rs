@@ -21,6 +21,7 @@ use crate::screen::ScreeningSocket;
 use crate::shared::Inner;
 use crate::tasks::{accept_loop, register};
 use crate::tls::{CountingSessions, build_tls, endpoint_config};
+use crate::unreachable::{self, SentLog};
 
 /// An authenticated QUIC endpoint.
 ///
@@ -44,18 +45,12 @@ pub struct Transport {
 }
 
 /// Closes the endpoint when dropped.
-struct CloseOnDrop(Endpoint);
+struct CloseOnDrop(Arc<Inner>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        close_endpoint(&self.0);
+        self.0.close();
     }
-}
-
-/// Closes every connection with the code and reason peers see on a close
-/// of ours, and stops accepting.
-fn close_endpoint(endpoint: &Endpoint) {
-    endpoint.close(VarInt::from_u32(0), b"closing");
 }
 
 impl std::fmt::Debug for Transport {
@@ -87,13 +82,42 @@ impl Transport {
             source,
         };
         let socket = bind_udp(config.bind, config.socket_receive_buffer).map_err(bind_error)?;
+        let errors = socket.try_clone().map_err(bind_error)?;
         let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
         let socket = runtime.wrap_udp_socket(socket).map_err(bind_error)?;
-        Self::bind_with_socket(config, credentials, trust, socket)
+        Self::bind_parts(config, credentials, trust, socket, Some(errors))
     }
 
-    /// As [`bind`](Transport::bind), over a socket of the caller's (for
-    /// example a fault-injecting one).
+    /// As [`bind`](Transport::bind), with a fault-injecting socket
+    /// ([`FaultySocket`](crate::FaultySocket)) configured by `faults`, and
+    /// its handle.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](Transport::bind).
+    #[cfg(feature = "fault-injection")]
+    pub fn bind_with_faults(
+        config: TransportConfig,
+        credentials: &NodeCredentials,
+        trust: &TrustBundle,
+        faults: crate::FaultConfig,
+    ) -> Result<(Transport, Inbox, crate::FaultHandle), Error> {
+        let bind_error = |source| Error::Bind {
+            addr: config.bind,
+            source,
+        };
+        let socket = bind_udp(config.bind, config.socket_receive_buffer).map_err(bind_error)?;
+        let errors = socket.try_clone().map_err(bind_error)?;
+        let (socket, handle) = crate::FaultySocket::wrap(socket, faults).map_err(bind_error)?;
+        let (transport, inbox) =
+            Self::bind_parts(config, credentials, trust, socket, Some(errors))?;
+        Ok((transport, inbox, handle))
+    }
+
+    /// As [`bind`](Transport::bind), over a socket of the caller's. The
+    /// transport cannot read the error queue of a socket it did not bind,
+    /// so it reports no unreachable addresses
+    /// ([`Inbox::take_unreachable`] gives `None`).
     ///
     /// # Errors
     ///
@@ -104,15 +128,29 @@ impl Transport {
         trust: &TrustBundle,
         socket: Arc<dyn AsyncUdpSocket>,
     ) -> Result<(Transport, Inbox), Error> {
+        Self::bind_parts(config, credentials, trust, socket, None)
+    }
+
+    /// Binds over `socket`; `errors`, a second handle on the same socket
+    /// when the transport bound it, is read for ICMP errors.
+    fn bind_parts(
+        config: TransportConfig,
+        credentials: &NodeCredentials,
+        trust: &TrustBundle,
+        socket: Arc<dyn AsyncUdpSocket>,
+        errors: Option<UdpSocket>,
+    ) -> Result<(Transport, Inbox), Error> {
         let counters = Arc::new(Counters::default());
         let sessions = Arc::new(CountingSessions::new(counters.clone()));
         let tls = build_tls(&config, credentials, trust, sessions.clone())?;
         let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
         let (endpoint_config, cid_key) = endpoint_config(credentials);
+        let sent = errors.as_ref().map(|_| Arc::new(SentLog::default()));
         let socket = Arc::new(ScreeningSocket::new(
             socket,
             cid_key,
             counters.screened.clone(),
+            sent.clone(),
         ));
         let endpoint =
             Endpoint::new_with_abstract_socket(endpoint_config, Some(tls.server), socket, runtime)
@@ -120,7 +158,17 @@ impl Transport {
                     addr: config.bind,
                     source,
                 })?;
-        let (tx, rx) = Inbox::new(config.receive_queue, counters.clone());
+        let (tx, mut rx) = Inbox::new(config.receive_queue, counters.clone());
+        let (stop_errors, errors_stopped) = tokio::sync::oneshot::channel();
+        if let (Some(errors), Some(sent)) = (errors, sent) {
+            let reports =
+                unreachable::watch(errors, sent, counters.unreachable.clone(), errors_stopped)
+                    .map_err(|source| Error::Bind {
+                        addr: config.bind,
+                        source,
+                    })?;
+            rx.set_unreachable(reports);
+        }
         let inner = Arc::new(Inner {
             endpoint,
             local_id: RwLock::new(credentials.node_id()),
@@ -130,9 +178,10 @@ impl Transport {
             sessions,
             counters,
             incoming: tx,
+            stop_errors: std::sync::Mutex::new(Some(stop_errors)),
         });
         tokio::spawn(accept_loop(inner.clone()));
-        let open = Arc::new(CloseOnDrop(inner.endpoint.clone()));
+        let open = Arc::new(CloseOnDrop(inner.clone()));
         Ok((Transport { inner, _open: open }, rx))
     }
 
@@ -178,6 +227,9 @@ impl Transport {
             datagrams_malformed: get(&c.screened.malformed),
             datagrams_unsupported_version: get(&c.screened.unsupported_version),
             datagrams_unknown_connection_id: get(&c.screened.unknown_connection_id),
+            unreachable_reported: get(&c.unreachable.reported),
+            unreachable_unmatched: get(&c.unreachable.unmatched),
+            unreachable_dropped: get(&c.unreachable.dropped),
         }
     }
 
@@ -493,7 +545,7 @@ impl Transport {
     ///
     /// Cancel safe: the endpoint is closed before the first await.
     pub async fn close(&self) {
-        close_endpoint(&self.inner.endpoint);
+        self.inner.close();
         self.inner.endpoint.wait_idle().await;
     }
 }
@@ -510,5 +562,9 @@ pub(crate) fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Resu
         tracing::debug!(error = %err, "could not enlarge the UDP receive buffer");
     }
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let socket = UdpSocket::from(socket);
+    if let Err(err) = unreachable::enable(&socket) {
+        tracing::debug!(error = %err, "ICMP errors cannot be read: unreachable peers are found by silence alone");
+    }
+    Ok(socket)
 }

@@ -563,3 +563,66 @@ async fn a_revoked_node_loses_its_connections_and_is_refused_both_ways() {
     assert!(dial.is_err(), "a dialled a node it revoked");
     assert!(a.stats().refused >= 1, "{:?}", a.stats());
 }
+
+/// A peer whose process is gone (its socket closed without a word, as a
+/// killed process leaves it) is reported unreachable by the ICMP port
+/// unreachable its host answers with; a peer that is merely silent (its
+/// socket open, nothing answered) is not.
+#[cfg(all(feature = "fault-injection", target_os = "linux"))]
+#[tokio::test]
+async fn a_closed_port_is_reported_unreachable_and_a_silent_one_is_not() {
+    let ca = ClusterCa::generate("unreachable").unwrap();
+    let creds: Vec<NodeCredentials> = (0..3)
+        .map(|n| ca.issue(&format!("n{n}"), day()).unwrap())
+        .collect();
+    let (a, mut a_inbox) =
+        Transport::bind(TransportConfig::new(loopback()), &creds[0], &ca.trust()).unwrap();
+    let mut reports = a_inbox
+        .take_unreachable()
+        .expect("a bound socket's errors are read");
+    let mut peers = Vec::new();
+    for creds in &creds[1..] {
+        let (peer, inbox, faults) = Transport::bind_with_faults(
+            TransportConfig::new(loopback()),
+            creds,
+            &ca.trust(),
+            FaultConfig::new(1),
+        )
+        .unwrap();
+        let addr = peer.local_addr().unwrap();
+        a.send_datagram(Some(creds.node_id()), addr, "hello".into())
+            .await
+            .unwrap();
+        peers.push((peer, inbox, faults, addr));
+    }
+    // Both fall silent; the first also closes its socket, unheard.
+    let mut silent = FaultConfig::new(2);
+    silent.loss = 1.0;
+    for (_, _, faults, _) in &peers {
+        faults.set(silent.clone());
+    }
+    let (crashed, silent_peer) = (peers.remove(0), peers.remove(0));
+    let crashed_addr = crashed.3;
+    drop(crashed);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut found = None;
+    while found.is_none() && tokio::time::Instant::now() < deadline {
+        for (creds, addr) in [(&creds[1], crashed_addr), (&creds[2], silent_peer.3)] {
+            let _ = a
+                .send_datagram(Some(creds.node_id()), addr, "ping".into())
+                .await;
+        }
+        if let Ok(Some(report)) = timeout(Duration::from_millis(100), reports.recv()).await {
+            found = Some(report);
+        }
+    }
+    let report = found.expect("no unreachable report for the closed port");
+    assert_eq!(report.addr, crashed_addr);
+    assert_eq!(report.kind, gossip_transport_quic::UnreachableKind::Port);
+    while let Ok(Some(report)) = timeout(Duration::from_millis(300), reports.recv()).await {
+        assert_eq!(report.addr, crashed_addr, "the silent peer reported");
+    }
+    let stats = a.stats();
+    assert!(stats.unreachable_reported >= 1, "{stats:?}");
+    assert_eq!(stats.unreachable_unmatched, 0, "{stats:?}");
+}
