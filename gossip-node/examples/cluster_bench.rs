@@ -9,12 +9,18 @@
 //!   QUIC's own packets and encryption included), `cpu_ms_per_node_s`
 //!   (process CPU over N), `handshakes_per_node_s`;
 //! * `kv_all_ms`: a key set on node 1 until every other node holds it;
-//! * node N/2 crashed without a packet of goodbye: `first_suspect_ms`,
-//!   `first_dead_ms`, `all_dead_ms` (every survivor), and `false_deaths`
-//!   (any other member declared dead, which should be 0).
+//! * two failures, each an object with `first_suspect_ms`, `first_dead_ms`,
+//!   `all_dead_ms` (every survivor) and `false_deaths` (any other member
+//!   declared dead meanwhile, which should be 0):
+//!   * `process_crash`: node N/2 killed as `kill -9` kills a process, its
+//!     host still up: its port closes without a packet of goodbye, and the
+//!     host answers what is sent there with ICMP port unreachable;
+//!   * `host_loss`: node N/2 + 1 falls silent with its port still bound, as
+//!     a host that lost power or its network: nothing answers at all.
 //!
-//! `--suspicion-mult M` replaces the preset's suspicion multiplier (4), to
-//! see what a faster, less patient detector gives.
+//! `--suspicion-mult M` replaces the preset's suspicion multiplier, to see
+//! what a faster, less patient detector gives. `--skip-traffic` skips the
+//! steady-state window (and its warm-up), for detection runs.
 //!
 //! Run with `--features fault-injection` (the crash needs it), in release.
 
@@ -37,6 +43,7 @@ struct Args {
     window: u64,
     warmup: Option<u64>,
     suspicion_mult: Option<u32>,
+    skip_traffic: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +53,7 @@ fn parse_args() -> Args {
         window: 10,
         warmup: None,
         suspicion_mult: None,
+        skip_traffic: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,8 +70,9 @@ fn parse_args() -> Args {
                 args.suspicion_mult = Some(number("--suspicion-mult") as u32);
             }
             "--json" => args.json = true,
+            "--skip-traffic" => args.skip_traffic = true,
             other => panic!(
-                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --json"
+                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --skip-traffic, --json"
             ),
         }
     }
@@ -80,10 +89,17 @@ struct Seen {
     complete_at: Vec<Option<Duration>>,
     /// Per node: when it first heard of another member.
     first_contact_at: Vec<Option<Duration>>,
+    key_at: Vec<Option<Duration>>,
+    /// The failures so far, the current one last.
+    failures: Vec<Failure>,
+}
+
+/// One failure and what every node saw of it.
+struct Failure {
+    victim: NodeId,
     suspected_at: Vec<Option<Duration>>,
     dead_at: Vec<Option<Duration>>,
-    key_at: Vec<Option<Duration>>,
-    victim: Option<NodeId>,
+    /// Deaths of other members while this failure was current.
     false_deaths: u64,
 }
 
@@ -102,7 +118,6 @@ fn watch(
         while let Ok(event) = events.recv().await {
             let at = start.elapsed();
             let mut seen = seen.lock().expect("lock");
-            let victim = seen.victim;
             match &event {
                 NodeEvent::Joined(m)
                 | NodeEvent::Updated(m)
@@ -113,15 +128,22 @@ fn watch(
                     seen.alive[i].insert(m.id);
                     seen.first_contact_at[i].get_or_insert(at);
                 }
-                NodeEvent::Suspected { member, .. } if Some(member.id) == victim => {
-                    seen.suspected_at[i].get_or_insert(at);
+                NodeEvent::Suspected { member, .. } => {
+                    if let Some(f) = seen.failures.iter_mut().find(|f| f.victim == member.id) {
+                        f.suspected_at[i].get_or_insert(at);
+                    }
                 }
                 NodeEvent::Failed { member, .. } => {
                     seen.alive[i].remove(&member.id);
-                    if Some(member.id) == victim {
-                        seen.dead_at[i].get_or_insert(at);
-                    } else {
-                        seen.false_deaths += 1;
+                    match seen.failures.iter_mut().find(|f| f.victim == member.id) {
+                        Some(f) => {
+                            f.dead_at[i].get_or_insert(at);
+                        }
+                        None => {
+                            if let Some(current) = seen.failures.last_mut() {
+                                current.false_deaths += 1;
+                            }
+                        }
                     }
                 }
                 NodeEvent::Left(m) => {
@@ -207,8 +229,6 @@ async fn run(args: Args) {
         alive: vec![BTreeSet::new(); n],
         complete_at: vec![None; n],
         first_contact_at: vec![None; n],
-        suspected_at: vec![None; n],
-        dead_at: vec![None; n],
         key_at: vec![None; n],
         ..Seen::default()
     }));
@@ -304,19 +324,34 @@ async fn run(args: Args) {
 
     // Warm up until every node has probed every other (one round of the
     // shuffled round-robin), then measure the steady state.
-    let warmup = args.warmup.unwrap_or(n as u64 + 5);
+    let warmup = if args.skip_traffic {
+        0
+    } else {
+        args.warmup.unwrap_or(n as u64 + 5)
+    };
+    let window = if args.skip_traffic { 0 } else { args.window };
     tokio::time::sleep(Duration::from_secs(warmup)).await;
     let before = totals(&nodes).await;
-    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    tokio::time::sleep(Duration::from_secs(window)).await;
     let after = totals(&nodes).await;
-    let per_node_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64 / args.window as f64;
+    let per_node_s =
+        |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64 / window.max(1) as f64;
+    // Without a window there is no steady state to report.
+    let traffic = |figure: f64, digits: usize| {
+        if window == 0 {
+            "null".to_string()
+        } else {
+            format!("{figure:.digits$}")
+        }
+    };
     let bytes = per_node_s(before.bytes, after.bytes);
     let packets = per_node_s(before.packets, after.packets);
     let handshakes = per_node_s(before.handshakes, after.handshakes);
     let syncs = per_node_s(before.syncs, after.syncs);
     let swim_bytes = per_node_s(before.swim_bytes, after.swim_bytes);
-    let cpu_ms =
-        (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3 / n as f64 / args.window as f64;
+    let cpu_ms = (after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1e3
+        / n as f64
+        / window.max(1) as f64;
 
     // A key set on node 1 reaching everyone.
     let kv_start = start.elapsed();
@@ -334,61 +369,122 @@ async fn run(args: Args) {
         .max()
         .map(|at| at.saturating_sub(kv_start));
 
-    // Crash node N/2 without a word.
-    let victim = n / 2;
-    seen.lock().expect("lock").victim = Some(nodes[victim].id());
-    let crash_at = start.elapsed();
-    nodes[victim].crash().await;
-    let detected = wait_for(&seen, Duration::from_secs(120), |s| {
-        s.dead_at
-            .iter()
-            .enumerate()
-            .all(|(i, at)| i == victim || at.is_some())
+    // Node N/2's process killed, its host up; then node N/2 + 1's host lost.
+    let mut gone = BTreeSet::new();
+    let killed = n / 2;
+    let node = nodes.remove(killed);
+    let process_crash = fail(&seen, start, killed, &mut gone, node.id(), async {
+        node.kill().await;
     })
     .await;
-    let seen = seen.lock().expect("lock");
-    let since_crash = |times: &Vec<Option<Duration>>, pick_max: bool| {
-        let times = times.iter().flatten().map(|t| t.saturating_sub(crash_at));
-        if pick_max { times.max() } else { times.min() }
-    };
-    let first_suspect = since_crash(&seen.suspected_at, false);
-    let first_dead = since_crash(&seen.dead_at, false);
-    let all_dead = detected.then(|| since_crash(&seen.dead_at, true)).flatten();
-    let opt = |d: Option<Duration>| d.map_or("null".to_string(), |d| ms(d).to_string());
+    // `nodes` no longer holds the killed node: the lost one is one place
+    // earlier than its number.
+    let lost = n / 2 + 1;
+    let lost_node = &nodes[lost - 1];
+    let host_loss = fail(&seen, start, lost, &mut gone, lost_node.id(), async {
+        lost_node.crash().await;
+    })
+    .await;
 
     if args.json {
         println!(
-            "{{\"nodes\":{n},\"join_all_ms\":{},\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{:.1},\"packets_per_node_s\":{:.2},\"cpu_ms_per_node_s\":{:.2},\"handshakes_per_node_s\":{:.3},\"syncs_per_node_s\":{:.3},\"swim_bytes_per_node_s\":{:.1},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
+            "{{\"nodes\":{n},\"join_all_ms\":{},\"process_crash\":{},\"host_loss\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{},\"packets_per_node_s\":{},\"cpu_ms_per_node_s\":{},\"handshakes_per_node_s\":{},\"syncs_per_node_s\":{},\"swim_bytes_per_node_s\":{},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
             ms(join_all),
-            opt(first_suspect),
-            opt(first_dead),
-            opt(all_dead),
-            seen.false_deaths,
+            process_crash.json(),
+            host_loss.json(),
             opt(if spread { kv_all } else { None }),
-            bytes,
-            packets,
-            cpu_ms,
-            handshakes,
-            syncs,
-            swim_bytes,
-            args.window,
+            traffic(bytes, 1),
+            traffic(packets, 2),
+            traffic(cpu_ms, 2),
+            traffic(handshakes, 3),
+            traffic(syncs, 3),
+            traffic(swim_bytes, 1),
+            window,
             warmup,
             suspicion_mult,
         );
     } else {
         println!("nodes                 {n}");
         println!("join_all_ms           {}", ms(join_all));
-        println!("first_suspect_ms      {}", opt(first_suspect));
-        println!("first_dead_ms         {}", opt(first_dead));
-        println!("all_dead_ms           {}", opt(all_dead));
-        println!("false_deaths          {}", seen.false_deaths);
+        println!("process_crash         {}", process_crash.json());
+        println!("host_loss             {}", host_loss.json());
         println!("kv_all_ms             {}", opt(kv_all));
-        println!("bytes_per_node_s      {bytes:.1}");
-        println!("packets_per_node_s    {packets:.2}");
-        println!("cpu_ms_per_node_s     {cpu_ms:.2}");
-        println!("handshakes_per_node_s {handshakes:.3}");
-        println!("syncs_per_node_s      {syncs:.3}");
-        println!("swim_bytes_per_node_s {swim_bytes:.1}");
+        println!("bytes_per_node_s      {}", traffic(bytes, 1));
+        println!("packets_per_node_s    {}", traffic(packets, 2));
+        println!("cpu_ms_per_node_s     {}", traffic(cpu_ms, 2));
+        println!("handshakes_per_node_s {}", traffic(handshakes, 3));
+        println!("syncs_per_node_s      {}", traffic(syncs, 3));
+        println!("swim_bytes_per_node_s {}", traffic(swim_bytes, 1));
         println!("suspicion_mult        {suspicion_mult}");
+    }
+}
+
+fn opt(d: Option<Duration>) -> String {
+    d.map_or("null".to_string(), |d| ms(d).to_string())
+}
+
+/// What the survivors saw of one failure, in ms from the moment it
+/// happened.
+struct Detection {
+    first_suspect: Option<Duration>,
+    first_dead: Option<Duration>,
+    all_dead: Option<Duration>,
+    false_deaths: u64,
+}
+
+impl Detection {
+    fn json(&self) -> String {
+        format!(
+            "{{\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{}}}",
+            opt(self.first_suspect),
+            opt(self.first_dead),
+            opt(self.all_dead),
+            self.false_deaths
+        )
+    }
+}
+
+/// Makes node `victim` fail by `failure` and waits (up to 60 s) until
+/// every node that is neither it nor `gone` holds it dead.
+async fn fail(
+    seen: &Arc<Mutex<Seen>>,
+    start: Instant,
+    victim: usize,
+    gone: &mut BTreeSet<usize>,
+    victim_id: NodeId,
+    failure: impl std::future::Future<Output = ()>,
+) -> Detection {
+    let n = seen.lock().expect("lock").alive.len();
+    seen.lock().expect("lock").failures.push(Failure {
+        victim: victim_id,
+        suspected_at: vec![None; n],
+        dead_at: vec![None; n],
+        false_deaths: 0,
+    });
+    failure.await;
+    // From the moment the failure is complete: a killed process's port is
+    // closed, a lost host silent.
+    let failed_at = start.elapsed();
+    gone.insert(victim);
+    let survivors: Vec<usize> = (0..n).filter(|i| !gone.contains(i)).collect();
+    let detected = wait_for(seen, Duration::from_secs(60), |s| {
+        let failure = s.failures.last().expect("a failure");
+        survivors.iter().all(|&i| failure.dead_at[i].is_some())
+    })
+    .await;
+    let seen = seen.lock().expect("lock");
+    let failure = seen.failures.last().expect("a failure");
+    let since = |times: &Vec<Option<Duration>>, pick_max: bool| {
+        let times = survivors
+            .iter()
+            .filter_map(|&i| times[i])
+            .map(|t| t.saturating_sub(failed_at));
+        if pick_max { times.max() } else { times.min() }
+    };
+    Detection {
+        first_suspect: since(&failure.suspected_at, false),
+        first_dead: since(&failure.dead_at, false),
+        all_dead: detected.then(|| since(&failure.dead_at, true)).flatten(),
+        false_deaths: failure.false_deaths,
     }
 }

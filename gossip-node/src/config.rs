@@ -104,14 +104,21 @@ pub struct NodeConfig {
     /// loss before a live member is suspected, at k datagrams (and their
     /// answers) per late ack. `None` keeps the preset's.
     pub indirect_probes: Option<usize>,
-    /// Replaces the preset's suspicion multiplier (4 for `Lan`, 6 for `Wan`,
+    /// Replaces the preset's suspicion multiplier (3 for `Lan`, 6 for `Wan`,
     /// 3 for `Local`): a suspect is declared dead no sooner than
-    /// `mult * log10(members) * probe interval` after the suspicion, so at
-    /// 64 members and the LAN preset, 4 gives 7.2 s and 2 gives 3.6 s.
-    /// Lower declares crashed members dead sooner, and also members that
-    /// are alive but stall (a long pause, an overloaded host) for about that
-    /// long. `None` (the default) keeps the preset's.
+    /// `mult * log10(members) * probe interval` after the suspicion, nor
+    /// sooner than `stall_patience`. At the LAN preset the patience decides
+    /// up to 100 members (6 s), the multiplier beyond (9 s at 1,000).
+    /// `None` (the default) keeps the preset's.
     pub suspicion_mult: Option<u32>,
+    /// Replaces the preset's stall patience (6 s for `Lan`, 30 s for `Wan`,
+    /// 3 s for `Local`): a member silent for up to this long (a pause, an
+    /// overloaded host, a stopped process) is never declared dead for its
+    /// silence. A member whose process is gone while its host answers
+    /// (ICMP port unreachable) is found faster than this, on that evidence.
+    /// Lower finds lost hosts sooner and declares dead members that stall
+    /// about that long. `None` (the default) keeps the preset's.
+    pub stall_patience: Option<Duration>,
     /// How the members a push goes to are chosen: round-robin (the
     /// default), random, or weighted by the zone and weight each node
     /// publishes in its `zone` and `weight` keys.
@@ -180,6 +187,7 @@ impl NodeConfig {
             gossip_fanout: None,
             indirect_probes: None,
             suspicion_mult: None,
+            stall_patience: None,
             peer_selection: PeerSelection::RoundRobin,
             traffic_budget: 2_000,
             data_dir: None,
@@ -227,6 +235,7 @@ impl NodeConfig {
         config.gossip_fanout = self.gossip_fanout.unwrap_or(config.gossip_fanout);
         config.indirect_probes = self.indirect_probes.unwrap_or(config.indirect_probes);
         config.suspicion_mult = self.suspicion_mult.unwrap_or(config.suspicion_mult);
+        config.stall_patience = self.stall_patience.unwrap_or(config.stall_patience);
         config.peer_selection = self.peer_selection;
         config
     }
@@ -348,12 +357,16 @@ mod tests {
     fn the_suspicion_multiplier_replaces_the_presets_and_nothing_else() {
         let mut config = config();
         let preset = config.swim_config();
-        assert_eq!(preset.suspicion_mult, 4);
+        assert_eq!(preset.suspicion_mult, 3);
+        assert_eq!(preset.stall_patience, Duration::from_secs(6));
         assert_eq!(preset.push_pull_interval, None);
         config.suspicion_mult = Some(2);
+        config.stall_patience = Some(Duration::from_secs(4));
         let mut tuned = config.swim_config();
         assert_eq!(tuned.suspicion_mult, 2);
-        tuned.suspicion_mult = 4;
+        assert_eq!(tuned.stall_patience, Duration::from_secs(4));
+        tuned.suspicion_mult = 3;
+        tuned.stall_patience = Duration::from_secs(6);
         assert_eq!(tuned, preset);
     }
 

@@ -17,6 +17,7 @@ use gossip_member::{Replica, ReplicaEvent, Role, SyncError, SyncTransmit};
 use gossip_swim::{Event, JoinRefusal, Transmit};
 use gossip_transport_quic::{
     Channel, Error as TransportError, Inbox, NodeCredentials, Received, Transport, TrustBundle,
+    Unreachable, UnreachableReports,
 };
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -152,6 +153,8 @@ pub(crate) struct Driver {
     /// The node's certificate and key, for a reload of the trust bundle.
     credentials: NodeCredentials,
     inbox: Inbox,
+    /// ICMP errors the transport read for addresses we sent to.
+    unreachable: Option<UnreachableReports>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<NodeEvent>,
     /// The membership the handles read, and whether it changed since it was
@@ -212,10 +215,13 @@ impl Driver {
         let (failures_tx, failures_rx) = mpsc::unbounded_channel();
         let (checked_tx, checked_rx) = mpsc::unbounded_channel();
         let ever_joined = *parts.joined.borrow() == JoinState::Joined;
+        let mut parts = parts;
+        let unreachable = parts.inbox.take_unreachable();
         Driver {
             replica: parts.replica,
             transport: parts.transport,
             credentials: parts.credentials,
+            unreachable,
             inbox: parts.inbox,
             commands: parts.commands,
             events: parts.events,
@@ -287,6 +293,9 @@ impl Driver {
                     Some(received) => self.handle_received(received),
                     None => break,
                 },
+                Some(report) = next_unreachable(&mut self.unreachable) => {
+                    self.handle_unreachable(report);
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
                     self.replica.handle_timeout(now);
@@ -312,6 +321,15 @@ impl Driver {
     }
 
     // ----- inputs -----
+
+    /// The network says an address we sent to does not answer: evidence
+    /// for SWIM, which judges what it is worth.
+    fn handle_unreachable(&mut self, report: Unreachable) {
+        tracing::debug!(addr = %report.addr, kind = ?report.kind, "unreachable");
+        let now = self.now();
+        self.replica
+            .with_swim(now, |swim| swim.handle_unreachable(now, report.addr));
+    }
 
     fn handle_command(&mut self, command: Command) {
         let now = self.now();
@@ -803,5 +821,13 @@ impl Driver {
             kv_keys: self.replica.state().kv().local().len() as u64,
             kv_owners: self.replica.state().kv().owners().count() as u64,
         }
+    }
+}
+
+/// The next unreachable report; never, without a reader of them.
+async fn next_unreachable(reports: &mut Option<UnreachableReports>) -> Option<Unreachable> {
+    match reports {
+        Some(reports) => reports.recv().await,
+        None => std::future::pending().await,
     }
 }

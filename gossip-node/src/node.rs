@@ -442,7 +442,10 @@ impl Node {
     /// Crashes the node, for tests and benchmarks: from this moment it
     /// sends nothing at all (no goodbye, not even QUIC's), and it stops.
     /// Returns once the node's task is gone, so its data directory is free
-    /// for a restart, as a killed process leaves it.
+    /// for a restart. Its port stays bound while this handle lives, and
+    /// whatever reaches it is dropped: to its peers this is a lost host,
+    /// which answers nothing at all. [`kill`](Node::kill) closes the port
+    /// as well, as a killed process leaves it.
     #[cfg(feature = "fault-injection")]
     pub async fn crash(&self) {
         let mut silent = gossip_transport_quic::FaultConfig::new(0);
@@ -456,6 +459,26 @@ impl Node {
         // Release the port; the close frames are dropped like everything else.
         let transport = self.transport.clone();
         tokio::spawn(async move { transport.close().await });
+    }
+
+    /// Kills the node, for tests and benchmarks, as `kill -9` kills a
+    /// process: it stops without a word, like [`crash`](Node::crash), and
+    /// its port closes, so its host answers datagrams sent there with ICMP
+    /// port unreachable. Returns once the port is free, or after 5 s if a
+    /// clone of this handle still holds it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn kill(self) {
+        self.crash().await;
+        let addr = self.addr;
+        drop(self);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!(%addr, "the killed node's port is still bound after 5 s");
     }
 }
 

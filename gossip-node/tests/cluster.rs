@@ -87,6 +87,54 @@ async fn a_crashed_node_is_declared_dead_by_every_survivor_and_no_one_else_dies(
     }
 }
 
+/// The sum over `nodes` of SWIM's count of unreachable reports taken as
+/// evidence, and of suspicions they cut short.
+async fn unreachable_evidence(nodes: &[Node]) -> (u64, u64) {
+    let mut sums = (0, 0);
+    for node in nodes {
+        let swim = node.metrics().await.expect("metrics").swim;
+        sums.0 += swim.unreachable_reports;
+        sums.1 += swim.suspicions_hastened;
+    }
+    sums
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_is_found_by_its_hosts_icmp_and_a_lost_host_by_silence() {
+    let (mut cluster, ids) = Cluster::converged(6, None).await;
+    let killed = cluster.nodes.remove(5);
+    killed.kill().await;
+    for node in &cluster.nodes {
+        eventually(
+            LIMIT,
+            "every survivor declares the killed node dead",
+            || async { status_of(node, ids[5]).await == Some(MemberStatus::Dead) },
+        )
+        .await;
+    }
+    let (reports, hastened) = unreachable_evidence(&cluster.nodes).await;
+    assert!(
+        reports > 0,
+        "no ICMP port unreachable was taken as evidence"
+    );
+    assert!(hastened > 0, "no suspicion was cut short by the evidence");
+
+    // A lost host answers nothing: no evidence, only the patience.
+    let survivors = &cluster.nodes[..4];
+    let (reports_before, _) = unreachable_evidence(survivors).await;
+    cluster.nodes[4].crash().await;
+    for node in survivors {
+        eventually(
+            LIMIT,
+            "every survivor declares the lost host dead",
+            || async { status_of(node, ids[4]).await == Some(MemberStatus::Dead) },
+        )
+        .await;
+    }
+    let (reports_after, _) = unreachable_evidence(survivors).await;
+    assert_eq!(reports_after, reports_before, "evidence from a silent host");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_leave_is_seen_as_left_not_failed() {
     let (cluster, ids) = Cluster::converged(5, None).await;

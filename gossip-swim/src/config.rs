@@ -70,9 +70,35 @@ pub struct Config {
     /// loss, at the cost of more packets per failed probe.
     pub indirect_probes: usize,
     /// The suspicion timeout's base: a suspect is declared dead no sooner than
-    /// `suspicion_mult * max(1, log10(n)) * probe_interval`. Default 4
-    /// (memberlist `SuspicionMult`).
+    /// `suspicion_mult * max(1, log10(n)) * probe_interval`, nor sooner than
+    /// `stall_patience`. Default 3 in the LAN preset (memberlist's
+    /// `SuspicionMult` is 4), which with `stall_patience` gives 6 s up to
+    /// 100 members and grows with `log10(n)` beyond (9 s at 1,000).
     pub suspicion_mult: u32,
+    /// The patience rule: a member that is silent for up to this long (a
+    /// pause, an overloaded host, a stopped process) is never declared dead
+    /// for its silence. A suspicion starts only after the member has gone
+    /// silent, and its timeout is never shorter than this, so a death is
+    /// declared at least this long after the member last answered. Only
+    /// evidence that the process is gone, not silence, goes faster (see
+    /// `unreachable_suspicion`). Default 6 s (WAN 30 s, local 3 s).
+    pub stall_patience: Duration,
+    /// The suspicion timeout when the network says the suspect's process is
+    /// gone: this node got an ICMP port or host unreachable for a datagram
+    /// it sent to the suspect's address ([`Swim::handle_unreachable`](crate::Swim::handle_unreachable)),
+    /// heard nothing from it since, and at least one other member suspects
+    /// it too. The suspect still has this long to refute; a stalled process
+    /// keeps its port open and draws no such error, so the patience rule
+    /// still holds for it. Default 1 s (WAN 5 s): ten times a LAN round
+    /// trip and more, time for the suspect's refutation to come back.
+    pub unreachable_suspicion: Duration,
+    /// Probe timeouts per member from measured round trips: `max(2 * srtt,
+    /// srtt + 4 * rttvar)`, bounded between half and four times
+    /// `probe_timeout` (and stretched by local health), so a fast pair does
+    /// not wait for a timeout sized for the slowest link and a slow link is
+    /// not suspected for being slow. A probe's period stretches to twice its
+    /// timeout when that is longer than `probe_interval`. Default on.
+    pub adaptive_probe_timeout: bool,
     /// Lifeguard's dynamic suspicion: the timeout starts at this multiple of
     /// the minimum and shrinks with independent confirmations. Default 6
     /// (memberlist `SuspicionMaxTimeoutMult`); 1 turns the dynamic timeout off.
@@ -159,7 +185,10 @@ impl Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
-            suspicion_mult: 4,
+            suspicion_mult: 3,
+            stall_patience: Duration::from_secs(6),
+            unreachable_suspicion: Duration::from_secs(1),
+            adaptive_probe_timeout: true,
             suspicion_max_mult: 6,
             suspicion_confirmations: 2,
             awareness_max: 8,
@@ -188,6 +217,8 @@ impl Config {
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(3),
             suspicion_mult: 6,
+            stall_patience: Duration::from_secs(30),
+            unreachable_suspicion: Duration::from_secs(5),
             gossip_fanout: 4,
             push_interval: Duration::from_millis(250),
             reconnect_interval: Duration::from_secs(30),
@@ -198,11 +229,13 @@ impl Config {
     }
 
     /// memberlist's `DefaultLocalConfig`: one host or a rack, loopback-fast.
-    /// Probe timeout 200 ms, suspicion multiplier 3, retransmit multiplier 2.
+    /// Probe timeout 200 ms, suspicion multiplier 3, stall patience 3 s,
+    /// retransmit multiplier 2.
     pub fn local(cluster: ClusterId, expected_members: usize) -> Self {
         Config {
             probe_timeout: Duration::from_millis(200),
             suspicion_mult: 3,
+            stall_patience: Duration::from_secs(3),
             retransmit_mult: 2,
             push_interval: Duration::from_millis(20),
             reconnect_interval: Duration::from_secs(5),
@@ -248,6 +281,12 @@ impl Config {
             return refuse(
                 "suspicion_mult",
                 "is 0, which would declare every suspect dead at once; use 1 or more (the presets use 3 to 6)",
+            );
+        }
+        if self.unreachable_suspicion == zero {
+            return refuse(
+                "unreachable_suspicion",
+                "is 0, which would leave a suspect no time to refute",
             );
         }
         if self.reconnect_interval == zero {

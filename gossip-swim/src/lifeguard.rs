@@ -43,15 +43,17 @@ impl Awareness {
 }
 
 /// The bounds of the suspicion timeout for a cluster of `live` members:
-/// `min = mult * max(1, log10(live)) * interval` and `max = max_mult * min`.
+/// `min = max(patience, mult * max(1, log10(live)) * interval)` and
+/// `max = max_mult * min`.
 pub(crate) fn suspicion_bounds(
     live: usize,
     mult: u32,
     max_mult: u32,
     interval: Duration,
+    patience: Duration,
 ) -> (Duration, Duration) {
     let scale = (live.max(1) as f64).log10().max(1.0);
-    let min = interval.mul_f64(f64::from(mult) * scale);
+    let min = interval.mul_f64(f64::from(mult) * scale).max(patience);
     (min, min.saturating_mul(max_mult.max(1)))
 }
 
@@ -92,13 +94,26 @@ mod tests {
     #[test]
     fn suspicion_bounds_follow_memberlist() {
         let s = Duration::from_secs(1);
+        let none = Duration::ZERO;
         assert_eq!(
-            suspicion_bounds(5, 4, 6, s),
+            suspicion_bounds(5, 4, 6, s, none),
             (Duration::from_secs(4), Duration::from_secs(24))
         );
-        let (min, max) = suspicion_bounds(1000, 4, 6, s);
+        let (min, max) = suspicion_bounds(1000, 4, 6, s, none);
         assert_eq!(min, Duration::from_secs(12));
         assert_eq!(max, Duration::from_secs(72));
+    }
+
+    #[test]
+    fn the_suspicion_timeout_never_undercuts_the_stall_patience() {
+        let (s, patience) = (Duration::from_secs(1), Duration::from_secs(6));
+        for live in [1, 16, 64, 100] {
+            let (min, max) = suspicion_bounds(live, 3, 6, s, patience);
+            assert_eq!(min, patience, "{live} members");
+            assert_eq!(max, patience * 6);
+        }
+        let (min, _) = suspicion_bounds(1000, 3, 6, s, patience);
+        assert_eq!(min, Duration::from_secs(9), "log10(n) takes over past 100");
     }
 
     #[test]

@@ -41,8 +41,23 @@ pub struct Stats {
     pub nacks_received: u64,
     /// Nacks sent for others' indirect probes.
     pub nacks_sent: u64,
-    /// Members this node suspected after a failed probe.
+    /// Members this node suspected after a failed probe or an unreachable
+    /// report.
     pub suspicions_raised: u64,
+    /// Probes concluded before the end of their period because every
+    /// helper asked had nacked.
+    pub probes_concluded_early: u64,
+    /// Unreachable reports ([`Swim::handle_unreachable`](crate::Swim::handle_unreachable))
+    /// for the address of a live member.
+    pub unreachable_reports: u64,
+    /// Unreachable reports for an address no live member holds.
+    pub unreachable_ignored: u64,
+    /// Suspicions whose timeout was cut to `unreachable_suspicion`: this
+    /// node's own unreachable evidence and another member's suspicion.
+    pub suspicions_hastened: u64,
+    /// Check pings sent to a member on first hearing another's suspicion
+    /// of it.
+    pub suspect_checks: u64,
     /// Failed probes that raised no suspicion because no helper answered,
     /// not even with a nack: the fault was likely this node's (Lifeguard's
     /// local health on, below the top of its scale).

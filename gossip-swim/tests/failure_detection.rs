@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Net, addr, cluster_id, frame_for, node_id, node_key, seed};
 use gossip_core::{Incarnation, MemberStatus, Timestamp};
-use gossip_swim::{Event, Message};
+use gossip_swim::{Config, Event, Message};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -535,4 +535,152 @@ fn the_fallback_probe_over_a_reliable_channel_keeps_a_member_behind_lossy_links_
         suspicions > 0,
         "without the fallback, lost datagrams should mean suspicion"
     );
+}
+
+/// When each survivor first suspected, and when each held dead, the member
+/// `victim` (as offsets from `since`).
+fn detection(net: &Net, victim: usize, since: Timestamp) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut suspected, mut failed) = (Vec::new(), Vec::new());
+    for i in net.running().filter(|&i| i != victim) {
+        for (at, event) in &net.events[i] {
+            let offset = at.saturating_duration_since(since);
+            match event {
+                Event::Suspected { member, .. } if member.id == node_id(victim) && *at >= since => {
+                    suspected.push(offset);
+                }
+                Event::Failed { member, .. } if member.id == node_id(victim) && *at >= since => {
+                    failed.push(offset);
+                }
+                _ => {}
+            }
+        }
+    }
+    suspected.sort();
+    failed.sort();
+    (suspected, failed)
+}
+
+#[test]
+fn a_crashed_process_whose_host_answers_is_dead_everywhere_within_three_seconds() {
+    let patience = Config::lan(cluster_id(), 16).stall_patience;
+    let mut times = Vec::new();
+    for s in 0..5 {
+        let mut net = Net::lan(16, seed(40 + s));
+        assert!(net.run_until(20 * SECOND, Net::converged).is_some());
+        net.run_for(5 * SECOND);
+        let crashed_at = net.now;
+        net.crash_process(15);
+        let took = net
+            .run_until_dead_everywhere(15, 30 * SECOND)
+            .expect("not detected");
+        // Evidence comes with the first datagram sent to the crashed
+        // process after the crash, which is up to chance: judged on the
+        // median below.
+        assert!(took < patience, "seed {}: took {took:?}", net.seed);
+        times.push(took);
+        let hastened: u64 = net
+            .running()
+            .map(|i| net.get(i).stats().suspicions_hastened)
+            .sum();
+        assert!(hastened > 0, "the unreachable evidence was not used");
+        let (suspected, _) = detection(&net, 15, crashed_at);
+        assert_eq!(suspected.len(), 15, "every survivor suspected first");
+    }
+    times.sort();
+    assert!(times[2] <= 3 * SECOND, "median of {times:?}");
+}
+
+#[test]
+fn a_lost_host_is_declared_dead_no_sooner_than_the_stall_patience() {
+    let mut net = Net::lan(16, seed(45));
+    assert!(net.run_until(20 * SECOND, Net::converged).is_some());
+    net.run_for(5 * SECOND);
+    let lost_at = net.now;
+    net.crash(15);
+    net.run_until_dead_everywhere(15, 60 * SECOND)
+        .expect("not detected");
+    let (suspected, failed) = detection(&net, 15, lost_at);
+    let patience = Config::lan(cluster_id(), 16).stall_patience;
+    assert!(failed[0] >= patience, "first death after {:?}", failed[0]);
+    assert!(
+        suspected[0] < 3 * SECOND,
+        "first suspicion {:?}",
+        suspected[0]
+    );
+}
+
+#[test]
+fn a_member_stalled_for_the_whole_patience_is_suspected_but_never_declared_dead() {
+    let patience = Config::lan(cluster_id(), 16).stall_patience;
+    for s in 0..5 {
+        let mut net = Net::lan(16, seed(50 + s));
+        assert!(net.run_until(20 * SECOND, Net::converged).is_some());
+        net.run_for(Duration::from_millis(5_000 + 137 * s));
+        let stalled_at = net.now;
+        net.stall(3, patience);
+        net.run_for(patience + 20 * SECOND);
+        let (suspected, failed) = detection(&net, 3, stalled_at);
+        assert!(
+            failed.is_empty(),
+            "seed {}: declared dead {failed:?}",
+            net.seed
+        );
+        assert!(
+            !suspected.is_empty(),
+            "seed {}: never even suspected",
+            net.seed
+        );
+        assert!(net.converged(), "seed {}", net.seed);
+    }
+}
+
+#[test]
+fn a_forged_unreachable_report_at_every_member_kills_no_live_member() {
+    let mut net = Net::lan(8, seed(55));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    let forged_at = net.now;
+    for i in (0..8).filter(|&i| i != 5) {
+        let now = net.now;
+        net.node(i).handle_unreachable(now, addr(5));
+        net.drain(i);
+    }
+    net.run_for(20 * SECOND);
+    let (suspected, failed) = detection(&net, 5, forged_at);
+    assert!(
+        !suspected.is_empty(),
+        "the reports were not taken as evidence"
+    );
+    assert!(failed.is_empty(), "declared dead {failed:?}");
+    assert!(net.converged());
+}
+
+/// When the first survivor suspected a lost host, with probe timeouts
+/// adaptive or fixed.
+fn first_suspicion_of_a_lost_host(adaptive: bool, seed_value: u64) -> Duration {
+    let mut config = Config::lan(cluster_id(), 16);
+    config.adaptive_probe_timeout = adaptive;
+    let mut net = Net::new(16, config, seed_value);
+    net.latency = Duration::from_millis(5);
+    assert!(net.run_until(20 * SECOND, Net::converged).is_some());
+    net.run_for(30 * SECOND);
+    let lost_at = net.now;
+    net.crash(15);
+    net.run_for(15 * SECOND);
+    detection(&net, 15, lost_at).0[0]
+}
+
+#[test]
+fn measured_round_trips_shorten_the_probe_timeout_and_the_first_suspicion() {
+    let mut net = Net::lan(4, seed(60));
+    net.latency = Duration::from_millis(5);
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.run_for(10 * SECOND);
+    let (smoothed, _) = net.get(0).round_trip(&node_id(1)).expect("measured");
+    assert_eq!(smoothed, Duration::from_millis(10));
+    let (mut adaptive, mut fixed) = (Duration::ZERO, Duration::ZERO);
+    for s in 0..5 {
+        adaptive += first_suspicion_of_a_lost_host(true, seed(61 + s));
+        fixed += first_suspicion_of_a_lost_host(false, seed(61 + s));
+    }
+    assert!(adaptive < fixed, "adaptive {adaptive:?}, fixed {fixed:?}");
 }

@@ -248,6 +248,7 @@ impl Swim {
             self.suspect(id, after.incarnation, origin);
             None
         } else {
+            self.unreachable.remove(&id);
             self.suspicions.remove(&id)
         };
 
@@ -293,7 +294,10 @@ impl Swim {
         if after.id != self.local_id() {
             match (was_live, is_live) {
                 (false, true) => self.order.insert(after.id, &mut self.rng),
-                (true, false) => self.order.remove(&after.id),
+                (true, false) => {
+                    self.order.remove(&after.id);
+                    self.round_trips.remove(&after.id);
+                }
                 _ => {}
             }
         }

@@ -28,7 +28,7 @@ use crate::message::{JoinRefusal, Message, StateDigest, TargetTag};
 use crate::stats::Stats;
 use dissemination::Checked;
 use lifecycle::{Joining, Leaving};
-use probe::{Forward, Probe};
+use probe::{Forward, Probe, RoundTrip};
 use suspicion::Suspicions;
 use timer::{Timer, Timers};
 
@@ -125,6 +125,12 @@ pub struct Swim {
     /// Where members (this node included) said they sit, for weighted peer
     /// selection; members absent here sit at [`Placement::DEFAULT`].
     placements: BTreeMap<NodeId, Placement>,
+    /// Round trips measured to live members, for their probe timeouts.
+    round_trips: BTreeMap<NodeId, RoundTrip>,
+    /// Members the network said are unreachable (an ICMP error for a
+    /// datagram sent to them), since when; dropped when one speaks again
+    /// or stops being held suspect.
+    unreachable: BTreeMap<NodeId, Timestamp>,
 }
 
 impl Swim {
@@ -182,6 +188,8 @@ impl Swim {
             refusals_reported: BTreeMap::new(),
             own_tag,
             placements: BTreeMap::new(),
+            round_trips: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
             config,
         }
     }
@@ -523,6 +531,10 @@ impl Swim {
                 target: *target,
             });
         }
+        if !self.unreachable.is_empty() {
+            self.unreachable.remove(&from);
+        }
+        self.suspicions.heard_from(&from);
         let elsewhere = self.speaks_from_elsewhere(&from, from_addr);
         for rumor in frame.rumors {
             if elsewhere && matches!(rumor, Rumor::State { .. }) {
@@ -547,6 +559,53 @@ impl Swim {
         // Whatever news this datagram brought, its sender already has.
         self.flush_excluding(&[from]);
         Ok(())
+    }
+
+    /// The network says `addr` does not answer: an ICMP port, host or
+    /// network unreachable came back for a datagram this node sent there
+    /// (the transport matches the error against what it sent). If a live
+    /// member is held at `addr`, this starts suspecting it at once (or
+    /// confirms the suspicion held), and the evidence stands until the
+    /// member speaks again. With the evidence and another member's
+    /// suspicion, the suspicion runs out after `unreachable_suspicion`
+    /// (see [`Config::unreachable_suspicion`]); the suspect can still refute.
+    /// An address no live member holds is counted and ignored.
+    pub fn handle_unreachable(&mut self, now: Timestamp, addr: SocketAddr) {
+        self.advance(now);
+        let local = self.local_id();
+        let found = self
+            .members
+            .others()
+            .find(|m| !m.status.is_departed() && m.meta.addr() == Some(addr))
+            .map(|m| (m.id, m.status));
+        let Some((id, status)) = found.filter(|(id, _)| *id != local) else {
+            self.stats.unreachable_ignored += 1;
+            return;
+        };
+        self.stats.unreachable_reports += 1;
+        self.unreachable.entry(id).or_insert(self.now);
+        match status {
+            gossip_core::MemberStatus::Alive if self.leaving.is_none() => {
+                self.stats.suspicions_raised += 1;
+                if let Ok(Some(MembershipEvent::Changed(change))) =
+                    self.members
+                        .accuse(self.now, id, gossip_core::MemberStatus::Suspect)
+                {
+                    self.on_change(change);
+                }
+            }
+            gossip_core::MemberStatus::Suspect => {
+                if let Some(claim) = self
+                    .members
+                    .accusation(id, gossip_core::MemberStatus::Suspect)
+                {
+                    self.note_confirmation(local, &claim);
+                }
+            }
+            _ => {}
+        }
+        self.hasten_if_unreachable(id);
+        self.flush();
     }
 
     /// Runs every timer due at `now`. Calling it early, late or twice is
@@ -644,6 +703,7 @@ impl Swim {
             Timer::Forward { seq } => self.forward_timed_out(seq),
             Timer::Suspicion { subject, token } => self.suspicion_expired(subject, token),
             Timer::LastCall { subject, token } => self.last_call(subject, token),
+            Timer::Check { subject, seq } => self.check_overdue(subject, seq),
             Timer::Push => {
                 self.push_waiting = false;
                 if self.fresh_news {

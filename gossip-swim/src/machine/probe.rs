@@ -3,8 +3,9 @@
 //! period. Also the probes this node makes on others' behalf.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use gossip_core::{MemberStatus, MembershipEvent, NodeId};
+use gossip_core::{MemberStatus, MembershipEvent, NodeId, Timestamp};
 
 use super::Swim;
 use super::timer::Timer;
@@ -22,6 +23,8 @@ const NACK_AFTER: f64 = 0.8;
 pub(super) struct Probe {
     seq: u32,
     target: NodeId,
+    /// When the direct ping went out.
+    sent: Timestamp,
     acked: bool,
     /// Helpers asked to probe indirectly, and whether each nacked.
     helpers: Vec<(NodeId, bool)>,
@@ -40,10 +43,11 @@ pub(super) enum Verdict {
 }
 
 impl Probe {
-    fn new(seq: u32, target: NodeId) -> Self {
+    fn new(seq: u32, target: NodeId, sent: Timestamp) -> Self {
         Probe {
             seq,
             target,
+            sent,
             acked: false,
             helpers: Vec::new(),
         }
@@ -60,13 +64,25 @@ impl Probe {
     }
 
     /// An ack of probe `seq` from `from`: the target itself, or a helper
-    /// relaying the target's.
-    fn ack(&mut self, from: NodeId, seq: u32) {
-        if self.seq == seq
-            && (self.target == from || self.helpers.iter().any(|(id, _)| *id == from))
+    /// relaying the target's. Returns when the ping went out if this is the
+    /// target's own first ack, in time for a round-trip sample (before the
+    /// indirect and reliable probes, whose acks take other paths).
+    fn ack(&mut self, from: NodeId, seq: u32) -> Option<Timestamp> {
+        if self.seq != seq
+            || (self.target != from && !self.helpers.iter().any(|(id, _)| *id == from))
         {
-            self.acked = true;
+            return None;
         }
+        let sample =
+            (!self.acked && self.target == from && self.helpers.is_empty()).then_some(self.sent);
+        self.acked = true;
+        sample
+    }
+
+    /// Whether every helper asked has nacked: the target is silent on
+    /// every path tried, and waiting for the end of the period adds nothing.
+    fn all_helpers_nacked(&self) -> bool {
+        !self.acked && !self.helpers.is_empty() && self.helpers.iter().all(|(_, nacked)| *nacked)
     }
 
     /// A helper's nack of probe `seq`; `true` if it counts (the first from
@@ -113,6 +129,35 @@ impl Probe {
     }
 }
 
+/// The smoothed round trip to one member and its variation (RFC 6298's
+/// estimator), from the acks of direct probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RoundTrip {
+    smoothed: Duration,
+    variation: Duration,
+}
+
+impl RoundTrip {
+    fn first(sample: Duration) -> Self {
+        RoundTrip {
+            smoothed: sample,
+            variation: sample / 2,
+        }
+    }
+
+    fn update(&mut self, sample: Duration) {
+        let error = self.smoothed.abs_diff(sample);
+        self.variation = self.variation * 3 / 4 + error / 4;
+        self.smoothed = self.smoothed * 7 / 8 + sample / 8;
+    }
+
+    /// How long an ack may take before it is overdue: twice the round trip,
+    /// or four variations above it when the link is jittery.
+    fn timeout(&self) -> Duration {
+        (self.smoothed * 2).max(self.smoothed + self.variation * 4)
+    }
+}
+
 /// A probe this node makes on someone else's behalf.
 #[derive(Debug, Clone)]
 pub(super) struct Forward {
@@ -137,6 +182,11 @@ impl Swim {
         let Some(target) = self.order.next(&mut self.rng) else {
             return;
         };
+        // A slow link's probe gets a period twice its timeout: time for
+        // the indirect probes after it.
+        let timeout = self.probe_timeout_for(&target);
+        let period = interval.max(timeout * 2);
+        self.timers.set(self.now + period, Timer::Probe);
         let Some(record) = self.members.get(&target) else {
             return;
         };
@@ -146,13 +196,11 @@ impl Swim {
             return;
         };
         let seq = self.next_seq();
-        self.probe = Some(Probe::new(seq, target));
+        self.probe = Some(Probe::new(seq, target, self.now));
         self.stats.probes += 1;
-        let timeout = self.awareness.scale(self.config.probe_timeout);
         self.timers
             .set(self.now + timeout, Timer::ProbeTimeout { seq });
-        self.timers
-            .set(self.now + interval, Timer::ProbeEnd { seq });
+        self.timers.set(self.now + period, Timer::ProbeEnd { seq });
         self.send(
             Some(target),
             addr,
@@ -220,6 +268,39 @@ impl Swim {
         self.send_on(Some(target), addr, ping, true, true);
     }
 
+    /// How long to wait for `id`'s ack: the configured probe timeout, or
+    /// with `adaptive_probe_timeout` the one its measured round trips call
+    /// for, bounded between half and four times the configured one; either
+    /// stretched by local health.
+    pub(super) fn probe_timeout_for(&self, id: &NodeId) -> Duration {
+        self.awareness.scale(self.measured_timeout(id))
+    }
+
+    /// The probe timeout for `id` before local health stretches it.
+    fn measured_timeout(&self, id: &NodeId) -> Duration {
+        let configured = self.config.probe_timeout;
+        match self.round_trips.get(id) {
+            Some(rtt) if self.config.adaptive_probe_timeout => {
+                rtt.timeout().clamp(configured / 2, configured * 4)
+            }
+            _ => configured,
+        }
+    }
+
+    /// The measured round trip to `id`, if any: the smoothed value and its
+    /// variation.
+    pub fn round_trip(&self, id: &NodeId) -> Option<(Duration, Duration)> {
+        self.round_trips.get(id).map(|r| (r.smoothed, r.variation))
+    }
+
+    fn sample_round_trip(&mut self, id: NodeId, sent: Timestamp) {
+        let sample = self.now.saturating_duration_since(sent);
+        self.round_trips
+            .entry(id)
+            .and_modify(|rtt| rtt.update(sample))
+            .or_insert_with(|| RoundTrip::first(sample));
+    }
+
     /// Probe `seq`'s period is over.
     pub(super) fn probe_ended(&mut self, seq: u32) {
         if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
@@ -277,8 +358,9 @@ impl Swim {
             self.send(Some(forward.requester), forward.requester_addr, ack, true);
             return;
         }
-        if let Some(probe) = &mut self.probe {
-            probe.ack(from, seq);
+        let sent = self.probe.as_mut().and_then(|probe| probe.ack(from, seq));
+        if let Some(sent) = sent {
+            self.sample_round_trip(from, sent);
         }
     }
 
@@ -288,6 +370,10 @@ impl Swim {
             && probe.nack(from, seq)
         {
             self.stats.nacks_received += 1;
+            if probe.all_helpers_nacked() {
+                self.stats.probes_concluded_early += 1;
+                self.conclude_probe();
+            }
         }
     }
 
@@ -311,8 +397,12 @@ impl Swim {
             },
         );
         // The nack must reach the requester before its probe ends: it asked
-        // us one probe timeout into a period of two.
-        let at = self.now + self.config.probe_timeout.mul_f64(NACK_AFTER);
+        // us one of its probe timeouts into a period of at least two
+        // configured ones, so ours waits no longer than a configured one.
+        let wait = self
+            .measured_timeout(&target)
+            .min(self.config.probe_timeout);
+        let at = self.now + wait.mul_f64(NACK_AFTER);
         self.timers.set(at, Timer::Forward { seq: our_seq });
         let ping = Message::Ping {
             seq: our_seq,

@@ -26,11 +26,27 @@ pub(super) struct Suspicion {
     token: u64,
     /// When the suspect, heard from directly, was last shown this suspicion.
     reminded: Option<Timestamp>,
+    /// The earlier deadline set because the network says the suspect's
+    /// process is gone (see [`Swim::handle_unreachable`]).
+    unreachable_deadline: Option<Timestamp>,
+    /// The check ping sent when this node learned of the suspicion, while
+    /// its answer is awaited.
+    check: Option<u32>,
+    /// Whether the suspect has spoken to this node since the check ping.
+    heard: bool,
 }
 
 impl Suspicion {
     fn deadline(&self, k: u32) -> Timestamp {
-        self.started + suspicion_timeout(self.min, self.max, self.confirmations(), k)
+        let normal = self.started + suspicion_timeout(self.min, self.max, self.confirmations(), k);
+        self.unreachable_deadline
+            .map_or(normal, |fast| fast.min(normal))
+    }
+
+    /// Whether a member other than `local` suspects the subject: the
+    /// accuser, or a confirmer.
+    fn held_by_another_than(&self, local: NodeId) -> bool {
+        self.accuser != local || self.confirmers.iter().any(|c| *c != local)
     }
 
     /// Who raised the suspicion.
@@ -77,6 +93,9 @@ impl Suspicions {
             max,
             token: self.next_token(),
             reminded: None,
+            unreachable_deadline: None,
+            check: None,
+            heard: false,
         };
         let deadline = (suspicion.deadline(k), suspicion.token);
         self.by_subject.insert(subject, suspicion);
@@ -126,6 +145,36 @@ impl Suspicions {
         Some((suspicion.deadline(k), token))
     }
 
+    /// Brings the deadline of the suspicion of `subject` to `at` (no sooner
+    /// than its start plus `wait`), if that is earlier; returns the new
+    /// deadline and its token.
+    fn hasten(
+        &mut self,
+        subject: &NodeId,
+        at: Timestamp,
+        wait: Duration,
+        k: u32,
+    ) -> Option<(Timestamp, u64)> {
+        let token = self.next_token + 1;
+        let suspicion = self.by_subject.get_mut(subject)?;
+        let at = at.max(suspicion.started + wait);
+        if suspicion.deadline(k) <= at {
+            return None;
+        }
+        suspicion.unreachable_deadline = Some(at);
+        self.next_token = token;
+        suspicion.token = token;
+        Some((suspicion.deadline(k), token))
+    }
+
+    /// Notes that `from` spoke to this node: if it is a suspect being
+    /// checked, its check is answered.
+    pub(super) fn heard_from(&mut self, from: &NodeId) {
+        if let Some(suspicion) = self.by_subject.get_mut(from) {
+            suspicion.heard = true;
+        }
+    }
+
     /// Whether a suspicion of `subject` at `incarnation` is held.
     fn holds(&self, subject: &NodeId, incarnation: Incarnation) -> bool {
         self.by_subject
@@ -166,7 +215,8 @@ impl Swim {
     /// suspicion ends in its death. After a real crash the suspicion arrives
     /// well before the death, and the death is taken at once.
     pub(super) fn unseen_suspicion(&self, claim: Member) -> Member {
-        if claim.status != MemberStatus::Dead {
+        if claim.status != MemberStatus::Dead || self.unreachable.contains_key(&claim.id) {
+            // This node has its own evidence that the process is gone.
             return claim;
         }
         let Some(current) = self.members.get(&claim.id) else {
@@ -219,6 +269,7 @@ impl Swim {
         self.queue_rumor(Rumor::Member {
             member: claim.clone(),
         });
+        self.hasten_if_unreachable(claim.id);
         true
     }
 
@@ -233,12 +284,98 @@ impl Swim {
             self.config.suspicion_mult,
             self.config.suspicion_max_mult,
             self.config.probe_interval,
+            self.config.stall_patience,
         );
         let k = self.config.suspicion_confirmations;
         let (deadline, token) =
             self.suspicions
                 .start(id, incarnation, accuser, self.now, bounds, k);
         self.schedule_suspicion(id, deadline, token);
+        if accuser != self.local_id() {
+            self.check_suspect(id);
+        }
+        self.hasten_if_unreachable(id);
+    }
+
+    /// The network said `id`'s process is gone (this node holds an ICMP
+    /// unreachable for it and has heard nothing from it since): if another
+    /// member suspects it too, the suspicion runs out `unreachable_suspicion`
+    /// after the evidence, instead of after the patience for silence. Two
+    /// members' word, one of them this node's own evidence, so no single
+    /// forged packet, and no accuser alone, kills a member this way.
+    pub(super) fn hasten_if_unreachable(&mut self, id: NodeId) {
+        let Some(&since) = self.unreachable.get(&id) else {
+            return;
+        };
+        let local = self.local_id();
+        let held_by_another = self
+            .suspicions
+            .by_subject
+            .get(&id)
+            .is_some_and(|s| s.held_by_another_than(local));
+        if !held_by_another {
+            return;
+        }
+        let wait = self.config.unreachable_suspicion;
+        let k = self.config.suspicion_confirmations;
+        if let Some((deadline, token)) = self.suspicions.hasten(&id, since + wait, wait, k) {
+            self.stats.suspicions_hastened += 1;
+            self.schedule_suspicion(id, deadline.max(self.now), token);
+        }
+    }
+
+    /// Checks a suspicion this node has just learned of from another
+    /// member: pings the suspect now (with the suspicion, so it can refute
+    /// at once) instead of waiting for its turn in the rotation, which at
+    /// N members comes every N periods. No answer within its probe timeout
+    /// is this node's confirmation; an ICMP unreachable, its evidence.
+    fn check_suspect(&mut self, subject: NodeId) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let Some(record) = self.members.get(&subject).cloned() else {
+            return;
+        };
+        let Some(addr) = record.meta.addr() else {
+            return;
+        };
+        let seq = self.next_seq();
+        let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
+            return;
+        };
+        suspicion.check = Some(seq);
+        suspicion.heard = false;
+        suspicion.reminded = Some(self.now);
+        self.stats.suspect_checks += 1;
+        let timeout = self.probe_timeout_for(&subject);
+        self.timers
+            .set(self.now + timeout, Timer::Check { subject, seq });
+        let ping = Message::Ping {
+            seq,
+            target: TargetTag::of(&subject, addr),
+            suspicion: self.config.buddy_system.then_some(record),
+            state_digest: self.state_digest,
+        };
+        self.send(Some(subject), addr, ping, true);
+    }
+
+    /// The check ping `seq` of `subject` is overdue: if the suspect has not
+    /// spoken since, this node confirms the suspicion.
+    pub(super) fn check_overdue(&mut self, subject: NodeId, seq: u32) {
+        let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
+            return;
+        };
+        if suspicion.check != Some(seq) {
+            return;
+        }
+        suspicion.check = None;
+        if suspicion.heard {
+            return;
+        }
+        if let Some(claim) = self.members.accusation(subject, MemberStatus::Suspect) {
+            let local = self.local_id();
+            self.note_confirmation(local, &claim);
+        }
     }
 
     /// Sets a suspicion's deadline, and its last call one probe timeout

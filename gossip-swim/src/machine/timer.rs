@@ -28,6 +28,8 @@ pub(super) enum Timer {
     Suspicion { subject: NodeId, token: u64 },
     /// A suspicion runs out in one probe timeout: ping the suspect once more.
     LastCall { subject: NodeId, token: u64 },
+    /// The check ping `seq` of a suspect is overdue.
+    Check { subject: NodeId, seq: u32 },
     /// The push interval is over: push the news that waited for it.
     Push,
     /// Periodic: start the next probe.

@@ -100,6 +100,12 @@ pub(crate) struct Net {
     /// Datagrams each node's machine refused, with the error text.
     pub(crate) refused: Vec<Vec<String>>,
     pub(crate) seed: u64,
+    /// Crashed nodes whose host still answers: a datagram to one draws an
+    /// ICMP port unreachable back to its sender.
+    pub(crate) closed_ports: BTreeSet<usize>,
+    /// Stalled nodes, until when: what reaches them waits, and their
+    /// timers do not fire.
+    pub(crate) stalled_until: Vec<Option<Timestamp>>,
     config: Config,
     in_flight: BinaryHeap<InFlight>,
     sent: u64,
@@ -121,6 +127,8 @@ impl Net {
             events: vec![Vec::new(); n],
             refused: vec![Vec::new(); n],
             seed,
+            closed_ports: BTreeSet::new(),
+            stalled_until: vec![None; n],
             config,
             in_flight: BinaryHeap::new(),
             sent: 0,
@@ -158,6 +166,7 @@ impl Net {
         self.keys.push(node_key(of));
         self.events.push(Vec::new());
         self.refused.push(Vec::new());
+        self.stalled_until.push(None);
         let node = self.make_node(i, Incarnation::ZERO);
         self.nodes.push(Some(node));
         let now = self.now;
@@ -211,6 +220,23 @@ impl Net {
         self.nodes[i] = None;
     }
 
+    /// Crashes node `i`'s process but not its host: datagrams to it draw an
+    /// ICMP port unreachable, reported to their sender.
+    pub(crate) fn crash_process(&mut self, i: usize) {
+        self.nodes[i] = None;
+        self.closed_ports.insert(i);
+    }
+
+    /// Stalls node `i` for `duration` (a pause, `SIGSTOP`): it handles
+    /// nothing meanwhile, and what reached it waits for the end.
+    pub(crate) fn stall(&mut self, i: usize, duration: Duration) {
+        self.stalled_until[i] = Some(self.now + duration);
+    }
+
+    fn is_stalled(&self, i: usize) -> bool {
+        self.stalled_until[i].is_some_and(|until| until > self.now)
+    }
+
     /// Restarts node `i` at `incarnation` and has it join through `via`.
     pub(crate) fn restart(&mut self, i: usize, incarnation: Incarnation, via: usize) {
         let node = self.make_node(i, incarnation);
@@ -241,7 +267,10 @@ impl Net {
         let next_delivery = self.in_flight.peek().map(|Reverse((at, ..))| *at);
         let next_timeout = self
             .running()
-            .filter_map(|i| self.get(i).poll_timeout())
+            .filter_map(|i| {
+                let due = self.get(i).poll_timeout()?;
+                Some(self.stalled_until[i].map_or(due, |until| due.max(until)))
+            })
             .min();
         let Some(next) = [next_delivery, next_timeout].into_iter().flatten().min() else {
             return false;
@@ -251,13 +280,25 @@ impl Net {
             if *at > self.now {
                 break;
             }
-            let Some(Reverse((_, _, to, from, payload, reliable))) = self.in_flight.pop() else {
+            let Some(Reverse((_, order, to, from, payload, reliable))) = self.in_flight.pop()
+            else {
                 break;
             };
-            if self.blocked.contains(&(from, to))
-                || (!reliable && self.lossy.contains(&(from, to)))
-                || self.nodes[to].is_none()
+            if self.blocked.contains(&(from, to)) || (!reliable && self.lossy.contains(&(from, to)))
             {
+                continue;
+            }
+            if self.nodes[to].is_none() {
+                if !reliable && self.closed_ports.contains(&to) && self.nodes[from].is_some() {
+                    let now = self.now;
+                    self.node(from).handle_unreachable(now, addr(to));
+                    self.drain(from);
+                }
+                continue;
+            }
+            if let Some(until) = self.stalled_until[to].filter(|until| *until > self.now) {
+                self.in_flight
+                    .push(Reverse((until, order, to, from, payload, reliable)));
                 continue;
             }
             let now = self.now;
@@ -272,6 +313,9 @@ impl Net {
         }
         for i in 0..self.nodes.len() {
             let now = self.now;
+            if self.is_stalled(i) {
+                continue;
+            }
             if let Some(node) = self.nodes[i].as_mut()
                 && node.poll_timeout().is_some_and(|t| t <= now)
             {
@@ -288,7 +332,10 @@ impl Net {
             let next_delivery = self.in_flight.peek().map(|Reverse((at, ..))| *at);
             let next_timeout = self
                 .running()
-                .filter_map(|i| self.get(i).poll_timeout())
+                .filter_map(|i| {
+                    let due = self.get(i).poll_timeout()?;
+                    Some(self.stalled_until[i].map_or(due, |until| due.max(until)))
+                })
                 .min();
             let next = [next_delivery, next_timeout].into_iter().flatten().min();
             if next.is_none_or(|t| t > end) {

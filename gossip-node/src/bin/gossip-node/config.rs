@@ -55,6 +55,10 @@ pub(crate) struct Tuning {
     /// Suspicion timeout multiplier.
     #[arg(long, env = "GOSSIP_SUSPICION_MULT", hide_env_values = true)]
     pub(crate) suspicion_mult: Option<u32>,
+    /// How long a silent member may stall before it can be declared dead (e.g. 6s).
+    #[arg(long, env = "GOSSIP_STALL_PATIENCE", hide_env_values = true, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) stall_patience: Option<Duration>,
     /// The anti-entropy backstop's interval (e.g. 30s).
     #[arg(long, env = "GOSSIP_SYNC_INTERVAL", hide_env_values = true, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -80,6 +84,7 @@ impl Tuning {
             fanout: self.fanout.or(under.fanout),
             indirect_probes: self.indirect_probes.or(under.indirect_probes),
             suspicion_mult: self.suspicion_mult.or(under.suspicion_mult),
+            stall_patience: self.stall_patience.or(under.stall_patience),
             sync_interval: self.sync_interval.or(under.sync_interval),
             peer_selection: self.peer_selection.or(under.peer_selection),
             cross_zone_share: self.cross_zone_share.or(under.cross_zone_share),
@@ -95,6 +100,7 @@ impl Tuning {
         config.gossip_fanout = self.fanout;
         config.indirect_probes = self.indirect_probes;
         config.suspicion_mult = self.suspicion_mult;
+        config.stall_patience = self.stall_patience;
         if let Some(interval) = self.sync_interval {
             config.sync_interval = interval;
         }
@@ -332,7 +338,7 @@ mod tests {
     #[test]
     fn gossip_settings_come_from_the_file_and_flags_win() -> Result<()> {
         let toml = format!(
-            "{BASE}[gossip]\nprobe_interval = \"2s\"\nprobe_timeout = \"400ms\"\npush_interval = \"100ms\"\nfanout = 4\nindirect_probes = 2\nsuspicion_mult = 5\nsync_interval = \"1m\"\npeer_selection = \"weighted\"\ncross_zone_share = 0.3\ntraffic_budget = 900\n"
+            "{BASE}[gossip]\nprobe_interval = \"2s\"\nprobe_timeout = \"400ms\"\npush_interval = \"100ms\"\nfanout = 4\nindirect_probes = 2\nsuspicion_mult = 5\nstall_patience = \"8s\"\nsync_interval = \"1m\"\npeer_selection = \"weighted\"\ncross_zone_share = 0.3\ntraffic_budget = 900\n"
         );
         let mut over = Overrides::default();
         over.tuning.fanout = Some(2);
@@ -346,6 +352,7 @@ mod tests {
         assert_eq!(node.gossip_fanout, Some(2), "the flag wins over the file");
         assert_eq!(node.indirect_probes, Some(2));
         assert_eq!(node.suspicion_mult, Some(5));
+        assert_eq!(node.stall_patience, Some(Duration::from_secs(8)));
         assert_eq!(node.sync_interval, Duration::from_secs(60));
         assert_eq!(
             node.peer_selection,
