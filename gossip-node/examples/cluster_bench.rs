@@ -461,10 +461,15 @@ async fn fail(
         dead_at: vec![None; n],
         false_deaths: 0,
     });
-    failure.await;
-    // From the moment the failure is complete: a killed process's port is
-    // closed, a lost host silent.
+    // From the moment the failure starts: the node falls silent at once;
+    // a killed one's port closes a little later, as the transport lets go.
     let failed_at = start.elapsed();
+    failure.await;
+    eprintln!(
+        "failure {}: complete {} ms after it began",
+        seen.lock().expect("lock").failures.len(),
+        ms(start.elapsed().saturating_sub(failed_at))
+    );
     gone.insert(victim);
     let survivors: Vec<usize> = (0..n).filter(|i| !gone.contains(i)).collect();
     let detected = wait_for(seen, Duration::from_secs(60), |s| {

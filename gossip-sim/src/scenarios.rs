@@ -24,6 +24,22 @@ pub struct Params {
     pub loss: f64,
     /// The SWIM configuration (LAN preset for `nodes` by default).
     pub swim: Config,
+    /// How `detect`'s victim fails. Default [`Failure::HostLoss`].
+    pub failure: Failure,
+    /// Round trips that differ between pairs, drawn from this range (see
+    /// [`NetConfig::pair_round_trip`]); `None` for a uniform LAN.
+    pub pair_round_trip: Option<(Duration, Duration)>,
+}
+
+/// How a member fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Failure {
+    /// Its process is gone and its host answers for it with ICMP port
+    /// unreachable ([`Sim::kill`]).
+    ProcessCrash,
+    /// Nothing answers for it at all ([`Sim::crash`]).
+    #[default]
+    HostLoss,
 }
 
 impl Params {
@@ -42,17 +58,22 @@ impl Params {
             first_rng_seed: 1,
             loss: 0.0,
             swim,
+            failure: Failure::HostLoss,
+            pair_round_trip: None,
         }
     }
 
     fn net(&self) -> NetConfig {
         NetConfig {
             loss: self.loss,
+            pair_round_trip: self.pair_round_trip,
             ..NetConfig::default()
         }
     }
 
-    fn interval(&self) -> f64 {
+    /// The probe interval in seconds: a period, the unit the scenarios
+    /// report times in.
+    pub fn interval_seconds(&self) -> f64 {
         self.swim.probe_interval.as_secs_f64()
     }
 
@@ -74,6 +95,11 @@ pub struct Detect {
     /// the wait for that member's first probe, since members' periods start
     /// at independent phases and the crash falls anywhere in them.
     pub first_detection_rounds: f64,
+    /// Mean over seeds of the time, in probe periods, from the first
+    /// datagram anyone sent the victim after its failure (the first chance
+    /// to notice it) to the first suspicion: what probe timeouts decide,
+    /// without the luck of the probe rotation.
+    pub first_detection_after_contact_periods: f64,
     /// Mean over seeds of the time until every survivor holds it dead.
     pub all_know_dead_periods: f64,
     /// The worst seed's time until every survivor holds it dead.
@@ -109,19 +135,24 @@ pub fn cumulative(samples: &[f64]) -> Vec<(f64, f64)> {
 /// Crashes one node of a converged cluster, per seed, and measures when
 /// the others notice.
 pub fn detect(params: &Params) -> Detect {
-    let interval = params.interval();
+    let interval = params.interval_seconds();
     let (mut first, mut all, mut worst) = (Vec::new(), Vec::new(), 0f64);
-    let mut rounds = Vec::new();
+    let (mut rounds, mut after_contact) = (Vec::new(), Vec::new());
     let (mut false_deaths, mut undetected, mut violations) = (0, 0, 0);
     for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
         sim.converge_instantly();
-        // Let the first probe ticks spread out over the period.
-        sim.run_for(params.swim.probe_interval * 3);
+        // Let the probe ticks spread out over the period, and every member
+        // probe the others once (up to 100), so probe timeouts come from
+        // measured round trips as in a cluster that has run a while.
+        sim.run_for(params.swim.probe_interval * params.nodes.clamp(3, 100) as u32);
         sim.take_events();
         let victim = (seed as usize * 7919) % params.nodes;
         let crashed_at = sim.now();
-        sim.crash(victim);
+        match params.failure {
+            Failure::ProcessCrash => sim.kill(victim),
+            Failure::HostLoss => sim.crash(victim),
+        }
         let survivors: Vec<usize> = (0..params.nodes).filter(|i| *i != victim).collect();
         let limit = params.swim.probe_interval.mul_f64(400.0);
         let probes = |sim: &Sim, i: usize| sim.node(i).map_or(0, |n| n.stats().probes);
@@ -149,16 +180,21 @@ pub fn detect(params: &Params) -> Detect {
             .iter()
             .filter(|seen| matches!(&seen.event, Event::Failed { member, .. } if member.id != victim_id))
             .count() as u64;
-        // The failed probe ended one period after it began, so the accuser's
-        // periods from its first probe after the crash to the suspicion are
-        // whole (the millisecond of check granularity is rounded away).
+        // The failed probe is concluded within the period it began in (at
+        // its end, or sooner once every helper has nacked), so the periods
+        // the accuser began from its first probe after the crash to the
+        // suspicion are the whole ones up to it (the millisecond of check
+        // granularity is taken away first).
         if let Some((at, by)) = first_suspect
             && let Some(began) = sim.index(&by).and_then(|i| first_probe[i])
         {
             let periods = at.saturating_duration_since(began).as_secs_f64() / interval;
-            rounds.push(periods.round());
+            rounds.push((periods - 0.005).ceil().max(1.0));
         }
         let first_suspect = first_suspect.map(|(at, _)| at);
+        if let (Some(at), Some(contact)) = (first_suspect, sim.first_sent_while_down(victim)) {
+            after_contact.push(at.saturating_duration_since(contact).as_secs_f64() / interval);
+        }
         violations += sim.violations().len() as u64;
         match (first_suspect, took) {
             (Some(at), Some(took)) => {
@@ -173,6 +209,7 @@ pub fn detect(params: &Params) -> Detect {
     Detect {
         first_detection_periods: mean(&first),
         first_detection_rounds: mean(&rounds),
+        first_detection_after_contact_periods: mean(&after_contact),
         all_know_dead_periods: mean(&all),
         all_know_dead_periods_max: worst,
         false_deaths,
@@ -232,7 +269,7 @@ const CURVE_STEP: f64 = 0.1;
 /// One member changes its metadata in a converged cluster; measures how
 /// long until everyone has it.
 pub fn disseminate(params: &Params) -> Disseminate {
-    let interval = params.interval();
+    let interval = params.interval_seconds();
     let n = params.nodes as f64;
     let mut times = Vec::new();
     let mut curves = Vec::new();
@@ -353,6 +390,7 @@ pub fn rounds(params: &Params, fanout: usize) -> Rounds {
         latency_max: HOP,
         loss: params.loss,
         duplicate: 0.0,
+        pair_round_trip: None,
     };
     let n = params.nodes;
     let (mut push_rounds, mut push_reach, mut to_all) = (Vec::new(), Vec::new(), Vec::new());
@@ -678,22 +716,39 @@ pub struct FalsePositives {
     pub false_deaths_lifeguard: u64,
     /// The same with Lifeguard off.
     pub false_deaths_plain: u64,
+    /// Suspicions of healthy members per node per hour with fixed probe
+    /// timeouts (Lifeguard on, `adaptive_probe_timeout` off).
+    pub false_suspicions_per_node_hour_fixed_timeout: f64,
+    /// Suspicions of the members that stall, the same way.
+    pub stalled_suspicions_per_node_hour_fixed_timeout: f64,
+    /// Deaths declared with fixed probe timeouts.
+    pub false_deaths_fixed_timeout: u64,
     /// What Lifeguard costs in detection: [`detect`] on the same nodes,
     /// seeds and loss, Lifeguard on.
     pub detect_lifeguard: Detect,
     /// The same with Lifeguard off.
     pub detect_plain: Detect,
+    /// [`detect`] with Lifeguard on and fixed probe timeouts: what the
+    /// adaptive ones gain.
+    pub detect_fixed_timeout: Detect,
 }
+
+/// The longest stall `falsepos` gives a member: the LAN preset's stall
+/// patience, which promises that no member silent this long is declared
+/// dead.
+pub const LONGEST_STALL: Duration = Duration::from_secs(6);
 
 /// Runs `minutes` of simulated time in which a tenth of the nodes have bad
 /// spells about once every 20 s, on a network losing `params.loss` of
-/// datagrams: half are stalls of 0.5 to 2.5 s (a process under GC), in
-/// which what arrives is lost; half are 2 to 10 s of slow processing (CPU
-/// starvation), in which what arrives is handled 0.2 to 1.5 s late while
-/// the node's own timers keep time. Nothing fails, so every
-/// death is false; suspicions are counted apart by whether their subject is
-/// one of the nodes that stall. Then [`detect`] runs with Lifeguard on and
-/// off, for what it costs in detection time.
+/// datagrams: a third are stalls of 0.5 to 2.5 s (a process under GC), a
+/// third stalls of 2.5 s up to [`LONGEST_STALL`] (a stopped process, a
+/// host swapping), in which what arrives is lost; a third are 2 to 10 s of
+/// slow processing (CPU starvation), in which what arrives is handled 0.2
+/// to 1.5 s late while the node's own timers keep time. Nothing fails, so
+/// every death is false; suspicions are counted apart by whether their
+/// subject is one of the nodes that stall. This runs three times: as
+/// configured, with Lifeguard off, and with fixed probe timeouts; then
+/// [`detect`] runs each way, for what each costs in detection time.
 pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     let is_slow = |i: usize| i.is_multiple_of(10);
     let run = |swim: gossip_swim::Config| -> (f64, f64, u64) {
@@ -705,18 +760,31 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
             sim.take_events();
             let mut rng = GossipRng::seed_from_u64(seed ^ 0xfa15e);
             let slow: Vec<usize> = (0..params.nodes).filter(|i| is_slow(*i)).collect();
+            // When each node's current spell ends: spells never overlap, so
+            // no silence is longer than the longest stall.
+            let mut spell_ends = vec![Timestamp::ZERO; params.nodes];
             for _ in 0..minutes * 60 {
                 for &node in &slow {
                     // Each slow node has a bad spell about once every 20
-                    // seconds: half are stalls, half are slow processing.
-                    if rng.random::<f64>() < 0.05 {
-                        if rng.random::<bool>() {
-                            let stall = Duration::from_millis(rng.random_range(500..2500));
+                    // seconds: two thirds are stalls, one third slow
+                    // processing.
+                    if spell_ends[node] <= sim.now() && rng.random::<f64>() < 0.05 {
+                        let kind = rng.random_range(0..3);
+                        if kind < 2 {
+                            let longest = LONGEST_STALL.as_millis() as u64;
+                            let range = if kind == 0 {
+                                500..2500
+                            } else {
+                                2500..longest + 1
+                            };
+                            let stall = Duration::from_millis(rng.random_range(range));
                             sim.pause(node, stall);
+                            spell_ends[node] = sim.now() + stall;
                         } else {
                             let delay = Duration::from_millis(rng.random_range(200..1500));
                             let spell = Duration::from_millis(rng.random_range(2000..10000));
                             sim.slow_down(node, delay, spell);
+                            spell_ends[node] = sim.now() + spell;
                         }
                     }
                 }
@@ -749,6 +817,9 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
     };
     let (lifeguard, stalled_lifeguard, false_deaths_lifeguard) = run(params.swim.clone());
     let (plain, stalled_plain, false_deaths_plain) = run(params.swim.clone().without_lifeguard());
+    let mut fixed_timeout = params.clone();
+    fixed_timeout.swim.adaptive_probe_timeout = false;
+    let (fixed, stalled_fixed, false_deaths_fixed) = run(fixed_timeout.swim.clone());
     let without_lifeguard = Params {
         swim: params.swim.clone().without_lifeguard(),
         ..params.clone()
@@ -762,6 +833,10 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
         stalled_suspicions_per_node_hour_plain: stalled_plain,
         false_deaths_lifeguard,
         false_deaths_plain,
+        false_suspicions_per_node_hour_fixed_timeout: fixed,
+        stalled_suspicions_per_node_hour_fixed_timeout: stalled_fixed,
+        false_deaths_fixed_timeout: false_deaths_fixed,
+        detect_fixed_timeout: detect(&fixed_timeout),
     }
 }
 

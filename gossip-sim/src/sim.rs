@@ -27,6 +27,11 @@ pub struct NetConfig {
     pub loss: f64,
     /// Probability that a datagram arrives twice.
     pub duplicate: f64,
+    /// Round trips that differ between pairs: each pair of nodes gets a
+    /// fixed round trip drawn uniformly from this range (from the seed and
+    /// the pair), half of it added to every one-way latency between them.
+    /// `None` (the default) gives every pair the same.
+    pub pair_round_trip: Option<(Duration, Duration)>,
 }
 
 impl Default for NetConfig {
@@ -37,6 +42,7 @@ impl Default for NetConfig {
             latency_max: Duration::from_millis(2),
             loss: 0.0,
             duplicate: 0.0,
+            pair_round_trip: None,
         }
     }
 }
@@ -72,6 +78,11 @@ pub fn id_of(index: usize) -> NodeId {
 #[derive(Debug)]
 struct Node {
     replica: Option<Replica>,
+    /// Whether the node's host answers for it when its process is gone
+    /// (killed rather than lost).
+    host_up: bool,
+    /// When a datagram was first sent to it while it was down.
+    first_sent_while_down: Option<Timestamp>,
     /// A paused node handles nothing until then (a stalled process).
     paused_until: Option<Timestamp>,
     /// A slow node handles what arrives until then only after a delay.
@@ -121,6 +132,12 @@ enum Payload {
         role: Role,
         id: u64,
         parts: Vec<Vec<u8>>,
+    },
+    /// An ICMP port unreachable from the host of the node a datagram went
+    /// to, whose process is gone: reported to the sender.
+    Unreachable {
+        /// The node whose port is closed.
+        of: usize,
     },
 }
 
@@ -243,6 +260,8 @@ impl Sim {
             let replica = sim.make_node(i, Incarnation::ZERO, StoredKeys::default());
             sim.nodes.push(Node {
                 replica: Some(replica),
+                host_up: false,
+                first_sent_while_down: None,
                 paused_until: None,
                 slow: None,
                 stored: StoredKeys::default(),
@@ -397,7 +416,24 @@ impl Sim {
         self.trace.finalize()
     }
 
-    /// Crashes node `i`: it stops without a word.
+    /// Kills node `i`'s process, its host up: it stops without a word, and
+    /// every datagram sent to it draws an ICMP port unreachable back to the
+    /// sender ([`Swim::handle_unreachable`]).
+    pub fn kill(&mut self, i: usize) {
+        self.crash(i);
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.host_up = true;
+        }
+    }
+
+    /// When a datagram was first sent to node `i` after it crashed or was
+    /// killed (the first chance anyone had to notice); `None` while it runs.
+    pub fn first_sent_while_down(&self, i: usize) -> Option<Timestamp> {
+        self.nodes.get(i)?.first_sent_while_down
+    }
+
+    /// Crashes node `i`, or loses its host: it stops without a word and
+    /// nothing answers for it.
     pub fn crash(&mut self, i: usize) {
         if let Some(node) = self.nodes.get_mut(i)
             && let Some(replica) = node.replica.take()
@@ -419,6 +455,8 @@ impl Sim {
         replica.join(self.now, vec![addr_of(via)]);
         if let Some(node) = self.nodes.get_mut(i) {
             node.replica = Some(replica);
+            node.host_up = false;
+            node.first_sent_while_down = None;
             node.paused_until = None;
             node.slow = None;
         }
@@ -591,6 +629,10 @@ impl Sim {
                 self.traffic.dropped += 1;
                 continue;
             };
+            let now = self.now;
+            if let Some(down) = self.nodes.get_mut(to).filter(|n| n.replica.is_none()) {
+                down.first_sent_while_down.get_or_insert(now);
+            }
             if transmit.push
                 && let Some(pushes) = self.pushes.as_mut()
             {
@@ -684,10 +726,32 @@ impl Sim {
         self.send_after(from, to, payload, Duration::ZERO);
     }
 
+    /// Half the fixed round trip between `a` and `b`, with
+    /// [`NetConfig::pair_round_trip`]; zero without.
+    fn pair_latency(&self, a: usize, b: usize) -> Duration {
+        let Some((shortest, longest)) = self.net.pair_round_trip else {
+            return Duration::ZERO;
+        };
+        let (low, high) = (a.min(b) as u64, a.max(b) as u64);
+        // SplitMix64 of the pair and the run's seed: fixed for the pair.
+        let mut z = self
+            .rng_seed
+            .wrapping_add(low.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_add(high.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let fraction = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let round_trip = shortest + longest.saturating_sub(shortest).mul_f64(fraction);
+        round_trip / 2
+    }
+
     /// As [`send`](Sim::send), `late` later.
     fn send_after(&mut self, from: usize, to: usize, payload: Payload, late: Duration) {
         let spread = self.net.latency_max.saturating_sub(self.net.latency_min);
-        let latency = self.net.latency_min + spread.mul_f64(self.rng.random::<f64>());
+        let latency = self.net.latency_min
+            + spread.mul_f64(self.rng.random::<f64>())
+            + self.pair_latency(from, to);
         self.next_flight += 1;
         self.in_flight.push(Reverse(Flight {
             at: self.now + latency + late,
@@ -801,8 +865,14 @@ impl Sim {
             } = flight;
             if !self.is_running(to) || self.is_paused(to) {
                 match payload {
-                    Payload::Datagram(_) => self.traffic.dropped += 1,
+                    Payload::Datagram(_) => {
+                        self.traffic.dropped += 1;
+                        if self.nodes[to].host_up && self.is_running(from) {
+                            self.send(to, from, Payload::Unreachable { of: to });
+                        }
+                    }
                     Payload::Sync { .. } => self.traffic.sync_dropped += 1,
+                    Payload::Unreachable { .. } => {}
                 }
                 continue;
             }
@@ -817,6 +887,10 @@ impl Sim {
                     self.trace.update(&bytes);
                     // Refusals are counted by the machine; the network does not care.
                     let _ = replica.handle_datagram(now, from_id, from_addr, &bytes);
+                }
+                Payload::Unreachable { of } => {
+                    self.trace.update(b"unreachable");
+                    replica.with_swim(now, |swim| swim.handle_unreachable(now, addr_of(of)));
                 }
                 Payload::Sync { role, id, parts } => {
                     for part in &parts {

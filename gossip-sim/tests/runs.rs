@@ -156,8 +156,10 @@ fn the_informed_curve_rises_from_one_member_to_all() {
 }
 
 /// SWIM's model counts the first detection in the detector's own protocol
-/// periods; the wall-clock time adds the wait for that detector's first
-/// probe after the crash, less than one period.
+/// periods, the failed one included; the time from the crash adds the wait
+/// for that detector's first probe (less than a period) and takes away what
+/// is left of the failed probe's period when it is concluded early (less
+/// than a period).
 #[test]
 fn first_detection_counts_whole_periods_near_the_swim_model() {
     let params = gossip_sim::scenarios::Params::new(32, 40);
@@ -171,10 +173,10 @@ fn first_detection_counts_whole_periods_near_the_swim_model() {
         params.first_rng_seed,
         params.first_rng_seed + params.rng_seeds - 1
     );
-    let wait = run.first_detection_periods - run.first_detection_rounds;
+    let offset = run.first_detection_periods - run.first_detection_rounds;
     assert!(
-        (0.0..1.0).contains(&wait),
-        "{wait} periods before the first probe, seeds {} to {}",
+        (-1.0..1.0).contains(&offset),
+        "{offset} periods off the rounds, seeds {} to {}",
         params.first_rng_seed,
         params.first_rng_seed + params.rng_seeds - 1
     );
@@ -361,6 +363,48 @@ fn halves_apart_past_the_departed_horizon_leave_no_ghost() {
             (held, synced),
             (n / 2, n / 2),
             "seed {s}: node {i} holds a ghost"
+        );
+    }
+}
+
+#[test]
+fn a_killed_process_is_dead_everywhere_within_three_periods_and_a_lost_host_after_the_patience() {
+    let mut params = scenarios::Params::new(32, 10);
+    params.first_rng_seed = seed(1);
+    let _guard = SeedGuard(params.first_rng_seed, "a_killed_process");
+    params.failure = scenarios::Failure::ProcessCrash;
+    let killed = scenarios::detect(&params);
+    assert_eq!((killed.undetected, killed.false_deaths), (0, 0));
+    assert!(
+        killed.all_know_dead_periods <= 3.0,
+        "{} periods",
+        killed.all_know_dead_periods
+    );
+    params.failure = scenarios::Failure::HostLoss;
+    let lost = scenarios::detect(&params);
+    assert_eq!((lost.undetected, lost.false_deaths), (0, 0));
+    let patience = params.swim.stall_patience.as_secs_f64() / params.interval_seconds();
+    assert!(
+        lost.all_know_dead_samples.iter().all(|p| *p >= patience),
+        "{:?}",
+        lost.all_know_dead_samples
+    );
+}
+
+#[test]
+fn stalls_up_to_the_patience_on_mixed_round_trips_and_lossy_links_kill_no_one() {
+    for loss in [0.01, 0.05] {
+        let mut params = scenarios::Params::new(32, 1);
+        params.first_rng_seed = seed(3);
+        let _guard = SeedGuard(params.first_rng_seed, "stalls_up_to_the_patience");
+        params.loss = loss;
+        params.pair_round_trip = Some((Duration::from_millis(10), Duration::from_millis(200)));
+        let run = scenarios::falsepos(&params, 3);
+        assert_eq!(run.false_deaths_lifeguard, 0, "loss {loss}");
+        assert_eq!(run.false_deaths_fixed_timeout, 0, "loss {loss}");
+        assert!(
+            run.stalled_suspicions_per_node_hour_lifeguard > 0.0,
+            "the stalls raised no suspicion at all: loss {loss}"
         );
     }
 }

@@ -58,6 +58,10 @@ pub struct Stats {
     /// Check pings sent to a member on first hearing another's suspicion
     /// of it.
     pub suspect_checks: u64,
+    /// Suspicions whose deadline came with no recent last call of the
+    /// suspect (this node was stalled through it): the suspect was called
+    /// then, and declared dead a probe timeout later if still suspect.
+    pub late_calls: u64,
     /// Failed probes that raised no suspicion because no helper answered,
     /// not even with a nack: the fault was likely this node's (Lifeguard's
     /// local health on, below the top of its scale).

@@ -684,3 +684,36 @@ fn measured_round_trips_shorten_the_probe_timeout_and_the_first_suspicion() {
     }
     assert!(adaptive < fixed, "adaptive {adaptive:?}, fixed {fixed:?}");
 }
+
+#[test]
+fn a_member_stalled_through_a_suspicion_deadline_calls_the_suspect_before_declaring_it() {
+    let mut net = Net::lan(8, seed(70));
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.run_for(5 * SECOND);
+    let since = net.now;
+    // Node 3 stalls long enough to be suspected everywhere...
+    net.stall(3, 4 * SECOND);
+    net.run_until(10 * SECOND, |net| {
+        (0..8)
+            .filter(|&i| i != 3)
+            .all(|i| net.view(i, 3) == Some(MemberStatus::Suspect))
+    })
+    .expect("node 3 suspected everywhere");
+    // Confirmations bring every deadline to the minimum...
+    net.run_for(SECOND / 2);
+    // ...and node 1, holding that suspicion, stalls through its deadline and
+    // loses everything sent to it meanwhile, node 3's refutation included.
+    net.stall(1, 8 * SECOND);
+    for from in (0..8).filter(|&i| i != 1) {
+        net.blocked.insert((from, 1));
+    }
+    net.run_for(8 * SECOND);
+    for from in (0..8).filter(|&i| i != 1) {
+        net.blocked.remove(&(from, 1));
+    }
+    net.run_for(10 * SECOND);
+    let (_, failed) = detection(&net, 3, since);
+    assert!(failed.is_empty(), "node 3 declared dead {failed:?}");
+    assert!(net.get(1).stats().late_calls >= 1, "no late call");
+    assert!(net.converged());
+}

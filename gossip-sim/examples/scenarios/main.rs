@@ -10,7 +10,9 @@
 //! cargo xtask sim partition --nodes 100 --rng-seeds 3 --partition-s 7200 --json   (split for two hours; heal_s: from the network's healing to one whole view)
 //! cargo xtask sim sweep --rng-seeds 10000   (the fault tier over many seeds; --nodes is ignored)
 //! cargo xtask sim sweep --first-rng-seed 238 --rng-seeds 1   (one seed of it again)
+//! cargo xtask sim detect --nodes 64 --rng-seeds 20 --failure process   (a killed process whose host answers with ICMP; `host`, the default, answers nothing)
 //! cargo xtask sim falsepos --nodes 100 --rng-seeds 2 --loss 0.05 --periods 600   (10 minutes)
+//! cargo xtask sim falsepos --nodes 64 --rng-seeds 3 --loss 0.01 --rtt-ms 10,200 --periods 600   (round trips from 10 to 200 ms between pairs)
 //! cargo xtask sim memory --nodes 1000,10000   (resident memory of a converged cluster, per member per view)
 //! cargo xtask sim memory --nodes 1000 --join --periods 60   (the same, 60 s after all joined through one seed)
 //! cargo xtask sim restart --nodes 1000 --rng-seeds 1 --periods 600 --json   (every node restarted, all at once and rolling, with and without data directories; all alive within --periods s)
@@ -51,7 +53,7 @@ fn resident_bytes() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| {
-        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|weighted|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--fanout F,.. (disseminate: rounds)] [--cross-zone-share S (weighted)] [--suspicion-mult M] [--confirmations K] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
+        eprintln!("usage: scenarios <detect|disseminate|load|bootstrap|partition|falsepos|restart|weighted|memory|sweep> [--nodes N,..] [--rng-seeds S] [--first-rng-seed F] [--loss P] [--plot FILE.svg] [--periods P] [--partition-s S] [--fanout F,.. (disseminate: rounds)] [--cross-zone-share S (weighted)] [--suspicion-mult M] [--confirmations K] [--failure process|host (detect, falsepos)] [--rtt-ms MIN,MAX (round trips by pair)] [--stall-patience-ms MS] [--join (memory: after a real join)] [--case NAME (restart: one case)] [--json]");
         std::process::exit(2);
     });
     let (mut nodes, mut seeds, mut loss, mut periods, mut json) =
@@ -65,6 +67,9 @@ fn main() {
     let mut partition_s: Option<u64> = None;
     let mut fanouts: Vec<usize> = Vec::new();
     let mut cross_zone_share = 0.2;
+    let mut failure = scenarios::Failure::HostLoss;
+    let mut pair_round_trip = None;
+    let mut stall_patience = None;
     let mut rounds_table: Vec<(usize, scenarios::Rounds)> = Vec::new();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -82,6 +87,22 @@ fn main() {
             "--cross-zone-share" => cross_zone_share = value().parse().unwrap(),
             "--fanout" => fanouts = value().split(',').map(|v| v.parse().unwrap()).collect(),
             "--json" => json = true,
+            "--failure" => {
+                failure = match value().as_str() {
+                    "process" => scenarios::Failure::ProcessCrash,
+                    "host" => scenarios::Failure::HostLoss,
+                    other => panic!("--failure is process or host, not {other}"),
+                }
+            }
+            "--stall-patience-ms" => {
+                stall_patience = Some(Duration::from_millis(value().parse().unwrap()));
+            }
+            "--rtt-ms" => {
+                let ms: Vec<u64> = value().split(',').map(|v| v.parse().unwrap()).collect();
+                assert_eq!(ms.len(), 2, "--rtt-ms takes MIN,MAX");
+                pair_round_trip =
+                    Some((Duration::from_millis(ms[0]), Duration::from_millis(ms[1])));
+            }
             "--join" => join = true,
             "--case" => case = Some(value()),
             "--suspicion-mult" => suspicion_mult = Some(value().parse().unwrap()),
@@ -101,6 +122,11 @@ fn main() {
     for n in nodes {
         let mut params = Params::new(n, seeds);
         params.loss = loss;
+        params.failure = failure;
+        params.pair_round_trip = pair_round_trip;
+        if let Some(patience) = stall_patience {
+            params.swim.stall_patience = patience;
+        }
         if let Some(first) = first_seed {
             params.first_rng_seed = first;
         }
@@ -156,6 +182,7 @@ fn main() {
                 serde_json::json!({
                     "first_detection_periods": r.first_detection_periods,
                     "first_detection_rounds": r.first_detection_rounds,
+                    "first_detection_after_contact_periods": r.first_detection_after_contact_periods,
                     "model_first_detection_rounds": std::f64::consts::E / (std::f64::consts::E - 1.0),
                     "all_know_dead_periods": r.all_know_dead_periods,
                     "all_know_dead_periods_max": r.all_know_dead_periods_max,
@@ -278,7 +305,17 @@ fn main() {
                     "first_detection_periods_plain": r.detect_plain.first_detection_periods,
                     "all_know_dead_periods_lifeguard": r.detect_lifeguard.all_know_dead_periods,
                     "all_know_dead_periods_plain": r.detect_plain.all_know_dead_periods,
-                    "detection_false_deaths": r.detect_lifeguard.false_deaths + r.detect_plain.false_deaths,
+                    "detection_false_deaths": r.detect_lifeguard.false_deaths + r.detect_plain.false_deaths + r.detect_fixed_timeout.false_deaths,
+                    "longest_stall_s": scenarios::LONGEST_STALL.as_secs_f64(),
+                    "false_suspicions_per_node_hour_fixed_timeout": r.false_suspicions_per_node_hour_fixed_timeout,
+                    "stalled_suspicions_per_node_hour_fixed_timeout": r.stalled_suspicions_per_node_hour_fixed_timeout,
+                    "false_deaths_fixed_timeout": r.false_deaths_fixed_timeout,
+                    "first_detection_periods_fixed_timeout": r.detect_fixed_timeout.first_detection_periods,
+                    "first_detection_after_contact_periods_adaptive": r.detect_lifeguard.first_detection_after_contact_periods,
+                    "first_detection_after_contact_periods_fixed_timeout": r.detect_fixed_timeout.first_detection_after_contact_periods,
+                    "adaptive_first_detection_speedup": 1.0 - r.detect_lifeguard.first_detection_periods / r.detect_fixed_timeout.first_detection_periods,
+                    "adaptive_after_contact_speedup": 1.0 - r.detect_lifeguard.first_detection_after_contact_periods / r.detect_fixed_timeout.first_detection_after_contact_periods,
+                    "all_know_dead_periods_fixed_timeout": r.detect_fixed_timeout.all_know_dead_periods,
                     "first_detection_slowdown": r.detect_lifeguard.first_detection_periods / r.detect_plain.first_detection_periods,
                     "all_know_dead_slowdown": r.detect_lifeguard.all_know_dead_periods / r.detect_plain.all_know_dead_periods,
                 })

@@ -130,7 +130,7 @@ impl Probe {
 }
 
 /// The smoothed round trip to one member and its variation (RFC 6298's
-/// estimator), from the acks of direct probes.
+/// estimator), from the acks of direct probes, forwarded probes and checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RoundTrip {
     smoothed: Duration,
@@ -138,10 +138,13 @@ pub(super) struct RoundTrip {
 }
 
 impl RoundTrip {
+    /// After one sample the timeout is twice it: RFC 6298 starts the
+    /// variation at half a sample, which makes three, but a probe's ack
+    /// is a datagram each way with no delayed acknowledgement in between.
     fn first(sample: Duration) -> Self {
         RoundTrip {
             smoothed: sample,
-            variation: sample / 2,
+            variation: sample / 4,
         }
     }
 
@@ -165,6 +168,8 @@ pub(super) struct Forward {
     requester_addr: SocketAddr,
     requester_seq: u32,
     target: NodeId,
+    /// When the ping to the target went out, for a round-trip sample.
+    sent: Timestamp,
 }
 
 impl Swim {
@@ -182,10 +187,10 @@ impl Swim {
         let Some(target) = self.order.next(&mut self.rng) else {
             return;
         };
-        // A slow link's probe gets a period twice its timeout: time for
-        // the indirect probes after it.
+        // A slow link's probe gets a longer period: time for the indirect
+        // probes (a configured timeout at most) after its own timeout.
         let timeout = self.probe_timeout_for(&target);
-        let period = interval.max(timeout * 2);
+        let period = interval.max(timeout + self.awareness.scale(self.config.probe_timeout));
         self.timers.set(self.now + period, Timer::Probe);
         let Some(record) = self.members.get(&target) else {
             return;
@@ -352,6 +357,7 @@ impl Swim {
         if self.forwards.get(&seq).is_some_and(|f| f.target == from)
             && let Some(forward) = self.forwards.remove(&seq)
         {
+            self.sample_round_trip(from, forward.sent);
             let ack = Message::Ack {
                 seq: forward.requester_seq,
             };
@@ -359,7 +365,7 @@ impl Swim {
             return;
         }
         let sent = self.probe.as_mut().and_then(|probe| probe.ack(from, seq));
-        if let Some(sent) = sent {
+        if let Some(sent) = sent.or_else(|| self.suspicions.check_answered(&from, seq)) {
             self.sample_round_trip(from, sent);
         }
     }
@@ -394,6 +400,7 @@ impl Swim {
                 requester_addr,
                 requester_seq,
                 target,
+                sent: self.now,
             },
         );
         // The nack must reach the requester before its probe ends: it asked

@@ -29,11 +29,14 @@ pub(super) struct Suspicion {
     /// The earlier deadline set because the network says the suspect's
     /// process is gone (see [`Swim::handle_unreachable`]).
     unreachable_deadline: Option<Timestamp>,
-    /// The check ping sent when this node learned of the suspicion, while
-    /// its answer is awaited.
-    check: Option<u32>,
+    /// The check ping sent when this node learned of the suspicion, and
+    /// when, while its answer is awaited.
+    check: Option<(u32, Timestamp)>,
     /// Whether the suspect has spoken to this node since the check ping.
     heard: bool,
+    /// Whether the suspect got a last call after the deadline, which this
+    /// node reached late (it was stalled itself).
+    late_call: bool,
 }
 
 impl Suspicion {
@@ -96,6 +99,7 @@ impl Suspicions {
             unreachable_deadline: None,
             check: None,
             heard: false,
+            late_call: false,
         };
         let deadline = (suspicion.deadline(k), suspicion.token);
         self.by_subject.insert(subject, suspicion);
@@ -165,6 +169,17 @@ impl Suspicions {
         self.next_token = token;
         suspicion.token = token;
         Some((suspicion.deadline(k), token))
+    }
+
+    /// The check ping `seq` of `from` was acked: returns when it went out,
+    /// for a round-trip sample.
+    pub(super) fn check_answered(&mut self, from: &NodeId, seq: u32) -> Option<Timestamp> {
+        let suspicion = self.by_subject.get_mut(from)?;
+        let (check, sent) = suspicion.check?;
+        (check == seq).then(|| {
+            suspicion.check = None;
+            sent
+        })
     }
 
     /// Notes that `from` spoke to this node: if it is a suspect being
@@ -343,7 +358,7 @@ impl Swim {
         let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
             return;
         };
-        suspicion.check = Some(seq);
+        suspicion.check = Some((seq, self.now));
         suspicion.heard = false;
         suspicion.reminded = Some(self.now);
         self.stats.suspect_checks += 1;
@@ -365,7 +380,7 @@ impl Swim {
         let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
             return;
         };
-        if suspicion.check != Some(seq) {
+        if suspicion.check.is_none_or(|(check, _)| check != seq) {
             return;
         }
         suspicion.check = None;
@@ -387,7 +402,7 @@ impl Swim {
         self.timers
             .set(deadline, Timer::Suspicion { subject, token });
         if self.config.buddy_system {
-            let ahead = self.awareness.scale(self.config.probe_timeout);
+            let ahead = self.probe_timeout_for(&subject);
             let last_call = self.now.max(deadline.saturating_sub(ahead));
             self.timers
                 .set(last_call, Timer::LastCall { subject, token });
@@ -451,10 +466,34 @@ impl Swim {
     }
 
     /// Suspicion `token` of `subject` ran out: declare it dead, unless it
-    /// refuted or moved on meanwhile.
+    /// refuted or moved on meanwhile. With the buddy system, only once the
+    /// suspect was called (pinged with the suspicion) at least a probe
+    /// timeout ago and within the last probe interval: a node that reaches
+    /// the deadline having made no such call (it was stalled itself through
+    /// the last call, and what the suspect said meanwhile may be lost on
+    /// it) calls now and waits one probe timeout more.
     pub(super) fn suspicion_expired(&mut self, subject: NodeId, token: u64) {
         if !self.suspicions.is_current(&subject, token) {
             return;
+        }
+        if self.config.buddy_system {
+            let timeout = self.probe_timeout_for(&subject);
+            let window = timeout + self.config.probe_interval;
+            let now = self.now;
+            if let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) {
+                let called = suspicion.reminded.is_some_and(|at| {
+                    let age = now.saturating_duration_since(at);
+                    age >= timeout && age <= window
+                });
+                if !called && !suspicion.late_call {
+                    suspicion.late_call = true;
+                    self.stats.late_calls += 1;
+                    self.remind_suspect(subject, None);
+                    self.timers
+                        .set(now + timeout, Timer::Suspicion { subject, token });
+                    return;
+                }
+            }
         }
         let still_suspect = self.members.get(&subject).is_some_and(|m| {
             m.status == MemberStatus::Suspect && self.suspicions.holds(&subject, m.incarnation)
