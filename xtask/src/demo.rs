@@ -1,5 +1,5 @@
-//! `cargo xtask demo`: five agents on loopback, a crash, a key spreading, and
-//! a clean exit, narrated.
+//! `cargo xtask demo`: five agents on loopback, a frozen agent that comes
+//! back, a killed one, a key spreading, and a clean exit, narrated.
 
 #![allow(clippy::print_stdout, reason = "the demo's narration is its output")]
 #![allow(
@@ -115,7 +115,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         let config = format!(
-            "cluster = \"demo\"\nname = \"{name}\"\nbind = \"127.0.0.1:{gossip}\"\nseeds = [{seeds}]\npreset = \"local\"\ndata_dir = \"data/{name}\"\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/{name}.crt\"\nkey = \"certs/{name}.key\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n",
+            "cluster = \"demo\"\nname = \"{name}\"\nbind = \"127.0.0.1:{gossip}\"\nseeds = [{seeds}]\ndata_dir = \"data/{name}\"\n[tls]\nca = \"certs/ca.crt\"\ncert = \"certs/{name}.crt\"\nkey = \"certs/{name}.key\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n",
             name = name(i)
         );
         let path = dir.join(format!("{}.toml", name(i)));
@@ -155,9 +155,76 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         converged.as_secs_f64()
     );
 
-    // Crash node-5 without goodbye.
+    // Freeze node-4 for five seconds: stalled, its port still open.
+    let frozen = NODES - 2;
+    let pid = cluster.agents[frozen]
+        .as_ref()
+        .map(Child::id)
+        .context("the agent to freeze runs")?;
+    println!(
+        "\n==> freezing {} with SIGSTOP for 5 s: a stalled process (its port still open), which the",
+        name(frozen)
+    );
+    println!("    lan preset's patience (6 s) promises never to declare dead");
+    signal(pid, "STOP")?;
+    let freeze = Instant::now();
+    let watchers: Vec<usize> = cluster.running().filter(|&i| i != frozen).collect();
+    let mut frozen_seen: BTreeMap<usize, String> = BTreeMap::new();
+    let mut declared_dead = Vec::new();
+    let mut watch_frozen = |cluster: &Cluster| {
+        for &i in &watchers {
+            let status = cluster
+                .view(i)
+                .get(&name(frozen))
+                .cloned()
+                .unwrap_or_default();
+            if !status.is_empty() && frozen_seen.get(&i) != Some(&status) {
+                println!(
+                    "    {:.1} s  {} holds {} {status}",
+                    freeze.elapsed().as_secs_f64(),
+                    name(i),
+                    name(frozen)
+                );
+                if status == "dead" {
+                    declared_dead.push(i);
+                }
+                frozen_seen.insert(i, status);
+            }
+        }
+    };
+    wait_until(Duration::from_secs(5), || {
+        watch_frozen(&cluster);
+        false
+    });
+    signal(pid, "CONT")?;
+    println!(
+        "    {:.1} s  {} resumes (SIGCONT)",
+        freeze.elapsed().as_secs_f64(),
+        name(frozen)
+    );
+    let refuted = wait_until(Duration::from_secs(15), || {
+        watch_frozen(&cluster);
+        watchers
+            .iter()
+            .all(|&i| cluster.view(i).get(&name(frozen)).map(String::as_str) == Some("alive"))
+    });
+    if !declared_dead.is_empty() {
+        bail!("a member frozen for 5 s was declared dead: the patience rule is broken");
+    }
+    let back = refuted.context("the frozen agent was not alive everywhere 15 s after SIGCONT")?;
+    println!(
+        "    {} refuted the suspicion: alive everywhere again {:.1} s after it resumed, never declared dead",
+        name(frozen),
+        back.as_secs_f64()
+    );
+
+    // Kill node-5 without goodbye: its host answers for it.
     let victim = NODES - 1;
-    println!("\n==> killing {} with SIGKILL: no goodbye", name(victim));
+    println!(
+        "\n==> killing {} with SIGKILL: no goodbye, and the host answers datagrams to its port",
+        name(victim)
+    );
+    println!("    with ICMP port unreachable, evidence the process is gone");
     if let Some(mut child) = cluster.agents[victim].take() {
         child.kill()?;
         child.wait()?;
@@ -255,10 +322,13 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         converged.as_secs_f64()
     );
     println!(
-        "  * a node killed without a word was suspected, then declared dead by every survivor within {worst_dead:.1} s"
+        "  * a node frozen for 5 s was suspected, refuted the suspicion when it woke, and was never declared dead;"
     );
     println!(
-        "    (the `local` preset; `lan`, the default, waits longer before declaring a death);"
+        "  * a node killed without a word was declared dead by every survivor within {worst_dead:.1} s, on its host's"
+    );
+    println!(
+        "    ICMP port unreachable (a lost host, which answers nothing, takes the 6 s patience more);"
     );
     println!("  * a key set on one node reached every other in {worst_key:.0} ms;");
     println!("  * everything stopped and the temporary folder is gone.");
@@ -273,5 +343,17 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     println!("  * curl 127.0.0.1:7947/metrics   and the JSON API in the README");
     println!("  * cargo run -p gossip-node --example hash_ring   (the library, in-process)");
     println!("  * cargo xtask bench cluster --nodes 64   (join, detection and cost figures)");
+    Ok(())
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
     Ok(())
 }
