@@ -626,3 +626,90 @@ async fn a_closed_port_is_reported_unreachable_and_a_silent_one_is_not() {
     assert!(stats.unreachable_reported >= 1, "{stats:?}");
     assert_eq!(stats.unreachable_unmatched, 0, "{stats:?}");
 }
+
+/// An ICMP port unreachable forged by someone who has not seen our traffic
+/// (here a raw socket on the same host, as root) names a live peer's
+/// address but cannot quote a datagram we sent there: it is counted as
+/// unmatched and reported to no one.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_forged_icmp_unreachable_quoting_nothing_we_sent_is_ignored_and_counted() {
+    let raw = match socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV4),
+    ) {
+        Ok(raw) => raw,
+        Err(err) => {
+            eprintln!("skipped: forging ICMP needs a raw socket (root or CAP_NET_RAW): {err}");
+            return;
+        }
+    };
+    let ca = ClusterCa::generate("forged-icmp").unwrap();
+    let (a_creds, b_creds) = (ca.issue("a", day()).unwrap(), ca.issue("b", day()).unwrap());
+    let (a, mut a_inbox, a_addr) = bind(&ca, &a_creds);
+    let (_b, _b_inbox, b_addr) = bind(&ca, &b_creds);
+    let mut reports = a_inbox.take_unreachable().expect("errors are read");
+    a.send_datagram(Some(b_creds.node_id()), b_addr, "hello".into())
+        .await
+        .unwrap();
+    raw.send_to(
+        &forged_port_unreachable(a_addr, b_addr, &[0x5a; 16]),
+        &SocketAddr::from(([127, 0, 0, 1], 0)).into(),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.stats().unreachable_unmatched == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = a.stats();
+    assert_eq!(stats.unreachable_unmatched, 1, "{stats:?}");
+    assert_eq!(stats.unreachable_reported, 0, "{stats:?}");
+    assert!(
+        timeout(Duration::from_millis(200), reports.recv())
+            .await
+            .is_err(),
+        "a forged error was reported"
+    );
+    // The connection to the live peer is untouched.
+    a.send_datagram(Some(b_creds.node_id()), b_addr, "still here".into())
+        .await
+        .unwrap();
+}
+
+/// An ICMP destination unreachable (port) as `b`'s host would send `a`,
+/// quoting a UDP datagram from `a` to `b` whose payload starts with `quoted`.
+#[cfg(target_os = "linux")]
+fn forged_port_unreachable(a: SocketAddr, b: SocketAddr, quoted: &[u8]) -> Vec<u8> {
+    fn checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+    let (SocketAddr::V4(a), SocketAddr::V4(b)) = (a, b) else {
+        panic!("IPv4 only");
+    };
+    let udp_len = 8 + quoted.len() as u16;
+    let mut inner = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    inner[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    inner.extend_from_slice(&a.ip().octets());
+    inner.extend_from_slice(&b.ip().octets());
+    let sum = checksum(&inner);
+    inner[10..12].copy_from_slice(&sum.to_be_bytes());
+    inner.extend_from_slice(&a.port().to_be_bytes());
+    inner.extend_from_slice(&b.port().to_be_bytes());
+    inner.extend_from_slice(&udp_len.to_be_bytes());
+    inner.extend_from_slice(&[0, 0]);
+    inner.extend_from_slice(quoted);
+    // Type 3 (destination unreachable), code 3 (port), checksum, unused.
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&inner);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
