@@ -20,7 +20,13 @@
 //!
 //! `--suspicion-mult M` replaces the preset's suspicion multiplier, to see
 //! what a faster, less patient detector gives. `--skip-traffic` skips the
-//! steady-state window (and its warm-up), for detection runs.
+//! steady-state window (and its warm-up), for detection runs. `--loss P`
+//! drops that share of every node's outgoing datagrams, from the start
+//! (the join included). `--ip-counters` also reports `ip_bytes_per_node_s`
+//! and `ip_packets_per_node_s` over the window from the loopback
+//! interface's counters, which count whole IP packets (headers and QUIC's
+//! acknowledgements included): meaningful only in a network namespace of
+//! the bench's own, where `cargo xtask bench cluster` runs it as root.
 //!
 //! Run with `--features fault-injection` (the crash needs it), in release.
 
@@ -44,6 +50,8 @@ struct Args {
     warmup: Option<u64>,
     suspicion_mult: Option<u32>,
     skip_traffic: bool,
+    loss: f64,
+    ip_counters: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +62,8 @@ fn parse_args() -> Args {
         warmup: None,
         suspicion_mult: None,
         skip_traffic: false,
+        loss: 0.0,
+        ip_counters: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,8 +81,16 @@ fn parse_args() -> Args {
             }
             "--json" => args.json = true,
             "--skip-traffic" => args.skip_traffic = true,
+            "--ip-counters" => args.ip_counters = true,
+            "--loss" => {
+                args.loss = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|p| (0.0..1.0).contains(p))
+                    .expect("--loss takes a share from 0 to 1");
+            }
             other => panic!(
-                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --skip-traffic, --json"
+                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --skip-traffic, --loss P, --ip-counters, --json"
             ),
         }
     }
@@ -250,6 +268,8 @@ async fn run(args: Args) {
         config.seeds = seed_addr.into_iter().map(Into::into).collect();
         config.rng_seed = Some(i as u64 + 1);
         config.suspicion_mult = args.suspicion_mult;
+        config.faults.seed = i as u64 + 1;
+        config.faults.loss = args.loss;
         suspicion_mult = config.swim_config().suspicion_mult;
         // The events from the first: a subscription made after the start
         // may miss the first members found.
@@ -331,9 +351,11 @@ async fn run(args: Args) {
     };
     let window = if args.skip_traffic { 0 } else { args.window };
     tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let ip_before = ip_counters(args.ip_counters);
     let before = totals(&nodes).await;
     tokio::time::sleep(Duration::from_secs(window)).await;
     let after = totals(&nodes).await;
+    let ip_after = ip_counters(args.ip_counters);
     let per_node_s =
         |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64 / window.max(1) as f64;
     // Without a window there is no steady state to report.
@@ -343,6 +365,13 @@ async fn run(args: Args) {
         } else {
             format!("{figure:.digits$}")
         }
+    };
+    let (ip_bytes, ip_packets) = match (ip_before, ip_after) {
+        (Some(b), Some(a)) if window > 0 => (
+            format!("{:.1}", per_node_s(b.0, a.0)),
+            format!("{:.2}", per_node_s(b.1, a.1)),
+        ),
+        _ => ("null".to_string(), "null".to_string()),
     };
     let bytes = per_node_s(before.bytes, after.bytes);
     let packets = per_node_s(before.packets, after.packets);
@@ -388,7 +417,7 @@ async fn run(args: Args) {
 
     if args.json {
         println!(
-            "{{\"nodes\":{n},\"join_all_ms\":{},\"process_crash\":{},\"host_loss\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{},\"packets_per_node_s\":{},\"cpu_ms_per_node_s\":{},\"handshakes_per_node_s\":{},\"syncs_per_node_s\":{},\"swim_bytes_per_node_s\":{},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
+            "{{\"nodes\":{n},\"join_all_ms\":{},\"process_crash\":{},\"host_loss\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{},\"packets_per_node_s\":{},\"cpu_ms_per_node_s\":{},\"handshakes_per_node_s\":{},\"syncs_per_node_s\":{},\"swim_bytes_per_node_s\":{},\"ip_bytes_per_node_s\":{},\"ip_packets_per_node_s\":{},\"loss\":{},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
             ms(join_all),
             process_crash.json(),
             host_loss.json(),
@@ -399,6 +428,9 @@ async fn run(args: Args) {
             traffic(handshakes, 3),
             traffic(syncs, 3),
             traffic(swim_bytes, 1),
+            ip_bytes,
+            ip_packets,
+            args.loss,
             window,
             warmup,
             suspicion_mult,
@@ -415,8 +447,26 @@ async fn run(args: Args) {
         println!("handshakes_per_node_s {}", traffic(handshakes, 3));
         println!("syncs_per_node_s      {}", traffic(syncs, 3));
         println!("swim_bytes_per_node_s {}", traffic(swim_bytes, 1));
+        println!("ip_bytes_per_node_s   {ip_bytes}");
+        println!("ip_packets_per_node_s {ip_packets}");
+        println!("loss                  {}", args.loss);
         println!("suspicion_mult        {suspicion_mult}");
     }
+}
+
+/// The loopback interface's transmitted bytes and packets (whole IP
+/// packets: loopback adds no link header), if asked for and readable.
+fn ip_counters(wanted: bool) -> Option<(u64, u64)> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/class/net/lo/statistics/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    wanted
+        .then(|| Some((read("tx_bytes")?, read("tx_packets")?)))
+        .flatten()
 }
 
 fn opt(d: Option<Duration>) -> String {

@@ -533,7 +533,8 @@ struct Bound {
 /// Binds the transport at `config.bind` (over the fault-injecting socket
 /// with the `fault-injection` feature, so tests can silence the node).
 fn bind_transport(config: &NodeConfig, credentials: &NodeCredentials) -> Result<Bound, Error> {
-    let transport_config = TransportConfig::new(config.bind);
+    let mut transport_config = TransportConfig::new(config.bind);
+    transport_config.initial_rtt = config.preset.initial_rtt();
     let bind_error = |source| gossip_transport_quic::Error::Bind {
         addr: config.bind,
         source,
@@ -543,7 +544,7 @@ fn bind_transport(config: &NodeConfig, credentials: &NodeCredentials) -> Result<
         transport_config,
         credentials,
         &config.trust,
-        gossip_transport_quic::FaultConfig::new(0),
+        config.faults.clone(),
     )?;
     #[cfg(not(feature = "fault-injection"))]
     let (transport, inbox) = Transport::bind(transport_config, credentials, &config.trust)?;

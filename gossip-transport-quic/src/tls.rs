@@ -257,6 +257,7 @@ pub(crate) fn build_tls(
     let idle = IdleTimeout::try_from(config.idle_timeout).map_err(|e| tls_error(&e))?;
     transport
         .max_idle_timeout(Some(idle))
+        .initial_rtt(config.initial_rtt)
         .keep_alive_interval(None)
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(config.max_streams_per_peer))

@@ -194,25 +194,86 @@ fn sim(scenario: &str, args: &[String]) -> Result<()> {
 }
 
 /// Runs the criterion benches; extra arguments go to `cargo bench`.
-/// `bench cluster ...` runs the in-process cluster measurement instead.
+/// `bench cluster ...` runs the in-process cluster measurement instead: as
+/// root, in a network namespace of its own, whose loopback counters give
+/// the IP-level cost (`--ip-counters`); otherwise it says why not and
+/// reports the payload figures only.
 fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("cluster") {
-        let mut all = vec![
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "gossip-node",
-            "--features",
-            "fault-injection",
-            "--example",
-            "cluster_bench",
-            "--",
-        ];
-        all.extend(args[1..].iter().map(String::as_str));
-        return run("cargo", &all, &[]);
+        run(
+            "cargo",
+            &[
+                "build",
+                "--release",
+                "--quiet",
+                "--package",
+                "gossip-node",
+                "--features",
+                "fault-injection",
+                "--example",
+                "cluster_bench",
+            ],
+            &[],
+        )?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| PathBuf::from("target"), PathBuf::from);
+        let bench = target.join("release/examples/cluster_bench");
+        let bench = bench.to_str().context("a UTF-8 target path")?;
+        let mut bench_args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        return match BenchNamespace::create() {
+            Ok(namespace) => {
+                eprintln!(
+                    "bench: in network namespace {} (IP-level counters from its loopback)",
+                    namespace.0
+                );
+                bench_args.push("--ip-counters");
+                let mut all = vec!["netns", "exec", &namespace.0, bench];
+                all.extend(bench_args);
+                run("ip", &all, &[])
+            }
+            Err(why) => {
+                eprintln!("bench: no IP-level counters: {why}; payload figures only");
+                run(bench, &bench_args, &[])
+            }
+        };
     }
     let mut all = vec!["bench", "--workspace"];
     all.extend(args.iter().map(String::as_str));
     run("cargo", &all, &[])
+}
+
+/// A network namespace with only its loopback up, removed on drop.
+struct BenchNamespace(String);
+
+impl BenchNamespace {
+    fn create() -> Result<BenchNamespace, String> {
+        let uid = agents::output(Command::new("id").arg("-u")).unwrap_or_default();
+        if uid.trim() != "0" {
+            return Err("a network namespace of its own needs root".into());
+        }
+        let name = format!("gossip-bench-{}", std::process::id());
+        agents::output(Command::new("ip").args(["netns", "add", &name]))
+            .map_err(|e| format!("`ip netns add` failed ({e})"))?;
+        let namespace = BenchNamespace(name);
+        agents::output(Command::new("ip").args([
+            "netns",
+            "exec",
+            &namespace.0,
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "up",
+        ]))
+        .map_err(|e| format!("cannot bring its loopback up ({e})"))?;
+        Ok(namespace)
+    }
+}
+
+impl Drop for BenchNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
 }
