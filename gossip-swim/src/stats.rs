@@ -58,6 +58,9 @@ pub struct Stats {
     /// Check pings sent to a member on first hearing another's suspicion
     /// of it.
     pub suspect_checks: u64,
+    /// Check pings not sent because this probe interval's were spent (a
+    /// mass event: many suspicions at once).
+    pub suspect_checks_skipped: u64,
     /// Suspicions whose deadline came with no recent last call of the
     /// suspect (this node was stalled through it): the suspect was called
     /// then, and declared dead a probe timeout later if still suspect.

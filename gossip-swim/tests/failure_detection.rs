@@ -717,3 +717,24 @@ fn a_member_stalled_through_a_suspicion_deadline_calls_the_suspect_before_declar
     assert!(net.get(1).stats().late_calls >= 1, "no late call");
     assert!(net.converged());
 }
+
+#[test]
+fn many_suspicions_at_once_cost_at_most_eight_check_pings_a_period() {
+    let mut net = Net::lan(40, seed(80));
+    assert!(net.run_until(30 * SECOND, Net::converged).is_some());
+    net.run_for(5 * SECOND);
+    let before: Vec<u64> = (0..40).map(|i| net.get(i).stats().suspect_checks).collect();
+    let left: Vec<usize> = (0..20).collect();
+    let right: Vec<usize> = (20..40).collect();
+    net.split(&left, &right);
+    net.run_for(4 * SECOND);
+    let skipped: u64 = (0..40)
+        .map(|i| net.get(i).stats().suspect_checks_skipped)
+        .sum();
+    assert!(skipped > 0, "the partition's suspicions were all checked");
+    for (i, before) in before.iter().enumerate() {
+        let sent = net.get(i).stats().suspect_checks - before;
+        // Four periods, and the one the split fell in.
+        assert!(sent <= 8 * 5, "node {i} sent {sent} check pings");
+    }
+}

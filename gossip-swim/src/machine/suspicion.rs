@@ -63,14 +63,35 @@ impl Suspicion {
     }
 }
 
+/// Most check pings a node sends per probe interval: a failure is checked
+/// at once, and a mass event (a partition, a rack lost) costs no burst of a
+/// ping per suspect; K confirmations are all a suspicion can use.
+const MAX_CHECKS_PER_INTERVAL: u32 = 8;
+
 /// The suspicions this node holds, one per suspect.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Suspicions {
     by_subject: BTreeMap<NodeId, Suspicion>,
     next_token: u64,
+    /// When the current interval of check pings began, and how many went.
+    checks_since: Timestamp,
+    checks_sent: u32,
 }
 
 impl Suspicions {
+    /// Whether another check ping may go now, counting it if so.
+    fn allow_check(&mut self, now: Timestamp, interval: Duration) -> bool {
+        if now.saturating_duration_since(self.checks_since) >= interval {
+            self.checks_since = now;
+            self.checks_sent = 0;
+        }
+        let allowed = self.checks_sent < MAX_CHECKS_PER_INTERVAL;
+        if allowed {
+            self.checks_sent += 1;
+        }
+        allowed
+    }
+
     fn next_token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
@@ -343,9 +364,17 @@ impl Swim {
     /// member: pings the suspect now (with the suspicion, so it can refute
     /// at once) instead of waiting for its turn in the rotation, which at
     /// N members comes every N periods. No answer within its probe timeout
-    /// is this node's confirmation; an ICMP unreachable, its evidence.
+    /// is this node's confirmation; an ICMP unreachable, its evidence. At
+    /// most [`MAX_CHECKS_PER_INTERVAL`] go per probe interval.
     fn check_suspect(&mut self, subject: NodeId) {
         if self.leaving.is_some() {
+            return;
+        }
+        if !self
+            .suspicions
+            .allow_check(self.now, self.config.probe_interval)
+        {
+            self.stats.suspect_checks_skipped += 1;
             return;
         }
         let Some(record) = self.members.get(&subject).cloned() else {
