@@ -9,18 +9,23 @@
 //!   QUIC's own packets and encryption included), `cpu_ms_per_node_s`
 //!   (process CPU over N), `handshakes_per_node_s`;
 //! * `kv_all_ms`: a key set on node 1 until every other node holds it;
-//! * two failures, each an object with `first_suspect_ms`, `first_dead_ms`,
+//! * two failures, each an object with `complete_ms`, `first_suspect_ms`, `first_dead_ms`,
 //!   `all_dead_ms` (every survivor) and `false_deaths` (any other member
 //!   declared dead meanwhile, which should be 0):
 //!   * `process_crash`: node N/2 killed as `kill -9` kills a process, its
 //!     host still up: its port closes without a packet of goodbye, and the
-//!     host answers what is sent there with ICMP port unreachable;
+//!     host answers what is sent there with ICMP port unreachable. The node
+//!     falls silent at once; its port closes once its transport has let go
+//!     of the socket (`complete_ms` later: the figures count from the
+//!     silence, so they are upper bounds for a real kill, whose port closes
+//!     with the process);
 //!   * `host_loss`: node N/2 + 1 falls silent with its port still bound, as
 //!     a host that lost power or its network: nothing answers at all.
 //!
 //! `--suspicion-mult M` replaces the preset's suspicion multiplier, to see
 //! what a faster, less patient detector gives. `--skip-traffic` skips the
-//! steady-state window (and its warm-up), for detection runs. `--loss P`
+//! steady-state window (and its warm-up), for detection runs;
+//! `--join-only` stops after the join and reports `join_all_ms`. `--loss P`
 //! drops that share of every node's outgoing datagrams, from the start
 //! (the join included). `--ip-counters` also reports `ip_bytes_per_node_s`
 //! and `ip_packets_per_node_s` over the window from the loopback
@@ -52,6 +57,7 @@ struct Args {
     skip_traffic: bool,
     loss: f64,
     ip_counters: bool,
+    join_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +70,7 @@ fn parse_args() -> Args {
         skip_traffic: false,
         loss: 0.0,
         ip_counters: false,
+        join_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +89,7 @@ fn parse_args() -> Args {
             "--json" => args.json = true,
             "--skip-traffic" => args.skip_traffic = true,
             "--ip-counters" => args.ip_counters = true,
+            "--join-only" => args.join_only = true,
             "--loss" => {
                 args.loss = it
                     .next()
@@ -90,7 +98,7 @@ fn parse_args() -> Args {
                     .expect("--loss takes a share from 0 to 1");
             }
             other => panic!(
-                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --skip-traffic, --loss P, --ip-counters, --json"
+                "unknown flag {other}; flags: --nodes N, --window SECONDS, --warmup SECONDS, --suspicion-mult M, --skip-traffic, --join-only, --loss P, --ip-counters, --json"
             ),
         }
     }
@@ -119,6 +127,8 @@ struct Failure {
     dead_at: Vec<Option<Duration>>,
     /// Deaths of other members while this failure was current.
     false_deaths: u64,
+    /// The highest local health score of a node as it suspected the victim.
+    worst_health: u32,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -146,9 +156,14 @@ fn watch(
                     seen.alive[i].insert(m.id);
                     seen.first_contact_at[i].get_or_insert(at);
                 }
-                NodeEvent::Suspected { member, .. } => {
+                NodeEvent::Suspected {
+                    member,
+                    local_health,
+                    ..
+                } => {
                     if let Some(f) = seen.failures.iter_mut().find(|f| f.victim == member.id) {
                         f.suspected_at[i].get_or_insert(at);
+                        f.worst_health = f.worst_health.max(*local_health);
                     }
                 }
                 NodeEvent::Failed { member, .. } => {
@@ -342,6 +357,21 @@ async fn run(args: Args) {
         .copied()
         .unwrap_or_default();
 
+    if args.join_only {
+        if args.json {
+            println!(
+                "{{\"nodes\":{n},\"join_all_ms\":{},\"loss\":{}}}",
+                ms(join_all),
+                args.loss
+            );
+        } else {
+            println!("nodes                 {n}");
+            println!("join_all_ms           {}", ms(join_all));
+            println!("loss                  {}", args.loss);
+        }
+        return;
+    }
+
     // Warm up until every node has probed every other (one round of the
     // shuffled round-robin), then measure the steady state.
     let warmup = if args.skip_traffic {
@@ -476,6 +506,9 @@ fn opt(d: Option<Duration>) -> String {
 /// What the survivors saw of one failure, in ms from the moment it
 /// happened.
 struct Detection {
+    /// How long the failure took to be complete (a killed node's port
+    /// closed) after it began, the moment the figures count from.
+    complete: Duration,
     first_suspect: Option<Duration>,
     first_dead: Option<Duration>,
     all_dead: Option<Duration>,
@@ -485,7 +518,8 @@ struct Detection {
 impl Detection {
     fn json(&self) -> String {
         format!(
-            "{{\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{}}}",
+            "{{\"complete_ms\":{},\"first_suspect_ms\":{},\"first_dead_ms\":{},\"all_dead_ms\":{},\"false_deaths\":{}}}",
+            ms(self.complete),
             opt(self.first_suspect),
             opt(self.first_dead),
             opt(self.all_dead),
@@ -510,16 +544,13 @@ async fn fail(
         suspected_at: vec![None; n],
         dead_at: vec![None; n],
         false_deaths: 0,
+        worst_health: 0,
     });
     // From the moment the failure starts: the node falls silent at once;
     // a killed one's port closes a little later, as the transport lets go.
     let failed_at = start.elapsed();
     failure.await;
-    eprintln!(
-        "failure {}: complete {} ms after it began",
-        seen.lock().expect("lock").failures.len(),
-        ms(start.elapsed().saturating_sub(failed_at))
-    );
+    let complete = start.elapsed().saturating_sub(failed_at);
     gone.insert(victim);
     let survivors: Vec<usize> = (0..n).filter(|i| !gone.contains(i)).collect();
     let detected = wait_for(seen, Duration::from_secs(60), |s| {
@@ -529,6 +560,12 @@ async fn fail(
     .await;
     let seen = seen.lock().expect("lock");
     let failure = seen.failures.last().expect("a failure");
+    eprintln!(
+        "failure {}: complete {} ms after it began; worst local health of a suspecter {}",
+        seen.failures.len(),
+        ms(complete),
+        failure.worst_health
+    );
     let since = |times: &Vec<Option<Duration>>, pick_max: bool| {
         let times = survivors
             .iter()
@@ -537,6 +574,7 @@ async fn fail(
         if pick_max { times.max() } else { times.min() }
     };
     Detection {
+        complete,
         first_suspect: since(&failure.suspected_at, false),
         first_dead: since(&failure.dead_at, false),
         all_dead: detected.then(|| since(&failure.dead_at, true)).flatten(),

@@ -52,7 +52,9 @@ impl Swim {
     }
 
     /// Sends this node's whole table, its own record first, in as many
-    /// datagrams as it takes.
+    /// datagram-sized messages as it takes, over the reliable channel: a
+    /// join whose request or answer a lossy network dropped would otherwise
+    /// wait out a join retry (1 s, then 2, 4...).
     pub(super) fn send_table(&mut self, to: Option<NodeId>, addr: SocketAddr, reply: bool) {
         let records: Vec<Member> = self.members.iter().cloned().collect();
         let empty = Message::PushPull {
@@ -70,13 +72,13 @@ impl Swim {
             let len = encoded_len(&record);
             if !chunk.is_empty() && used + len > room {
                 let members = std::mem::take(&mut chunk);
-                self.send(to, addr, Message::PushPull { reply, members }, false);
+                self.send_on(to, addr, Message::PushPull { reply, members }, false, true);
                 used = 0;
             }
             used += len;
             chunk.push(record);
         }
-        self.send(
+        self.send_on(
             to,
             addr,
             Message::PushPull {
@@ -84,6 +86,7 @@ impl Swim {
                 members: chunk,
             },
             false,
+            true,
         );
     }
 
