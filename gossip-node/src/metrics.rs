@@ -22,7 +22,7 @@
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
 //! | `gossip_swim_bytes_total` | counter | SWIM frame bytes, by `direction`, before encryption |
 //! | `gossip_decode_errors_total` | counter | frames or messages that did not decode, by `layer` (swim, stream) |
-//! | `gossip_refusals_total` | counter | input refused, by `reason`: for claims (member records, accusations, key/value writes; by rumor, table or sync) `bad_signature` (not signed by its subject, or for an accusation its accuser), `stale` (older than the one held: a late rumor or a replay), `implausible` (an incarnation or version jump over the cap), `revoked` (by or about a revoked node), `inconsistent` (writes that do not make the state their owner signed), `over_limit`; and `misdirected` (probe for another node), `state_elsewhere` (a key/value write whose sender spoke from another address than the one its identity is held at, after a conflict), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset) |
+//! | `gossip_refusals_total` | counter | input refused, by `reason`: for claims (member records, accusations, key/value writes; by rumor, table or sync) `bad_signature` (not signed by its subject, or for an accusation its accuser), `stale` (older than the one held: a late rumor or a replay), `implausible` (an incarnation or version jump over the cap), `revoked` (by or about a revoked node), `inconsistent` (writes that do not make the state their owner signed), `over_limit`; and `misdirected` (probe for another node), `state_elsewhere` (a key/value write whose sender spoke from another address than the one its identity is held at, after a conflict), `foreign_cluster`, `tls` (handshake refused: untrusted or expired certificate), and for UDP datagrams that are no QUIC packet for this node: `udp_malformed` (too short for a header), `udp_quic_version` (a QUIC version not spoken here), `udp_unknown_connection` (a connection id this node never issued: noise, or a restarted peer's stateless reset); for sealed datagrams: `sealed_unopened` (a key no connection of this node has, as a peer's earlier life used, or a forgery), `sealed_replayed` (a counter seen already: a duplicate or a replay) |
 //! | `gossip_join_refusals_total` | counter | joins refused (a member table full, or the joiner's identity alive at another address), by `side`: `by_this_node` (a joiner this node turned away, and told why) and `of_this_node` (this node's join attempts a seed turned away) |
 //! | `gossip_identity_conflicts_total` | counter | one identity seen at two addresses, by `kind`: `member_moved` (a claim that would have moved a live member to another address, refused), `this_node_elsewhere` (a live record of this node at another address: an earlier life, or a second process), `this_node_answers_elsewhere` (a second process answered at that address as this node) |
 //! | `gossip_syncs_total` | counter | anti-entropy sessions, by `role` (initiator, responder) and `outcome` (started, completed, failed; and for responders `refused`, when too many ran at once); and sync messages of either role dropped (`role="any"`, `outcome="refused_elsewhere"`) because their sender spoke from another address than the one its identity is held at, after a conflict |
@@ -34,8 +34,9 @@
 //! | `gossip_quic_handshakes_total` | counter | QUIC handshakes completed, both directions |
 //! | `gossip_quic_dial_failures_total` | counter | outgoing dials that failed |
 //! | `gossip_quic_connections` | gauge | open QUIC connections |
-//! | `gossip_quic_udp_datagrams_total` | counter | UDP datagrams of this node's QUIC connections, closed ones included, by `direction` (QUIC's own packets included) |
-//! | `gossip_quic_udp_bytes_total` | counter | UDP bytes of this node's QUIC connections, closed ones included, by `direction` |
+//! | `gossip_quic_udp_datagrams_total` | counter | UDP datagrams of this node's QUIC connections (closed ones included; QUIC's own packets included) and sealed datagrams, by `direction` |
+//! | `gossip_quic_udp_bytes_total` | counter | UDP bytes of this node's QUIC connections (closed ones included) and sealed datagrams, by `direction` |
+//! | `gossip_sealed_datagrams_total` | counter | datagrams sent and received sealed beside QUIC with the connection's exported keys (no acknowledgement packet), by `direction` |
 //! | `gossip_send_errors_total` | counter | sends that failed (peer unreachable, connection lost) |
 
 use std::fmt::Write;
@@ -294,6 +295,8 @@ impl Metrics {
                         ("udp_malformed", t.datagrams_malformed),
                         ("udp_quic_version", t.datagrams_unsupported_version),
                         ("udp_unknown_connection", t.datagrams_unknown_connection_id),
+                        ("sealed_unopened", t.sealed_rejected),
+                        ("sealed_replayed", t.sealed_replayed),
                     ]);
                     &refusals
                 },
@@ -382,17 +385,24 @@ impl Metrics {
             ),
             by(
                 "gossip_quic_udp_datagrams_total",
-                "UDP datagrams of this node's QUIC connections, closed ones included, by direction.",
+                "UDP datagrams of this node's QUIC connections (closed ones included) and sealed datagrams, by direction.",
                 Counter,
                 "direction",
                 &in_out(t.udp_datagrams_received, t.udp_datagrams_sent),
             ),
             by(
                 "gossip_quic_udp_bytes_total",
-                "UDP bytes of this node's QUIC connections, closed ones included, by direction.",
+                "UDP bytes of this node's QUIC connections (closed ones included) and sealed datagrams, by direction.",
                 Counter,
                 "direction",
                 &in_out(t.udp_bytes_received, t.udp_bytes_sent),
+            ),
+            by(
+                "gossip_sealed_datagrams_total",
+                "Datagrams sent and received sealed beside QUIC (no acknowledgement packet), by direction.",
+                Counter,
+                "direction",
+                &in_out(t.sealed_received, t.sealed_sent),
             ),
             one(
                 "gossip_send_errors_total",

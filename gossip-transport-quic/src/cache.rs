@@ -11,6 +11,7 @@ use quinn::Connection;
 use rustc_hash::FxHashMap;
 
 use crate::certs::node_id_of;
+use crate::sealed::Sealer;
 
 /// UDP traffic, as quinn counts it per connection (QUIC's own packets
 /// included: acknowledgements, handshakes, retransmissions).
@@ -57,6 +58,8 @@ struct Retired {
 pub(crate) struct Cached {
     pub(crate) conn: Connection,
     pub(crate) addr: SocketAddr,
+    /// Seals datagrams sent beside the connection, if it exported keys.
+    pub(crate) sealer: Option<Arc<Sealer>>,
 }
 
 /// The cached connections: per peer's authenticated id, one per address.
@@ -93,10 +96,15 @@ impl ConnectionCache {
 
     /// The connection to `peer` at `addr`, if one is cached.
     pub(crate) fn get_at(&self, peer: &NodeId, addr: SocketAddr) -> Option<Connection> {
+        self.cached_at(peer, addr).map(|cached| cached.conn)
+    }
+
+    /// The connection to `peer` at `addr` and its sealer, if one is cached.
+    pub(crate) fn cached_at(&self, peer: &NodeId, addr: SocketAddr) -> Option<Cached> {
         self.lock()
             .get(peer)
             .and_then(|cached| at(cached, addr))
-            .map(|cached| cached.conn.clone())
+            .cloned()
     }
 
     /// The peers with a cached connection.
@@ -113,16 +121,17 @@ impl ConnectionCache {
     /// Caches `conn` as the connection to `peer` at its remote address; one
     /// it replaces there (the peer restarted, or dialled as this node did)
     /// is retired.
-    pub(crate) fn insert(&self, peer: NodeId, conn: Connection) {
+    pub(crate) fn insert(&self, peer: NodeId, conn: Connection, sealer: Option<Arc<Sealer>>) {
         let addr = conn.remote_address();
+        let new = Cached { conn, addr, sealer };
         let mut connections = self.lock();
         let cached = connections.entry(peer).or_default();
         match cached.iter_mut().find(|c| c.addr == addr) {
             Some(slot) => {
-                let old = std::mem::replace(slot, Cached { conn, addr });
+                let old = std::mem::replace(slot, new);
                 self.retire(&old.conn);
             }
-            None => cached.push(Cached { conn, addr }),
+            None => cached.push(new),
         }
     }
 

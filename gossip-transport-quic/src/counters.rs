@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::screen::ScreenCounters;
+use crate::screen::{ScreenCounters, SealedCounters};
 use crate::unreachable::UnreachableCounters;
 
 /// Counters, for metrics.
@@ -43,16 +43,36 @@ pub struct TransportStats {
     /// Received UDP datagrams for a connection id this endpoint never issued
     /// ([`RejectedDatagram::UnknownConnectionId`](crate::RejectedDatagram::UnknownConnectionId)).
     pub datagrams_unknown_connection_id: u64,
-    /// UDP datagrams sent on the connections cached now (QUIC's own
-    /// packets included: acknowledgements, handshakes, retransmissions).
-    /// A connection's count leaves the sum when it closes.
+    /// UDP datagrams sent: every connection's (QUIC's own packets
+    /// included: acknowledgements, handshakes, retransmissions) and the
+    /// sealed ones.
     pub udp_datagrams_sent: u64,
-    /// UDP bytes sent on the connections cached now, QUIC overhead included.
+    /// UDP bytes sent, QUIC's and the sealed packets' overhead included.
     pub udp_bytes_sent: u64,
-    /// UDP datagrams received on the connections cached now.
+    /// UDP datagrams received: every connection's and the sealed ones.
     pub udp_datagrams_received: u64,
-    /// UDP bytes received on the connections cached now.
+    /// UDP bytes received, overhead included.
     pub udp_bytes_received: u64,
+    /// Datagrams sent sealed beside QUIC (acknowledged by nothing) rather
+    /// than in a QUIC packet; they are in `datagrams_sent` too.
+    pub sealed_sent: u64,
+    /// Sealed datagrams received and delivered; in `datagrams_received` too.
+    pub sealed_received: u64,
+    /// Received sealed packets that were malformed, named a key no
+    /// connection of ours has (a peer's earlier life), or failed to
+    /// authenticate.
+    pub sealed_rejected: u64,
+    /// Received sealed packets whose counter was seen already (a duplicate
+    /// or a replay).
+    pub sealed_replayed: u64,
+    /// Sealed datagrams dropped because the inbox was full.
+    pub sealed_dropped: u64,
+    /// Notices sent to a sender of sealed packets we cannot open, telling
+    /// it to send by QUIC.
+    pub stale_notices_sent: u64,
+    /// Such notices received for a connection of ours, which then sends
+    /// by QUIC (notices naming no key of ours are in `sealed_rejected`).
+    pub stale_notices_received: u64,
     /// ICMP errors saying an address does not answer, each quoting a
     /// datagram sent there, reported to the application
     /// ([`Inbox::take_unreachable`](crate::Inbox::take_unreachable)).
@@ -66,14 +86,15 @@ pub struct TransportStats {
 }
 
 impl TransportStats {
-    /// Received UDP datagrams that could be no QUIC packet for this
-    /// endpoint, whatever the reason: the sum of the `datagrams_malformed`,
-    /// `datagrams_unsupported_version` and `datagrams_unknown_connection_id`
-    /// counters.
+    /// Received UDP datagrams that could be neither a QUIC packet for this
+    /// endpoint nor a sealed packet we can open, whatever the reason: the
+    /// sum of the `datagrams_malformed`, `datagrams_unsupported_version`,
+    /// `datagrams_unknown_connection_id` and `sealed_rejected` counters.
     pub fn datagrams_rejected(&self) -> u64 {
         self.datagrams_malformed
             + self.datagrams_unsupported_version
             + self.datagrams_unknown_connection_id
+            + self.sealed_rejected
     }
 }
 
@@ -93,6 +114,7 @@ pub(crate) struct Counters {
     pub(crate) bad_frames: AtomicU64,
     pub(crate) screened: Arc<ScreenCounters>,
     pub(crate) unreachable: Arc<UnreachableCounters>,
+    pub(crate) sealed: Arc<SealedCounters>,
 }
 
 /// A counter on a cache line of its own, so that two cores bumping

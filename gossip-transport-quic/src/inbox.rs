@@ -88,6 +88,8 @@ fn ready_datagram(conn: &Connection) -> Option<Bytes> {
 pub struct Inbox {
     connections: mpsc::UnboundedReceiver<(NodeId, Connection)>,
     messages: mpsc::Receiver<Received>,
+    /// Sealed datagrams, opened by the socket.
+    sealed: mpsc::Receiver<Received>,
     /// Every connection not being drained, waiting for its next datagram.
     datagrams: FuturesUnordered<DatagramRead>,
     /// The connection whose ready datagrams are being handed out.
@@ -96,6 +98,9 @@ pub struct Inbox {
     /// time; it flips with each message handed out, so that neither kind
     /// starves the other.
     messages_first: bool,
+    /// Whether the sealed datagrams are polled before the connections'
+    /// next time; flips likewise.
+    sealed_first: bool,
     /// Datagrams handed out, published to `counters`.
     datagrams_received: u64,
     counters: Arc<Counters>,
@@ -122,11 +127,17 @@ impl std::fmt::Debug for Inbox {
 }
 
 impl Inbox {
-    /// An inbox whose stream-message queue holds at most `capacity`
-    /// messages (at least one).
-    pub(crate) fn new(capacity: usize, counters: Arc<Counters>) -> (InboxSender, Inbox) {
+    /// An inbox whose stream-message queue, and whose queue of sealed
+    /// datagrams, each hold at most `capacity` messages (at least one);
+    /// with the sender of the sealed datagrams' queue, for the socket.
+    pub(crate) fn new(
+        capacity: usize,
+        counters: Arc<Counters>,
+    ) -> (InboxSender, Inbox, mpsc::Sender<Received>) {
+        let capacity = capacity.clamp(1, usize::MAX >> 3);
         let (connections_tx, connections) = mpsc::unbounded_channel();
-        let (messages_tx, messages) = mpsc::channel(capacity.clamp(1, usize::MAX >> 3));
+        let (messages_tx, messages) = mpsc::channel(capacity);
+        let (sealed_tx, sealed) = mpsc::channel(capacity);
         (
             InboxSender {
                 connections: connections_tx,
@@ -135,13 +146,16 @@ impl Inbox {
             Inbox {
                 connections,
                 messages,
+                sealed,
                 datagrams: FuturesUnordered::new(),
                 draining: None,
                 messages_first: false,
+                sealed_first: false,
                 datagrams_received: 0,
                 counters,
                 unreachable: None,
             },
+            sealed_tx,
         )
     }
 
@@ -215,6 +229,11 @@ impl Inbox {
                 Poll::Pending => {}
             }
         }
+        // Sealed datagrams and the connections' datagrams take turns too.
+        let sealed_first = self.sealed_first;
+        if sealed_first && let Some(received) = self.next_sealed(cx) {
+            return Poll::Ready(Some(received));
+        }
         let datagrams_idle = loop {
             match self.datagrams.poll_next_unpin(cx) {
                 Poll::Ready(Some((from, conn, Some(first)))) => {
@@ -232,6 +251,7 @@ impl Inbox {
                         left: MAX_BATCH - 1,
                     });
                     self.messages_first = true;
+                    self.sealed_first = true;
                     return Poll::Ready(Some(received));
                 }
                 // A closed connection is dropped; the others are polled.
@@ -240,6 +260,9 @@ impl Inbox {
                 Poll::Pending => break false,
             }
         };
+        if !sealed_first && let Some(received) = self.next_sealed(cx) {
+            return Poll::Ready(Some(received));
+        }
         if !self.messages_first {
             match self.messages.poll_recv(cx) {
                 Poll::Ready(Some(received)) => return Poll::Ready(Some(received)),
@@ -252,6 +275,17 @@ impl Inbox {
         } else {
             Poll::Pending
         }
+    }
+
+    /// The next sealed datagram, if one was opened.
+    fn next_sealed(&mut self, cx: &mut Context<'_>) -> Option<Received> {
+        let Poll::Ready(Some(received)) = self.sealed.poll_recv(cx) else {
+            return None;
+        };
+        self.count_datagram();
+        self.messages_first = true;
+        self.sealed_first = false;
+        Some(received)
     }
 
     /// Counts a datagram handed out. The inbox is the counter's only
@@ -304,7 +338,7 @@ mod tests {
 
     #[tokio::test]
     async fn stream_messages_come_out_in_order_and_end_when_the_transport_does() {
-        let (tx, mut inbox) = Inbox::new(16, Arc::default());
+        let (tx, mut inbox, _) = Inbox::new(16, Arc::default());
         for n in 0..6 {
             tx.send_message(message(n)).await.expect("open");
         }
@@ -325,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_inbox_holds_stream_readers_back_until_messages_are_read() {
-        let (tx, mut inbox) = Inbox::new(4, Arc::default());
+        let (tx, mut inbox, _) = Inbox::new(4, Arc::default());
         for n in 0..4 {
             tx.send_message(message(n)).await.expect("open");
         }
@@ -345,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_inbox_releases_waiting_readers() {
-        let (tx, inbox) = Inbox::new(1, Arc::default());
+        let (tx, inbox, _) = Inbox::new(1, Arc::default());
         tx.send_message(message(0)).await.expect("open");
         let blocked = tokio::spawn({
             let tx = tx.clone();

@@ -11,18 +11,24 @@
 //! * Small messages go as datagrams (RFC 9221) sized to the path
 //!   ([`Transport::max_datagram_size`]); a larger one is an error the caller
 //!   sees, never a silent drop. Anything else goes as a length-framed stream
-//!   message ([`Transport::send_message`]). A [`Link`] holds one peer's
+//!   message ([`Transport::send_message`]). Once a connection is up, small
+//!   datagrams to its peer go *sealed* beside QUIC on the same socket, with
+//!   keys the connection's TLS session exports: exactly as authenticated,
+//!   replay-protected, and acknowledged by nothing, where every QUIC
+//!   datagram draws an acknowledgement packet. A [`Link`] holds one peer's
 //!   connection, for a stream of datagrams without a lookup each.
 //! * Connections are dialled on demand, cached per peer and address (a send
 //!   to a peer at an address never reaches another process holding the
 //!   peer's key elsewhere), shared between concurrent dials, kept without
 //!   keep-alive traffic while idle, and resumed with TLS session tickets when
 //!   re-dialled.
-//! * Every received UDP datagram is screened before quinn sees it. A datagram
-//!   that can be no QUIC packet for this endpoint (too short, a QUIC version
-//!   other than 1, a connection id this endpoint never issued) is counted by
-//!   its [`RejectedDatagram`] reason in [`TransportStats`]. quinn would
-//!   drop it without counting; quinn still gets every datagram and decides.
+//! * Every received UDP datagram is screened before quinn sees it. Sealed
+//!   packets are taken out and opened, or counted (`sealed_rejected`,
+//!   `sealed_replayed`). Any other datagram that can be no QUIC packet for
+//!   this endpoint (too short, a QUIC version other than 1, a connection id
+//!   this endpoint never issued) is counted by its [`RejectedDatagram`]
+//!   reason in [`TransportStats`]. quinn would drop it without counting;
+//!   quinn still gets every such datagram and decides.
 //! * [`ClusterCa`] makes a CA and node certificates (rcgen) and loads and
 //!   saves them as PEM.
 //!
@@ -58,6 +64,7 @@ mod inbox;
 mod link;
 mod received;
 mod screen;
+mod sealed;
 mod shared;
 mod tasks;
 mod tls;

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use gossip_core::NodeId;
@@ -10,6 +11,7 @@ use quinn::Connection;
 
 use crate::counters::bump;
 use crate::error::Error;
+use crate::sealed::Sealer;
 use crate::transport::Transport;
 
 /// A sender of datagrams to one peer that holds the peer's connection, from
@@ -27,6 +29,8 @@ pub struct Link {
     addr: SocketAddr,
     /// `None` after a loss, until the next send dials.
     conn: Option<Connection>,
+    /// Seals datagrams sent beside `conn`, if it exported keys.
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Transport {
@@ -39,20 +43,26 @@ impl Transport {
     /// As [`connect`](Transport::connect).
     pub async fn link(&self, peer: NodeId, addr: SocketAddr) -> Result<Link, Error> {
         let (_, conn) = self.connect(Some(peer), addr).await?;
-        Ok(Link::new(self.clone(), peer, addr, conn))
+        let sealer = self.sealer_of(&peer, addr, &conn);
+        Ok(Link {
+            transport: self.clone(),
+            peer,
+            addr,
+            conn: Some(conn),
+            sealer,
+        })
+    }
+
+    /// The sealer cached beside `conn`, the connection to `peer` at `addr`.
+    fn sealer_of(&self, peer: &NodeId, addr: SocketAddr, conn: &Connection) -> Option<Arc<Sealer>> {
+        let cached = self.inner.connections.cached_at(peer, addr)?;
+        (cached.conn.stable_id() == conn.stable_id())
+            .then_some(cached.sealer)
+            .flatten()
     }
 }
 
 impl Link {
-    fn new(transport: Transport, peer: NodeId, addr: SocketAddr, conn: Connection) -> Self {
-        Link {
-            transport,
-            peer,
-            addr,
-            conn: Some(conn),
-        }
-    }
-
     /// The peer this link sends to.
     pub fn peer(&self) -> NodeId {
         self.peer
@@ -79,6 +89,9 @@ impl Link {
         if self.conn.is_none() {
             self.redial().await?;
         }
+        if self.send_sealed(&bytes) {
+            return Ok(());
+        }
         let conn = self.conn.as_ref().ok_or(Error::Closed)?;
         let len = bytes.len();
         let sent = conn.send_datagram(bytes);
@@ -99,6 +112,9 @@ impl Link {
         if self.conn.is_none() {
             self.redial().await?;
         }
+        if self.send_sealed(&bytes) {
+            return Ok(());
+        }
         let conn = self.conn.as_ref().ok_or(Error::Closed)?;
         let len = bytes.len();
         let sent = conn.send_datagram_wait(bytes).await;
@@ -111,9 +127,21 @@ impl Link {
     fn redial(&mut self) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
         Box::pin(async move {
             let (_, conn) = self.transport.connect(Some(self.peer), self.addr).await?;
+            self.sealer = self.transport.sealer_of(&self.peer, self.addr, &conn);
             self.conn = Some(conn);
             Ok(())
         })
+    }
+
+    /// Sends `bytes` sealed beside the connection; `false` if it must go
+    /// by QUIC.
+    fn send_sealed(&self, bytes: &[u8]) -> bool {
+        let inner = &self.transport.inner;
+        let sent = inner.send_sealed(self.sealer.as_deref(), self.addr, bytes);
+        if sent {
+            bump(&inner.counters.datagrams_sent);
+        }
+        sent
     }
 
     #[inline]
@@ -142,6 +170,7 @@ impl Link {
             .datagram_sent(self.peer, conn, len, Err(err));
         if matches!(result, Err(Error::ConnectionLost { .. })) {
             self.conn = None;
+            self.sealer = None;
         }
         result
     }

@@ -3,7 +3,8 @@
 //! speak, a packet for a connection we never made) gets a typed reason and a
 //! counter. quinn drops such datagrams itself without counting them; the
 //! screen only classifies and counts, and passes every datagram on, so quinn
-//! stays the one judge of what it accepts.
+//! stays the one judge of what it accepts. Sealed packets (see
+//! [`sealed`](crate::sealed)), which are no QUIC, are taken out first.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -17,6 +18,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator};
 
+use crate::received::{Channel, Received};
+use crate::sealed::{Arrival, OpenError, Opened, STALE_LEN, SealedKeys, is_sealed};
 use crate::unreachable::SentLog;
 
 /// The QUIC versions the endpoint speaks: version 1 (RFC 9000) only. The
@@ -105,14 +108,39 @@ impl ScreenCounters {
     }
 }
 
-/// Wraps the endpoint's socket and screens every datagram received; when
-/// ICMP errors are read, also remembers the start of every datagram sent,
-/// for the errors to be matched against.
+/// Sealed packets received and sent, and why some were not delivered.
+#[derive(Debug, Default)]
+pub(crate) struct SealedCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) stale_notices_sent: AtomicU64,
+    pub(crate) stale_notices_received: AtomicU64,
+}
+
+/// Where the socket takes the sealed packets it receives (see
+/// [`sealed`](crate::sealed)): the keys that open them, and the inbox's
+/// queue for what they carry.
+pub(crate) struct SealedReceiver {
+    pub(crate) keys: Arc<SealedKeys>,
+    pub(crate) inbox: tokio::sync::mpsc::Sender<Received>,
+    pub(crate) counters: Arc<SealedCounters>,
+}
+
+/// Wraps the endpoint's socket and screens every datagram received, taking
+/// sealed packets out for the inbox before quinn sees the rest; when ICMP
+/// errors are read, also remembers the start of every datagram sent, for
+/// the errors to be matched against.
 pub(crate) struct ScreeningSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     connection_ids: HashedConnectionIdGenerator,
     counters: Arc<ScreenCounters>,
     sent: Option<Arc<SentLog>>,
+    sealed: SealedReceiver,
 }
 
 impl fmt::Debug for ScreeningSocket {
@@ -128,13 +156,128 @@ impl ScreeningSocket {
         cid_key: u64,
         counters: Arc<ScreenCounters>,
         sent: Option<Arc<SentLog>>,
+        sealed: SealedReceiver,
     ) -> Self {
         ScreeningSocket {
             inner,
             connection_ids: HashedConnectionIdGenerator::from_key(cid_key),
             counters,
             sent,
+            sealed,
         }
+    }
+
+    /// Sends one datagram of ours that is no QUIC packet (a sealed packet,
+    /// a stale notice); `false` if the socket would not take it now.
+    pub(crate) fn send_raw(&self, destination: SocketAddr, contents: &[u8]) -> bool {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.try_send(&transmit).is_ok()
+    }
+
+    /// Takes a received sealed-channel packet: delivers what it carries,
+    /// or counts why not (answering with a stale notice when one is due).
+    fn take_sealed(&self, packet: &[u8], from: SocketAddr) {
+        let counters = &self.sealed.counters;
+        match self.sealed.keys.receive(packet, from) {
+            Arrival::Datagram(opened) => self.deliver(opened),
+            Arrival::Held => {}
+            Arrival::Notice => {
+                counters
+                    .stale_notices_received
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Arrival::Rejected { error, notify } => {
+                match error {
+                    // Too short to be anything: counted with the screen's.
+                    OpenError::Malformed => self
+                        .counters
+                        .count(RejectedDatagram::Malformed { len: packet.len() }),
+                    OpenError::Replayed => {
+                        counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    OpenError::UnknownKey | OpenError::Forged => {
+                        counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tracing::debug!(%from, ?error, "sealed datagram not delivered");
+                self.notify(from, notify);
+            }
+        }
+    }
+
+    /// Hands an opened sealed datagram to the inbox.
+    pub(crate) fn deliver(&self, opened: Opened) {
+        let counters = &self.sealed.counters;
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_received
+            .fetch_add(opened.wire_len as u64, Ordering::Relaxed);
+        let received = Received {
+            from: opened.from,
+            addr: opened.addr,
+            channel: Channel::Datagram,
+            bytes: opened.bytes,
+        };
+        // A full inbox drops the newest, as a full socket buffer would.
+        if self.sealed.inbox.try_send(received).is_err() {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a stale notice, if one is due, to `to`.
+    fn notify(&self, to: SocketAddr, notice: Option<[u8; STALE_LEN]>) {
+        if let Some(notice) = notice
+            && self.send_raw(to, &notice)
+        {
+            self.sealed
+                .counters
+                .stale_notices_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the packets that waited for their keys in vain as
+    /// unopenable, and answers them with stale notices.
+    fn give_up_held(&self) {
+        for (from, notice) in self.sealed.keys.given_up() {
+            self.sealed
+                .counters
+                .rejected
+                .fetch_add(1, Ordering::Relaxed);
+            self.notify(from, notice);
+        }
+    }
+
+    /// Takes the sealed packets out of `buffer` (one received datagram, or
+    /// with receive offload several of one sender, `stride` bytes apart),
+    /// closing the gaps they leave; returns the length that is left for
+    /// quinn.
+    fn take_sealed_from(&self, buffer: &mut [u8], meta: &RecvMeta) -> usize {
+        let len = meta.len.min(buffer.len());
+        let stride = meta.stride.max(1);
+        let is_sealed = |segment: &[u8]| segment.first().is_some_and(|&first| is_sealed(first));
+        if !buffer[..len].chunks(stride).any(is_sealed) {
+            return len;
+        }
+        let mut kept = 0;
+        let mut start = 0;
+        while start < len {
+            let end = (start + stride).min(len);
+            if is_sealed(&buffer[start..end]) {
+                self.take_sealed(&buffer[start..end], meta.addr);
+            } else {
+                buffer.copy_within(start..end, kept);
+                kept += end - start;
+            }
+            start = end;
+        }
+        kept
     }
 
     fn screen_received(&self, buffer: &[u8], meta: &RecvMeta) {
@@ -176,13 +319,36 @@ impl AsyncUdpSocket for ScreeningSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let received = self.inner.poll_recv(cx, bufs, meta);
-        if let Poll::Ready(Ok(count)) = received {
-            for (buffer, meta) in bufs.iter().zip(meta.iter()).take(count) {
-                self.screen_received(buffer, meta);
+        loop {
+            let count = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(count)) => count,
+                other => return other,
+            };
+            // Sealed packets are ours to take; what is left goes to quinn,
+            // moved up over the datagrams that held only sealed packets.
+            self.give_up_held();
+            let mut kept = 0;
+            for i in 0..count.min(bufs.len()).min(meta.len()) {
+                let len = self.take_sealed_from(&mut bufs[i], &meta[i]);
+                if len == 0 && meta[i].len != 0 {
+                    // It held only sealed packets.
+                    continue;
+                }
+                meta[i].len = len;
+                if kept != i {
+                    let (to, from) = bufs.split_at_mut(i);
+                    to[kept][..len].copy_from_slice(&from[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                self.screen_received(&bufs[kept], &meta[kept]);
+                kept += 1;
             }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            // Everything was sealed: read on, so that quinn is woken only
+            // for its own packets and the socket's waker stays registered.
         }
-        received
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -10,6 +10,8 @@ use crate::config::TransportConfig;
 use crate::counters::{Counters, bump};
 use crate::error::Error;
 use crate::inbox::InboxSender;
+use crate::screen::ScreeningSocket;
+use crate::sealed::{SealedKeys, Sealer};
 use crate::tls::CountingSessions;
 
 /// What the transport's handles and its own tasks share.
@@ -22,6 +24,10 @@ pub(crate) struct Inner {
     pub(crate) sessions: Arc<CountingSessions>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) incoming: InboxSender,
+    /// The endpoint's socket, for sealed datagrams.
+    pub(crate) socket: Arc<ScreeningSocket>,
+    /// Every live connection's sealed keys.
+    pub(crate) sealed: Arc<SealedKeys>,
     /// Stops the reader of the socket's error queue, which holds a second
     /// handle on the socket; taken on close.
     pub(crate) stop_errors: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -39,6 +45,30 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         drop(stop);
+    }
+
+    /// Sends `bytes` to `addr` sealed with `sealer`; `false` if it must go
+    /// by QUIC instead (no sealer, too large, the peer cannot open ours, a
+    /// QUIC datagram due to keep the connection from idling, or a full
+    /// socket).
+    pub(crate) fn send_sealed(
+        &self,
+        sealer: Option<&Sealer>,
+        addr: std::net::SocketAddr,
+        bytes: &[u8],
+    ) -> bool {
+        let Some(packet) = sealer.and_then(|sealer| sealer.seal(bytes)) else {
+            return false;
+        };
+        if !self.socket.send_raw(addr, &packet) {
+            return false;
+        }
+        let counters = &self.counters.sealed;
+        bump(&counters.sent);
+        counters
+            .bytes_sent
+            .fetch_add(packet.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// Counts a datagram send's outcome and turns a failure into our error; a

@@ -11,13 +11,23 @@ use crate::cache::peer_id;
 use crate::counters::bump;
 use crate::framing::FrameDecoder;
 use crate::received::{Channel, Received};
+use crate::sealed::Registered;
 use crate::shared::Inner;
 
-/// Caches a new connection and starts reading from it.
+/// Caches a new connection with its sealed keys and starts reading from it.
 pub(crate) fn register(inner: &Arc<Inner>, peer: NodeId, conn: Connection) {
-    inner.connections.insert(peer, conn.clone());
+    let (registered, sealer) = match inner.sealed.register(peer, &conn) {
+        Some((registered, sealer, held)) => {
+            for opened in held {
+                inner.socket.deliver(opened);
+            }
+            (Some(registered), Some(sealer))
+        }
+        None => (None, None),
+    };
+    inner.connections.insert(peer, conn.clone(), sealer);
     inner.incoming.watch(peer, conn.clone());
-    tokio::spawn(read_streams(inner.clone(), peer, conn));
+    tokio::spawn(read_streams(inner.clone(), peer, conn, registered));
 }
 
 pub(crate) async fn accept_loop(inner: Arc<Inner>) {
@@ -54,7 +64,12 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
 }
 
 /// Reads `conn`'s streams, a task each, until the connection closes.
-async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
+async fn read_streams(
+    inner: Arc<Inner>,
+    peer: NodeId,
+    conn: Connection,
+    sealed: Option<Registered>,
+) {
     let addr = conn.remote_address();
     while let Ok(mut stream) = conn.accept_uni().await {
         let inner = inner.clone();
@@ -102,6 +117,10 @@ async fn read_streams(inner: Arc<Inner>, peer: NodeId, conn: Connection) {
             }
         });
     }
-    // The connection has closed: the next send to this peer dials again.
+    // The connection has closed: the next send to this peer dials again,
+    // and its sealed keys open nothing more.
     inner.connections.forget(&peer, &conn);
+    if let Some(registered) = sealed {
+        inner.sealed.unregister(registered);
+    }
 }

@@ -351,6 +351,9 @@ pub(crate) fn endpoint_config(credentials: &NodeCredentials) -> (EndpointConfig,
         .cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         })
-        .supported_versions(QUIC_VERSIONS.to_vec());
+        .supported_versions(QUIC_VERSIONS.to_vec())
+        // QUIC's fixed bit always set, and required: a packet with it clear
+        // is a sealed datagram (see `sealed`), never QUIC.
+        .grease_quic_bit(false);
     (config, cid_key)
 }

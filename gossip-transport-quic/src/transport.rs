@@ -17,7 +17,8 @@ use crate::counters::{Counters, TransportStats, bump};
 use crate::error::Error;
 use crate::framing::frame_header;
 use crate::inbox::Inbox;
-use crate::screen::ScreeningSocket;
+use crate::screen::{ScreeningSocket, SealedReceiver};
+use crate::sealed::SealedKeys;
 use crate::shared::Inner;
 use crate::tasks::{accept_loop, register};
 use crate::tls::{CountingSessions, build_tls, endpoint_config};
@@ -146,19 +147,29 @@ impl Transport {
         let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
         let (endpoint_config, cid_key) = endpoint_config(credentials);
         let sent = errors.as_ref().map(|_| Arc::new(SentLog::default()));
+        let (tx, mut rx, sealed_inbox) = Inbox::new(config.receive_queue, counters.clone());
+        let sealed = Arc::new(SealedKeys::new(config.idle_timeout));
         let socket = Arc::new(ScreeningSocket::new(
             socket,
             cid_key,
             counters.screened.clone(),
             sent.clone(),
+            SealedReceiver {
+                keys: sealed.clone(),
+                inbox: sealed_inbox,
+                counters: counters.sealed.clone(),
+            },
         ));
-        let endpoint =
-            Endpoint::new_with_abstract_socket(endpoint_config, Some(tls.server), socket, runtime)
-                .map_err(|source| Error::Bind {
-                    addr: config.bind,
-                    source,
-                })?;
-        let (tx, mut rx) = Inbox::new(config.receive_queue, counters.clone());
+        let endpoint = Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(tls.server),
+            socket.clone(),
+            runtime,
+        )
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
         let (stop_errors, errors_stopped) = tokio::sync::oneshot::channel();
         if let (Some(errors), Some(sent)) = (errors, sent) {
             let reports =
@@ -178,6 +189,8 @@ impl Transport {
             sessions,
             counters,
             incoming: tx,
+            socket,
+            sealed,
             stop_errors: std::sync::Mutex::new(Some(stop_errors)),
         });
         tokio::spawn(accept_loop(inner.clone()));
@@ -208,11 +221,19 @@ impl Transport {
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let udp = self.inner.connections.udp_totals();
+        let sealed = &c.sealed;
         TransportStats {
-            udp_datagrams_sent: udp.datagrams_sent,
-            udp_bytes_sent: udp.bytes_sent,
-            udp_datagrams_received: udp.datagrams_received,
-            udp_bytes_received: udp.bytes_received,
+            udp_datagrams_sent: udp.datagrams_sent + get(&sealed.sent),
+            udp_bytes_sent: udp.bytes_sent + get(&sealed.bytes_sent),
+            udp_datagrams_received: udp.datagrams_received + get(&sealed.received),
+            udp_bytes_received: udp.bytes_received + get(&sealed.bytes_received),
+            sealed_sent: get(&sealed.sent),
+            sealed_received: get(&sealed.received),
+            sealed_rejected: get(&sealed.rejected),
+            sealed_replayed: get(&sealed.replayed),
+            sealed_dropped: get(&sealed.dropped),
+            stale_notices_sent: get(&sealed.stale_notices_sent),
+            stale_notices_received: get(&sealed.stale_notices_received),
             handshakes: get(&c.handshakes),
             resumptions: get(&c.resumptions),
             refused: get(&c.refused),
@@ -460,21 +481,25 @@ impl Transport {
         Err(Error::Closed)
     }
 
-    /// The hot path of a send by peer id: the cached connection takes the
-    /// datagram while the cache is locked, with no clone of the connection
+    /// The hot path of a send by peer id: the datagram goes sealed beside
+    /// the cached connection (see [`sealed`](crate::sealed)) or, when it
+    /// cannot, the connection takes it while the cache is locked, with no clone of the connection
     /// (a clone and its drop are four atomic operations on lines the
     /// connection's driver also writes). `true` if it was sent; `false`
     /// leaves everything, failures included, to the general path. With `wait`, a full send buffer is a
     /// `false` too (the general path waits for room).
     fn send_to_cached(&self, peer: &NodeId, addr: SocketAddr, bytes: &Bytes, wait: bool) -> bool {
         let connections = self.inner.connections.lock();
-        let Some(conn) = connections
-            .get(peer)
-            .and_then(|cached| at(cached, addr))
-            .map(|cached| &cached.conn)
-        else {
+        let Some(cached) = connections.get(peer).and_then(|cached| at(cached, addr)) else {
             return false;
         };
+        if self
+            .inner
+            .send_sealed(cached.sealer.as_deref(), addr, bytes)
+        {
+            return true;
+        }
+        let conn = &cached.conn;
         if !wait {
             return conn.send_datagram(bytes.clone()).is_ok();
         }

@@ -271,7 +271,12 @@ fn a_restarted_peer_is_reached_again() {
         }
         (lost, false)
     });
-    assert!(reached, "the link never reached the restarted peer");
+    assert!(
+        reached,
+        "the link never reached the restarted peer: {:?} {:?}",
+        a.stats(),
+        _b2.stats()
+    );
     assert!(
         lost <= 1,
         "only the first send finds the old connection lost"
