@@ -61,6 +61,9 @@ pub struct Stats {
     /// Check pings not sent because this probe interval's were spent (a
     /// mass event: many suspicions at once).
     pub suspect_checks_skipped: u64,
+    /// Check pings sent again, after one went unanswered and drew no ICMP
+    /// error (they are in `suspect_checks` too).
+    pub suspect_rechecks: u64,
     /// Suspicions whose deadline came with no recent last call of the
     /// suspect (this node was stalled through it): the suspect was called
     /// then, and declared dead a probe timeout later if still suspect.

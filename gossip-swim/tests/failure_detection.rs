@@ -591,6 +591,45 @@ fn a_crashed_process_whose_host_answers_is_dead_everywhere_within_three_seconds(
 }
 
 #[test]
+fn a_crashed_process_that_held_its_port_a_moment_is_found_by_checking_again() {
+    let patience = Config::lan(cluster_id(), 16).stall_patience;
+    let mut times = Vec::new();
+    let mut rechecks = 0;
+    for s in 0..5 {
+        let mut net = Net::lan(16, seed(70 + s));
+        assert!(net.run_until(20 * SECOND, Net::converged).is_some());
+        net.run_for(5 * SECOND);
+        // Silent at first, as a process exiting or writing a core: the
+        // first probes and check pings draw nothing, not even an ICMP error.
+        net.crash(15);
+        net.run_until(3 * SECOND, |net| {
+            net.running().any(|i| net.get(i).stats().suspect_checks > 0)
+        });
+        net.run_for(Duration::from_millis(300));
+        net.close_port(15);
+        let took = net
+            .run_until_dead_everywhere(15, 30 * SECOND)
+            .expect("not detected");
+        assert!(took < patience, "seed {}: took {took:?}", net.seed);
+        times.push(took);
+        rechecks += net
+            .running()
+            .map(|i| net.get(i).stats().suspect_rechecks)
+            .sum::<u64>();
+    }
+    assert!(rechecks > 0, "no check was sent again");
+    // From the port's closing: the evidence a check ping draws, then
+    // `unreachable_suspicion` (1 s), then the death's spread. Without the
+    // checks sent again, the members that checked while the port was open
+    // waited out their suspicions (about 4 s).
+    times.sort();
+    assert!(
+        times[2] <= Duration::from_millis(2500),
+        "median of {times:?}"
+    );
+}
+
+#[test]
 fn a_lost_host_is_declared_dead_no_sooner_than_the_stall_patience() {
     let mut net = Net::lan(16, seed(45));
     assert!(net.run_until(20 * SECOND, Net::converged).is_some());

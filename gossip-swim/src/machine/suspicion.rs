@@ -37,6 +37,8 @@ pub(super) struct Suspicion {
     /// Whether the suspect got a last call after the deadline, which this
     /// node reached late (it was stalled itself).
     late_call: bool,
+    /// Check pings sent again after one went unanswered.
+    rechecks: u32,
 }
 
 impl Suspicion {
@@ -67,6 +69,13 @@ impl Suspicion {
 /// at once, and a mass event (a partition, a rack lost) costs no burst of a
 /// ping per suspect; K confirmations are all a suspicion can use.
 const MAX_CHECKS_PER_INTERVAL: u32 = 8;
+
+/// Most times a node checks a silent suspect again, a probe timeout apart,
+/// while it has no evidence of its own: a crashing process can hold its
+/// port for a moment (exiting, writing a core), and a ping that reached it
+/// then drew neither an answer nor the ICMP error that a ping after the
+/// port closed draws.
+const MAX_RECHECKS: u32 = 3;
 
 /// The suspicions this node holds, one per suspect.
 #[derive(Debug, Clone, Default)]
@@ -121,6 +130,7 @@ impl Suspicions {
             check: None,
             heard: false,
             late_call: false,
+            rechecks: 0,
         };
         let deadline = (suspicion.deadline(k), suspicion.token);
         self.by_subject.insert(subject, suspicion);
@@ -404,7 +414,9 @@ impl Swim {
     }
 
     /// The check ping `seq` of `subject` is overdue: if the suspect has not
-    /// spoken since, this node confirms the suspicion.
+    /// spoken since, this node confirms the suspicion, and checks again
+    /// (at most [`MAX_RECHECKS`] times) while it has no evidence of its own
+    /// that the process is gone.
     pub(super) fn check_overdue(&mut self, subject: NodeId, seq: u32) {
         let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) else {
             return;
@@ -416,9 +428,17 @@ impl Swim {
         if suspicion.heard {
             return;
         }
+        let recheck = suspicion.rechecks < MAX_RECHECKS && !self.unreachable.contains_key(&subject);
+        if recheck {
+            suspicion.rechecks += 1;
+        }
         if let Some(claim) = self.members.accusation(subject, MemberStatus::Suspect) {
             let local = self.local_id();
             self.note_confirmation(local, &claim);
+        }
+        if recheck && self.suspicions.by_subject.contains_key(&subject) {
+            self.stats.suspect_rechecks += 1;
+            self.check_suspect(subject);
         }
     }
 

@@ -227,6 +227,13 @@ impl Net {
         self.closed_ports.insert(i);
     }
 
+    /// Closes the port of node `i`, crashed: from now on datagrams to it
+    /// draw an ICMP port unreachable (a crashed process that held its port
+    /// for a while).
+    pub(crate) fn close_port(&mut self, i: usize) {
+        self.closed_ports.insert(i);
+    }
+
     /// Stalls node `i` for `duration` (a pause, `SIGSTOP`): it handles
     /// nothing meanwhile, and what reached it waits for the end.
     pub(crate) fn stall(&mut self, i: usize, duration: Duration) {
