@@ -11,7 +11,7 @@
 //! | `gossip_indirect_probes_total` | counter | probes that fell back to asking others |
 //! | `gossip_fallback_probes_total` | counter | probes that also pinged their target over a stream (a reliable channel) once the direct ack was overdue |
 //! | `gossip_suspicions_total` | counter | members this node suspected after a failed probe or an unreachable report |
-//! | `gossip_suspect_checks_total` | counter | check pings sent to a member on first hearing another member's suspicion of it |
+//! | `gossip_suspect_checks_total` | counter | check pings sent to a member on first hearing another member's suspicion of it, and again (up to three times) while it stays silent |
 //! | `gossip_unreachable_total` | counter | ICMP errors saying a peer's address does not answer, by `outcome`: `evidence` (for a live member's address: taken as evidence its process is gone), `no_member` (for no live member's address), `unmatched` (quoting no datagram sent there lately: forged or very late, ignored), `dropped` (not read in time) |
 //! | `gossip_suspicions_hastened_total` | counter | suspicions cut to `unreachable_suspicion`: this node's own unreachable evidence and another member's suspicion |
 //! | `gossip_probes_inconclusive_total` | counter | failed probes that raised no suspicion because no helper answered, not even with a nack (this node is likely the slow one) |
@@ -205,7 +205,7 @@ impl Metrics {
             ),
             one(
                 "gossip_suspect_checks_total",
-                "Check pings sent on first hearing another member's suspicion.",
+                "Check pings sent on first hearing another member's suspicion, and again while unanswered.",
                 Counter,
                 s.suspect_checks,
             ),

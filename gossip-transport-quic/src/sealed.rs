@@ -85,6 +85,8 @@ pub(crate) enum OpenError {
 #[derive(Debug)]
 pub(crate) struct Sealer {
     id: KeyId,
+    /// Where the peer is reached: a stale notice counts only from there.
+    addr: SocketAddr,
     key: LessSafeKey,
     next: AtomicU64,
     /// Set by a stale notice (the peer cannot open our packets), or when
@@ -239,7 +241,7 @@ pub(crate) enum Arrival {
 #[derive(Debug)]
 pub(crate) struct SealedKeys {
     openers: Mutex<FxHashMap<KeyId, Arc<Opener>>>,
-    sealers: Mutex<FxHashMap<KeyId, (SocketAddr, Arc<Sealer>)>>,
+    sealers: Mutex<FxHashMap<KeyId, Arc<Sealer>>>,
     refresh: Duration,
     started: Instant,
     /// The second (after `started`) of the last stale notice, and how many
@@ -300,6 +302,7 @@ impl SealedKeys {
         let addr = conn.remote_address();
         let sealer = Arc::new(Sealer {
             id: send_id,
+            addr,
             key: key(send_key)?,
             next: AtomicU64::new(0),
             stale: AtomicBool::new(false),
@@ -320,7 +323,7 @@ impl SealedKeys {
             return None;
         }
         openers.insert(receive_id, opener.clone());
-        sealers.insert(send_id, (addr, sealer.clone()));
+        sealers.insert(send_id, sealer.clone());
         drop((openers, sealers));
         let mut opened = Vec::new();
         lock(&self.held).retain(|held| {
@@ -367,7 +370,7 @@ impl SealedKeys {
     /// connection closed.
     pub(crate) fn unregister(&self, registered: Registered) {
         lock(&self.openers).remove(&registered.receive);
-        if let Some((_, sealer)) = lock(&self.sealers).remove(&registered.send) {
+        if let Some(sealer) = lock(&self.sealers).remove(&registered.send) {
             sealer.stale.store(true, Ordering::Relaxed);
         }
     }
@@ -445,7 +448,7 @@ impl SealedKeys {
             return false;
         };
         match lock(&self.sealers).get(&id) {
-            Some((addr, sealer)) if *addr == from => {
+            Some(sealer) if sealer.addr == from => {
                 tracing::debug!(%from, "peer cannot open our sealed datagrams: sending by QUIC");
                 sealer.stale.store(true, Ordering::Relaxed);
                 true

@@ -78,14 +78,11 @@ impl Transport {
         credentials: &NodeCredentials,
         trust: &TrustBundle,
     ) -> Result<(Transport, Inbox), Error> {
-        let bind_error = |source| Error::Bind {
-            addr: config.bind,
-            source,
-        };
-        let socket = bind_udp(config.bind, config.socket_receive_buffer).map_err(bind_error)?;
-        let errors = socket.try_clone().map_err(bind_error)?;
+        let (socket, errors) = bind_with_error_queue(&config)?;
         let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
-        let socket = runtime.wrap_udp_socket(socket).map_err(bind_error)?;
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|source| bind_error(&config, source))?;
         Self::bind_parts(config, credentials, trust, socket, Some(errors))
     }
 
@@ -103,13 +100,9 @@ impl Transport {
         trust: &TrustBundle,
         faults: crate::FaultConfig,
     ) -> Result<(Transport, Inbox, crate::FaultHandle), Error> {
-        let bind_error = |source| Error::Bind {
-            addr: config.bind,
-            source,
-        };
-        let socket = bind_udp(config.bind, config.socket_receive_buffer).map_err(bind_error)?;
-        let errors = socket.try_clone().map_err(bind_error)?;
-        let (socket, handle) = crate::FaultySocket::wrap(socket, faults).map_err(bind_error)?;
+        let (socket, errors) = bind_with_error_queue(&config)?;
+        let (socket, handle) = crate::FaultySocket::wrap(socket, faults)
+            .map_err(|source| bind_error(&config, source))?;
         let (transport, inbox) =
             Self::bind_parts(config, credentials, trust, socket, Some(errors))?;
         Ok((transport, inbox, handle))
@@ -166,18 +159,12 @@ impl Transport {
             socket.clone(),
             runtime,
         )
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        .map_err(|source| bind_error(&config, source))?;
         let (stop_errors, errors_stopped) = tokio::sync::oneshot::channel();
         if let (Some(errors), Some(sent)) = (errors, sent) {
             let reports =
                 unreachable::watch(errors, sent, counters.unreachable.clone(), errors_stopped)
-                    .map_err(|source| Error::Bind {
-                        addr: config.bind,
-                        source,
-                    })?;
+                    .map_err(|source| bind_error(&config, source))?;
             rx.set_unreachable(reports);
         }
         let inner = Arc::new(Inner {
@@ -483,23 +470,33 @@ impl Transport {
 
     /// The hot path of a send by peer id: the datagram goes sealed beside
     /// the cached connection (see [`sealed`](crate::sealed)) or, when it
-    /// cannot, the connection takes it while the cache is locked, with no clone of the connection
-    /// (a clone and its drop are four atomic operations on lines the
-    /// connection's driver also writes). `true` if it was sent; `false`
-    /// leaves everything, failures included, to the general path. With `wait`, a full send buffer is a
-    /// `false` too (the general path waits for room).
+    /// cannot, the connection takes it while the cache is locked, with no
+    /// clone of the connection (a clone and its drop are four atomic
+    /// operations on lines the connection's driver also writes). `true` if
+    /// it was sent; `false` leaves everything, failures included, to the
+    /// general path. With `wait`, a full send buffer is a `false` too (the
+    /// general path waits for room).
     fn send_to_cached(&self, peer: &NodeId, addr: SocketAddr, bytes: &Bytes, wait: bool) -> bool {
-        let connections = self.inner.connections.lock();
-        let Some(cached) = connections.get(peer).and_then(|cached| at(cached, addr)) else {
-            return false;
-        };
-        if self
+        // The sealer is taken out, so that sealing and the socket's send
+        // happen with the cache unlocked.
+        let sealer = self
             .inner
-            .send_sealed(cached.sealer.as_deref(), addr, bytes)
-        {
+            .connections
+            .lock()
+            .get(peer)
+            .and_then(|cached| at(cached, addr))
+            .and_then(|cached| cached.sealer.clone());
+        if self.inner.send_sealed(sealer.as_deref(), addr, bytes) {
             return true;
         }
-        let conn = &cached.conn;
+        let connections = self.inner.connections.lock();
+        let Some(conn) = connections
+            .get(peer)
+            .and_then(|cached| at(cached, addr))
+            .map(|cached| &cached.conn)
+        else {
+            return false;
+        };
         if !wait {
             return conn.send_datagram(bytes.clone()).is_ok();
         }
@@ -573,6 +570,25 @@ impl Transport {
         self.inner.close();
         self.inner.endpoint.wait_idle().await;
     }
+}
+
+/// The error of a failed bind at `config.bind`.
+fn bind_error(config: &TransportConfig, source: std::io::Error) -> Error {
+    Error::Bind {
+        addr: config.bind,
+        source,
+    }
+}
+
+/// A UDP socket bound as `config` says, and a second handle on it for
+/// reading its error queue.
+fn bind_with_error_queue(config: &TransportConfig) -> Result<(UdpSocket, UdpSocket), Error> {
+    let socket = bind_udp(config.bind, config.socket_receive_buffer)
+        .map_err(|source| bind_error(config, source))?;
+    let errors = socket
+        .try_clone()
+        .map_err(|source| bind_error(config, source))?;
+    Ok((socket, errors))
 }
 
 /// Binds a UDP socket at `addr` with a kernel receive buffer of up to
