@@ -409,6 +409,27 @@ impl Replica {
         result
     }
 
+    /// A SWIM frame that arrived at `arrived` and is handled only now; see
+    /// [`Swim::handle_late_datagram`](gossip_swim::Swim::handle_late_datagram).
+    ///
+    /// # Errors
+    ///
+    /// As [`handle_datagram`](Replica::handle_datagram).
+    pub fn handle_late_datagram(
+        &mut self,
+        now: Timestamp,
+        arrived: Timestamp,
+        from: NodeId,
+        addr: SocketAddr,
+        frame: &[u8],
+    ) -> Result<(), gossip_swim::Error> {
+        let result = self
+            .swim
+            .handle_late_datagram(now, arrived, from, addr, frame);
+        self.settle(now);
+        result
+    }
+
     /// A turn of a sync session from `from` at `addr`: `role` is the
     /// sender's role, `id` the session. A turn of a session this replica no
     /// longer runs is ignored; a new session from a peer replaces its

@@ -149,8 +149,8 @@ struct Flight {
     to: usize,
     from: usize,
     payload: Payload,
-    /// Already held back by a slow receiver.
-    held: bool,
+    /// When it arrived, if a slow receiver held it back.
+    held_since: Option<Timestamp>,
 }
 
 impl PartialEq for Flight {
@@ -759,7 +759,7 @@ impl Sim {
             to,
             from,
             payload,
-            held: false,
+            held_since: None,
         }));
     }
 
@@ -825,7 +825,7 @@ impl Sim {
 
     /// How long a slow receiver holds `flight` back, if it does.
     fn holds(&self, flight: &Flight) -> Option<Duration> {
-        if flight.held {
+        if flight.held_since.is_some() {
             return None;
         }
         let (until, delay) = self.nodes.get(flight.to)?.slow?;
@@ -855,13 +855,17 @@ impl Sim {
                 break;
             };
             if let Some(delay) = self.holds(&flight) {
-                flight.held = true;
+                flight.held_since = Some(flight.at);
                 flight.at = self.now + delay;
                 self.in_flight.push(Reverse(flight));
                 continue;
             }
             let Flight {
-                to, from, payload, ..
+                to,
+                from,
+                payload,
+                held_since,
+                ..
             } = flight;
             if !self.is_running(to) || self.is_paused(to) {
                 match payload {
@@ -886,7 +890,8 @@ impl Sim {
                 Payload::Datagram(bytes) => {
                     self.trace.update(&bytes);
                     // Refusals are counted by the machine; the network does not care.
-                    let _ = replica.handle_datagram(now, from_id, from_addr, &bytes);
+                    let arrived = held_since.unwrap_or(now);
+                    let _ = replica.handle_late_datagram(now, arrived, from_id, from_addr, &bytes);
                 }
                 Payload::Unreachable { of } => {
                     self.trace.update(b"unreachable");

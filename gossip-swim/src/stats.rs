@@ -68,6 +68,11 @@ pub struct Stats {
     /// suspect (this node was stalled through it): the suspect was called
     /// then, and declared dead a probe timeout later if still suspect.
     pub late_calls: u64,
+    /// Suspicions whose deadline came while this node's newest handled
+    /// input had arrived more than a probe timeout earlier (its input lags
+    /// or has stopped): the declaration waited for the input to catch up,
+    /// for at most the stall patience.
+    pub declarations_awaiting_input: u64,
     /// Failed probes that raised no suspicion because no helper answered,
     /// not even with a nack: the fault was likely this node's (Lifeguard's
     /// local health on, below the top of its scale).

@@ -758,6 +758,32 @@ fn a_member_stalled_through_a_suspicion_deadline_calls_the_suspect_before_declar
 }
 
 #[test]
+fn a_declarer_whose_input_lags_waits_for_it_before_declaring_a_stalled_member() {
+    let patience = Config::lan(cluster_id(), 8).stall_patience;
+    for s in 0..5 {
+        let mut net = Net::lan(8, seed(75 + s));
+        assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+        net.run_for(Duration::from_millis(5_000 + 211 * s));
+        let since = net.now;
+        // Node 3 stalls for a little less than the patience...
+        net.stall(3, patience - SECOND / 10);
+        net.run_for(patience - SECOND / 2);
+        // ...and just before it wakes, what reaches node 1 starts to be
+        // handled 2 s late, node 3's refutation included, while node 1's
+        // timers keep time.
+        net.slow_down(1, 2 * SECOND, 6 * SECOND);
+        net.run_for(20 * SECOND);
+        let (_, failed) = detection(&net, 3, since);
+        assert!(
+            failed.is_empty(),
+            "seed {}: node 3 declared dead {failed:?}",
+            net.seed
+        );
+        assert!(net.converged(), "seed {}", net.seed);
+    }
+}
+
+#[test]
 fn many_suspicions_at_once_cost_at_most_eight_check_pings_a_period() {
     let mut net = Net::lan(40, seed(80));
     assert!(net.run_until(30 * SECOND, Net::converged).is_some());

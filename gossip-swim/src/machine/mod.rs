@@ -9,7 +9,7 @@ mod probe;
 mod suspicion;
 mod timer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,10 @@ pub struct Swim {
     config: Config,
     rng: GossipRng,
     now: Timestamp,
+    /// This node's latest probes (sequence number, when the ack is due)
+    /// until the ack is handled or something that arrived after it was due
+    /// is (see [`Swim::handle_late_datagram`]); the oldest first.
+    probes_unheard: VecDeque<(u32, Timestamp)>,
     members: Membership,
     rumors: RumorQueue,
     order: ProbeOrder,
@@ -168,6 +172,7 @@ impl Swim {
             order: ProbeOrder::default(),
             awareness: Awareness::new(config.awareness_max),
             next_seq: 0,
+            probes_unheard: VecDeque::new(),
             probe: None,
             forwards: BTreeMap::new(),
             suspicions: Suspicions::default(),
@@ -506,7 +511,33 @@ impl Swim {
         from_addr: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), Error> {
+        self.handle_late_datagram(now, now, from, from_addr, bytes)
+    }
+
+    /// As [`handle_datagram`](Swim::handle_datagram), for a datagram that
+    /// arrived at `arrived` and is handled only now (it waited in a queue
+    /// before the machine). A suspect's deadline that comes while the ack
+    /// of a probe this node sent is overdue, and nothing that arrived after
+    /// it was due has been handled, waits for the input to catch up (for up
+    /// to the stall patience): the suspect's answer may be in it. A driver
+    /// that hands datagrams over the moment they arrive calls
+    /// `handle_datagram`.
+    ///
+    /// # Errors
+    ///
+    /// As [`handle_datagram`](Swim::handle_datagram).
+    pub fn handle_late_datagram(
+        &mut self,
+        now: Timestamp,
+        arrived: Timestamp,
+        from: NodeId,
+        from_addr: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         self.advance(now);
+        if !self.probes_unheard.is_empty() {
+            self.probes_unheard.retain(|(_, due)| *due > arrived);
+        }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let frame = match decode_frame::<Message>(bytes, self.config.cluster, &self.config.limits) {

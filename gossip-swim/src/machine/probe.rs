@@ -17,6 +17,10 @@ use crate::message::{Message, TargetTag};
 /// ends (it asked one probe timeout into the period).
 const NACK_AFTER: f64 = 0.8;
 
+/// Probes remembered while their answer is awaited: a handful covers the
+/// stall patience's worth of a node that hears no one.
+pub(super) const MAX_PROBES_UNHEARD: usize = 16;
+
 /// The probe in flight: it records what came back and, at the end of its
 /// period, gives its verdict.
 #[derive(Debug, Clone)]
@@ -203,6 +207,10 @@ impl Swim {
         let seq = self.next_seq();
         self.probe = Some(Probe::new(seq, target, self.now));
         self.stats.probes += 1;
+        if self.probes_unheard.len() == MAX_PROBES_UNHEARD {
+            self.probes_unheard.pop_front();
+        }
+        self.probes_unheard.push_back((seq, self.now + timeout));
         self.timers
             .set(self.now + timeout, Timer::ProbeTimeout { seq });
         self.timers.set(self.now + period, Timer::ProbeEnd { seq });
@@ -364,6 +372,7 @@ impl Swim {
             self.send(Some(forward.requester), forward.requester_addr, ack, true);
             return;
         }
+        self.probes_unheard.retain(|(probe, _)| *probe != seq);
         let sent = self.probe.as_mut().and_then(|probe| probe.ack(from, seq));
         if let Some(sent) = sent.or_else(|| self.suspicions.check_answered(&from, seq)) {
             self.sample_round_trip(from, sent);

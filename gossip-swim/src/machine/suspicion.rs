@@ -34,11 +34,15 @@ pub(super) struct Suspicion {
     check: Option<(u32, Timestamp)>,
     /// Whether the suspect has spoken to this node since the check ping.
     heard: bool,
-    /// Whether the suspect got a last call after the deadline, which this
-    /// node reached late (it was stalled itself).
-    late_call: bool,
+    /// Last calls the suspect got after the deadline, which this node
+    /// reached late (it was stalled itself) or waiting for its own input:
+    /// one, and one more once the wait for input ended.
+    late_calls: u32,
     /// Check pings sent again after one went unanswered.
     rechecks: u32,
+    /// Since when the declaration has waited for this node's own input to
+    /// catch up (see [`Swim::handle_late_datagram`]).
+    waiting_for_input: Option<Timestamp>,
 }
 
 impl Suspicion {
@@ -129,8 +133,9 @@ impl Suspicions {
             unreachable_deadline: None,
             check: None,
             heard: false,
-            late_call: false,
+            late_calls: 0,
             rechecks: 0,
+            waiting_for_input: None,
         };
         let deadline = (suspicion.deadline(k), suspicion.token);
         self.by_subject.insert(subject, suspicion);
@@ -520,7 +525,9 @@ impl Swim {
     /// timeout ago and within the last probe interval: a node that reaches
     /// the deadline having made no such call (it was stalled itself through
     /// the last call, and what the suspect said meanwhile may be lost on
-    /// it) calls now and waits one probe timeout more.
+    /// it) calls now and waits one probe timeout more. A node that hears no
+    /// one at the deadline (a probe's answer overdue, nothing that arrived
+    /// since handled) first waits for its input, up to the stall patience.
     pub(super) fn suspicion_expired(&mut self, subject: NodeId, token: u64) {
         if !self.suspicions.is_current(&subject, token) {
             return;
@@ -529,18 +536,41 @@ impl Swim {
             let timeout = self.probe_timeout_for(&subject);
             let window = timeout + self.config.probe_interval;
             let now = self.now;
+            // While the ack of a probe this node sent is overdue and
+            // nothing that arrived after it was due has been handled, this
+            // node hears no one (its input lags or stopped): the suspect's
+            // answer to the last call may be waiting in it, and its silence
+            // says nothing. Waited for up to the stall patience, so a node
+            // cut off from all input still declares, after one more call.
+            let deaf = self.probes_unheard.iter().any(|(_, due)| *due < now);
             if let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) {
                 let called = suspicion.reminded.is_some_and(|at| {
                     let age = now.saturating_duration_since(at);
                     age >= timeout && age <= window
                 });
-                if !called && !suspicion.late_call {
-                    suspicion.late_call = true;
+                let calls = if suspicion.waiting_for_input.is_some() {
+                    2
+                } else {
+                    1
+                };
+                if !called && suspicion.late_calls < calls {
+                    suspicion.late_calls += 1;
                     self.stats.late_calls += 1;
                     self.remind_suspect(subject, None);
                     self.timers
                         .set(now + timeout, Timer::Suspicion { subject, token });
                     return;
+                }
+                if deaf {
+                    let since = *suspicion.waiting_for_input.get_or_insert_with(|| {
+                        self.stats.declarations_awaiting_input += 1;
+                        now
+                    });
+                    if now.saturating_duration_since(since) < self.config.stall_patience {
+                        self.timers
+                            .set(now + timeout, Timer::Suspicion { subject, token });
+                        return;
+                    }
                 }
             }
         }

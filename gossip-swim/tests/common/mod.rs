@@ -78,8 +78,17 @@ impl Drop for SeedGuard {
     }
 }
 
-/// (arrival, order, to, from, frame, sent over a reliable channel)
-type InFlight = Reverse<(Timestamp, u64, usize, usize, Vec<u8>, bool)>;
+/// (delivery, order, to, from, frame, sent over a reliable channel, when it
+/// arrived if a slowed receiver holds it back)
+type InFlight = Reverse<(
+    Timestamp,
+    u64,
+    usize,
+    usize,
+    Vec<u8>,
+    bool,
+    Option<Timestamp>,
+)>;
 
 pub(crate) struct Net {
     pub(crate) nodes: Vec<Option<Swim>>,
@@ -106,6 +115,9 @@ pub(crate) struct Net {
     /// Stalled nodes, until when: what reaches them waits, and their
     /// timers do not fire.
     pub(crate) stalled_until: Vec<Option<Timestamp>>,
+    /// Slowed nodes: until when, and how late what arrives is handled
+    /// (their timers keep time).
+    slowed: Vec<Option<(Timestamp, Duration)>>,
     config: Config,
     in_flight: BinaryHeap<InFlight>,
     sent: u64,
@@ -129,6 +141,7 @@ impl Net {
             seed,
             closed_ports: BTreeSet::new(),
             stalled_until: vec![None; n],
+            slowed: vec![None; n],
             config,
             in_flight: BinaryHeap::new(),
             sent: 0,
@@ -167,6 +180,7 @@ impl Net {
         self.events.push(Vec::new());
         self.refused.push(Vec::new());
         self.stalled_until.push(None);
+        self.slowed.push(None);
         let node = self.make_node(i, Incarnation::ZERO);
         self.nodes.push(Some(node));
         let now = self.now;
@@ -208,6 +222,7 @@ impl Net {
                 i,
                 t.payload,
                 t.reliable,
+                None,
             )));
         }
         while let Some(event) = node.poll_event() {
@@ -238,6 +253,13 @@ impl Net {
     /// nothing meanwhile, and what reached it waits for the end.
     pub(crate) fn stall(&mut self, i: usize, duration: Duration) {
         self.stalled_until[i] = Some(self.now + duration);
+    }
+
+    /// Slows node `i` for `duration`: what arrives meanwhile is handled
+    /// `delay` late, while its timers keep time (a process starved of CPU,
+    /// or a long queue before its socket).
+    pub(crate) fn slow_down(&mut self, i: usize, delay: Duration, duration: Duration) {
+        self.slowed[i] = Some((self.now + duration, delay));
     }
 
     fn is_stalled(&self, i: usize) -> bool {
@@ -287,7 +309,8 @@ impl Net {
             if *at > self.now {
                 break;
             }
-            let Some(Reverse((_, order, to, from, payload, reliable))) = self.in_flight.pop()
+            let Some(Reverse((_, order, to, from, payload, reliable, held_since))) =
+                self.in_flight.pop()
             else {
                 break;
             };
@@ -305,14 +328,30 @@ impl Net {
             }
             if let Some(until) = self.stalled_until[to].filter(|until| *until > self.now) {
                 self.in_flight
-                    .push(Reverse((until, order, to, from, payload, reliable)));
+                    .push(Reverse((until, order, to, from, payload, reliable, None)));
+                continue;
+            }
+            if held_since.is_none()
+                && let Some((_, delay)) = self.slowed[to].filter(|(until, _)| *until > self.now)
+            {
+                let arrived = Some(self.now);
+                self.in_flight.push(Reverse((
+                    self.now + delay,
+                    order,
+                    to,
+                    from,
+                    payload,
+                    reliable,
+                    arrived,
+                )));
                 continue;
             }
             let now = self.now;
             let sender = self.ids[from];
-            if let Err(err) = self
-                .node(to)
-                .handle_datagram(now, sender, addr(from), &payload)
+            let arrived = held_since.unwrap_or(now);
+            if let Err(err) =
+                self.node(to)
+                    .handle_late_datagram(now, arrived, sender, addr(from), &payload)
             {
                 self.refused[to].push(err.to_string());
             }
