@@ -171,6 +171,15 @@ pub struct NodeConfig {
     /// Events buffered for slow subscribers before they start missing some.
     /// Default 4,096.
     pub event_buffer: usize,
+    /// Most members this node connects to ahead of need. Once joined, a
+    /// node opens connections to live members it has none with, a few per
+    /// probe interval (of each pair, one end dials), so the handshakes of
+    /// the first probe rotation are over within seconds of the join and a
+    /// probe, a push or a request to probe on another's behalf finds its
+    /// connection ready. Past this many connections SWIM's own sends open
+    /// the rest. 0 opens connections only when a send needs one. Default
+    /// 256.
+    pub connect_ahead: usize,
     /// Keys this node publishes from the start: they ride its first
     /// announcement, so no member ever sees it without them. They replace
     /// keys of the same name kept in `data_dir`. Default none.
@@ -215,6 +224,7 @@ impl NodeConfig {
             tombstone_grace: Duration::from_secs(3600),
             rng_seed: None,
             event_buffer: 4096,
+            connect_ahead: 256,
             initial_keys: Vec::new(),
             #[cfg(feature = "fault-injection")]
             faults: gossip_transport_quic::FaultConfig::new(0),

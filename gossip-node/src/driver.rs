@@ -40,6 +40,11 @@ const IDENTITY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leaving node keeps its connections open after its last send,
 /// so that what quinn still holds goes out before the close.
 const LINGER: Duration = Duration::from_millis(100);
+/// Most connections opened ahead of need at once, and how often more are
+/// started: a few handshakes at a time spread the first rotation's over
+/// seconds instead of a burst, and leave the join's own room.
+const CONNECT_AHEAD_AT_ONCE: usize = 4;
+const CONNECT_AHEAD_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Counts a send task as in flight while it lives.
 struct InFlight(Arc<AtomicUsize>);
@@ -190,6 +195,12 @@ pub(crate) struct Driver {
     seeds: watch::Sender<Vec<Seed>>,
     /// This node's own addresses (bound and advertised), never a seed.
     own_addrs: [SocketAddr; 2],
+    /// Most members connected to ahead of need (`NodeConfig::connect_ahead`).
+    connect_ahead: usize,
+    /// Connections being opened ahead of need.
+    connecting_ahead: Arc<AtomicUsize>,
+    /// When the next connections ahead of need are opened.
+    next_connect_ahead: Instant,
 }
 
 /// What the driver is built from; see `Node::start`.
@@ -208,6 +219,7 @@ pub(crate) struct Parts {
     pub(crate) persisted_incarnation: u64,
     pub(crate) seeds: watch::Sender<Vec<Seed>>,
     pub(crate) own_addrs: [SocketAddr; 2],
+    pub(crate) connect_ahead: usize,
 }
 
 impl Driver {
@@ -247,6 +259,9 @@ impl Driver {
             sync_refusals_logged: BTreeMap::new(),
             seeds: parts.seeds,
             own_addrs: parts.own_addrs,
+            connect_ahead: parts.connect_ahead,
+            connecting_ahead: Arc::default(),
+            next_connect_ahead: parts.epoch,
         }
     }
 
@@ -299,6 +314,12 @@ impl Driver {
                 () = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
                     self.replica.handle_timeout(now);
+                }
+                () = tokio::time::sleep_until(self.next_connect_ahead),
+                    if self.connect_ahead > 0 && !self.left =>
+                {
+                    self.next_connect_ahead = Instant::now() + CONNECT_AHEAD_INTERVAL;
+                    self.connect_ahead();
                 }
             }
             self.drain();
@@ -689,6 +710,50 @@ impl Driver {
         }
     }
 
+    /// Opens connections to a few live members this node has none with and
+    /// is the dialling end for, while it holds fewer than `connect_ahead`:
+    /// the handshakes of the first probe rotation then happen within
+    /// seconds of the join, not spread over the rotation (a minute at 64
+    /// members).
+    fn connect_ahead(&mut self) {
+        if *self.joined.borrow() != JoinState::Joined {
+            return;
+        }
+        let connected = self.transport.connected_peers();
+        let room = self.connect_ahead.saturating_sub(connected.len()).min(
+            CONNECT_AHEAD_AT_ONCE.saturating_sub(self.connecting_ahead.load(Ordering::Relaxed)),
+        );
+        if room == 0 {
+            return;
+        }
+        let members = self.replica.swim().members();
+        let local = members.local_id();
+        let mut wanted: Vec<(NodeId, SocketAddr)> = members
+            .iter()
+            .filter(|member| {
+                member.status == MemberStatus::Alive
+                    && member.id != local
+                    && dials_first(&local, &member.id)
+                    && !connected.contains(&member.id)
+            })
+            .filter_map(|member| Some((member.id, member.meta.addr()?)))
+            .collect();
+        for _ in 0..room.min(wanted.len()) {
+            let (peer, addr) = wanted.swap_remove(self.rng.random_range(0..wanted.len()));
+            let transport = self.transport.clone();
+            let in_flight = InFlight::new(&self.connecting_ahead);
+            self.counters.connects_ahead += 1;
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                let connected =
+                    tokio::time::timeout(SEND_TIMEOUT, transport.connect(Some(peer), addr)).await;
+                if !matches!(connected, Ok(Ok(_))) {
+                    debug!(%peer, %addr, "no connection ahead of need");
+                }
+            });
+        }
+    }
+
     /// A random alive member this node already has a connection to, none in
     /// `exclude`: where a push goes instead of a member that would cost a
     /// handshake.
@@ -822,6 +887,20 @@ impl Driver {
             kv_owners: self.replica.state().kv().owners().count() as u64,
         }
     }
+}
+
+/// Whether `local` is the end of its pair with `peer` that opens their
+/// connection ahead of need: one end of each pair dials, and each node
+/// dials about half of its peers.
+fn dials_first(local: &NodeId, peer: &NodeId) -> bool {
+    let (low, high) = if local < peer {
+        (local, peer)
+    } else {
+        (peer, local)
+    };
+    // Ids are hashes: the parity of a byte of each is a fair coin per pair.
+    let low_dials = (low.as_bytes()[0] ^ high.as_bytes()[0]) & 1 == 0;
+    low_dials == (local == low)
 }
 
 /// The next unreachable report; never, without a reader of them.

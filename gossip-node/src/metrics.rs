@@ -38,6 +38,7 @@
 //! | `gossip_quic_udp_bytes_total` | counter | UDP bytes of this node's QUIC connections (closed ones included) and sealed datagrams, by `direction` |
 //! | `gossip_sealed_datagrams_total` | counter | datagrams sent and received sealed beside QUIC with the connection's exported keys (no acknowledgement packet), by `direction` |
 //! | `gossip_send_errors_total` | counter | sends that failed (peer unreachable, connection lost) |
+//! | `gossip_connects_ahead_total` | counter | connections opened to members ahead of need, after the join |
 
 use std::fmt::Write;
 
@@ -70,6 +71,8 @@ pub struct DriverCounters {
     /// Checks that found a second process answering as this node at
     /// another address.
     pub identity_answers_elsewhere: u64,
+    /// Connections opened ahead of need (`NodeConfig::connect_ahead`).
+    pub connects_ahead: u64,
 }
 
 /// A snapshot of every metric of one node.
@@ -409,6 +412,12 @@ impl Metrics {
                 "Sends that failed.",
                 Counter,
                 self.driver.send_errors,
+            ),
+            one(
+                "gossip_connects_ahead_total",
+                "Connections opened to members ahead of need, after the join.",
+                Counter,
+                self.driver.connects_ahead,
             ),
         ]
     }

@@ -138,6 +138,7 @@ impl Node {
             persisted_incarnation: identity.incarnation.get(),
             seeds: seed_list.clone(),
             own_addrs,
+            connect_ahead: config.connect_ahead,
         });
         tokio::spawn(seeds::keep_resolving(
             seed_list.subscribe(),

@@ -417,3 +417,60 @@ async fn a_node_resolving_seed_names_stops_when_its_handles_are_dropped() {
     })
     .await;
 }
+
+/// Six nodes probing only every 20 s (so SWIM's own probes open almost no
+/// connection): how many connections each holds once all see all alive,
+/// and a moment later.
+async fn connections_after_the_join(connect_ahead: usize) -> Vec<u64> {
+    let ca = ClusterCa::generate("ahead").expect("CA");
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..6 {
+        let seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
+        let mut config = config(&ca, &format!("node-{i}"), seeds);
+        config.credentials = Some(
+            ca.issue(&format!("node-{i}"), validity())
+                .expect("credentials"),
+        );
+        config.probe_interval = Some(Duration::from_secs(20));
+        config.sync_interval = Duration::from_secs(600);
+        config.connect_ahead = connect_ahead;
+        nodes.push(Node::start(config).await.expect("node starts").0);
+    }
+    let ids: Vec<_> = nodes.iter().map(Node::id).collect();
+    for node in &nodes {
+        eventually(LIMIT, "every node sees all alive", || {
+            sees_alive(node, &ids)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut held = Vec::new();
+    for node in &nodes {
+        held.push(
+            node.metrics()
+                .await
+                .expect("metrics")
+                .transport
+                .live_connections,
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_connect_to_every_peer_ahead_of_need_after_the_join() {
+    let ahead = connections_after_the_join(256).await;
+    assert!(
+        ahead.iter().all(|&held| held >= 5),
+        "connections held with connecting ahead: {ahead:?}"
+    );
+    // Without it, a quiet joiner holds only what the join and gossip opened.
+    let on_demand = connections_after_the_join(0).await;
+    assert!(
+        on_demand.iter().any(|&held| held < 5),
+        "connections held without connecting ahead: {on_demand:?}"
+    );
+}

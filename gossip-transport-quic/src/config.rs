@@ -42,6 +42,12 @@ pub struct TransportConfig {
     /// network; on a LAN a tenth of it recovers a lost handshake packet in
     /// 100 ms instead of a second.
     pub initial_rtt: Duration,
+    /// Whether a connection probes its path for packets larger than QUIC's
+    /// 1,200-byte minimum. Default off: gossip's datagrams fit the minimum,
+    /// and the probes (up to 1,452 bytes, several per connection, repeated
+    /// every 10 minutes) more than double what a handshake costs on the
+    /// wire. On lets large syncs use fewer, larger packets.
+    pub discover_path_mtu: bool,
 }
 
 impl TransportConfig {
@@ -57,6 +63,7 @@ impl TransportConfig {
             receive_queue: 8192,
             socket_receive_buffer: 4 << 20,
             initial_rtt: Duration::from_millis(333),
+            discover_path_mtu: false,
         }
     }
 }

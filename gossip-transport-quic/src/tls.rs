@@ -263,6 +263,9 @@ pub(crate) fn build_tls(
         .max_concurrent_uni_streams(VarInt::from_u32(config.max_streams_per_peer))
         .datagram_receive_buffer_size(Some(config.datagram_buffer_bytes))
         .datagram_send_buffer_size(config.datagram_buffer_bytes);
+    if !config.discover_path_mtu {
+        transport.mtu_discovery_config(None);
+    }
     let transport = Arc::new(transport);
 
     // Client certificates are required and must chain to the trust bundle;

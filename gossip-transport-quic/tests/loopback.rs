@@ -840,3 +840,39 @@ async fn forged_sealed_packets_are_counted_answered_with_a_notice_and_never_deli
     assert!(a.stats().sealed_sent >= 1);
     assert_eq!(a.stats().stale_notices_received, 0);
 }
+
+/// What one connection costs on the wire, both ends' UDP bytes and
+/// datagrams, from the dial to a second after one datagram went through
+/// (path MTU probes start once the handshake completes).
+async fn connection_cost(discover_path_mtu: bool) -> (u64, u64) {
+    let ca = ClusterCa::generate("mtu").unwrap();
+    let (a_creds, b_creds) = (ca.issue("a", day()).unwrap(), ca.issue("b", day()).unwrap());
+    let config = || {
+        let mut config = TransportConfig::new(loopback());
+        config.discover_path_mtu = discover_path_mtu;
+        config
+    };
+    let (a, _a_inbox) = Transport::bind(config(), &a_creds, &ca.trust()).unwrap();
+    let (b, mut b_inbox) = Transport::bind(config(), &b_creds, &ca.trust()).unwrap();
+    let b_addr = b.local_addr().unwrap();
+    round_trip(&a, &b_creds, b_addr, &mut b_inbox, 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (sa, sb) = (a.stats(), b.stats());
+    (
+        sa.udp_bytes_sent + sb.udp_bytes_sent,
+        sa.udp_datagrams_sent + sb.udp_datagrams_sent,
+    )
+}
+
+#[tokio::test]
+async fn without_path_mtu_discovery_a_connection_costs_less_than_half_the_bytes() {
+    let (plain_bytes, plain_packets) = connection_cost(false).await;
+    let (probing_bytes, probing_packets) = connection_cost(true).await;
+    eprintln!(
+        "connection cost: {plain_bytes} B in {plain_packets} datagrams without path MTU discovery, {probing_bytes} B in {probing_packets} with it"
+    );
+    assert!(
+        plain_bytes * 2 < probing_bytes,
+        "{plain_bytes} B without discovery against {probing_bytes} B with it"
+    );
+}
