@@ -171,14 +171,15 @@ pub struct NodeConfig {
     /// Events buffered for slow subscribers before they start missing some.
     /// Default 4,096.
     pub event_buffer: usize,
-    /// Most members this node connects to ahead of need. Once joined, a
-    /// node opens connections to live members it has none with, a few per
-    /// probe interval (of each pair, one end dials), so the handshakes of
-    /// the first probe rotation are over within seconds of the join and a
-    /// probe, a push or a request to probe on another's behalf finds its
-    /// connection ready. Past this many connections SWIM's own sends open
-    /// the rest. 0 opens connections only when a send needs one. Default
-    /// 256.
+    /// Most members this node connects to ahead of need. From 5 s after
+    /// its join, a node opens connections to live members it has none
+    /// with, two at a time, up to four a second (of each pair, one end
+    /// dials; a member that does not answer is tried that way again after
+    /// 30 s), so the handshakes of the first probe rotation are over within
+    /// seconds instead of spread over it, and a probe, a push or a request
+    /// to probe on another's behalf finds its connection ready. Past this
+    /// many connections SWIM's own sends open the rest. 0 opens connections
+    /// only when a send needs one. Default 256.
     pub connect_ahead: usize,
     /// Keys this node publishes from the start: they ride its first
     /// announcement, so no member ever sees it without them. They replace

@@ -40,11 +40,17 @@ const IDENTITY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a leaving node keeps its connections open after its last send,
 /// so that what quinn still holds goes out before the close.
 const LINGER: Duration = Duration::from_millis(100);
-/// Most connections opened ahead of need at once, and how often more are
-/// started: a few handshakes at a time spread the first rotation's over
-/// seconds instead of a burst, and leave the join's own room.
-const CONNECT_AHEAD_AT_ONCE: usize = 4;
+/// How long after its join a node starts connecting ahead of need, most
+/// connections it opens that way at once, and how often it starts more:
+/// the join's own handshakes and news go first, and a couple of handshakes
+/// at a time spread the first rotation's over seconds instead of a burst.
+const CONNECT_AHEAD_DELAY: Duration = Duration::from_secs(5);
+const CONNECT_AHEAD_AT_ONCE: usize = 2;
 const CONNECT_AHEAD_INTERVAL: Duration = Duration::from_millis(500);
+/// A member connected to ahead of need is not tried again that way for
+/// this long: one that does not answer (a wrong address, a partition) costs
+/// a handshake's retransmissions per try, and SWIM dials it when it must.
+const CONNECT_AHEAD_RETRY: Duration = Duration::from_secs(30);
 
 /// Counts a send task as in flight while it lives.
 struct InFlight(Arc<AtomicUsize>);
@@ -199,6 +205,8 @@ pub(crate) struct Driver {
     connect_ahead: usize,
     /// Connections being opened ahead of need.
     connecting_ahead: Arc<AtomicUsize>,
+    /// When each member was last connected to ahead of need.
+    connected_ahead: BTreeMap<NodeId, Instant>,
     /// When the next connections ahead of need are opened.
     next_connect_ahead: Instant,
 }
@@ -261,6 +269,7 @@ impl Driver {
             own_addrs: parts.own_addrs,
             connect_ahead: parts.connect_ahead,
             connecting_ahead: Arc::default(),
+            connected_ahead: BTreeMap::new(),
             next_connect_ahead: parts.epoch,
         }
     }
@@ -542,6 +551,7 @@ impl Driver {
                 info!(%via, "joined the cluster");
                 self.joined.send_replace(JoinState::Joined);
                 self.ever_joined = true;
+                self.next_connect_ahead = Instant::now() + CONNECT_AHEAD_DELAY;
             }
             Event::JoinRefused {
                 by,
@@ -713,7 +723,7 @@ impl Driver {
     /// Opens connections to a few live members this node has none with and
     /// is the dialling end for, while it holds fewer than `connect_ahead`:
     /// the handshakes of the first probe rotation then happen within
-    /// seconds of the join, not spread over the rotation (a minute at 64
+    /// seconds after the join, not spread over the rotation (a minute at 64
     /// members).
     fn connect_ahead(&mut self) {
         if *self.joined.borrow() != JoinState::Joined {
@@ -726,6 +736,9 @@ impl Driver {
         if room == 0 {
             return;
         }
+        let now = Instant::now();
+        self.connected_ahead
+            .retain(|_, tried| now.saturating_duration_since(*tried) < CONNECT_AHEAD_RETRY);
         let members = self.replica.swim().members();
         let local = members.local_id();
         let mut wanted: Vec<(NodeId, SocketAddr)> = members
@@ -735,11 +748,13 @@ impl Driver {
                     && member.id != local
                     && dials_first(&local, &member.id)
                     && !connected.contains(&member.id)
+                    && !self.connected_ahead.contains_key(&member.id)
             })
             .filter_map(|member| Some((member.id, member.meta.addr()?)))
             .collect();
         for _ in 0..room.min(wanted.len()) {
             let (peer, addr) = wanted.swap_remove(self.rng.random_range(0..wanted.len()));
+            self.connected_ahead.insert(peer, now);
             let transport = self.transport.clone();
             let in_flight = InFlight::new(&self.connecting_ahead);
             self.counters.connects_ahead += 1;

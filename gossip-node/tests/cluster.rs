@@ -419,8 +419,8 @@ async fn a_node_resolving_seed_names_stops_when_its_handles_are_dropped() {
 }
 
 /// Six nodes probing only every 20 s (so SWIM's own probes open almost no
-/// connection): how many connections each holds once all see all alive,
-/// and a moment later.
+/// connection): how many connections each holds 9 s after all see all
+/// alive.
 async fn connections_after_the_join(connect_ahead: usize) -> Vec<u64> {
     let ca = ClusterCa::generate("ahead").expect("CA");
     let mut nodes: Vec<Node> = Vec::new();
@@ -443,7 +443,8 @@ async fn connections_after_the_join(connect_ahead: usize) -> Vec<u64> {
         })
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Connecting ahead starts 5 s after each node's join.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let mut held = Vec::new();
     for node in &nodes {
         held.push(
