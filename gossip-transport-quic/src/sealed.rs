@@ -100,20 +100,40 @@ pub(crate) struct Sealer {
     last_quic_ms: AtomicU64,
     /// How often the dialling end sends a datagram by QUIC.
     refresh: Duration,
+    /// The slot of [`BURST_SLOT`] the last sealed packets went in, and how
+    /// many went in it.
+    slot: AtomicU64,
+    sealed_in_slot: AtomicU64,
 }
+
+/// Past [`MAX_SEALED_PER_SLOT`] sealed packets in one slot of this length,
+/// datagrams to the peer go by QUIC until the next slot: a burst is what
+/// QUIC carries better (several datagrams to a packet, sent in batches, one
+/// acknowledgement for many), and sparse traffic, where an acknowledgement
+/// per datagram would double the packets, is what sealing is for.
+const BURST_SLOT: Duration = Duration::from_millis(100);
+const MAX_SEALED_PER_SLOT: u64 = 64;
 
 impl Sealer {
     /// The counter for the next sealed packet, or `None` if this datagram
     /// must go by QUIC: the peer said it cannot open ours, the counters are
-    /// used up, or (at the dialling end) no datagram went by QUIC for a
+    /// used up, this is a burst (see [`BURST_SLOT`]), or (at the dialling
+    /// end) no datagram went by QUIC for a
     /// third of the idle timeout, and QUIC's idle timer, which sealed
     /// packets do not reset, needs one.
     fn next_counter(&self) -> Option<u32> {
         if self.stale.load(Ordering::Relaxed) {
             return None;
         }
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let slot = now / u64::try_from(BURST_SLOT.as_millis()).unwrap_or(1);
+        if self.slot.swap(slot, Ordering::Relaxed) != slot {
+            self.sealed_in_slot.store(0, Ordering::Relaxed);
+        }
+        if self.sealed_in_slot.fetch_add(1, Ordering::Relaxed) >= MAX_SEALED_PER_SLOT {
+            return None;
+        }
         if self.dialled {
-            let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
             let last = self.last_quic_ms.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= u64::try_from(self.refresh.as_millis()).unwrap_or(0) {
                 self.last_quic_ms.store(now, Ordering::Relaxed);
@@ -310,6 +330,8 @@ impl SealedKeys {
             created: clock(),
             last_quic_ms: AtomicU64::new(0),
             refresh: self.refresh,
+            slot: AtomicU64::new(0),
+            sealed_in_slot: AtomicU64::new(0),
         });
         let opener = Arc::new(Opener {
             peer,

@@ -876,3 +876,31 @@ async fn without_path_mtu_discovery_a_connection_costs_less_than_half_the_bytes(
         "{plain_bytes} B without discovery against {probing_bytes} B with it"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_datagrams_goes_mostly_by_quic_and_all_arrive() {
+    let ca = ClusterCa::generate("burst").unwrap();
+    let b_creds = ca.issue("b", day()).unwrap();
+    let (a, _a_inbox, _) = bind(&ca, &ca.issue("a", day()).unwrap());
+    let (_b, mut b_inbox, b_addr) = bind(&ca, &b_creds);
+    // Connected, and sealing: one datagram first.
+    round_trip(&a, &b_creds, b_addr, &mut b_inbox, 0).await;
+    for n in 0..500u32 {
+        a.send_datagram_wait(
+            Some(b_creds.node_id()),
+            b_addr,
+            n.to_be_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+    for _ in 0..500 {
+        next(&mut b_inbox).await;
+    }
+    let sealed = a.stats().sealed_sent;
+    // At most 64 sealed in each 100 ms slot the burst touched.
+    assert!(
+        sealed <= 1 + 64 * 3,
+        "{sealed} of 501 datagrams went sealed"
+    );
+}
