@@ -72,6 +72,9 @@ pub(crate) struct Tuning {
     /// Quiet traffic allowed per member, IP bytes per second, before a warning.
     #[arg(long, env = "GOSSIP_TRAFFIC_BUDGET", hide_env_values = true)]
     pub(crate) traffic_budget: Option<u64>,
+    /// Most members connected to ahead of need after the join (0: none).
+    #[arg(long, env = "GOSSIP_CONNECT_AHEAD", hide_env_values = true)]
+    pub(crate) connect_ahead: Option<usize>,
 }
 
 impl Tuning {
@@ -89,6 +92,7 @@ impl Tuning {
             peer_selection: self.peer_selection.or(under.peer_selection),
             cross_zone_share: self.cross_zone_share.or(under.cross_zone_share),
             traffic_budget: self.traffic_budget.or(under.traffic_budget),
+            connect_ahead: self.connect_ahead.or(under.connect_ahead),
         }
     }
 
@@ -106,6 +110,9 @@ impl Tuning {
         }
         if let Some(budget) = self.traffic_budget {
             config.traffic_budget = budget;
+        }
+        if let Some(connect_ahead) = self.connect_ahead {
+            config.connect_ahead = connect_ahead;
         }
         let share = self.cross_zone_share;
         config.peer_selection = match self.peer_selection.as_deref().unwrap_or("round-robin") {
@@ -338,7 +345,7 @@ mod tests {
     #[test]
     fn gossip_settings_come_from_the_file_and_flags_win() -> Result<()> {
         let toml = format!(
-            "{BASE}[gossip]\nprobe_interval = \"2s\"\nprobe_timeout = \"400ms\"\npush_interval = \"100ms\"\nfanout = 4\nindirect_probes = 2\nsuspicion_mult = 5\nstall_patience = \"8s\"\nsync_interval = \"1m\"\npeer_selection = \"weighted\"\ncross_zone_share = 0.3\ntraffic_budget = 900\n"
+            "{BASE}[gossip]\nprobe_interval = \"2s\"\nprobe_timeout = \"400ms\"\npush_interval = \"100ms\"\nfanout = 4\nindirect_probes = 2\nsuspicion_mult = 5\nstall_patience = \"8s\"\nsync_interval = \"1m\"\npeer_selection = \"weighted\"\ncross_zone_share = 0.3\ntraffic_budget = 900\nconnect_ahead = 32\n"
         );
         let mut over = Overrides::default();
         over.tuning.fanout = Some(2);
@@ -361,6 +368,7 @@ mod tests {
             }
         );
         assert_eq!(node.traffic_budget, 900);
+        assert_eq!(node.connect_ahead, 32);
         Ok(())
     }
 
