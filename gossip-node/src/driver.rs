@@ -205,8 +205,8 @@ pub(crate) struct Driver {
     connect_ahead: usize,
     /// Connections being opened ahead of need.
     connecting_ahead: Arc<AtomicUsize>,
-    /// When each member was last connected to ahead of need.
-    connected_ahead: BTreeMap<NodeId, Instant>,
+    /// When each member was last dialled ahead of need.
+    tried_ahead: BTreeMap<NodeId, Instant>,
     /// When the next connections ahead of need are opened.
     next_connect_ahead: Instant,
 }
@@ -269,7 +269,7 @@ impl Driver {
             own_addrs: parts.own_addrs,
             connect_ahead: parts.connect_ahead,
             connecting_ahead: Arc::default(),
-            connected_ahead: BTreeMap::new(),
+            tried_ahead: BTreeMap::new(),
             next_connect_ahead: parts.epoch,
         }
     }
@@ -729,7 +729,8 @@ impl Driver {
         if *self.joined.borrow() != JoinState::Joined {
             return;
         }
-        let connected = self.transport.connected_peers();
+        // A set: the scan below looks up every member in it.
+        let connected: BTreeSet<NodeId> = self.transport.connected_peers().into_iter().collect();
         let room = self.connect_ahead.saturating_sub(connected.len()).min(
             CONNECT_AHEAD_AT_ONCE.saturating_sub(self.connecting_ahead.load(Ordering::Relaxed)),
         );
@@ -737,7 +738,7 @@ impl Driver {
             return;
         }
         let now = Instant::now();
-        self.connected_ahead
+        self.tried_ahead
             .retain(|_, tried| now.saturating_duration_since(*tried) < CONNECT_AHEAD_RETRY);
         let members = self.replica.swim().members();
         let local = members.local_id();
@@ -748,13 +749,13 @@ impl Driver {
                     && member.id != local
                     && dials_first(&local, &member.id)
                     && !connected.contains(&member.id)
-                    && !self.connected_ahead.contains_key(&member.id)
+                    && !self.tried_ahead.contains_key(&member.id)
             })
             .filter_map(|member| Some((member.id, member.meta.addr()?)))
             .collect();
         for _ in 0..room.min(wanted.len()) {
             let (peer, addr) = wanted.swap_remove(self.rng.random_range(0..wanted.len()));
-            self.connected_ahead.insert(peer, now);
+            self.tried_ahead.insert(peer, now);
             let transport = self.transport.clone();
             let in_flight = InFlight::new(&self.connecting_ahead);
             self.counters.connects_ahead += 1;
