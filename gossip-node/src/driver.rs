@@ -603,6 +603,16 @@ impl Driver {
             } => {
                 warn!(%member, %addr, %reason, "refused a joiner, and told it why");
             }
+            Event::BackFromStall {
+                behind,
+                incarnation,
+            } => {
+                warn!(
+                    behind_ms = behind.as_millis(),
+                    incarnation = incarnation.get(),
+                    "this node was stalled (its timers ran late); announced itself alive"
+                );
+            }
             Event::Refuted {
                 incarnation,
                 accused_by,

@@ -17,6 +17,7 @@
 //! | `gossip_probes_inconclusive_total` | counter | failed probes that raised no suspicion because no helper answered, not even with a nack (this node is likely the slow one) |
 //! | `gossip_deaths_declared_total` | counter | members this node declared dead |
 //! | `gossip_refutations_total` | counter | accusations of this node that it refuted |
+//! | `gossip_stalls_total` | counter | times this node found its timers a probe period or more behind (a pause, a starved process, a suspended host) and announced itself alive |
 //! | `gossip_suspect_reminders_total` | counter | pings sent out of turn to a suspect, carrying the suspicion: when the suspect spoke to this node, and as a last call before its suspicion runs out |
 //! | `gossip_gossip_pushes_total` | counter | immediate pushes of fresh news |
 //! | `gossip_swim_datagrams_total` | counter | SWIM frames, by `direction` (in, out) |
@@ -247,6 +248,12 @@ impl Metrics {
                 "Accusations of this node that it refuted.",
                 Counter,
                 s.refutations,
+            ),
+            one(
+                "gossip_stalls_total",
+                "Times this node found its timers a probe period or more behind and announced itself alive.",
+                Counter,
+                s.stalls,
             ),
             one(
                 "gossip_suspect_reminders_total",

@@ -96,9 +96,10 @@ pub struct Config {
     /// srtt + 4 * rttvar)`, bounded between half and four times
     /// `probe_timeout` (and stretched by local health), so a fast pair does
     /// not wait for a timeout sized for the slowest link and a slow link is
-    /// not suspected for being slow. A probe's period stretches to its
-    /// timeout plus `probe_timeout` when that is longer than
-    /// `probe_interval`, so the indirect probes still fit. Default on.
+    /// not suspected for being slow. The indirect probes get the time they
+    /// get after a configured timeout (the rest of `probe_interval`, and at
+    /// least `probe_timeout`), so a shorter timeout concludes the probe
+    /// sooner and a longer one stretches its period. Default on.
     pub adaptive_probe_timeout: bool,
     /// Lifeguard's dynamic suspicion: the timeout starts at this multiple of
     /// the minimum and shrinks with independent confirmations. Default 6

@@ -1,6 +1,7 @@
 //! What the machine tells its driver.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use gossip_core::{Entry, Incarnation, Member, NodeId, Refusal};
 
@@ -75,6 +76,16 @@ pub enum Event {
     Rejoined(Member),
     /// A departed member was forgotten after the departed horizon.
     Removed(NodeId),
+    /// The local node's timers ran a probe period or more late: it was
+    /// stalled (a pause, a starved process, a suspended host). It raised
+    /// its incarnation and spread its alive record, refuting any suspicion
+    /// its silence drew, and holds back its own declarations for a while.
+    BackFromStall {
+        /// How far behind its timers were.
+        behind: Duration,
+        /// The new local incarnation.
+        incarnation: Incarnation,
+    },
     /// Someone accused the local node; it refuted by raising its incarnation.
     Refuted {
         /// The new local incarnation.

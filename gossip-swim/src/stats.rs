@@ -68,11 +68,14 @@ pub struct Stats {
     /// suspect (this node was stalled through it): the suspect was called
     /// then, and declared dead a probe timeout later if still suspect.
     pub late_calls: u64,
-    /// Suspicions whose deadline came while this node's newest handled
-    /// input had arrived more than a probe timeout earlier (its input lags
-    /// or has stopped): the declaration waited for the input to catch up,
-    /// for at most the stall patience.
+    /// Suspicions whose deadline came while the ack of one of this node's
+    /// probes was overdue and nothing that arrived after it was due had been
+    /// handled (its input lags or has stopped), or while it was back from a
+    /// stall: the declaration waited, for at most the stall patience.
     pub declarations_awaiting_input: u64,
+    /// Times this node found its timers a probe period or more behind (it
+    /// was stalled) and announced itself alive.
+    pub stalls: u64,
     /// Failed probes that raised no suspicion because no helper answered,
     /// not even with a nack: the fault was likely this node's (Lifeguard's
     /// local health on, below the top of its scale).

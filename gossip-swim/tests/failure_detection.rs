@@ -724,6 +724,58 @@ fn measured_round_trips_shorten_the_probe_timeout_and_the_first_suspicion() {
     assert!(adaptive < fixed, "adaptive {adaptive:?}, fixed {fixed:?}");
 }
 
+/// How long node 0's probe of a lost host took, from its probe tick to its
+/// own suspicion, in a three-member cluster whose other member (the only
+/// helper) stalls, so the indirect probe draws no answer.
+fn probe_of_a_lost_host_with_a_silent_helper(adaptive: bool, seed_value: u64) -> Duration {
+    let mut config = Config::lan(cluster_id(), 3);
+    config.adaptive_probe_timeout = adaptive;
+    // Local health would stretch the timeouts after the first silent probe.
+    config.awareness_max = 1;
+    let mut net = Net::new(3, config, seed_value);
+    net.latency = Duration::from_millis(5);
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.run_for(10 * SECOND);
+    net.crash(2);
+    net.stall(1, 10 * SECOND);
+    let suspected_by_node_0 = |net: &Net| {
+        net.events[0].iter().find_map(|(at, event)| match event {
+            Event::Suspected { member, by, .. } if member.id == node_id(2) && *by == node_id(0) => {
+                Some(*at)
+            }
+            _ => None,
+        })
+    };
+    let (mut probes, mut tick) = (net.get(0).stats().probes, net.now);
+    let limit = net.now + 10 * SECOND;
+    while net.now < limit {
+        net.step();
+        // A probe that ends with its period concludes before the next tick,
+        // in the same step.
+        if suspected_by_node_0(&net).is_some() {
+            break;
+        }
+        if net.get(0).stats().probes != probes {
+            probes = net.get(0).stats().probes;
+            tick = net.now;
+        }
+    }
+    let suspected = suspected_by_node_0(&net).expect("node 0 never suspected node 2");
+    suspected.saturating_duration_since(tick)
+}
+
+#[test]
+fn a_probe_with_a_short_measured_timeout_gives_its_indirect_probes_what_a_fixed_one_does() {
+    // 10 ms round trips: the measured timeout is its floor, half the
+    // configured 500 ms. The indirect probes get the rest of a fixed
+    // probe's period (500 ms) either way, so the adaptive probe concludes
+    // 250 ms sooner, not at the end of its period.
+    let adaptive = probe_of_a_lost_host_with_a_silent_helper(true, seed(80));
+    assert_eq!(adaptive, Duration::from_millis(750));
+    let fixed = probe_of_a_lost_host_with_a_silent_helper(false, seed(80));
+    assert_eq!(fixed, SECOND);
+}
+
 #[test]
 fn a_member_stalled_through_a_suspicion_deadline_calls_the_suspect_before_declaring_it() {
     let mut net = Net::lan(8, seed(70));
@@ -779,6 +831,89 @@ fn a_declarer_whose_input_lags_waits_for_it_before_declaring_a_stalled_member() 
             "seed {}: node 3 declared dead {failed:?}",
             net.seed
         );
+        assert!(net.converged(), "seed {}", net.seed);
+    }
+}
+
+/// Whether everything sent to node `i` is lost, as to a stopped process
+/// whose socket buffer overflows.
+fn lose_input(net: &mut Net, i: usize, lost: bool) {
+    for o in (0..net.len()).filter(|&o| o != i) {
+        if lost {
+            net.blocked.insert((o, i));
+        } else {
+            net.blocked.remove(&(o, i));
+        }
+    }
+}
+
+/// Node `i` stalls for `duration`, losing what is sent to it meanwhile.
+fn stall_losing_input(net: &mut Net, i: usize, duration: Duration) {
+    lose_input(net, i, true);
+    net.stall(i, duration);
+    net.run_for(duration);
+    lose_input(net, i, false);
+}
+
+#[test]
+fn a_member_back_from_a_stall_refutes_before_anyone_tells_it_of_its_suspicion() {
+    let patience = Config::lan(cluster_id(), 8).stall_patience;
+    for s in 0..5 {
+        let mut net = Net::lan(8, seed(86 + s));
+        assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+        net.run_for(Duration::from_millis(5_000 + 173 * s));
+        let since = net.now;
+        // Node 3 stalls for a little less than the patience, is back for a
+        // moment, too short to hear of its suspicion, and stalls again: each
+        // stall within the patience.
+        stall_losing_input(&mut net, 3, patience - SECOND / 5);
+        net.run_for(Duration::from_millis(1));
+        stall_losing_input(&mut net, 3, 3 * SECOND);
+        net.run_for(20 * SECOND);
+        let (suspected, failed) = detection(&net, 3, since);
+        assert!(!suspected.is_empty(), "seed {}: never suspected", net.seed);
+        assert!(
+            failed.is_empty(),
+            "seed {}: node 3 declared dead {failed:?}",
+            net.seed
+        );
+        assert!(net.get(3).stats().stalls >= 1, "seed {}", net.seed);
+        assert!(net.converged(), "seed {}", net.seed);
+    }
+}
+
+#[test]
+fn a_member_back_from_a_stall_declares_no_death_before_it_has_heard_the_news() {
+    let patience = Config::lan(cluster_id(), 8).stall_patience;
+    for s in 0..5 {
+        let mut net = Net::lan(8, seed(91 + s));
+        assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+        net.run_for(Duration::from_millis(5_000 + 173 * s));
+        let since = net.now;
+        // Node 3 stalls for a little less than the patience, losing what is
+        // sent to it, and is suspected...
+        lose_input(&mut net, 3, true);
+        net.stall(3, patience - SECOND / 5);
+        net.run_for(3 * SECOND);
+        // ...and node 1, holding the suspicion, stalls from then to past its
+        // deadline, losing node 3's refutation.
+        lose_input(&mut net, 1, true);
+        net.stall(1, patience - SECOND / 5);
+        net.run_for(patience - SECOND / 5 - 3 * SECOND);
+        lose_input(&mut net, 3, false);
+        net.run_for(SECOND);
+        // When node 1 is back, node 3 handles what reaches it a second late.
+        net.slow_down(3, SECOND, 5 * SECOND);
+        net.run_for(2 * SECOND);
+        lose_input(&mut net, 1, false);
+        net.run_for(20 * SECOND);
+        let (_, failed) = detection(&net, 3, since);
+        assert!(
+            failed.is_empty(),
+            "seed {}: node 3 declared dead {failed:?}",
+            net.seed
+        );
+        assert!(net.get(1).stats().stalls >= 1, "seed {}", net.seed);
         assert!(net.converged(), "seed {}", net.seed);
     }
 }

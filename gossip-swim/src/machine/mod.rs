@@ -93,6 +93,9 @@ pub struct Swim {
     /// until the ack is handled or something that arrived after it was due
     /// is (see [`Swim::handle_late_datagram`]); the oldest first.
     probes_unheard: VecDeque<(u32, Timestamp)>,
+    /// Until when this node, back from a stall, declares no death: it
+    /// missed what the cluster said while it was away.
+    back_from_stall_until: Option<Timestamp>,
     members: Membership,
     rumors: RumorQueue,
     order: ProbeOrder,
@@ -173,6 +176,7 @@ impl Swim {
             awareness: Awareness::new(config.awareness_max),
             next_seq: 0,
             probes_unheard: VecDeque::new(),
+            back_from_stall_until: None,
             probe: None,
             forwards: BTreeMap::new(),
             suspicions: Suspicions::default(),
@@ -643,7 +647,15 @@ impl Swim {
     /// harmless: timers that are not due, or whose probe or suspicion has
     /// moved on, do nothing.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        let behind = self
+            .timers
+            .next_deadline()
+            .map(|due| now.saturating_duration_since(due));
         self.advance(now);
+        // Timers a probe period or more behind: this node was stalled.
+        if let Some(behind) = behind.filter(|b| *b >= self.config.probe_interval) {
+            self.back_from_stall(behind);
+        }
         while let Some(timer) = self.timers.pop_due(self.now) {
             self.fire(timer);
         }

@@ -191,10 +191,14 @@ impl Swim {
         let Some(target) = self.order.next(&mut self.rng) else {
             return;
         };
-        // A slow link's probe gets a longer period: time for the indirect
-        // probes (a configured timeout at most) after its own timeout.
+        // The indirect probes get what they get after a configured timeout:
+        // the rest of the period, and at least one configured timeout. A
+        // shorter measured timeout concludes the probe sooner; a slow link's
+        // longer one stretches the period.
         let timeout = self.probe_timeout_for(&target);
-        let period = interval.max(timeout + self.awareness.scale(self.config.probe_timeout));
+        let configured = self.awareness.scale(self.config.probe_timeout);
+        let ends = timeout + interval.saturating_sub(configured).max(configured);
+        let period = interval.max(ends);
         self.timers.set(self.now + period, Timer::Probe);
         let Some(record) = self.members.get(&target) else {
             return;
@@ -213,7 +217,7 @@ impl Swim {
         self.probes_unheard.push_back((seq, self.now + timeout));
         self.timers
             .set(self.now + timeout, Timer::ProbeTimeout { seq });
-        self.timers.set(self.now + period, Timer::ProbeEnd { seq });
+        self.timers.set(self.now + ends, Timer::ProbeEnd { seq });
         self.send(
             Some(target),
             addr,

@@ -10,6 +10,7 @@ use gossip_core::{Incarnation, Member, MemberStatus, MembershipEvent, NodeId, Ru
 
 use super::Swim;
 use super::timer::Timer;
+use crate::event::Event;
 use crate::lifeguard::{suspicion_bounds, suspicion_timeout};
 use crate::message::{Message, TargetTag};
 
@@ -209,6 +210,14 @@ impl Suspicions {
 
     /// The check ping `seq` of `from` was acked: returns when it went out,
     /// for a round-trip sample.
+    /// Ends every check ping in flight without a verdict: their answers
+    /// were lost while this node was stalled.
+    fn forget_checks(&mut self) {
+        for suspicion in self.by_subject.values_mut() {
+            suspicion.check = None;
+        }
+    }
+
     pub(super) fn check_answered(&mut self, from: &NodeId, seq: u32) -> Option<Timestamp> {
         let suspicion = self.by_subject.get_mut(from)?;
         let (check, sent) = suspicion.check?;
@@ -540,9 +549,12 @@ impl Swim {
             // nothing that arrived after it was due has been handled, this
             // node hears no one (its input lags or stopped): the suspect's
             // answer to the last call may be waiting in it, and its silence
-            // says nothing. Waited for up to the stall patience, so a node
-            // cut off from all input still declares, after one more call.
-            let deaf = self.probes_unheard.iter().any(|(_, due)| *due < now);
+            // says nothing. So too while it is back from a stall, having
+            // missed what was said meanwhile. Waited for up to the stall
+            // patience, so a node cut off from all input still declares,
+            // after one more call.
+            let deaf = self.probes_unheard.iter().any(|(_, due)| *due < now)
+                || self.back_from_stall_until.is_some_and(|until| now < until);
             if let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) {
                 let called = suspicion.reminded.is_some_and(|at| {
                     let age = now.saturating_duration_since(at);
@@ -586,6 +598,37 @@ impl Swim {
             self.members.accuse(self.now, subject, MemberStatus::Dead)
         {
             self.on_change(change);
+        }
+    }
+
+    /// This node's timers ran `behind` late: it was stalled (a pause, a
+    /// starved process, a suspended host), heard nothing meanwhile, and
+    /// others may suspect it. It speaks for itself at once: it raises its
+    /// incarnation and spreads its alive record, which refutes any
+    /// suspicion its silence drew before anyone tells it of one. What it
+    /// started before the stall tells nothing (the answers were lost), so
+    /// its probe in flight and its check pings end without a verdict; and
+    /// for as long as it was away (up to the stall patience) it declares
+    /// no death, calling each suspect once more and waiting for the news
+    /// it missed.
+    pub(super) fn back_from_stall(&mut self, behind: Duration) {
+        self.stats.stalls += 1;
+        self.probe = None;
+        self.suspicions.forget_checks();
+        self.back_from_stall_until = Some(self.now + behind.min(self.config.stall_patience));
+        if self.leaving.is_some() || self.joining.is_some() {
+            return;
+        }
+        match self.members.refute(self.members.local().incarnation) {
+            Ok(record) => {
+                let record = record.clone();
+                self.events.push(Event::BackFromStall {
+                    behind,
+                    incarnation: record.incarnation,
+                });
+                self.queue_rumor(Rumor::Member { member: record });
+            }
+            Err(_) => self.stats.refutations_failed += 1,
         }
     }
 }
