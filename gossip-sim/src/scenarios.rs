@@ -100,6 +100,12 @@ pub struct Detect {
     /// to notice it) to the first suspicion: what probe timeouts decide,
     /// without the luck of the probe rotation.
     pub first_detection_after_contact_periods: f64,
+    /// Mean over seeds of the time, in probe periods, from the first
+    /// datagram the first accuser sent the victim after its failure (the
+    /// ping of its probe that failed, unless it had pinged the victim for
+    /// another member first) to its suspicion: how long the probe took,
+    /// which is what probe timeouts decide.
+    pub first_detection_after_probe_periods: f64,
     /// Mean over seeds of the time until every survivor holds it dead.
     pub all_know_dead_periods: f64,
     /// The worst seed's time until every survivor holds it dead.
@@ -137,7 +143,7 @@ pub fn cumulative(samples: &[f64]) -> Vec<(f64, f64)> {
 pub fn detect(params: &Params) -> Detect {
     let interval = params.interval_seconds();
     let (mut first, mut all, mut worst) = (Vec::new(), Vec::new(), 0f64);
-    let (mut rounds, mut after_contact) = (Vec::new(), Vec::new());
+    let (mut rounds, mut after_contact, mut after_probe) = (Vec::new(), Vec::new(), Vec::new());
     let (mut false_deaths, mut undetected, mut violations) = (0, 0, 0);
     for seed in params.rng_seeds() {
         let mut sim = Sim::new(params.nodes, params.swim.clone(), params.net(), seed);
@@ -186,10 +192,15 @@ pub fn detect(params: &Params) -> Detect {
         // suspicion are the whole ones up to it (the millisecond of check
         // granularity is taken away first).
         if let Some((at, by)) = first_suspect
-            && let Some(began) = sim.index(&by).and_then(|i| first_probe[i])
+            && let Some(accuser) = sim.index(&by)
         {
-            let periods = at.saturating_duration_since(began).as_secs_f64() / interval;
-            rounds.push((periods - 0.005).ceil().max(1.0));
+            if let Some(began) = first_probe[accuser] {
+                let periods = at.saturating_duration_since(began).as_secs_f64() / interval;
+                rounds.push((periods - 0.005).ceil().max(1.0));
+            }
+            if let Some(pinged) = sim.first_sent_while_down_by(victim, accuser) {
+                after_probe.push(at.saturating_duration_since(pinged).as_secs_f64() / interval);
+            }
         }
         let first_suspect = first_suspect.map(|(at, _)| at);
         if let (Some(at), Some(contact)) = (first_suspect, sim.first_sent_while_down(victim)) {
@@ -210,6 +221,7 @@ pub fn detect(params: &Params) -> Detect {
         first_detection_periods: mean(&first),
         first_detection_rounds: mean(&rounds),
         first_detection_after_contact_periods: mean(&after_contact),
+        first_detection_after_probe_periods: mean(&after_probe),
         all_know_dead_periods: mean(&all),
         all_know_dead_periods_max: worst,
         false_deaths,

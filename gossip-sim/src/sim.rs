@@ -81,8 +81,8 @@ struct Node {
     /// Whether the node's host answers for it when its process is gone
     /// (killed rather than lost).
     host_up: bool,
-    /// When a datagram was first sent to it while it was down.
-    first_sent_while_down: Option<Timestamp>,
+    /// When each sender first sent it a datagram while it was down.
+    sent_while_down: BTreeMap<usize, Timestamp>,
     /// A paused node handles nothing until then (a stalled process).
     paused_until: Option<Timestamp>,
     /// A slow node handles what arrives until then only after a delay.
@@ -261,7 +261,7 @@ impl Sim {
             sim.nodes.push(Node {
                 replica: Some(replica),
                 host_up: false,
-                first_sent_while_down: None,
+                sent_while_down: BTreeMap::new(),
                 paused_until: None,
                 slow: None,
                 stored: StoredKeys::default(),
@@ -429,7 +429,13 @@ impl Sim {
     /// When a datagram was first sent to node `i` after it crashed or was
     /// killed (the first chance anyone had to notice); `None` while it runs.
     pub fn first_sent_while_down(&self, i: usize) -> Option<Timestamp> {
-        self.nodes.get(i)?.first_sent_while_down
+        self.nodes.get(i)?.sent_while_down.values().min().copied()
+    }
+
+    /// When node `sender` first sent a datagram to node `i` after `i`
+    /// crashed or was killed; `None` while `i` runs or if it sent none.
+    pub fn first_sent_while_down_by(&self, i: usize, sender: usize) -> Option<Timestamp> {
+        self.nodes.get(i)?.sent_while_down.get(&sender).copied()
     }
 
     /// Crashes node `i`, or loses its host: it stops without a word and
@@ -456,7 +462,7 @@ impl Sim {
         if let Some(node) = self.nodes.get_mut(i) {
             node.replica = Some(replica);
             node.host_up = false;
-            node.first_sent_while_down = None;
+            node.sent_while_down.clear();
             node.paused_until = None;
             node.slow = None;
         }
@@ -631,7 +637,7 @@ impl Sim {
             };
             let now = self.now;
             if let Some(down) = self.nodes.get_mut(to).filter(|n| n.replica.is_none()) {
-                down.first_sent_while_down.get_or_insert(now);
+                down.sent_while_down.entry(i).or_insert(now);
             }
             if transmit.push
                 && let Some(pushes) = self.pushes.as_mut()
