@@ -840,9 +840,9 @@ impl Driver {
                 .await
                 .map(|r| r.map(|_| ()))
             };
-            // A fallback probe or its answer goes on a stream, which
-            // retransmits what the network loses; so does a frame too
-            // large for a datagram.
+            // A fallback probe or its answer, and a suspect's last call,
+            // go on a stream, which retransmits what the network loses; so
+            // does a frame too large for a datagram.
             let result = if transmit.reliable {
                 on_stream().await
             } else {

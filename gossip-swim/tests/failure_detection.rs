@@ -358,11 +358,14 @@ fn updated_metadata_reaches_everyone_with_a_higher_incarnation() {
 }
 
 /// Node 0 of a converged three-node network hears from node 2 that node 1
-/// is suspect, and from then on hears nothing unless `answer_at` says when
-/// node 1 gets node 0's ping of that moment and answers it. Returns node 0's
-/// pings of node 1 carrying the suspicion, when node 0 declared node 1 dead
-/// (if it did within 30 s), and the network.
-fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<Timestamp>, Net) {
+/// is suspect, and from then on hears nothing unless `answer` says when, and
+/// over which channel (reliable or not), node 1 gets node 0's ping of that
+/// moment and answers it. Returns node 0's pings of node 1 carrying the
+/// suspicion (when, and whether over the reliable channel), when node 0
+/// declared node 1 dead (if it did within 30 s), and the network.
+fn isolated_suspicion(
+    answer: Option<(Timestamp, bool)>,
+) -> (Vec<(Timestamp, bool)>, Option<Timestamp>, Net) {
     let mut net = Net::lan(3, seed(31));
     assert!(net.run_until(5 * SECOND, Net::converged).is_some());
     let limits = gossip_core::Limits::default();
@@ -402,8 +405,8 @@ fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<T
             {
                 continue;
             }
-            pings.push(now);
-            if answer_at == Some(now) {
+            pings.push((now, t.reliable));
+            if answer == Some((now, t.reliable)) {
                 net.node(1)
                     .handle_datagram(now, node_id(0), addr(0), &t.payload)
                     .unwrap();
@@ -436,7 +439,7 @@ fn isolated_suspicion(answer_at: Option<Timestamp>) -> (Vec<Timestamp>, Option<T
 fn a_suspect_whose_refutation_was_missed_is_called_once_more_before_it_dies() {
     let (pings, death, _) = isolated_suspicion(None);
     let death = death.expect("with no answer, the suspect dies");
-    let last_call = *pings.last().expect("node 0 pinged its suspect");
+    let (last_call, _) = *pings.last().expect("node 0 pinged its suspect");
     // One probe timeout before the death, stretched by node 0's local
     // health (at most 8 x 500 ms): node 0 heard no ack in all that time.
     let ahead = death.saturating_duration_since(last_call);
@@ -445,12 +448,34 @@ fn a_suspect_whose_refutation_was_missed_is_called_once_more_before_it_dies() {
         "the last ping of the suspect went {ahead:?} before its death; pings at {pings:?}"
     );
     // The same run, but node 1 answers that last ping.
-    let (_, death, net) = isolated_suspicion(Some(last_call));
+    let (_, death, net) = isolated_suspicion(Some((last_call, false)));
     assert_eq!(death, None, "the answered suspect died");
     // Node 0 took the refutation (it may suspect node 1 again since, at the
     // new incarnation: it still hears nothing).
     let record = net.get(0).members().get(&node_id(1)).unwrap().clone();
     assert_eq!(record.incarnation, Incarnation::new(1));
+}
+
+#[test]
+fn a_last_call_whose_datagram_is_lost_still_reaches_the_suspect_over_the_reliable_channel() {
+    let (pings, death, _) = isolated_suspicion(None);
+    assert!(death.is_some(), "with no answer, the suspect dies");
+    let (last_call, _) = *pings.last().expect("node 0 pinged its suspect");
+    let channels: Vec<bool> = pings
+        .iter()
+        .filter(|(at, _)| *at == last_call)
+        .map(|(_, reliable)| *reliable)
+        .collect();
+    assert!(
+        channels.contains(&true) && channels.contains(&false),
+        "the last call went {channels:?} (reliable or not); pings {pings:?}"
+    );
+    // The same run, but only the reliable copy reaches node 1.
+    let (_, death, _) = isolated_suspicion(Some((last_call, true)));
+    assert_eq!(
+        death, None,
+        "the suspect that answered over the reliable channel died"
+    );
 }
 
 #[test]

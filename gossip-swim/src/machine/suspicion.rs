@@ -525,6 +525,11 @@ impl Swim {
             suspicion: Some(record),
             state_digest: self.state_digest,
         };
+        // A death hangs on the last call: it goes over the reliable channel
+        // too, so that one lost datagram does not decide it.
+        if heard_at.is_none() && self.config.fallback_probe {
+            self.send_on(Some(subject), addr, ping.clone(), true, true);
+        }
         self.send(Some(subject), addr, ping, true);
     }
 
