@@ -15,6 +15,7 @@
 //! | `gossip_unreachable_total` | counter | ICMP errors saying a peer's address does not answer, by `outcome`: `evidence` (for a live member's address: taken as evidence its process is gone), `no_member` (for no live member's address), `unmatched` (quoting no datagram sent there lately: forged or very late, ignored), `dropped` (not read in time) |
 //! | `gossip_suspicions_hastened_total` | counter | suspicions cut to `unreachable_suspicion`: this node's own unreachable evidence and another member's suspicion |
 //! | `gossip_probes_inconclusive_total` | counter | failed probes that raised no suspicion because no helper answered, not even with a nack (this node is likely the slow one) |
+//! | `gossip_probes_outlived_total` | counter | failed probes that accused no one because their target announced a newer incarnation after the ping went out |
 //! | `gossip_deaths_declared_total` | counter | members this node declared dead |
 //! | `gossip_refutations_total` | counter | accusations of this node that it refuted |
 //! | `gossip_stalls_total` | counter | times this node found its timers a probe period or more behind (a pause, a starved process, a suspended host) and announced itself alive |
@@ -236,6 +237,12 @@ impl Metrics {
                 "Failed probes that raised no suspicion because no helper answered.",
                 Counter,
                 s.inconclusive_probes,
+            ),
+            one(
+                "gossip_probes_outlived_total",
+                "Failed probes that accused no one because their target announced a newer incarnation after the ping.",
+                Counter,
+                s.probes_outlived,
             ),
             one(
                 "gossip_deaths_declared_total",

@@ -80,6 +80,10 @@ pub struct Stats {
     /// not even with a nack: the fault was likely this node's (Lifeguard's
     /// local health on, below the top of its scale).
     pub inconclusive_probes: u64,
+    /// Failed probes that accused no one because their target announced a
+    /// newer incarnation after the ping went out: the silence was its
+    /// earlier life's.
+    pub probes_outlived: u64,
     /// Members this node declared dead after a suspicion timed out.
     pub deaths_declared: u64,
     /// Times this node refuted an accusation.

@@ -479,6 +479,49 @@ fn a_last_call_whose_datagram_is_lost_still_reaches_the_suspect_over_the_reliabl
 }
 
 #[test]
+fn a_failed_probe_accuses_only_the_life_it_probed() {
+    let mut net = Net::lan(3, seed(98));
+    assert!(net.run_until(10 * SECOND, Net::converged).is_some());
+    net.run_for(5 * SECOND);
+    // Node 2 announces a new life (here a new name, at incarnation 1), and
+    // stops before anyone hears of it.
+    let now = net.now;
+    let meta = gossip_core::MemberMeta::new("renamed", [addr(2)]);
+    net.node(2).update_meta(now, meta).unwrap();
+    let new_life = net.get(2).members().local().clone();
+    net.crash(2);
+    // Node 0's probe of node 2 goes unanswered...
+    let indirect = net.get(0).stats().indirect_probes;
+    net.run_until(5 * SECOND, |net| {
+        net.get(0).stats().indirect_probes > indirect
+    })
+    .expect("node 0 never probed node 2");
+    // ...and before it ends, node 0 hears of node 2's new life.
+    let heard_at = net.now;
+    let rumor = frame_for(
+        cluster_id(),
+        1,
+        Message::Gossip { state_digest: None },
+        vec![gossip_core::Rumor::Member { member: new_life }],
+    );
+    net.node(0)
+        .handle_datagram(heard_at, node_id(1), addr(1), &rumor)
+        .unwrap();
+    net.drain(0);
+    net.run_for(SECOND);
+    let accused_by_node_0 = net.events[0].iter().any(|(at, event)| {
+        *at >= heard_at
+            && matches!(event, Event::Suspected { member, by, .. }
+                if member.id == node_id(2) && *by == node_id(0))
+    });
+    assert!(
+        !accused_by_node_0,
+        "node 0's probe of the earlier life accused the new one"
+    );
+    assert_eq!(net.get(0).stats().probes_outlived, 1);
+}
+
+#[test]
 fn helpers_nack_before_the_probe_ends_so_probing_a_dead_node_costs_no_health() {
     let mut net = Net::lan(6, seed(31));
     assert!(net.run_until(10 * SECOND, Net::converged).is_some());

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_core::{MemberStatus, MembershipEvent, NodeId, Timestamp};
+use gossip_core::{Incarnation, MemberStatus, MembershipEvent, NodeId, Timestamp};
 
 use super::Swim;
 use super::timer::Timer;
@@ -27,6 +27,8 @@ pub(super) const MAX_PROBES_UNHEARD: usize = 16;
 pub(super) struct Probe {
     seq: u32,
     target: NodeId,
+    /// The target's incarnation when the ping went out: the life probed.
+    incarnation: Incarnation,
     /// When the direct ping went out.
     sent: Timestamp,
     acked: bool,
@@ -47,10 +49,11 @@ pub(super) enum Verdict {
 }
 
 impl Probe {
-    fn new(seq: u32, target: NodeId, sent: Timestamp) -> Self {
+    fn new(seq: u32, target: NodeId, incarnation: Incarnation, sent: Timestamp) -> Self {
         Probe {
             seq,
             target,
+            incarnation,
             sent,
             acked: false,
             helpers: Vec::new(),
@@ -208,8 +211,9 @@ impl Swim {
         let Some(addr) = record.meta.addr() else {
             return;
         };
+        let incarnation = record.incarnation;
         let seq = self.next_seq();
-        self.probe = Some(Probe::new(seq, target, self.now));
+        self.probe = Some(Probe::new(seq, target, incarnation, self.now));
         self.stats.probes += 1;
         if self.probes_unheard.len() == MAX_PROBES_UNHEARD {
             self.probes_unheard.pop_front();
@@ -332,6 +336,7 @@ impl Swim {
             return;
         };
         let health_on = self.config.awareness_max > 1;
+        let probed = probe.incarnation;
         let target = match probe.conclude(&mut self.awareness, health_on) {
             Verdict::Acked => return,
             Verdict::Inconclusive => {
@@ -343,6 +348,12 @@ impl Swim {
         let Some(record) = self.members.get(&target) else {
             return;
         };
+        // The target announced a newer life since the ping went out (it was
+        // back from a stall, or refuted): the silence was the old life's.
+        if record.incarnation > probed {
+            self.stats.probes_outlived += 1;
+            return;
+        }
         match record.status {
             MemberStatus::Alive => {
                 self.stats.suspicions_raised += 1;
