@@ -20,7 +20,10 @@
 //!     silence, so they are upper bounds for a real kill, whose port closes
 //!     with the process);
 //!   * `host_loss`: node N/2 + 1 falls silent with its port still bound, as
-//!     a host that lost power or its network: nothing answers at all.
+//!     a host that lost power or its network: nothing answers at all;
+//! * `stalls`: times a node found its timers a probe period late over the
+//!   whole run (the process starved: such a node announces itself alive
+//!   and holds back its own declarations for a while).
 //!
 //! `--suspicion-mult M` replaces the preset's suspicion multiplier, to see
 //! what a faster, less patient detector gives. `--skip-traffic` skips the
@@ -214,6 +217,7 @@ struct Totals {
     bytes: u64,
     packets: u64,
     handshakes: u64,
+    stalls: u64,
     cpu: Duration,
 }
 
@@ -226,6 +230,7 @@ async fn totals(nodes: &[Node]) -> Totals {
         bytes: 0,
         packets: 0,
         handshakes: 0,
+        stalls: 0,
         cpu: cpu_time::ProcessTime::now().as_duration(),
     };
     for node in nodes {
@@ -237,6 +242,7 @@ async fn totals(nodes: &[Node]) -> Totals {
             totals.bytes += metrics.transport.udp_bytes_sent;
             totals.packets += metrics.transport.udp_datagrams_sent;
             totals.handshakes += metrics.transport.handshakes;
+            totals.stalls += metrics.swim.stalls;
         }
     }
     totals
@@ -444,10 +450,11 @@ async fn run(args: Args) {
         lost_node.crash().await;
     })
     .await;
+    let stalls = totals(&nodes).await.stalls;
 
     if args.json {
         println!(
-            "{{\"nodes\":{n},\"join_all_ms\":{},\"process_crash\":{},\"host_loss\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{},\"packets_per_node_s\":{},\"cpu_ms_per_node_s\":{},\"handshakes_per_node_s\":{},\"syncs_per_node_s\":{},\"swim_bytes_per_node_s\":{},\"ip_bytes_per_node_s\":{},\"ip_packets_per_node_s\":{},\"loss\":{},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{}}}",
+            "{{\"nodes\":{n},\"join_all_ms\":{},\"process_crash\":{},\"host_loss\":{},\"kv_all_ms\":{},\"bytes_per_node_s\":{},\"packets_per_node_s\":{},\"cpu_ms_per_node_s\":{},\"handshakes_per_node_s\":{},\"syncs_per_node_s\":{},\"swim_bytes_per_node_s\":{},\"ip_bytes_per_node_s\":{},\"ip_packets_per_node_s\":{},\"loss\":{},\"window_s\":{},\"warmup_s\":{},\"suspicion_mult\":{},\"stalls\":{}}}",
             ms(join_all),
             process_crash.json(),
             host_loss.json(),
@@ -464,6 +471,7 @@ async fn run(args: Args) {
             window,
             warmup,
             suspicion_mult,
+            stalls,
         );
     } else {
         println!("nodes                 {n}");
@@ -481,6 +489,7 @@ async fn run(args: Args) {
         println!("ip_packets_per_node_s {ip_packets}");
         println!("loss                  {}", args.loss);
         println!("suspicion_mult        {suspicion_mult}");
+        println!("stalls                {stalls}");
     }
 }
 
