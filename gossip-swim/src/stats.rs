@@ -74,7 +74,7 @@ pub struct Stats {
     /// stall: the declaration waited, for at most the stall patience.
     pub declarations_awaiting_input: u64,
     /// Times this node found its timers a probe period or more behind (it
-    /// was stalled) and announced itself alive.
+    /// was stalled); once in the cluster, it announced itself alive.
     pub stalls: u64,
     /// Failed probes that raised no suspicion because no helper answered,
     /// not even with a nack: the fault was likely this node's (Lifeguard's

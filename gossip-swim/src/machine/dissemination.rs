@@ -315,19 +315,32 @@ impl Swim {
         if self.leaving.is_some() {
             return;
         }
-        match self.members.refute(accused) {
+        if let Some(incarnation) = self.announce_alive(accused) {
+            self.stats.refutations += 1;
+            // Lifeguard: being suspected is a hint that we are the slow one.
+            self.awareness.apply(1);
+            self.events.push(Event::Refuted {
+                incarnation,
+                accused_by: accuser,
+            });
+        }
+    }
+
+    /// Raises the local incarnation past `above`, marks this node alive and
+    /// spreads the new record; returns the new incarnation, or `None` (and
+    /// counts it) when the incarnations are spent.
+    pub(super) fn announce_alive(&mut self, above: Incarnation) -> Option<Incarnation> {
+        match self.members.refute(above) {
             Ok(record) => {
                 let record = record.clone();
-                self.stats.refutations += 1;
-                // Lifeguard: being suspected is a hint that we are the slow one.
-                self.awareness.apply(1);
-                self.events.push(Event::Refuted {
-                    incarnation: record.incarnation,
-                    accused_by: accuser,
-                });
+                let incarnation = record.incarnation;
                 self.queue_rumor(Rumor::Member { member: record });
+                Some(incarnation)
             }
-            Err(_) => self.stats.refutations_failed += 1,
+            Err(_) => {
+                self.stats.refutations_failed += 1;
+                None
+            }
         }
     }
 

@@ -208,8 +208,6 @@ impl Suspicions {
         Some((suspicion.deadline(k), token))
     }
 
-    /// The check ping `seq` of `from` was acked: returns when it went out,
-    /// for a round-trip sample.
     /// Ends every check ping in flight without a verdict: their answers
     /// were lost while this node was stalled.
     fn forget_checks(&mut self) {
@@ -218,6 +216,8 @@ impl Suspicions {
         }
     }
 
+    /// The check ping `seq` of `from` was acked: returns when it went out,
+    /// for a round-trip sample.
     pub(super) fn check_answered(&mut self, from: &NodeId, seq: u32) -> Option<Timestamp> {
         let suspicion = self.by_subject.get_mut(from)?;
         let (check, sent) = suspicion.check?;
@@ -624,16 +624,11 @@ impl Swim {
         if self.leaving.is_some() || self.joining.is_some() {
             return;
         }
-        match self.members.refute(self.members.local().incarnation) {
-            Ok(record) => {
-                let record = record.clone();
-                self.events.push(Event::BackFromStall {
-                    behind,
-                    incarnation: record.incarnation,
-                });
-                self.queue_rumor(Rumor::Member { member: record });
-            }
-            Err(_) => self.stats.refutations_failed += 1,
+        if let Some(incarnation) = self.announce_alive(self.members.local().incarnation) {
+            self.events.push(Event::BackFromStall {
+                behind,
+                incarnation,
+            });
         }
     }
 }
