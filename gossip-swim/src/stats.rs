@@ -45,7 +45,7 @@ pub struct Stats {
     /// report.
     pub suspicions_raised: u64,
     /// Probes concluded before the end of their period because every
-    /// helper asked had nacked.
+    /// helper asked had nacked, or all but one of at least three.
     pub probes_concluded_early: u64,
     /// Unreachable reports ([`Swim::handle_unreachable`](crate::Swim::handle_unreachable))
     /// for the address of a live member.

@@ -844,6 +844,67 @@ fn a_probe_with_a_short_measured_timeout_gives_its_indirect_probes_what_a_fixed_
     assert_eq!(fixed, SECOND);
 }
 
+/// Node 0's probe of a lost host (node 4) when the nacks of the first
+/// `silent` of its three helpers (nodes 1 to 3) are lost: how long from its
+/// probe tick to its suspicion, and node 0's local health after it. The
+/// helpers make no probes of their own, so node 0's suspicion is the first.
+fn probe_with_lost_nacks(adaptive: bool, silent: usize) -> (Duration, u32) {
+    let mut net = Net::with_configs(5, seed(81), |i| {
+        let mut config = Config::lan(cluster_id(), 5);
+        config.adaptive_probe_timeout = adaptive;
+        if (1..=3).contains(&i) {
+            config.probe_interval = 3_600 * SECOND;
+        }
+        config
+    });
+    net.latency = Duration::from_millis(5);
+    assert!(net.run_until(15 * SECOND, Net::converged).is_some());
+    net.run_for(10 * SECOND);
+    net.crash(4);
+    for helper in 1..=silent {
+        net.blocked.insert((helper, 0));
+    }
+    let suspected_by_node_0 = |net: &Net| {
+        net.events[0].iter().find_map(|(at, event)| match event {
+            Event::Suspected { member, by, .. } if member.id == node_id(4) && *by == node_id(0) => {
+                Some(*at)
+            }
+            _ => None,
+        })
+    };
+    let (mut probes, mut tick) = (net.get(0).stats().probes, net.now);
+    let limit = net.now + 10 * SECOND;
+    while net.now < limit && suspected_by_node_0(&net).is_none() {
+        net.step();
+        if suspected_by_node_0(&net).is_none() && net.get(0).stats().probes != probes {
+            probes = net.get(0).stats().probes;
+            tick = net.now;
+        }
+    }
+    let suspected = suspected_by_node_0(&net).expect("node 0 never suspected node 4");
+    let took = suspected.saturating_duration_since(tick);
+    (took, net.get(0).local_health())
+}
+
+#[test]
+fn a_probe_concludes_once_all_helpers_but_one_have_nacked() {
+    // 10 ms round trips. The helpers, with no round trips to the lost host,
+    // nack 400 ms (0.8 of the configured 500 ms) after a ping-req: the
+    // probe concludes on the second nack, 250 ms (adaptive) or 500 ms
+    // (fixed) plus 410 ms after its tick, and the one it did not wait for
+    // costs node 0 no health.
+    let nacks_at = Duration::from_millis(410);
+    assert_eq!(probe_with_lost_nacks(true, 1), (SECOND / 4 + nacks_at, 0));
+    assert_eq!(probe_with_lost_nacks(false, 1), (SECOND / 2 + nacks_at, 0));
+    // One nack of three is not enough: the probe waits out its indirect
+    // probes' time, and the two missing nacks count against node 0.
+    assert_eq!(
+        probe_with_lost_nacks(true, 2),
+        (Duration::from_millis(750), 2)
+    );
+    assert_eq!(probe_with_lost_nacks(false, 2), (SECOND, 2));
+}
+
 #[test]
 fn a_member_stalled_through_a_suspicion_deadline_calls_the_suspect_before_declaring_it() {
     let mut net = Net::lan(8, seed(70));

@@ -211,7 +211,9 @@ impl Swim {
             }
             return;
         }
+        let claimed_dead = claim.status == MemberStatus::Dead;
         let claim = self.unseen_suspicion(claim);
+        let death_held_back = claimed_dead && claim.status == MemberStatus::Suspect;
         if !self.note_confirmation(from, &claim) {
             return;
         }
@@ -234,6 +236,9 @@ impl Swim {
             })) => self.address_conflict(&held, &claim, origin),
             Ok(Some(_)) => {}
             Err(err) => self.refused(from, subject, err),
+        }
+        if death_held_back {
+            self.check_before_death(subject);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The probe: a direct ping, then indirect pings through helpers and a
-//! fallback ping over a reliable channel, then the verdict at the end of the
-//! period. Also the probes this node makes on others' behalf.
+//! fallback ping over a reliable channel, then the verdict once the helpers
+//! have nacked or the indirect probes' time is up. Also the probes this node
+//! makes on others' behalf.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,10 +87,16 @@ impl Probe {
         sample
     }
 
-    /// Whether every helper asked has nacked: the target is silent on
-    /// every path tried, and waiting for the end of the period adds nothing.
-    fn all_helpers_nacked(&self) -> bool {
-        !self.acked && !self.helpers.is_empty() && self.helpers.iter().all(|(_, nacked)| *nacked)
+    /// Whether enough helpers have nacked to conclude now: all of them, or
+    /// all but one once at least two have. The target is then silent on
+    /// every path tried or on two independent ones; a target that is alive
+    /// acks a helper before that helper's nack timer would run out, so the
+    /// last helper's answer would come no sooner than the others' nacks, and
+    /// waiting for the end of the period mostly waits for a lost message.
+    fn nacked_enough(&self) -> bool {
+        let nacked = self.helpers.iter().filter(|(_, nacked)| *nacked).count();
+        let outstanding = self.helpers.len() - nacked;
+        !self.acked && nacked > 0 && (outstanding == 0 || (outstanding == 1 && nacked >= 2))
     }
 
     /// A helper's nack of probe `seq`; `true` if it counts (the first from
@@ -110,15 +117,20 @@ impl Probe {
     /// The verdict, with Lifeguard's health adjusted on the way: an ack
     /// lowers the score; helpers that did not even nack suggest the problem
     /// is ours and raise it (with no helpers, any failed probe does). A
-    /// probe no helper answered accuses no one until the score is at the top
-    /// of its scale: a node that stays cut off gets there within a few
-    /// probes and suspects again.
-    fn conclude(self, awareness: &mut Awareness, health_on: bool) -> Verdict {
+    /// probe concluded early, with one nack outstanding, does not count that
+    /// one: it was not waited for. A probe no helper answered accuses no one
+    /// until the score is at the top of its scale: a node that stays cut off
+    /// gets there within a few probes and suspects again.
+    fn conclude(self, awareness: &mut Awareness, health_on: bool, early: bool) -> Verdict {
         if self.acked {
             awareness.apply(-1);
             return Verdict::Acked;
         }
-        let missing_nacks = self.helpers.iter().filter(|(_, nacked)| !nacked).count();
+        let missing_nacks = if early {
+            0
+        } else {
+            self.helpers.iter().filter(|(_, nacked)| !nacked).count()
+        };
         let delta = if self.helpers.is_empty() {
             1
         } else {
@@ -187,7 +199,7 @@ impl Swim {
             return;
         }
         if self.probe.is_some() {
-            self.conclude_probe();
+            self.conclude_probe(false);
         }
         let interval = self.probe_interval();
         self.timers.set(self.now + interval, Timer::Probe);
@@ -325,19 +337,20 @@ impl Swim {
     /// Probe `seq`'s period is over.
     pub(super) fn probe_ended(&mut self, seq: u32) {
         if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
-            self.conclude_probe();
+            self.conclude_probe(false);
         }
     }
 
-    /// Concludes the probe in flight: suspect the target if nobody vouched
-    /// for it, or confirm the suspicion if it is already suspect.
-    fn conclude_probe(&mut self) {
+    /// Concludes the probe in flight, at the end of its period or `early`
+    /// on the helpers' nacks: suspect the target if nobody vouched for it,
+    /// or confirm the suspicion if it is already suspect.
+    fn conclude_probe(&mut self, early: bool) {
         let Some(probe) = self.probe.take() else {
             return;
         };
         let health_on = self.config.awareness_max > 1;
         let probed = probe.incarnation;
-        let target = match probe.conclude(&mut self.awareness, health_on) {
+        let target = match probe.conclude(&mut self.awareness, health_on, early) {
             Verdict::Acked => return,
             Verdict::Inconclusive => {
                 self.stats.inconclusive_probes += 1;
@@ -400,9 +413,9 @@ impl Swim {
             && probe.nack(from, seq)
         {
             self.stats.nacks_received += 1;
-            if probe.all_helpers_nacked() {
+            if probe.nacked_enough() {
                 self.stats.probes_concluded_early += 1;
-                self.conclude_probe();
+                self.conclude_probe(true);
             }
         }
     }

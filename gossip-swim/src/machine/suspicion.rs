@@ -384,6 +384,24 @@ impl Swim {
         }
     }
 
+    /// A death was claimed of `subject` while this node's suspicion of it
+    /// is young, and taken as a suspicion (see [`Swim::unseen_suspicion`]):
+    /// unless a check is in flight, ask the suspect now. An answer is its
+    /// refutation; an ICMP unreachable is this node's own evidence, after
+    /// which the next claim of the death is taken at once. Without it an
+    /// accuser, which never checks its own suspicion, would hold out until
+    /// its suspicion was no longer young although the process was gone.
+    pub(super) fn check_before_death(&mut self, subject: NodeId) {
+        let idle = self
+            .suspicions
+            .by_subject
+            .get(&subject)
+            .is_some_and(|s| s.check.is_none());
+        if idle && !self.unreachable.contains_key(&subject) {
+            self.check_suspect(subject);
+        }
+    }
+
     /// Checks a suspicion this node has just learned of from another
     /// member: pings the suspect now (with the suspicion, so it can refute
     /// at once) instead of waiting for its turn in the rotation, which at

@@ -118,7 +118,8 @@ pub(crate) struct Net {
     /// Slowed nodes: until when, and how late what arrives is handled
     /// (their timers keep time).
     slowed: Vec<Option<(Timestamp, Duration)>>,
-    config: Config,
+    /// Each first node's configuration; nodes started later take the first's.
+    configs: Vec<Config>,
     in_flight: BinaryHeap<InFlight>,
     sent: u64,
     _guard: SeedGuard,
@@ -128,6 +129,12 @@ impl Net {
     /// `n` nodes with `config` (each seeded from `seed`); every node but the
     /// first joins through node 0.
     pub(crate) fn new(n: usize, config: Config, seed: u64) -> Self {
+        Self::with_configs(n, seed, |_| config.clone())
+    }
+
+    /// `n` nodes, node `i` with `config_of(i)`; every node but the first
+    /// joins through node 0.
+    pub(crate) fn with_configs(n: usize, seed: u64, config_of: impl Fn(usize) -> Config) -> Self {
         let mut net = Net {
             nodes: Vec::new(),
             ids: (0..n).map(node_id).collect(),
@@ -142,7 +149,7 @@ impl Net {
             closed_ports: BTreeSet::new(),
             stalled_until: vec![None; n],
             slowed: vec![None; n],
-            config,
+            configs: (0..n).map(config_of).collect(),
             in_flight: BinaryHeap::new(),
             sent: 0,
             _guard: SeedGuard(seed),
@@ -164,7 +171,7 @@ impl Net {
     }
 
     fn make_node(&self, i: usize, incarnation: Incarnation) -> Swim {
-        let mut config = self.config.clone();
+        let mut config = self.configs.get(i).unwrap_or(&self.configs[0]).clone();
         config.rng_seed = self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let meta = MemberMeta::new(format!("node-{i}"), [addr(i)]);
         Swim::new(config, self.keys[i].clone(), meta, incarnation, self.now)
