@@ -806,9 +806,17 @@ fn probe_of_a_lost_host_with_a_silent_helper(adaptive: bool, seed_value: u64) ->
     net.run_for(10 * SECOND);
     net.crash(2);
     net.stall(1, 10 * SECOND);
+    until_suspected_by_node_0(&mut net, 2)
+}
+
+/// Runs until node 0 suspects `target` (within 10 s) and returns how long
+/// that took from the probe tick that began its probe.
+fn until_suspected_by_node_0(net: &mut Net, target: usize) -> Duration {
     let suspected_by_node_0 = |net: &Net| {
         net.events[0].iter().find_map(|(at, event)| match event {
-            Event::Suspected { member, by, .. } if member.id == node_id(2) && *by == node_id(0) => {
+            Event::Suspected { member, by, .. }
+                if member.id == node_id(target) && *by == node_id(0) =>
+            {
                 Some(*at)
             }
             _ => None,
@@ -820,7 +828,7 @@ fn probe_of_a_lost_host_with_a_silent_helper(adaptive: bool, seed_value: u64) ->
         net.step();
         // A probe that ends with its period concludes before the next tick,
         // in the same step.
-        if suspected_by_node_0(&net).is_some() {
+        if suspected_by_node_0(net).is_some() {
             break;
         }
         if net.get(0).stats().probes != probes {
@@ -828,7 +836,7 @@ fn probe_of_a_lost_host_with_a_silent_helper(adaptive: bool, seed_value: u64) ->
             tick = net.now;
         }
     }
-    let suspected = suspected_by_node_0(&net).expect("node 0 never suspected node 2");
+    let suspected = suspected_by_node_0(net).expect("node 0 never suspected its target");
     suspected.saturating_duration_since(tick)
 }
 
@@ -864,25 +872,7 @@ fn probe_with_lost_nacks(adaptive: bool, silent: usize) -> (Duration, u32) {
     for helper in 1..=silent {
         net.blocked.insert((helper, 0));
     }
-    let suspected_by_node_0 = |net: &Net| {
-        net.events[0].iter().find_map(|(at, event)| match event {
-            Event::Suspected { member, by, .. } if member.id == node_id(4) && *by == node_id(0) => {
-                Some(*at)
-            }
-            _ => None,
-        })
-    };
-    let (mut probes, mut tick) = (net.get(0).stats().probes, net.now);
-    let limit = net.now + 10 * SECOND;
-    while net.now < limit && suspected_by_node_0(&net).is_none() {
-        net.step();
-        if suspected_by_node_0(&net).is_none() && net.get(0).stats().probes != probes {
-            probes = net.get(0).stats().probes;
-            tick = net.now;
-        }
-    }
-    let suspected = suspected_by_node_0(&net).expect("node 0 never suspected node 4");
-    let took = suspected.saturating_duration_since(tick);
+    let took = until_suspected_by_node_0(&mut net, 4);
     (took, net.get(0).local_health())
 }
 
