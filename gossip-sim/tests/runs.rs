@@ -112,6 +112,26 @@ fn fault_seeds_192_to_255_keep_the_invariants_and_converge() {
     fault_seeds(192);
 }
 
+/// A `falsepos` spell that once ended in a false death, kept as a
+/// regression (64 members, 5% loss, seed 88, one minute): a member stalled
+/// 5.74 s, and the member that declared it was handling its input 788 ms
+/// late. Its own probes' acks, overdue at first, had been handled by the
+/// deadline, so its wait for input had ended; the answer to its last call
+/// had not. A declarer now also waits while its input lags by more than
+/// half a probe timeout.
+#[test]
+fn a_stall_declared_by_a_member_whose_input_lagged_is_no_death_now() {
+    let mut params = scenarios::Params::new(64, 1);
+    params.first_rng_seed = 88;
+    params.loss = 0.05;
+    params.pair_round_trip = Some((Duration::from_millis(10), Duration::from_millis(200)));
+    let run = scenarios::falsepos(&params, 1);
+    assert_eq!(
+        run.false_deaths_lifeguard, 0,
+        "(this seed alone: cargo xtask sim falsepos --nodes 64 --first-rng-seed 88 --rng-seeds 1 --loss 0.05 --rtt-ms 10,200 --periods 60)"
+    );
+}
+
 /// Fault-tier seeds that once ended in a false death, kept as regressions:
 /// 238, a slow node that never probed its suspect again before the
 /// suspicion ran out, and 271, a refutation that reached every node but

@@ -93,6 +93,9 @@ pub struct Swim {
     /// until the ack is handled or something that arrived after it was due
     /// is (see [`Swim::handle_late_datagram`]); the oldest first.
     probes_unheard: VecDeque<(u32, Timestamp)>,
+    /// How late the latest datagram was handled: from its arrival to its
+    /// handling (see [`Swim::handle_late_datagram`]).
+    input_lag: Duration,
     /// Until when this node, back from a stall, declares no death: it
     /// missed what the cluster said while it was away.
     back_from_stall_until: Option<Timestamp>,
@@ -176,6 +179,7 @@ impl Swim {
             awareness: Awareness::new(config.awareness_max),
             next_seq: 0,
             probes_unheard: VecDeque::new(),
+            input_lag: Duration::ZERO,
             back_from_stall_until: None,
             probe: None,
             forwards: BTreeMap::new(),
@@ -521,11 +525,12 @@ impl Swim {
     /// As [`handle_datagram`](Swim::handle_datagram), for a datagram that
     /// arrived at `arrived` and is handled only now (it waited in a queue
     /// before the machine). A suspect's deadline that comes while the ack
-    /// of a probe this node sent is overdue, and nothing that arrived after
-    /// it was due has been handled, waits for the input to catch up (for up
-    /// to the stall patience): the suspect's answer may be in it. A driver
-    /// that hands datagrams over the moment they arrive calls
-    /// `handle_datagram`.
+    /// of a probe this node sent is overdue and nothing that arrived after
+    /// it was due has been handled, or while the latest datagram was handled
+    /// more than half the suspect's probe timeout late, waits for the input
+    /// to catch up (for up to the stall patience): the suspect's answer to
+    /// its last call may be in it. A driver that hands datagrams over the
+    /// moment they arrive calls `handle_datagram`.
     ///
     /// # Errors
     ///
@@ -539,6 +544,7 @@ impl Swim {
         bytes: &[u8],
     ) -> Result<(), Error> {
         self.advance(now);
+        self.input_lag = now.saturating_duration_since(arrived);
         if !self.probes_unheard.is_empty() {
             self.probes_unheard.retain(|(_, due)| *due > arrived);
         }

@@ -572,11 +572,15 @@ impl Swim {
             // nothing that arrived after it was due has been handled, this
             // node hears no one (its input lags or stopped): the suspect's
             // answer to the last call may be waiting in it, and its silence
-            // says nothing. So too while it is back from a stall, having
-            // missed what was said meanwhile. Waited for up to the stall
-            // patience, so a node cut off from all input still declares,
-            // after one more call.
+            // says nothing. So too while the latest datagram was handled
+            // more than half a probe timeout late: an answer takes a round
+            // trip, at most half the timeout, so one to a call made a
+            // timeout ago may not have been handled yet. And while it is
+            // back from a stall, having missed what was said meanwhile.
+            // Waited for up to the stall patience, so a node cut off from
+            // all input still declares, after one more call.
             let deaf = self.probes_unheard.iter().any(|(_, due)| *due < now)
+                || self.input_lag > timeout / 2
                 || self.back_from_stall_until.is_some_and(|until| now < until);
             if let Some(suspicion) = self.suspicions.by_subject.get_mut(&subject) {
                 let called = suspicion.reminded.is_some_and(|at| {
