@@ -174,6 +174,14 @@ impl PackedRumors {
         Self::default()
     }
 
+    /// `rumor` alone, for a frame that must carry it whatever the queue
+    /// holds; no rumors if it does not encode.
+    pub fn one(rumor: &Rumor) -> Self {
+        let mut packed = Self::default();
+        packed.push(rumor);
+        packed
+    }
+
     /// How many rumors.
     pub fn count(&self) -> usize {
         self.count

@@ -1012,6 +1012,32 @@ fn a_member_back_from_a_stall_refutes_before_anyone_tells_it_of_its_suspicion() 
 }
 
 #[test]
+fn a_member_back_from_a_stall_tells_every_member_at_once() {
+    // Forty members: an epidemic from the returning member takes hops, and
+    // any of them may hold a suspicion whose deadline is near. One
+    // millisecond a hop.
+    let patience = Config::lan(cluster_id(), 40).stall_patience;
+    let mut net = Net::lan(40, seed(95));
+    assert!(net.run_until(30 * SECOND, Net::converged).is_some());
+    net.run_for(5 * SECOND);
+    let before = net.get(3).members().local().incarnation;
+    stall_losing_input(&mut net, 3, patience - SECOND / 5);
+    net.run_for(Duration::from_millis(3));
+    let announced = net.get(3).members().local().incarnation;
+    assert!(announced > before, "node 3 announced no new life");
+    let behind: Vec<usize> = (0..40)
+        .filter(|&i| i != 3)
+        .filter(|&i| {
+            net.get(i).members().get(&node_id(3)).map(|r| r.incarnation) != Some(announced)
+        })
+        .collect();
+    assert!(
+        behind.is_empty(),
+        "members without node 3's new life 3 ms after its return: {behind:?}"
+    );
+}
+
+#[test]
 fn a_member_back_from_a_stall_declares_no_death_before_it_has_heard_the_news() {
     node_3_outlives(91, 1, |net, patience| {
         // Node 3 stalls for a little less than the patience, losing what is

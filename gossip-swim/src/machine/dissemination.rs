@@ -16,6 +16,11 @@ use crate::config::PeerSelection;
 use crate::event::{Event, Provenance, Transmit};
 use crate::message::{Message, StateDigest};
 
+/// Most members a node back from a stall sends its record to directly:
+/// every member of a cluster this size or smaller, a burst of small
+/// datagrams once per stall.
+pub(super) const MAX_DIRECT_ANNOUNCEMENTS: usize = 1024;
+
 /// Whether a claim's signatures were checked before it reached SWIM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Checked {
@@ -72,13 +77,25 @@ impl Swim {
         } else {
             PackedRumors::empty()
         };
+        self.send_packed(to, addr, message, &rumors, reliable);
+    }
+
+    /// Encodes and queues one datagram carrying `rumors`.
+    fn send_packed(
+        &mut self,
+        to: Option<NodeId>,
+        addr: SocketAddr,
+        message: Message,
+        rumors: &PackedRumors,
+        reliable: bool,
+    ) {
         let mut payload = Vec::with_capacity(self.max_datagram);
         // The only failure is a frame over the configured cap, which our own
         // sizing prevents; such a frame is dropped rather than sent.
         if encode_frame(
             self.config.cluster,
             &message,
-            &rumors,
+            rumors,
             &self.config.limits,
             &mut payload,
         )
@@ -345,6 +362,29 @@ impl Swim {
             Err(_) => {
                 self.stats.refutations_failed += 1;
                 None
+            }
+        }
+    }
+
+    /// Sends this node's own record straight to up to
+    /// [`MAX_DIRECT_ANNOUNCEMENTS`] members, beside the rumor: a node back
+    /// from a stall may be suspected by any of them, with deadlines that
+    /// come before an epidemic would reach them all (and it may stall again
+    /// before it answers their last calls).
+    pub(super) fn announce_to_all(&mut self) {
+        let rumor = Rumor::Member {
+            member: self.members.local().clone(),
+        };
+        let packed = PackedRumors::one(&rumor);
+        let targets = self
+            .order
+            .choose_random(MAX_DIRECT_ANNOUNCEMENTS, &[], &mut self.rng);
+        for target in targets {
+            if let Some(addr) = self.address_of(&target) {
+                let message = Message::Gossip {
+                    state_digest: self.state_digest,
+                };
+                self.send_packed(Some(target), addr, message, &packed, false);
             }
         }
     }

@@ -631,8 +631,9 @@ impl Swim {
     /// This node's timers ran `behind` late: it was stalled (a pause, a
     /// starved process, a suspended host), heard nothing meanwhile, and
     /// others may suspect it. It speaks for itself at once: it raises its
-    /// incarnation and spreads its alive record, which refutes any
-    /// suspicion its silence drew before anyone tells it of one. What it
+    /// incarnation and sends its alive record to every member directly
+    /// (and as a rumor), which refutes any suspicion its silence drew
+    /// before anyone tells it of one, in time for the earliest deadline. What it
     /// started before the stall tells nothing (the answers were lost), so
     /// its probe in flight and its check pings end without a verdict; and
     /// for as long as it was away (up to the stall patience) it declares
@@ -647,6 +648,7 @@ impl Swim {
             return;
         }
         if let Some(incarnation) = self.announce_alive(self.members.local().incarnation) {
+            self.announce_to_all();
             self.events.push(Event::BackFromStall {
                 behind,
                 incarnation,
