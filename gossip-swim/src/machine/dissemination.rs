@@ -19,7 +19,7 @@ use crate::message::{Message, StateDigest};
 /// Most members a node back from a stall sends its record to directly:
 /// every member of a cluster this size or smaller, a burst of small
 /// datagrams once per stall.
-pub(super) const MAX_DIRECT_ANNOUNCEMENTS: usize = 1024;
+const MAX_DIRECT_ANNOUNCEMENTS: usize = 1024;
 
 /// Whether a claim's signatures were checked before it reached SWIM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -633,12 +633,12 @@ impl Swim {
     /// others may suspect it. It speaks for itself at once: it raises its
     /// incarnation and sends its alive record to every member directly
     /// (and as a rumor), which refutes any suspicion its silence drew
-    /// before anyone tells it of one, in time for the earliest deadline. What it
-    /// started before the stall tells nothing (the answers were lost), so
-    /// its probe in flight and its check pings end without a verdict; and
-    /// for as long as it was away (up to the stall patience) it declares
-    /// no death, calling each suspect once more and waiting for the news
-    /// it missed.
+    /// before anyone tells it of one, in time for the earliest deadline.
+    /// What it started before the stall tells nothing (the answers were
+    /// lost), so its probe in flight and its check pings end without a
+    /// verdict; and for as long as it was away (up to the stall patience)
+    /// it declares no death, calling each suspect once more and waiting for
+    /// the news it missed.
     pub(super) fn back_from_stall(&mut self, behind: Duration) {
         self.stats.stalls += 1;
         self.probe = None;
