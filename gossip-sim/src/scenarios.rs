@@ -756,7 +756,8 @@ pub const LONGEST_STALL: Duration = Duration::from_secs(6);
 /// third stalls of 2.5 s up to [`LONGEST_STALL`] (a stopped process, a
 /// host swapping), in which what arrives is lost; a third are 2 to 10 s of
 /// slow processing (CPU starvation), in which what arrives is handled 0.2
-/// to 1.5 s late while the node's own timers keep time. Nothing fails, so
+/// to 1.5 s late while the node's own timers keep time (and the next spell
+/// waits until that backlog is handled). Nothing fails, so
 /// every death is false; suspicions are counted apart by whether their
 /// subject is one of the nodes that stall. This runs three times: as
 /// configured, with Lifeguard off, and with fixed probe timeouts; then
@@ -773,7 +774,10 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
             let mut rng = GossipRng::seed_from_u64(seed ^ 0xfa15e);
             let slow: Vec<usize> = (0..params.nodes).filter(|i| is_slow(*i)).collect();
             // When each node's current spell ends: spells never overlap, so
-            // no silence is longer than the longest stall.
+            // no silence is longer than the longest stall. A slow spell ends
+            // once what it held back has been handled, its delay after it:
+            // a stall begun sooner would silence the node for the rest of
+            // that queue as well.
             let mut spell_ends = vec![Timestamp::ZERO; params.nodes];
             for _ in 0..minutes * 60 {
                 for &node in &slow {
@@ -796,7 +800,7 @@ pub fn falsepos(params: &Params, minutes: u32) -> FalsePositives {
                             let delay = Duration::from_millis(rng.random_range(200..1500));
                             let spell = Duration::from_millis(rng.random_range(2000..10000));
                             sim.slow_down(node, delay, spell);
-                            spell_ends[node] = sim.now() + spell;
+                            spell_ends[node] = sim.now() + spell + delay;
                         }
                     }
                 }

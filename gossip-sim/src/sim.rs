@@ -87,6 +87,9 @@ struct Node {
     paused_until: Option<Timestamp>,
     /// A slow node handles what arrives until then only after a delay.
     slow: Option<(Timestamp, Duration)>,
+    /// When the last datagram a slow spell held back is handled: what
+    /// arrives before then waits behind it (a node's input is one queue).
+    queued_until: Timestamp,
     /// The node's own keys as it last wrote them: what a real node keeps in
     /// its data directory, so a restart gets them back.
     stored: StoredKeys,
@@ -264,6 +267,7 @@ impl Sim {
                 sent_while_down: BTreeMap::new(),
                 paused_until: None,
                 slow: None,
+                queued_until: Timestamp::ZERO,
                 stored: StoredKeys::default(),
             });
             sim.after_input(i);
@@ -465,6 +469,7 @@ impl Sim {
             node.sent_while_down.clear();
             node.paused_until = None;
             node.slow = None;
+            node.queued_until = Timestamp::ZERO;
         }
         self.after_input(i);
     }
@@ -556,7 +561,9 @@ impl Sim {
     /// Slows node `i` down for `duration`: everything that arrives for it
     /// meanwhile is handled `delay` late, while its timers keep time (a
     /// process starved of CPU, or with a long queue before its socket: the
-    /// slow message processing Lifeguard was made for).
+    /// slow message processing Lifeguard was made for). What arrives after
+    /// the spell waits behind what it held back: a node's input is one
+    /// queue, handled in the order it arrived.
     pub fn slow_down(&mut self, i: usize, delay: Duration, duration: Duration) {
         if let Some(node) = self.nodes.get_mut(i) {
             node.slow = Some((self.now + duration, delay));
@@ -829,13 +836,20 @@ impl Sim {
         }
     }
 
-    /// How long a slow receiver holds `flight` back, if it does.
+    /// How long a slow receiver holds `flight` back, if it does: its
+    /// delay while the spell lasts, and in any case until what a spell held
+    /// back has been handled (input is handled in the order it arrived).
     fn holds(&self, flight: &Flight) -> Option<Duration> {
         if flight.held_since.is_some() {
             return None;
         }
-        let (until, delay) = self.nodes.get(flight.to)?.slow?;
-        (until > self.now).then_some(delay)
+        let node = self.nodes.get(flight.to)?;
+        let delay = match node.slow {
+            Some((until, delay)) if until > self.now => delay,
+            _ => Duration::ZERO,
+        };
+        let wait = delay.max(node.queued_until.saturating_duration_since(self.now));
+        (!wait.is_zero()).then_some(wait)
     }
 
     /// The next moment anything happens, if anything will.
@@ -863,6 +877,8 @@ impl Sim {
             if let Some(delay) = self.holds(&flight) {
                 flight.held_since = Some(flight.at);
                 flight.at = self.now + delay;
+                let queue = &mut self.nodes[flight.to].queued_until;
+                *queue = (*queue).max(flight.at);
                 self.in_flight.push(Reverse(flight));
                 continue;
             }
@@ -985,5 +1001,46 @@ impl Sim {
     /// `ids` as node indices (for events that name members by id).
     pub fn index(&self, id: &NodeId) -> Option<usize> {
         self.ids.get(id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossip_core::ClusterId;
+
+    #[test]
+    fn what_arrives_after_a_slow_spell_waits_behind_what_the_spell_held_back() {
+        let config = Config::lan(ClusterId::from_name("sim"), 3);
+        let mut sim = Sim::new(3, config, NetConfig::default(), 1);
+        sim.converge_instantly();
+        let start = sim.now();
+        let ms = Duration::from_millis;
+        sim.slow_down(0, ms(500), ms(100));
+        // Two reports for node 0 that a live member's address does not
+        // answer: one arrives in the spell (held until 550 ms), one after.
+        for (order, at) in [(u64::MAX - 1, ms(50)), (u64::MAX, ms(200))] {
+            sim.in_flight.push(Reverse(Flight {
+                at: start + at,
+                order,
+                to: 0,
+                from: 1,
+                payload: Payload::Unreachable { of: 2 },
+                held_since: None,
+            }));
+        }
+        let handled = |sim: &Sim| sim.node(0).map(|node| node.stats().unreachable_reports);
+        // A second, shorter spell begins before the first one's backlog is
+        // handled: what it holds back still waits its turn.
+        sim.run_until(start + ms(150));
+        sim.slow_down(0, ms(100), ms(500));
+        sim.run_until(start + ms(540));
+        assert_eq!(
+            handled(&sim),
+            Some(0),
+            "the later report overtook the held one"
+        );
+        sim.run_until(start + ms(560));
+        assert_eq!(handled(&sim), Some(2));
     }
 }

@@ -118,6 +118,9 @@ pub(crate) struct Net {
     /// Slowed nodes: until when, and how late what arrives is handled
     /// (their timers keep time).
     slowed: Vec<Option<(Timestamp, Duration)>>,
+    /// When the last datagram a slow spell held back is handled, by node:
+    /// what arrives before then waits behind it (input is one queue).
+    queued_until: Vec<Timestamp>,
     /// Each first node's configuration; nodes started later take the first's.
     configs: Vec<Config>,
     in_flight: BinaryHeap<InFlight>,
@@ -149,6 +152,7 @@ impl Net {
             closed_ports: BTreeSet::new(),
             stalled_until: vec![None; n],
             slowed: vec![None; n],
+            queued_until: vec![Timestamp::ZERO; n],
             configs: (0..n).map(config_of).collect(),
             in_flight: BinaryHeap::new(),
             sent: 0,
@@ -188,6 +192,7 @@ impl Net {
         self.refused.push(Vec::new());
         self.stalled_until.push(None);
         self.slowed.push(None);
+        self.queued_until.push(Timestamp::ZERO);
         let node = self.make_node(i, Incarnation::ZERO);
         self.nodes.push(Some(node));
         let now = self.now;
@@ -264,7 +269,8 @@ impl Net {
 
     /// Slows node `i` for `duration`: what arrives meanwhile is handled
     /// `delay` late, while its timers keep time (a process starved of CPU,
-    /// or a long queue before its socket).
+    /// or a long queue before its socket); what arrives after waits behind
+    /// it.
     pub(crate) fn slow_down(&mut self, i: usize, delay: Duration, duration: Duration) {
         self.slowed[i] = Some((self.now + duration, delay));
     }
@@ -338,10 +344,14 @@ impl Net {
                     .push(Reverse((until, order, to, from, payload, reliable, None)));
                 continue;
             }
-            if held_since.is_none()
-                && let Some((_, delay)) = self.slowed[to].filter(|(until, _)| *until > self.now)
-            {
+            let delay = match self.slowed[to] {
+                Some((until, delay)) if until > self.now => delay,
+                _ => Duration::ZERO,
+            }
+            .max(self.queued_until[to].saturating_duration_since(self.now));
+            if held_since.is_none() && !delay.is_zero() {
                 let arrived = Some(self.now);
+                self.queued_until[to] = self.queued_until[to].max(self.now + delay);
                 self.in_flight.push(Reverse((
                     self.now + delay,
                     order,
