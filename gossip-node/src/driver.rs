@@ -448,14 +448,18 @@ impl Driver {
 
     fn handle_received(&mut self, received: Received) {
         let now = self.now();
+        // The wait between the transport and this task is the input lag the
+        // machine weighs before it declares a death.
+        let arrived = Instant::from_std(received.arrived);
+        let arrived = Timestamp::from_duration(arrived.saturating_duration_since(self.epoch));
         trace!(from = %received.from, bytes = received.bytes.len(), channel = ?received.channel, "received");
         match received.channel {
             Channel::Datagram => {
-                self.handle_swim(now, received.from, received.addr, &received.bytes)
+                self.handle_swim(now, arrived, received.from, received.addr, &received.bytes)
             }
             Channel::Stream => match stream::decode(&received.bytes) {
                 Ok(StreamMessage::Swim(frame)) => {
-                    self.handle_swim(now, received.from, received.addr, frame);
+                    self.handle_swim(now, arrived, received.from, received.addr, frame);
                 }
                 Ok(StreamMessage::Sync { role, id, parts }) => {
                     let span = debug_span!("sync", peer = %received.from, role = ?role.peer(), id);
@@ -471,9 +475,19 @@ impl Driver {
         }
     }
 
-    fn handle_swim(&mut self, now: Timestamp, from: NodeId, addr: SocketAddr, frame: &[u8]) {
+    fn handle_swim(
+        &mut self,
+        now: Timestamp,
+        arrived: Timestamp,
+        from: NodeId,
+        addr: SocketAddr,
+        frame: &[u8],
+    ) {
         // The machine counts every refusal by kind.
-        if let Err(err) = self.replica.handle_datagram(now, from, addr, frame) {
+        if let Err(err) = self
+            .replica
+            .handle_late_datagram(now, arrived, from, addr, frame)
+        {
             debug!(%from, error = %err, "refused a SWIM frame");
         }
     }
@@ -904,6 +918,7 @@ impl Driver {
                 left: count(MemberStatus::Left),
             },
             local_health: self.replica.swim().local_health(),
+            input_lag_ms: self.replica.swim().input_lag().as_millis() as u64,
             incarnation: members.local().incarnation.get(),
             swim: self.replica.swim().stats().clone(),
             sync: self.replica.stats(),

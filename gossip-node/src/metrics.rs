@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `gossip_members` | gauge | members by `status` (alive, suspect, dead, left), this node included |
 //! | `gossip_local_health` | gauge | Lifeguard's local health score: 0 is healthy; higher means this node is slow to answer and stretches its timeouts |
+//! | `gossip_input_lag_milliseconds` | gauge | how late the latest SWIM frame was handled, from the transport taking it off the wire to the failure detector handling it: a lag near the probe timeout means this node hears the others late (an overloaded process), and it holds back declaring deaths meanwhile |
 //! | `gossip_incarnation` | gauge | this node's incarnation |
 //! | `gossip_probes_total` | counter | probes sent |
 //! | `gossip_indirect_probes_total` | counter | probes that fell back to asking others |
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub members: MemberCounts,
     /// The local health score.
     pub local_health: u32,
+    /// How late the latest SWIM frame was handled, in milliseconds.
+    pub input_lag_ms: u64,
     /// This node's incarnation.
     pub incarnation: u64,
     /// The failure detector's counters.
@@ -182,6 +185,12 @@ impl Metrics {
                 "Lifeguard local health score (0 is healthy).",
                 Gauge,
                 u64::from(self.local_health),
+            ),
+            one(
+                "gossip_input_lag_milliseconds",
+                "How late the latest SWIM frame was handled, in milliseconds.",
+                Gauge,
+                self.input_lag_ms,
             ),
             one(
                 "gossip_incarnation",

@@ -20,7 +20,7 @@ use quinn::Connection;
 use tokio::sync::mpsc;
 
 use crate::counters::Counters;
-use crate::received::{Channel, Received};
+use crate::received::{Channel, Received, clock};
 use crate::unreachable::UnreachableReports;
 
 /// Most datagrams taken from one connection before the others get a turn.
@@ -243,6 +243,7 @@ impl Inbox {
                         addr: conn.remote_address(),
                         channel: Channel::Datagram,
                         bytes: first,
+                        arrived: clock(),
                     };
                     self.draining = Some(Draining {
                         from,
@@ -312,6 +313,7 @@ impl Inbox {
                 addr: draining.addr,
                 channel: Channel::Datagram,
                 bytes,
+                arrived: clock(),
             };
             self.count_datagram();
             return Some(received);
@@ -333,6 +335,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().expect("addr"),
             channel: Channel::Stream,
             bytes: Bytes::from(vec![n]),
+            arrived: clock(),
         }
     }
 

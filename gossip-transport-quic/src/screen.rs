@@ -18,7 +18,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, HashedConnectionIdGenerator};
 
-use crate::received::{Channel, Received};
+use crate::received::{Channel, Received, clock};
 use crate::sealed::{Arrival, OpenError, Opened, STALE_LEN, SealedKeys, is_sealed};
 use crate::unreachable::SentLog;
 
@@ -223,6 +223,7 @@ impl ScreeningSocket {
             addr: opened.addr,
             channel: Channel::Datagram,
             bytes: opened.bytes,
+            arrived: clock(),
         };
         // A full inbox drops the newest, as a full socket buffer would.
         if self.sealed.inbox.try_send(received).is_err() {

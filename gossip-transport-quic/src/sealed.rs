@@ -32,6 +32,8 @@ use quinn::Connection;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use rustc_hash::FxHashMap;
 
+use crate::received::clock;
+
 /// First byte of a sealed datagram (QUIC's fixed bit clear).
 pub(crate) const SEALED: u8 = 0x01;
 /// First byte of a notice that a key id is unknown to its receiver.
@@ -527,16 +529,6 @@ fn nonce(counter: u32) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];
     bytes[NONCE_LEN - COUNTER_LEN..].copy_from_slice(&counter.to_be_bytes());
     Nonce::assume_unique_for_key(bytes)
-}
-
-/// The clock the refresh and the notice budget are timed by: the one
-/// place this module reads it.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "IO crate: the sealed channel's timing is the transport's own"
-)]
-fn clock() -> Instant {
-    Instant::now()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

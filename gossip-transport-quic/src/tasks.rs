@@ -10,7 +10,7 @@ use quinn::{Connection, VarInt};
 use crate::cache::peer_id;
 use crate::counters::bump;
 use crate::framing::FrameDecoder;
-use crate::received::{Channel, Received};
+use crate::received::{Channel, Received, clock};
 use crate::sealed::Registered;
 use crate::shared::Inner;
 
@@ -109,6 +109,7 @@ async fn read_streams(
                         addr,
                         channel: Channel::Stream,
                         bytes: Bytes::from(body),
+                        arrived: clock(),
                     };
                     if inner.incoming.send_message(received).await.is_err() {
                         return;

@@ -770,6 +770,35 @@ async fn small_datagrams_go_sealed_and_draw_no_acknowledgement() {
     assert_eq!(after.udp_datagrams_sent - before.udp_datagrams_sent, 40);
 }
 
+#[tokio::test]
+async fn a_message_left_waiting_in_the_inbox_carries_when_it_arrived() {
+    let ca = ClusterCa::generate("arrival").unwrap();
+    let (a, _a_inbox, _) = bind(&ca, &ca.issue("a", day()).unwrap());
+    let (b, mut b_inbox, b_addr, b_id) = dialled_by(&a, &ca).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.send_datagram(Some(b_id), b_addr, "sealed".into())
+        .await
+        .unwrap();
+    a.send_message(Some(b_id), b_addr, b"stream").await.unwrap();
+    // B's reader is busy for a second: both wait in its inbox, stamped with
+    // when they came off the wire, not with when they are read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the stamps are the transport's clock readings"
+    )]
+    let reading = std::time::Instant::now();
+    for _ in 0..2 {
+        let received = next(&mut b_inbox).await;
+        assert!(
+            received.arrived < reading,
+            "a {:?} message is stamped with when it was read",
+            received.channel
+        );
+    }
+    assert_eq!(b.stats().sealed_received, 1, "{:?}", b.stats());
+}
+
 #[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_duplicated_sealed_datagram_is_delivered_once_and_the_replay_counted() {

@@ -602,6 +602,16 @@ impl Swim {
         Ok(())
     }
 
+    /// How late the latest datagram was handled: from its arrival to its
+    /// handling, as the driver told it to
+    /// [`handle_late_datagram`](Swim::handle_late_datagram) (zero through
+    /// [`handle_datagram`](Swim::handle_datagram)). A lag of a good part of
+    /// a probe timeout means this node hears the others late: the driver's
+    /// queue is long, or its process starved.
+    pub fn input_lag(&self) -> Duration {
+        self.input_lag
+    }
+
     /// The network says `addr` does not answer: an ICMP port, host or
     /// network unreachable came back for a datagram this node sent there
     /// (the transport matches the error against what it sent). If a live
