@@ -339,6 +339,7 @@ fn agents_join_share_keys_serve_json_and_metrics_and_leave_on_sigterm() {
     let status = a.cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(status["alive"], 3);
+    assert!(status["input_lag_ms"].is_u64(), "{status}");
     let metrics = ureq::get(&format!("http://{}/metrics", a.admin))
         .call()
         .unwrap()

@@ -80,6 +80,9 @@ pub(crate) struct StatusJson {
     pub(crate) left: u64,
     pub(crate) incarnation: u64,
     pub(crate) local_health: u32,
+    /// How late the latest SWIM frame was handled, in milliseconds.
+    #[serde(default)]
+    pub(crate) input_lag_ms: u64,
     pub(crate) uptime_s: u64,
     /// The configuration's risks, each naming its fix.
     #[serde(default)]
@@ -210,6 +213,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
         left: metrics.members.left,
         incarnation: metrics.incarnation,
         local_health: metrics.local_health,
+        input_lag_ms: metrics.input_lag_ms,
         uptime_s: admin.started.elapsed().as_secs(),
         warnings: admin.node.warnings().to_vec(),
     })

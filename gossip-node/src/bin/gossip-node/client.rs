@@ -176,6 +176,10 @@ pub(crate) fn status(target: &Target, json: bool) -> Result<()> {
     );
     println!("incarnation  {}", status.incarnation);
     println!("health       {} (0 is healthy)", status.local_health);
+    println!(
+        "input lag    {} ms (how late the latest frame was handled)",
+        status.input_lag_ms
+    );
     println!("uptime       {} s", status.uptime_s);
     for warning in &status.warnings {
         println!("warning      {warning}");
